@@ -1,0 +1,40 @@
+# The README's two commands are `make demo` and `make test`; both build .venv first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Parallel test workers (pytest-xdist); CI machines have 2 cores.
+JOBS   ?= 2
+
+.PHONY: env demo test test-fast bench bench-long lint clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml tools/pick_python.sh
+	@python="$$(tools/pick_python.sh)" && echo "make: building $(VENV) with $$python" && \
+	  "$$python" -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(PY) -c 'import sys, jax; print(f"make: Python {sys.version.split()[0]}, jax {jax.__version__}")'
+	@touch $(STAMP)
+
+# Main job. Until the training demo lands it is the attention benchmark on its small preset.
+demo: $(STAMP)
+	$(PY) benchmarks/attention.py --config configs/attention_bench.py:demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -q
+
+# Everything but the tests marked slow, for quick local iteration.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/attention.py --config configs/attention_bench.py:full
+
+bench-long: $(STAMP)
+	$(PY) benchmarks/attention.py --config configs/attention_bench.py:long
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache benchmarks/results

@@ -1,0 +1,158 @@
+"""Time and memory of group attention vs dense attention; prints a table and writes JSON.
+
+  python benchmarks/attention.py --config configs/attention_bench.py:full [--config.heads=4]
+
+Each row is one (sequence length, group count, implementation) at random uniform routing. The
+"ideal" column is what a perfect sparse kernel would take: the dense time scaled by the share of
+the score matrix that group attention needs, sum_g n_g^2 / N^2 (averaged over batch x heads).
+Memory is XLA's compiled temporary allocation for the call (inputs and outputs excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from pallas_kernels import group_attention
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(Path(__file__).parents[1] / "configs" / "attention_bench.py") + ":demo",
+    "Benchmark config file, with a preset after the colon.")
+
+
+def _time(fn, args, repeats: int) -> tuple[float, float | None]:
+  """Compiles fn, runs it once to warm up, returns (median seconds, temp bytes)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  stats = compiled.memory_analysis()
+  temp = None if stats is None else float(stats.temp_size_in_bytes)
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), temp
+
+
+def _sparsity(ids: np.ndarray, num_groups: int) -> float:
+  """Mean over rows of sum_g n_g^2 / N^2: the share of dense work group attention needs."""
+  rows = ids.transpose(0, 2, 1).reshape(-1, ids.shape[1])
+  counts = np.stack([np.bincount(r, minlength=num_groups) for r in rows]).astype(np.float64)
+  return float(np.mean((counts**2).sum(-1)) / ids.shape[1] ** 2)
+
+
+def _count_rows(cfg) -> int:
+  dense = sum(seq <= cfg.dense_max_seq for seq in cfg.seq_lens)
+  grouped = sum(impl != "reference" or seq <= cfg.reference_max_seq
+                for seq in cfg.seq_lens for impl in cfg.implementations)
+  return dense + grouped * len(cfg.group_counts)
+
+
+def _rows(cfg):
+  """Yields every measurement of the config as a dict."""
+  dtype = jnp.dtype(cfg.dtype)
+  key = jax.random.key(cfg.seed)
+  for seq in cfg.seq_lens:
+    shape = (cfg.batch, seq, cfg.heads, cfg.head_dim)
+    kq, kk, kv, kid = jax.random.split(jax.random.fold_in(key, seq), 4)
+    q, k, v = (jax.random.normal(s, shape, jnp.float32).astype(dtype) for s in (kq, kk, kv))
+    dense_time = None
+    if seq <= cfg.dense_max_seq:
+      dense = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+      dense_time, temp = _time(dense, (q, k, v), cfg.repeats)
+      yield dict(seq=seq, groups=None, impl="dense", time_s=dense_time, temp_bytes=temp,
+                 work_share=1.0, ideal_s=dense_time)
+    for groups in cfg.group_counts:
+      ids = jax.random.randint(jax.random.fold_in(kid, groups), shape[:3], 0, groups)
+      share = _sparsity(np.asarray(ids), groups)
+      for impl in cfg.implementations:
+        if impl == "reference" and seq > cfg.reference_max_seq:
+          continue
+        fn = lambda q, k, v, ids, impl=impl, groups=groups: group_attention(
+            q, k, v, ids, num_groups=groups, implementation=impl, tile=cfg.tile)
+        seconds, temp = _time(fn, (q, k, v, ids), cfg.repeats)
+        yield dict(seq=seq, groups=groups, impl=impl, time_s=seconds, temp_bytes=temp,
+                   work_share=share, ideal_s=None if dense_time is None else dense_time * share)
+
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+  return missing if value is None else format(value, spec)
+
+
+def _table(rows) -> str:
+  header = ("seq", "G", "impl", "time s", "ideal s", "ideal/time", "vs dense", "work share",
+            "temp MiB")
+  lines = [header]
+  dense = {r["seq"]: r["time_s"] for r in rows if r["impl"] == "dense"}
+  for r in rows:
+    d = dense.get(r["seq"])
+    lines.append((
+        str(r["seq"]), _fmt(r["groups"], "d"), r["impl"], f"{r['time_s']:.3f}",
+        _fmt(r["ideal_s"], ".3f"),
+        _fmt(None if r["ideal_s"] is None else r["ideal_s"] / r["time_s"], ".0%"),
+        "-" if d is None else f"{d / r['time_s']:.2f}x",
+        f"{r['work_share']:.3f}", _fmt(None if r["temp_bytes"] is None
+                                       else r["temp_bytes"] / 2**20, ".0f")))
+  widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+  out = ["| " + " | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) + " |"
+         for line in lines]
+  out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+  return "\n".join(out)
+
+
+def _target(cfg, rows) -> list[str]:
+  """The issue's speed target: G=16 at least target_speedup x faster than G=1, same impl."""
+  verdicts = []
+  for impl in cfg.implementations:
+    t = {r["groups"]: r["time_s"] for r in rows if r["impl"] == impl and
+         r["seq"] == cfg.target_seq}
+    if 1 in t and 16 in t:
+      ratio = t[1] / t[16]
+      verdict = "met" if ratio >= cfg.target_speedup else "MISSED"
+      verdicts.append(f"target {verdict}: {impl} at {cfg.target_seq} tokens, 16 groups run "
+                      f"{ratio:.1f}x faster than 1 group (target {cfg.target_speedup:g}x, "
+                      "ideal ~16x)")
+  return verdicts
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # absl would log every backend jax fails to find
+  cfg = _CONFIG.value
+  print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'}, "
+        f"{os.cpu_count()} cores); batch {cfg.batch}, {cfg.heads} heads, head_dim "
+        f"{cfg.head_dim}, {cfg.dtype}, tile {cfg.tile}", flush=True)
+  rows = []
+  for row in tqdm(_rows(cfg), desc=f"attention benchmark ({cfg.preset})", unit="row",
+                  total=_count_rows(cfg), file=sys.stdout):
+    rows.append(row)
+    tqdm.write(f"  seq {row['seq']:>6}  G {_fmt(row['groups'], '>3d', '  -')}  "
+               f"{row['impl']:<9} {row['time_s']:8.3f} s", file=sys.stdout)
+  print()
+  print(_table(rows))
+  verdicts = _target(cfg, rows)
+  for line in verdicts:
+    print(line)
+  out = Path(cfg.out or Path(__file__).parent / "results" / f"attention_{cfg.preset}.json")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({
+      "config": cfg.to_dict(), "jax": jax.__version__, "backend": jax.default_backend(),
+      "cpu_count": os.cpu_count(), "rows": rows, "targets": verdicts,
+  }, indent=2, default=list))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Named configurations, one Python file each (ml_collections)."""

@@ -1,0 +1,43 @@
+"""Knobs of `benchmarks/attention.py`, one preset per use.
+
+Pick a preset with `--config configs/attention_bench.py:PRESET` and override any field with
+`--config.FIELD=VALUE`. Presets:
+  demo: the quick run behind `make demo` (4K and 8K tokens), about two minutes on 2 CPU cores.
+  full: the README table, 4K/8K/16K; dense attention at 16K needs ~16 GiB and ~25 s a call.
+  long: the xla path alone at 32K and 64K, where dense attention no longer fits in memory.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config(preset: str = "demo") -> ConfigDict:
+  c = ConfigDict()
+  c.preset = preset
+  c.batch = 1
+  c.heads = 8
+  c.head_dim = 64
+  c.dtype = "float32"
+  c.tile = 128
+  c.seed = 0
+  c.repeats = 2  # timed calls after one warm-up call; the median is reported
+  c.implementations = ("xla",)
+  c.dense_max_seq = 16384  # dense jax.nn.dot_product_attention above this does not fit in 24 GiB
+  c.reference_max_seq = 4096  # the dense masked oracle needs several N x N buffers
+  c.target_seq = 8192  # the speed target: at this length, G=16 vs G=1 in one implementation
+  c.target_speedup = 6.0
+  c.out = ""  # JSON path; default benchmarks/results/attention_<preset>.json
+  if preset == "demo":
+    c.seq_lens = (4096, 8192)
+    c.group_counts = (1, 4, 16)
+  elif preset == "full":
+    c.seq_lens = (4096, 8192, 16384)
+    c.group_counts = (1, 4, 16)
+    c.implementations = ("xla", "reference")
+  elif preset == "long":
+    c.seq_lens = (32768, 65536)
+    c.group_counts = (4, 16)
+    c.dense_max_seq = 0
+    c.repeats = 1
+  else:
+    raise ValueError(f"unknown preset {preset!r}: use demo, full or long")
+  return c

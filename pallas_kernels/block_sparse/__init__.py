@@ -1,0 +1,1 @@
+"""Attention over (query tile -> key tiles) metadata: reference, XLA and Pallas implementations."""

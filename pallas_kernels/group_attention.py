@@ -1,0 +1,93 @@
+"""`group_attention`: exact attention inside routed groups, the core operation of MoGA."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import validation
+from pallas_kernels.block_sparse.ops import resolve_implementation
+from pallas_kernels.block_sparse.reference import group_attention_reference
+from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
+from pallas_kernels.metadata import (
+    global_tile_ranges,
+    group_layout,
+    pack_by_group,
+    unpack_by_group,
+)
+
+DEFAULT_TILE = 128
+# Query tiles the xla path advances together. Bigger chunks mean fewer loop steps and bigger
+# matmuls, but more idle lanes where group sizes differ inside a chunk.
+_XLA_CHUNK_TOKENS = 2048
+
+
+def group_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    group_ids: jax.Array,
+    *,
+    num_groups: int,
+    scale: float | None = None,
+    implementation: str | None = None,
+    interpret: bool | None = None,
+    tile: int | None = None,
+) -> jax.Array:
+  """Full attention inside each group of tokens; tokens of other groups are never visited.
+
+  out[b, i, h] = sum_j softmax_j(scale * q[b, i, h] . k[b, j, h]) v[b, j, h], the softmax taken
+  over the tokens j with group_ids[b, j, h] == group_ids[b, i, h]. Every token is kept whatever
+  the group sizes: one group holding all tokens, empty groups and singletons are all legal.
+
+  Args:
+    q, k, v: [batch, seq, heads, head_dim], one floating dtype. Accumulation is float32.
+    group_ids: integer [batch, seq, heads] (per-head routing) or [batch, seq] (shared by the
+      heads), values in [0, num_groups).
+    num_groups: number of groups G.
+    scale: score scale; defaults to 1 / sqrt(head_dim).
+    implementation: None (best available for the backend, falling back to "xla"), "xla",
+      "reference", "pallas_tpu" or "pallas_gpu". A named one that cannot run raises ValueError.
+    interpret: Pallas interpret mode (None: interpret when no accelerator is present). Ignored
+      by "xla" and "reference".
+    tile: tokens per tile of the sorted layout (default 128). Each group is padded up to whole
+      tiles, so the cost is sum_g ceil(n_g / tile)^2 tile pairs.
+
+  Returns:
+    [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
+  """
+  batch, seq, heads, head_dim = validation.check_qkv(q, k, v)
+  num_groups = validation.check_positive_int("num_groups", num_groups)
+  group_ids = validation.check_group_ids(
+      group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups)
+  scale = validation.check_scale(scale, head_dim)
+  tile = validation.check_positive_int("tile", DEFAULT_TILE if tile is None else tile)
+  if interpret is not None and not isinstance(interpret, bool):
+    raise TypeError(f"interpret must be None or a bool, got {type(interpret).__name__}")
+  name = resolve_implementation(implementation, interpret=interpret)
+  if name == "reference":
+    return _reference(q, k, v, group_ids, scale=scale)
+  return _sorted_xla(q, k, v, group_ids, num_groups=num_groups, scale=scale, tile=tile,
+                     chunk=max(1, _XLA_CHUNK_TOKENS // tile))
+
+
+_reference = jax.jit(group_attention_reference, static_argnames=("scale",))
+
+
+@functools.partial(jax.jit, static_argnames=("num_groups", "scale", "tile", "chunk"))
+def _sorted_xla(q, k, v, group_ids, *, num_groups: int, scale: float, tile: int, chunk: int):
+  """Sort by group, run the block-sparse kernel on the tiles, unsort."""
+  batch, _, heads, head_dim = q.shape
+  rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
+  layout = group_layout(rows, num_groups=num_groups, tile=tile)
+  ranges = global_tile_ranges(layout, batch=batch, heads=heads)
+
+  def to_tiles(x):  # [B, N, H, D] -> [B * H * nt, tile, D], sorted
+    packed = pack_by_group(jnp.swapaxes(x, 1, 2), layout)
+    return packed.reshape(-1, tile, head_dim)
+
+  out = block_sparse_attention_xla(to_tiles(q), to_tiles(k), to_tiles(v), ranges, scale, chunk)
+  out = unpack_by_group(out.reshape(batch, heads, layout.capacity, head_dim), layout)
+  return jnp.swapaxes(out, 1, 2)

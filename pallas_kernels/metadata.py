@@ -1,0 +1,201 @@
+"""Group layout: where every token goes once the sequence is sorted by group.
+
+MoGA attention is block-sparse only after a permutation. Tokens are stably sorted by group id
+and every group is padded up to a whole number of tiles, so each tile holds tokens of exactly
+one group and "attend within my group" becomes "visit the contiguous run of tiles that my group
+owns". This module computes that permutation and the per-tile metadata on device, with static
+shapes, and provides the two gathers that move activations in and out of the sorted layout.
+
+Every implementation of `group_attention` and the MoGA module share these helpers; nothing else
+in the code base re-implements the permutation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+def cdiv(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def cdiv_array(a: jax.Array, b: int) -> jax.Array:
+  return (a + (b - 1)) // b
+
+
+def sorted_capacity(seq_len: int, num_groups: int, tile: int) -> int:
+  """Static length of the sorted buffer: every group padded to the tile, in the worst case.
+
+  At most min(num_groups, seq_len) groups are non-empty and each wastes at most tile - 1 slots.
+  """
+  return cdiv(seq_len + min(num_groups, seq_len) * (tile - 1), tile) * tile
+
+
+class GroupLayout(NamedTuple):
+  """Sorted, tile-padded layout of one or more routed sequences (a pytree of int32 arrays).
+
+  Rows are independent sequences (batch x routed heads). With R rows of N tokens, capacity L
+  (`sorted_capacity`) and nt = L // tile tiles per row:
+
+  src:        [R, L] token index that fills each slot, N for a padding slot.
+  slot:       [R, N] slot that each token moves to (the inverse of `src`).
+  tile_start: [R, nt] first tile of the group that owns the tile.
+  tile_count: [R, nt] number of tiles that group owns; 0 for unused tiles past the end.
+  valid_end:  [R, nt] one past the group's last real slot: slots >= valid_end are padding.
+
+  A tile's queries attend to keys in tiles [tile_start, tile_start + tile_count) at slots below
+  valid_end; because a group's query tiles and key tiles coincide, the same arrays also tell a
+  key tile which query tiles read it (the backward pass relies on this symmetry).
+  """
+
+  src: jax.Array
+  slot: jax.Array
+  tile_start: jax.Array
+  tile_count: jax.Array
+  valid_end: jax.Array
+
+  @property
+  def tile(self) -> int:
+    return self.src.shape[-1] // self.tile_start.shape[-1]
+
+  @property
+  def seq_len(self) -> int:
+    return self.slot.shape[-1]
+
+  @property
+  def capacity(self) -> int:
+    return self.src.shape[-1]
+
+
+def group_layout(group_ids: jax.Array, *, num_groups: int, tile: int) -> GroupLayout:
+  """Builds the sorted, tile-padded layout of `group_ids` [R, N] (int, values in [0, G)).
+
+  The sort is stable, so tokens keep their sequence order inside a group. Ids outside
+  [0, num_groups) must have been rejected (or clipped) by the caller.
+  """
+  if group_ids.ndim != 2:
+    raise ValueError(f"group_ids must be [rows, seq], got shape {group_ids.shape}")
+  rows, n = group_ids.shape
+  capacity = sorted_capacity(n, num_groups, tile)
+  num_tiles = capacity // tile
+  ids = group_ids.astype(jnp.int32)
+
+  counts = jax.vmap(lambda r: jnp.bincount(r, length=num_groups))(ids).astype(jnp.int32)
+  padded = cdiv_array(counts, tile) * tile
+  start = _exclusive_cumsum(counts)  # where each group begins in the unpadded sorted order
+  padded_start = _exclusive_cumsum(padded)  # ... and in the padded one
+
+  order = jnp.argsort(ids, axis=-1, stable=True)  # [R, N]: sorted position -> token
+  sorted_ids = jnp.take_along_axis(ids, order, axis=-1)
+  rank = jnp.arange(n, dtype=jnp.int32) - jnp.take_along_axis(start, sorted_ids, axis=-1)
+  sorted_slot = jnp.take_along_axis(padded_start, sorted_ids, axis=-1) + rank
+
+  row = jnp.arange(rows)[:, None]
+  slot = jnp.zeros((rows, n), jnp.int32).at[row, order].set(sorted_slot)
+  src = jnp.full((rows, capacity), n, jnp.int32).at[row, sorted_slot].set(order.astype(jnp.int32))
+
+  # Owner group of every tile: the number of groups whose padded run ends at or before it.
+  padded_end = padded_start + padded
+  tile_first_slot = jnp.arange(num_tiles, dtype=jnp.int32) * tile
+  owner = jax.vmap(lambda e: jnp.searchsorted(e, tile_first_slot, side="right"))(padded_end)
+  in_use = owner < num_groups
+  owner = jnp.minimum(owner, num_groups - 1)
+  take = lambda a: jnp.take_along_axis(a, owner, axis=-1)
+  tile_start = jnp.where(in_use, take(padded_start) // tile, 0)
+  tile_count = jnp.where(in_use, take(padded) // tile, 0)
+  valid_end = jnp.where(in_use, take(padded_start) + take(counts), 0)
+  return GroupLayout(src, slot, tile_start.astype(jnp.int32), tile_count.astype(jnp.int32),
+                     valid_end.astype(jnp.int32))
+
+
+def _exclusive_cumsum(x: jax.Array) -> jax.Array:
+  return jnp.cumsum(x, axis=-1) - x
+
+
+class TileRanges(NamedTuple):
+  """Per-tile metadata flattened over rows, with global tile and slot indices.
+
+  For activations laid out as [B * H * nt, tile, D] (row-major over batch, head, tile):
+  tile u attends to tiles [start[u], start[u] + count[u]) at global slots below valid_end[u].
+  """
+
+  start: jax.Array
+  count: jax.Array
+  valid_end: jax.Array
+
+
+def global_tile_ranges(layout: GroupLayout, *, batch: int, heads: int) -> TileRanges:
+  """Broadcasts a layout over heads (when routing is shared) and makes its indices global."""
+  rows, num_tiles = layout.tile_start.shape
+  routed_heads = rows // batch
+
+  def per_head(a):
+    a = a.reshape(batch, routed_heads, num_tiles)
+    return jnp.broadcast_to(a, (batch, heads, num_tiles)).reshape(batch * heads, num_tiles)
+
+  row = jnp.arange(batch * heads, dtype=jnp.int32)[:, None]
+  return TileRanges(
+      start=(per_head(layout.tile_start) + row * num_tiles).reshape(-1),
+      count=per_head(layout.tile_count).reshape(-1),
+      valid_end=(per_head(layout.valid_end) + row * layout.capacity).reshape(-1),
+  )
+
+
+# --- Moving activations in and out of the sorted layout ------------------------------------
+#
+# x is [B, H, N, D] and the layout has R = B * Hr rows with Hr in {1, H}: with Hr = 1 (routing
+# shared by the heads) one permutation serves every head. Packing is a gather by `src` (padding
+# slots read zeros) and unpacking a gather by `slot`; each is the other's transpose, so both
+# gradients are gathers as well, never scatters.
+
+
+def _row_indices(indices: jax.Array, batch: int) -> jax.Array:
+  """[B*Hr, M] -> [B, Hr, M, 1], broadcastable against [B, H, *, D]."""
+  return indices.reshape(batch, -1, indices.shape[-1])[..., None]
+
+
+def _pack(x: jax.Array, src: jax.Array) -> jax.Array:
+  idx = _row_indices(src, x.shape[0])
+  return jnp.take_along_axis(x, idx, axis=2, mode="fill", fill_value=0)
+
+
+def _unpack(y: jax.Array, slot: jax.Array) -> jax.Array:
+  idx = _row_indices(slot, y.shape[0])
+  return jnp.take_along_axis(y, idx, axis=2, mode="promise_in_bounds")
+
+
+@jax.custom_vjp
+def pack_by_group(x: jax.Array, layout: GroupLayout) -> jax.Array:
+  """[B, H, N, D] in sequence order -> [B, H, L, D] in the sorted, padded layout."""
+  return _pack(x, layout.src)
+
+
+def _pack_fwd(x, layout):
+  return _pack(x, layout.src), layout
+
+
+def _pack_bwd(layout, g):
+  return _unpack(g, layout.slot), None
+
+
+pack_by_group.defvjp(_pack_fwd, _pack_bwd)
+
+
+@jax.custom_vjp
+def unpack_by_group(y: jax.Array, layout: GroupLayout) -> jax.Array:
+  """[B, H, L, D] in the sorted layout -> [B, H, N, D] in sequence order (padding dropped)."""
+  return _unpack(y, layout.slot)
+
+
+def _unpack_fwd(y, layout):
+  return _unpack(y, layout.slot), layout
+
+
+def _unpack_bwd(layout, g):
+  return _pack(g, layout.src), None
+
+
+unpack_by_group.defvjp(_unpack_fwd, _unpack_bwd)

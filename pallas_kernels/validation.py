@@ -1,0 +1,74 @@
+"""Argument checks shared by the public ops: clear errors, raised before anything is traced."""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_qkv(q, k, v) -> tuple[int, int, int, int]:
+  """q, k, v must be floating [batch, seq, heads, head_dim] arrays of one shape and dtype."""
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+      raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    if x.ndim != 4:
+      raise ValueError(f"{name} must have shape [batch, seq, heads, head_dim], got shape "
+                       f"{tuple(x.shape)} ({x.ndim} dims, need 4)")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+  for name, x in (("k", k), ("v", v)):
+    if x.shape != q.shape:
+      raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(x.shape)}")
+    if x.dtype != q.dtype:
+      raise ValueError(f"{name} must have the dtype of q ({q.dtype}), got {x.dtype}")
+  batch, seq, heads, head_dim = q.shape
+  if seq == 0:
+    raise ValueError(f"q must hold at least one token, got shape {tuple(q.shape)}")
+  return batch, seq, heads, head_dim
+
+
+def check_positive_int(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+  if value < 1:
+    raise ValueError(f"{name} must be >= 1, got {value}")
+  return int(value)
+
+
+def check_scale(scale, head_dim: int) -> float:
+  if scale is None:
+    return 1.0 / float(np.sqrt(head_dim))
+  if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+    raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
+  if not np.isfinite(scale):
+    raise ValueError(f"scale must be finite, got {scale}")
+  return float(scale)
+
+
+def check_group_ids(group_ids, *, batch: int, seq: int, heads: int, num_groups: int) -> jax.Array:
+  """Returns group ids as int32 [batch, seq, routed_heads] with routed_heads in {1, heads}.
+
+  Values are range-checked when they are concrete; traced ids are the caller's contract (ids
+  outside [0, num_groups) are clipped into it so that the computation stays defined).
+  """
+  if not hasattr(group_ids, "shape") or not hasattr(group_ids, "dtype"):
+    raise TypeError(f"group_ids must be an integer array, got {type(group_ids).__name__}")
+  if not jnp.issubdtype(group_ids.dtype, jnp.integer):
+    raise ValueError(f"group_ids must have an integer dtype (int32), got {group_ids.dtype}")
+  shape = tuple(group_ids.shape)
+  if shape == (batch, seq):
+    group_ids = group_ids[..., None]
+  elif shape != (batch, seq, heads):
+    raise ValueError(
+        f"group_ids must have shape [batch, seq, heads] = {(batch, seq, heads)} (per-head "
+        f"routing) or [batch, seq] = {(batch, seq)} (shared by the heads), got {shape}")
+  if not isinstance(group_ids, jax.core.Tracer):
+    values = np.asarray(group_ids)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= num_groups:
+      raise ValueError(f"group_ids must lie in [0, num_groups={num_groups}), got values in "
+                       f"[{low}, {high}]")
+  return jnp.clip(group_ids.astype(jnp.int32), 0, num_groups - 1)

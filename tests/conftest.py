@@ -1,0 +1,37 @@
+"""Shared test helpers: fresh random inputs (never zeros) and dtype-keyed tolerances."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+# Max |error| allowed relative to max |reference|, keyed by input dtype.
+TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 2e-2}
+
+_seeds = itertools.count(1234)
+
+
+@pytest.fixture
+def key() -> jax.Array:
+  """A different key for every test that asks, so no two tests share inputs."""
+  return jax.random.key(next(_seeds))
+
+
+def random_qkv(key, shape, dtype=jnp.float32):
+  kq, kk, kv = jax.random.split(key, 3)
+  return tuple(jax.random.normal(s, shape, jnp.float32).astype(dtype) for s in (kq, kk, kv))
+
+
+def assert_close(actual, expected, dtype=jnp.float32, what="output"):
+  actual = np.asarray(jnp.asarray(actual, jnp.float32))
+  expected = np.asarray(jnp.asarray(expected, jnp.float32))
+  assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+  assert np.isfinite(actual).all(), f"{what}: {np.size(actual) - np.isfinite(actual).sum()} " \
+                                    "non-finite elements"
+  scale = max(float(np.abs(expected).max()), 1e-6)
+  err = float(np.abs(actual - expected).max()) / scale
+  assert err < TOLERANCE[jnp.dtype(dtype)], f"{what}: relative error {err:.3g}"

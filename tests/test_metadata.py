@@ -1,0 +1,113 @@
+"""The sorted, tile-padded group layout and the gathers that move activations through it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.metadata import (
+    global_tile_ranges,
+    group_layout,
+    pack_by_group,
+    sorted_capacity,
+    unpack_by_group,
+)
+
+
+def _check_layout(ids: np.ndarray, num_groups: int, tile: int):
+  layout = jax.tree.map(np.asarray, group_layout(jnp.asarray(ids), num_groups=num_groups,
+                                                 tile=tile))
+  rows, n = ids.shape
+  capacity = sorted_capacity(n, num_groups, tile)
+  assert layout.src.shape == (rows, capacity) and layout.slot.shape == (rows, n)
+  for r in range(rows):
+    src, slot = layout.src[r], layout.slot[r]
+    # slot and src are inverse permutations on the real tokens; the rest is padding.
+    np.testing.assert_array_equal(src[slot], np.arange(n))
+    assert np.sum(src < n) == n and np.all(src[src >= n] == n)
+    # Stable sort: groups in id order, tokens in sequence order inside a group.
+    real = src[src < n]
+    np.testing.assert_array_equal(real, np.argsort(ids[r], kind="stable"))
+    for t in range(capacity // tile):
+      tokens = src[t * tile:(t + 1) * tile]
+      tokens = tokens[tokens < n]
+      start, count, end = (layout.tile_start[r, t], layout.tile_count[r, t],
+                           layout.valid_end[r, t])
+      if tokens.size == 0:  # only tiles past the last group hold no real token
+        assert count == 0
+        continue
+      groups = set(ids[r, tokens].tolist())
+      assert len(groups) == 1, f"tile {t} mixes groups {groups}"
+      g = groups.pop()
+      members = np.flatnonzero(ids[r] == g)
+      assert count == -(-members.size // tile) and start * tile <= t * tile
+      assert t < start + count
+      np.testing.assert_array_equal(np.sort(src[start * tile:end]), members)
+      assert np.all(src[end:(start + count) * tile] == n)  # padding after the group's end
+
+
+@pytest.mark.parametrize(
+    ("rows", "n", "num_groups", "tile"),
+    [(3, 50, 4, 8), (1, 37, 1, 16), (2, 10, 30, 4), (2, 64, 8, 64), (1, 1, 3, 8)],
+)
+def test_layout_invariants_random(rows, n, num_groups, tile):
+  rng = np.random.default_rng(rows * 1000 + n)
+  _check_layout(rng.integers(0, num_groups, (rows, n)).astype(np.int32), num_groups, tile)
+
+
+def test_layout_invariants_skewed_and_empty_groups():
+  ids = np.array([[4] * 40 + [1] * 3 + [6] + [4] * 5], np.int32)  # groups 0,2,3,5,7 empty
+  _check_layout(np.random.default_rng(0).permuted(ids, axis=1), 8, 8)
+
+
+def test_capacity_is_enough_in_the_worst_case():
+  # Every group one token past a tile boundary wastes tile - 1 slots each.
+  tile, num_groups = 8, 5
+  ids = np.repeat(np.arange(num_groups), tile + 1)[None].astype(np.int32)
+  _check_layout(ids, num_groups, tile)
+  assert sorted_capacity(ids.shape[1], num_groups, tile) >= num_groups * 2 * tile
+
+
+def test_pack_unpack_round_trip_and_gradients():
+  key = jax.random.key(3)
+  ids = jax.random.randint(key, (2, 30), 0, 4)  # [B * Hr, N] with B = 2, Hr = 1
+  layout = group_layout(ids, num_groups=4, tile=8)
+  x = jax.random.normal(jax.random.key(4), (2, 3, 30, 5))  # [B, H, N, D]: shared over heads
+  packed = pack_by_group(x, layout)
+  assert packed.shape == (2, 3, layout.capacity, 5)
+  pad = np.asarray(layout.src) == 30
+  np.testing.assert_array_equal(unpack_by_group(packed, layout), x)
+  for b in range(2):
+    assert np.all(np.asarray(packed[b])[:, pad[b]] == 0)  # padding slots read zeros
+
+  w = jax.random.normal(jax.random.key(5), packed.shape)
+  grad = jax.grad(lambda x: jnp.sum(pack_by_group(x, layout) * w))(x)
+  want = jax.grad(lambda x: jnp.sum(
+      jnp.take_along_axis(x, layout.src.reshape(2, 1, -1, 1), axis=2, mode="fill",
+                          fill_value=0) * w))(x)
+  np.testing.assert_allclose(grad, want, rtol=1e-6)
+  y = jax.random.normal(jax.random.key(6), packed.shape)
+  w2 = jax.random.normal(jax.random.key(7), x.shape)
+  grad = jax.grad(lambda y: jnp.sum(unpack_by_group(y, layout) * w2))(y)
+  expected = np.zeros(y.shape, np.float32)
+  for b in range(2):
+    expected[b][:, np.asarray(layout.slot[b])] = np.asarray(w2[b])
+  np.testing.assert_allclose(grad, expected, rtol=1e-6)
+
+
+def test_global_tile_ranges_broadcast_over_heads():
+  ids = jax.random.randint(jax.random.key(8), (2, 40), 0, 3)  # shared routing, B = 2
+  layout = group_layout(ids, num_groups=3, tile=8)
+  ranges = global_tile_ranges(layout, batch=2, heads=3)
+  num_tiles = layout.tile_start.shape[1]
+  start = np.asarray(ranges.start).reshape(2, 3, num_tiles)
+  end = np.asarray(ranges.valid_end).reshape(2, 3, num_tiles)
+  for b in range(2):
+    for h in range(3):
+      row = b * 3 + h
+      np.testing.assert_array_equal(start[b, h], np.asarray(layout.tile_start[b]) +
+                                    row * num_tiles)
+      np.testing.assert_array_equal(end[b, h], np.asarray(layout.valid_end[b]) +
+                                    row * layout.capacity)

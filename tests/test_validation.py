@@ -1,0 +1,71 @@
+"""Bad input to group_attention: a clear error naming the argument, before any tracing."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import group_attention, resolve_implementation
+
+Q = jnp.ones((2, 10, 3, 8))
+IDS = jnp.zeros((2, 10, 3), jnp.int32)
+
+
+def call(q=Q, k=Q, v=Q, ids=IDS, **kw):
+  kw.setdefault("num_groups", 4)
+  return group_attention(q, k, v, ids, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"k": jnp.ones((2, 11, 3, 8))}, ValueError, r"k must have the shape of q \(2, 10, 3, 8\)"),
+        ({"v": jnp.ones((2, 10, 3, 4))}, ValueError, r"v must have the shape of q"),
+        ({"q": jnp.ones((10, 3, 8))}, ValueError, r"q must have shape \[batch, seq, heads, "),
+        ({"k": Q.astype(jnp.bfloat16)}, ValueError, r"k must have the dtype of q \(float32\)"),
+        ({"q": jnp.ones((2, 10, 3, 8), jnp.int32)}, ValueError, r"q must have a floating dtype"),
+        ({"ids": jnp.zeros((2, 10, 2), jnp.int32)}, ValueError,
+         r"group_ids must have shape \[batch, seq, heads\] = \(2, 10, 3\).*got \(2, 10, 2\)"),
+        ({"ids": jnp.zeros((10,), jnp.int32)}, ValueError, r"group_ids must have shape"),
+        ({"ids": jnp.zeros((2, 10, 3), jnp.float32)}, ValueError,
+         r"group_ids must have an integer dtype \(int32\), got float32"),
+        ({"num_groups": 0}, ValueError, r"num_groups must be >= 1, got 0"),
+        ({"num_groups": 2.0}, TypeError, r"num_groups must be an int"),
+        ({"ids": IDS.at[0, 3, 1].set(4)}, ValueError,
+         r"group_ids must lie in \[0, num_groups=4\), got values in \[0, 4\]"),
+        ({"ids": IDS.at[1, 0, 0].set(-1)}, ValueError, r"got values in \[-1, 0\]"),
+        ({"tile": 0}, ValueError, r"tile must be >= 1"),
+        ({"scale": "big"}, TypeError, r"scale must be a Python float"),
+        ({"scale": float("nan")}, ValueError, r"scale must be finite"),
+        ({"implementation": "cuda"}, ValueError, r"implementation must be None or one of"),
+        ({"interpret": "yes"}, TypeError, r"interpret must be None or a bool"),
+        ({"q": np.ones((2, 10, 3, 8), np.float32).tolist()}, TypeError, r"q must be an array"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    call(**kwargs)
+
+
+def test_traced_ids_are_not_range_checked_but_stay_defined():
+  """Under jit the values are unknown: no error, and out-of-range ids are clipped."""
+  f = jax.jit(lambda ids: call(ids=ids, implementation="xla"))
+  clipped = f(IDS.at[0, 0, 0].set(9))
+  assert np.isfinite(np.asarray(clipped)).all()
+  np.testing.assert_allclose(clipped, f(IDS.at[0, 0, 0].set(3)))
+
+
+def test_none_picks_xla_on_cpu_and_named_kernels_fail_fast():
+  assert resolve_implementation(None, backend="cpu") == "xla"
+  assert resolve_implementation(None, backend="gpu") == "xla"  # no GPU kernel in this build yet
+  assert resolve_implementation("reference", backend="tpu") == "reference"
+  for name in ("pallas_tpu", "pallas_gpu"):
+    with pytest.raises(ValueError, match=rf"implementation='{name}' cannot run on backend"):
+      call(implementation=name)
+
+
+def test_shared_ids_accepted_as_batch_seq():
+  out = call(ids=jnp.zeros((2, 10), jnp.int32), implementation="xla", tile=4)
+  assert out.shape == Q.shape
