@@ -52,8 +52,9 @@ def group_attention(
       "reference", "pallas_tpu" or "pallas_gpu". A named one that cannot run raises ValueError.
     interpret: Pallas interpret mode (None: interpret when no accelerator is present). Ignored
       by "xla" and "reference".
-    tile: tokens per tile of the sorted layout (default 128). Each group is padded up to whole
-      tiles, so the cost is sum_g ceil(n_g / tile)^2 tile pairs.
+    tile: tokens per tile of the sorted layout (default 128, or the sequence length rounded up
+      to 8 when that is shorter). Each group is padded up to whole tiles, so the cost is
+      sum_g ceil(n_g / tile)^2 tile pairs.
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -63,7 +64,9 @@ def group_attention(
   group_ids = validation.check_group_ids(
       group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups)
   scale = validation.check_scale(scale, head_dim)
-  tile = validation.check_positive_int("tile", DEFAULT_TILE if tile is None else tile)
+  if tile is None:  # short sequences get a smaller tile: padding G groups to 128 would dwarf N
+    tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
+  tile = validation.check_positive_int("tile", tile)
   if interpret is not None and not isinstance(interpret, bool):
     raise TypeError(f"interpret must be None or a bool, got {type(interpret).__name__}")
   name = resolve_implementation(implementation, interpret=interpret)

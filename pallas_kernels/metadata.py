@@ -62,10 +62,6 @@ class GroupLayout(NamedTuple):
     return self.src.shape[-1] // self.tile_start.shape[-1]
 
   @property
-  def seq_len(self) -> int:
-    return self.slot.shape[-1]
-
-  @property
   def capacity(self) -> int:
     return self.src.shape[-1]
 
@@ -157,45 +153,30 @@ def _row_indices(indices: jax.Array, batch: int) -> jax.Array:
   return indices.reshape(batch, -1, indices.shape[-1])[..., None]
 
 
-def _pack(x: jax.Array, src: jax.Array) -> jax.Array:
-  idx = _row_indices(src, x.shape[0])
+def _pack(x: jax.Array, layout: GroupLayout) -> jax.Array:
+  idx = _row_indices(layout.src, x.shape[0])
   return jnp.take_along_axis(x, idx, axis=2, mode="fill", fill_value=0)
 
 
-def _unpack(y: jax.Array, slot: jax.Array) -> jax.Array:
-  idx = _row_indices(slot, y.shape[0])
+def _unpack(y: jax.Array, layout: GroupLayout) -> jax.Array:
+  idx = _row_indices(layout.slot, y.shape[0])
   return jnp.take_along_axis(y, idx, axis=2, mode="promise_in_bounds")
 
 
-@jax.custom_vjp
-def pack_by_group(x: jax.Array, layout: GroupLayout) -> jax.Array:
-  """[B, H, N, D] in sequence order -> [B, H, L, D] in the sorted, padded layout."""
-  return _pack(x, layout.src)
+def _with_transpose(gather, transpose, doc: str):
+  """`gather` with `transpose` as its VJP: the default VJP of a gather would be a scatter."""
+
+  @jax.custom_vjp
+  def op(x: jax.Array, layout: GroupLayout) -> jax.Array:
+    return gather(x, layout)
+
+  op.defvjp(lambda x, layout: (gather(x, layout), layout),
+            lambda layout, g: (transpose(g, layout), None))
+  op.__doc__ = doc
+  return op
 
 
-def _pack_fwd(x, layout):
-  return _pack(x, layout.src), layout
-
-
-def _pack_bwd(layout, g):
-  return _unpack(g, layout.slot), None
-
-
-pack_by_group.defvjp(_pack_fwd, _pack_bwd)
-
-
-@jax.custom_vjp
-def unpack_by_group(y: jax.Array, layout: GroupLayout) -> jax.Array:
-  """[B, H, L, D] in the sorted layout -> [B, H, N, D] in sequence order (padding dropped)."""
-  return _unpack(y, layout.slot)
-
-
-def _unpack_fwd(y, layout):
-  return _unpack(y, layout.slot), layout
-
-
-def _unpack_bwd(layout, g):
-  return _pack(g, layout.src), None
-
-
-unpack_by_group.defvjp(_unpack_fwd, _unpack_bwd)
+pack_by_group = _with_transpose(
+    _pack, _unpack, "[B, H, N, D] in sequence order -> [B, H, L, D] sorted and padded.")
+unpack_by_group = _with_transpose(
+    _unpack, _pack, "[B, H, L, D] sorted and padded -> [B, H, N, D] in sequence order.")

@@ -132,3 +132,12 @@ def test_default_tile_larger_sequence(key, impl):
   q, k, v = random_qkv(k1, (1, 2500, 2, 32))
   ids = jax.random.randint(k2, (1, 2500, 2), 0, 7)
   _check(q, k, v, ids, 7, impl)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLEMENTATIONS)
+def test_short_sequence_default_tile(key, impl):
+  """Fewer tokens than the default tile: the tile shrinks to the sequence, results stay exact."""
+  k1, k2 = jax.random.split(key)
+  q, k, v = random_qkv(k1, (2, 21, 2, 8))
+  ids = jax.random.randint(k2, (2, 21, 2), 0, 5)
+  _check(q, k, v, ids, 5, impl)
