@@ -8,20 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import resolve_implementation
+from pallas_kernels.block_sparse.ops import block_sparse_attention, resolve_implementation
 from pallas_kernels.block_sparse.reference import group_attention_reference
-from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
-from pallas_kernels.metadata import (
-    global_tile_ranges,
-    group_layout,
-    pack_by_group,
-    unpack_by_group,
-)
+from pallas_kernels.metadata import broadcast_rows, group_layout, pack_by_group, unpack_by_group
 
 DEFAULT_TILE = 128
-# Query tiles the xla path advances together. Bigger chunks mean fewer loop steps and bigger
-# matmuls, but more idle lanes where group sizes differ inside a chunk.
-_XLA_CHUNK_TOKENS = 2048
 
 
 def group_attention(
@@ -72,25 +63,27 @@ def group_attention(
   name = resolve_implementation(implementation, interpret=interpret)
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)
-  return _sorted_xla(q, k, v, group_ids, num_groups=num_groups, scale=scale, tile=tile,
-                     chunk=max(1, _XLA_CHUNK_TOKENS // tile))
+  return _sorted(q, k, v, group_ids, num_groups=num_groups, scale=scale, tile=tile,
+                 implementation=name, interpret=interpret)
 
 
 _reference = jax.jit(group_attention_reference, static_argnames=("scale",))
 
 
-@functools.partial(jax.jit, static_argnames=("num_groups", "scale", "tile", "chunk"))
-def _sorted_xla(q, k, v, group_ids, *, num_groups: int, scale: float, tile: int, chunk: int):
-  """Sort by group, run the block-sparse kernel on the tiles, unsort."""
+@functools.partial(jax.jit,
+                   static_argnames=("num_groups", "scale", "tile", "implementation", "interpret"))
+def _sorted(q, k, v, group_ids, *, num_groups: int, scale: float, tile: int,
+            implementation: str, interpret: bool | None):
+  """Sort by group, run the block-sparse kernel over the group tiles, unsort."""
   batch, _, heads, head_dim = q.shape
   rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
   layout = group_layout(rows, num_groups=num_groups, tile=tile)
-  ranges = global_tile_ranges(layout, batch=batch, heads=heads)
+  mask = broadcast_rows(layout.mask, batch=batch, heads=heads)
 
-  def to_tiles(x):  # [B, N, H, D] -> [B * H * nt, tile, D], sorted
-    packed = pack_by_group(jnp.swapaxes(x, 1, 2), layout)
-    return packed.reshape(-1, tile, head_dim)
+  def sort(x):  # [B, N, H, D] -> [B * H, L, D]
+    return pack_by_group(jnp.swapaxes(x, 1, 2), layout).reshape(batch * heads, -1, head_dim)
 
-  out = block_sparse_attention_xla(to_tiles(q), to_tiles(k), to_tiles(v), ranges, scale, chunk)
+  out = block_sparse_attention(sort(q), sort(k), sort(v), mask, scale=scale,
+                               implementation=implementation, interpret=interpret)
   out = unpack_by_group(out.reshape(batch, heads, layout.capacity, head_dim), layout)
   return jnp.swapaxes(out, 1, 2)

@@ -34,32 +34,61 @@ def sorted_capacity(seq_len: int, num_groups: int, tile: int) -> int:
   return cdiv(seq_len + min(num_groups, seq_len) * (tile - 1), tile) * tile
 
 
+class BlockMask(NamedTuple):
+  """Which key tiles each query tile visits: the metadata every block-sparse kernel reads.
+
+  Activations are [rows, num_tiles * tile, D], rows being (batch x heads) sequences. For row r
+  and query tile t, the tile visits count[r, t] key tiles:
+    indices is None (a contiguous run, as in the group branch): start[r, t] + j, j < count;
+    otherwise (CSR lists, as in the window branch): indices[r, start[r, t] + j], j < count.
+  tile_len[r, t] is the number of real tokens at the start of tile t; the rest of the tile is
+  padding, masked as keys and ignored as queries. Tiles with count 0 are never computed.
+
+  The pattern must be symmetric (t visits u exactly when u visits t): the backward pass walks
+  the same lists from the key side to find the query tiles that read a key tile.
+  """
+
+  start: jax.Array
+  count: jax.Array
+  tile_len: jax.Array
+  indices: jax.Array | None = None
+
+  @property
+  def num_tiles(self) -> int:
+    return self.start.shape[-1]
+
+
+def broadcast_rows(mask: BlockMask, *, batch: int, heads: int) -> BlockMask:
+  """[batch * h, ...] metadata with h in {1, heads} -> [batch * heads, ...]."""
+
+  def per_head(a):
+    if a is None:
+      return None
+    a = a.reshape(batch, -1, a.shape[-1])
+    return jnp.broadcast_to(a, (batch, heads, a.shape[-1])).reshape(batch * heads, -1)
+
+  return BlockMask(*(per_head(a) for a in mask))
+
+
 class GroupLayout(NamedTuple):
   """Sorted, tile-padded layout of one or more routed sequences (a pytree of int32 arrays).
 
   Rows are independent sequences (batch x routed heads). With R rows of N tokens, capacity L
-  (`sorted_capacity`) and nt = L // tile tiles per row:
+  (`sorted_capacity`) and L // tile tiles per row:
 
-  src:        [R, L] token index that fills each slot, N for a padding slot.
-  slot:       [R, N] slot that each token moves to (the inverse of `src`).
-  tile_start: [R, nt] first tile of the group that owns the tile.
-  tile_count: [R, nt] number of tiles that group owns; 0 for unused tiles past the end.
-  valid_end:  [R, nt] one past the group's last real slot: slots >= valid_end are padding.
-
-  A tile's queries attend to keys in tiles [tile_start, tile_start + tile_count) at slots below
-  valid_end; because a group's query tiles and key tiles coincide, the same arrays also tell a
-  key tile which query tiles read it (the backward pass relies on this symmetry).
+  src:  [R, L] token index that fills each slot, N for a padding slot.
+  slot: [R, N] slot that each token moves to (the inverse of `src`).
+  mask: the block mask: a tile of group g visits the contiguous run of tiles g owns; tiles past
+        the last group have count 0. Query and key tiles of a group coincide, so it is symmetric.
   """
 
   src: jax.Array
   slot: jax.Array
-  tile_start: jax.Array
-  tile_count: jax.Array
-  valid_end: jax.Array
+  mask: BlockMask
 
   @property
   def tile(self) -> int:
-    return self.src.shape[-1] // self.tile_start.shape[-1]
+    return self.src.shape[-1] // self.mask.num_tiles
 
   @property
   def capacity(self) -> int:
@@ -100,44 +129,18 @@ def group_layout(group_ids: jax.Array, *, num_groups: int, tile: int) -> GroupLa
   in_use = owner < num_groups
   owner = jnp.minimum(owner, num_groups - 1)
   take = lambda a: jnp.take_along_axis(a, owner, axis=-1)
-  tile_start = jnp.where(in_use, take(padded_start) // tile, 0)
-  tile_count = jnp.where(in_use, take(padded) // tile, 0)
-  valid_end = jnp.where(in_use, take(padded_start) + take(counts), 0)
-  return GroupLayout(src, slot, tile_start.astype(jnp.int32), tile_count.astype(jnp.int32),
-                     valid_end.astype(jnp.int32))
+  group_end = take(padded_start) + take(counts)
+  mask = BlockMask(
+      start=jnp.where(in_use, take(padded_start) // tile, 0).astype(jnp.int32),
+      count=jnp.where(in_use, take(padded) // tile, 0).astype(jnp.int32),
+      tile_len=jnp.where(in_use, jnp.clip(group_end - tile_first_slot, 0, tile), 0)
+      .astype(jnp.int32),
+  )
+  return GroupLayout(src, slot, mask)
 
 
 def _exclusive_cumsum(x: jax.Array) -> jax.Array:
   return jnp.cumsum(x, axis=-1) - x
-
-
-class TileRanges(NamedTuple):
-  """Per-tile metadata flattened over rows, with global tile and slot indices.
-
-  For activations laid out as [B * H * nt, tile, D] (row-major over batch, head, tile):
-  tile u attends to tiles [start[u], start[u] + count[u]) at global slots below valid_end[u].
-  """
-
-  start: jax.Array
-  count: jax.Array
-  valid_end: jax.Array
-
-
-def global_tile_ranges(layout: GroupLayout, *, batch: int, heads: int) -> TileRanges:
-  """Broadcasts a layout over heads (when routing is shared) and makes its indices global."""
-  rows, num_tiles = layout.tile_start.shape
-  routed_heads = rows // batch
-
-  def per_head(a):
-    a = a.reshape(batch, routed_heads, num_tiles)
-    return jnp.broadcast_to(a, (batch, heads, num_tiles)).reshape(batch * heads, num_tiles)
-
-  row = jnp.arange(batch * heads, dtype=jnp.int32)[:, None]
-  return TileRanges(
-      start=(per_head(layout.tile_start) + row * num_tiles).reshape(-1),
-      count=per_head(layout.tile_count).reshape(-1),
-      valid_end=(per_head(layout.valid_end) + row * layout.capacity).reshape(-1),
-  )
 
 
 # --- Moving activations in and out of the sorted layout ------------------------------------

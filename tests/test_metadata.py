@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pallas_kernels.metadata import (
-    global_tile_ranges,
+    BlockMask,
+    broadcast_rows,
     group_layout,
     pack_by_group,
     sorted_capacity,
@@ -33,19 +34,23 @@ def _check_layout(ids: np.ndarray, num_groups: int, tile: int):
     for t in range(capacity // tile):
       tokens = src[t * tile:(t + 1) * tile]
       tokens = tokens[tokens < n]
-      start, count, end = (layout.tile_start[r, t], layout.tile_count[r, t],
-                           layout.valid_end[r, t])
+      start, count = layout.mask.start[r, t], layout.mask.count[r, t]
+      length = layout.mask.tile_len[r, t]
+      assert length == tokens.size
       if tokens.size == 0:  # only tiles past the last group hold no real token
         assert count == 0
         continue
+      # Real tokens first, then padding.
+      assert np.all(src[t * tile:t * tile + length] < n)
+      assert np.all(src[t * tile + length:(t + 1) * tile] == n)
       groups = set(ids[r, tokens].tolist())
       assert len(groups) == 1, f"tile {t} mixes groups {groups}"
       g = groups.pop()
       members = np.flatnonzero(ids[r] == g)
       assert count == -(-members.size // tile) and start * tile <= t * tile
       assert t < start + count
-      np.testing.assert_array_equal(np.sort(src[start * tile:end]), members)
-      assert np.all(src[end:(start + count) * tile] == n)  # padding after the group's end
+      run = src[start * tile:(start + count) * tile]
+      np.testing.assert_array_equal(np.sort(run[run < n]), members)  # the run is the group
 
 
 @pytest.mark.parametrize(
@@ -97,17 +102,14 @@ def test_pack_unpack_round_trip_and_gradients():
   np.testing.assert_allclose(grad, expected, rtol=1e-6)
 
 
-def test_global_tile_ranges_broadcast_over_heads():
+def test_broadcast_rows_over_heads():
   ids = jax.random.randint(jax.random.key(8), (2, 40), 0, 3)  # shared routing, B = 2
-  layout = group_layout(ids, num_groups=3, tile=8)
-  ranges = global_tile_ranges(layout, batch=2, heads=3)
-  num_tiles = layout.tile_start.shape[1]
-  start = np.asarray(ranges.start).reshape(2, 3, num_tiles)
-  end = np.asarray(ranges.valid_end).reshape(2, 3, num_tiles)
-  for b in range(2):
+  mask = group_layout(ids, num_groups=3, tile=8).mask
+  wide = broadcast_rows(mask, batch=2, heads=3)
+  assert wide.indices is None
+  for field in ("start", "count", "tile_len"):
+    got = np.asarray(getattr(wide, field)).reshape(2, 3, -1)
     for h in range(3):
-      row = b * 3 + h
-      np.testing.assert_array_equal(start[b, h], np.asarray(layout.tile_start[b]) +
-                                    row * num_tiles)
-      np.testing.assert_array_equal(end[b, h], np.asarray(layout.valid_end[b]) +
-                                    row * layout.capacity)
+      np.testing.assert_array_equal(got[:, h], np.asarray(getattr(mask, field)))
+  lists = BlockMask(mask.start, mask.count, mask.tile_len, indices=jnp.zeros((2, 5), jnp.int32))
+  assert broadcast_rows(lists, batch=2, heads=3).indices.shape == (6, 5)

@@ -10,12 +10,12 @@ import pytest
 
 from pallas_kernels import group_attention
 from pallas_kernels.block_sparse import xla
-from pallas_kernels.metadata import global_tile_ranges, group_layout, pack_by_group
+from pallas_kernels.metadata import group_layout, pack_by_group
 
 
-def _ranges(ids, num_groups, tile, heads=1):
+def _ranges(ids, num_groups, tile):
   layout = group_layout(ids, num_groups=num_groups, tile=tile)
-  return layout, global_tile_ranges(layout, batch=ids.shape[0], heads=heads)
+  return layout, xla._flatten(layout.mask)
 
 
 @pytest.mark.parametrize(("num_groups", "chunk"), [(1, 4), (16, 4), (16, 16), (5, 3)])
@@ -53,15 +53,15 @@ def test_unvisited_tiles_are_nan_poisoned():
   tile, n = 16, 96
   ids = jax.random.randint(jax.random.key(1), (1, n), 0, 3)
   layout, ranges = _ranges(ids, 3, tile)
-  x = jax.random.normal(jax.random.key(2), (1, 1, n, 8))
-  tiles = pack_by_group(x, layout).reshape(-1, tile, 8)
-  out = xla.block_sparse_attention_xla(tiles, tiles, tiles, ranges, 0.5, 2)
+  x = pack_by_group(jax.random.normal(jax.random.key(2), (1, 1, n, 8)), layout)[0]  # [1, L, 8]
+  tiles = lambda out: np.asarray(out).reshape(-1, tile, 8)
+  out = xla.block_sparse_attention_xla(x, x, x, layout.mask, scale=0.5)
   used = np.asarray(ranges.count) > 0
-  assert np.isfinite(np.asarray(out)[used]).all()
-  assert np.isnan(np.asarray(out)[~used]).all()
-  broken = ranges._replace(count=ranges.count.at[0].set(0))
-  out = xla.block_sparse_attention_xla(tiles, tiles, tiles, broken, 0.5, 2)
-  assert np.isnan(np.asarray(out)[0]).all()
+  assert np.isfinite(tiles(out)[used]).all()
+  assert np.isnan(tiles(out)[~used]).all()
+  broken = layout.mask._replace(count=layout.mask.count.at[0, 0].set(0))
+  out = xla.block_sparse_attention_xla(x, x, x, broken, scale=0.5)
+  assert np.isnan(tiles(out)[0]).all()
 
 
 def test_memory_is_linear_in_sequence_not_quadratic():

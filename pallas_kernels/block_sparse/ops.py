@@ -69,3 +69,13 @@ def resolve_implementation(
     raise ValueError(
         f"implementation={implementation!r} cannot run on backend {backend!r}: {reason}")
   return implementation
+
+
+def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
+                           interpret: bool | None = None):
+  """Runs the named block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask."""
+  if implementation == "xla":
+    from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
+
+    return block_sparse_attention_xla(q, k, v, mask, scale=scale)
+  raise ValueError(f"no block-sparse kernel named {implementation!r}")

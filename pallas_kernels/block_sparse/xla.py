@@ -1,8 +1,8 @@
 """Block-sparse attention over tile ranges in plain JAX: exact, any backend, cost ~ sum_g n_g^2.
 
-Input activations are already in the sorted layout (see `pallas_kernels.metadata`) and cut
-into tiles: [num_tiles, tile, D]. Query tile u visits key tiles [start[u], start[u] + count[u])
-and nothing else, with an online softmax in float32 (FlashAttention-2 style). Memory is
+Inputs are [rows, num_tiles * tile, D] (rows = batch x heads) with a `BlockMask` saying which
+key tiles each query tile visits (see `pallas_kernels.metadata`); it visits those and nothing
+else, with an online softmax in float32 (FlashAttention-2 style). Memory is
 O(num_tiles * tile * D) plus one [chunk, tile, tile] score block: no N x N array exists.
 
 How the work follows the group sizes. A `while_loop` whose trip count differs per tile cannot be
@@ -14,20 +14,20 @@ Tiles past the last group (count 0) cost nothing.
 
 Loops with dynamic bounds are not reverse-differentiable, so the gradient is a `custom_vjp`
 with two more sweeps of the same shape: dq over each query tile's key range, and dk/dv over
-each key tile's query range (the same range: a group's query and key tiles coincide).
+each key tile's query tiles (the same lists: block masks are symmetric).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.metadata import TileRanges, cdiv
+from pallas_kernels.metadata import BlockMask, cdiv
 
 _F32 = jnp.float32
 
@@ -35,20 +35,46 @@ _F32 = jnp.float32
 ChunkProgram = tuple[Any, Callable[[Any, jax.Array, jax.Array], Any], Callable[[Any], Any]]
 
 
-def _sweep(ranges: TileRanges, chunk: int, program: Callable[[jax.Array], ChunkProgram]):
+class _FlatMask(NamedTuple):
+  """A BlockMask over all rows at once: tile u of row r is global tile r * num_tiles + u."""
+
+  start: jax.Array  # [R * nt]
+  count: jax.Array
+  tile_len: jax.Array
+  indices: jax.Array | None  # [R * M] global tile indices, or None for contiguous runs
+
+  def col(self, start: jax.Array, j: jax.Array) -> jax.Array:
+    if self.indices is None:
+      return start + j
+    return self.indices[jnp.clip(start + j, 0, self.indices.shape[0] - 1)]
+
+
+def _flatten(mask: BlockMask) -> _FlatMask:
+  rows, num_tiles = mask.start.shape
+  row = jnp.arange(rows, dtype=jnp.int32)[:, None]
+  if mask.indices is None:
+    start, indices = mask.start + row * num_tiles, None
+  else:
+    start = mask.start + row * mask.indices.shape[-1]
+    indices = (mask.indices + row * num_tiles).reshape(-1)
+  return _FlatMask(start.reshape(-1), mask.count.reshape(-1), mask.tile_len.reshape(-1), indices)
+
+
+def _sweep(mask: _FlatMask, chunk: int, program: Callable[[jax.Array], ChunkProgram]):
   """Runs `program` over every (row tile, column tile) pair, `chunk` row tiles at a time.
 
   program(rows [chunk]) builds the chunk's loop; its step receives the column tile each row
-  visits at this step and a mask of the rows that still have one. Returns finish's pytree with a
+  visits at this step and a mask of the rows that still have one (rows without one get their
+  own tile, a valid index, and must leave their carry unchanged). Returns finish's pytree with a
   leading axis over all row tiles, in tile order.
   """
-  num_tiles = ranges.start.shape[0]
+  num_tiles = mask.start.shape[0]
   num_chunks = cdiv(num_tiles, chunk)
   total = num_chunks * chunk
-  order = jnp.argsort(-ranges.count, stable=True).astype(jnp.int32)
+  order = jnp.argsort(-mask.count, stable=True).astype(jnp.int32)
   order = jnp.pad(order, (0, total - num_tiles))  # filler rows: tile 0 again, with count 0
-  count = jnp.where(jnp.arange(total) < num_tiles, ranges.count[order], 0)
-  start = ranges.start[order]
+  count = jnp.where(jnp.arange(total) < num_tiles, mask.count[order], 0)
+  start = mask.start[order]
 
   def run_chunk(args):
     rows, count, start = args
@@ -57,8 +83,7 @@ def _sweep(ranges: TileRanges, chunk: int, program: Callable[[jax.Array], ChunkP
     def body(state):
       j, carry = state
       live = j < count
-      cols = jnp.where(live, start + j, start)
-      return j + 1, step(carry, cols, live)
+      return j + 1, step(carry, jnp.where(live, mask.col(start, j), rows), live)
 
     _, carry = lax.while_loop(lambda s: s[0] < jnp.max(count), body, (jnp.int32(0), carry))
     return finish(carry)
@@ -70,9 +95,9 @@ def _sweep(ranges: TileRanges, chunk: int, program: Callable[[jax.Array], ChunkP
   return jax.tree.map(lambda r: r.reshape(total, *r.shape[2:])[inverse], results)
 
 
-def _slots(tiles: jax.Array, tile: int) -> jax.Array:
-  """Global slot index of every position of the given tiles: [C] -> [C, tile]."""
-  return tiles[:, None] * tile + jnp.arange(tile, dtype=jnp.int32)
+def _real(tile_len: jax.Array, tile: int) -> jax.Array:
+  """Which positions of the given tiles hold real tokens: [C] -> [C, tile] bool."""
+  return jnp.arange(tile, dtype=jnp.int32) < tile_len[:, None]
 
 
 def _where_live(live: jax.Array, new, old):
@@ -82,17 +107,16 @@ def _where_live(live: jax.Array, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def _forward(q, k, v, ranges: TileRanges, scale: float, chunk: int):
+def _forward(q, k, v, mask: _FlatMask, scale: float, chunk: int):
   tile, head_dim = q.shape[1], q.shape[2]
 
   def program(rows):
     q_rows = q[rows]
-    valid_end = ranges.valid_end[rows][:, None, None]
 
     def step(carry, cols, live):
       m, row_sum, acc = carry
       s = jnp.einsum("ctd,csd->cts", q_rows, k[cols], preferred_element_type=_F32) * scale
-      s = jnp.where(_slots(cols, tile)[:, None, :] < valid_end, s, -jnp.inf)
+      s = jnp.where(_real(mask.tile_len[cols], tile)[:, None, :], s, -jnp.inf)
       m_new = jnp.maximum(m, s.max(axis=-1))
       alpha = jnp.exp(m - m_new)
       p = jnp.exp(s - m_new[..., None])
@@ -114,20 +138,19 @@ def _forward(q, k, v, ranges: TileRanges, scale: float, chunk: int):
             jnp.zeros((c, tile, head_dim), _F32))
     return init, step, finish
 
-  return _sweep(ranges, chunk, program)
+  return _sweep(mask, chunk, program)
 
 
-def _backward_dq(q, k, v, do, lse, delta, ranges: TileRanges, scale: float, chunk: int):
+def _backward_dq(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk: int):
   tile = q.shape[1]
 
   def program(rows):
     q_rows, do_rows = q[rows], do[rows]
     lse_rows, delta_rows = lse[rows][..., None], delta[rows][..., None]
-    valid_end = ranges.valid_end[rows][:, None, None]
 
     def step(dq, cols, live):
       s = jnp.einsum("ctd,csd->cts", q_rows, k[cols], preferred_element_type=_F32) * scale
-      p = jnp.where(_slots(cols, tile)[:, None, :] < valid_end, jnp.exp(s - lse_rows), 0.0)
+      p = jnp.where(_real(mask.tile_len[cols], tile)[:, None, :], jnp.exp(s - lse_rows), 0.0)
       dp = jnp.einsum("ctd,csd->cts", do_rows, v[cols], preferred_element_type=_F32)
       ds = p * (dp - delta_rows)
       dq_new = dq + scale * jnp.einsum("cts,csd->ctd", ds.astype(k.dtype), k[cols],
@@ -136,21 +159,20 @@ def _backward_dq(q, k, v, do, lse, delta, ranges: TileRanges, scale: float, chun
 
     return jnp.zeros(q_rows.shape, _F32), step, lambda dq: dq.astype(q.dtype)
 
-  return _sweep(ranges, chunk, program)
+  return _sweep(mask, chunk, program)
 
 
-def _backward_dkdv(q, k, v, do, lse, delta, ranges: TileRanges, scale: float, chunk: int):
+def _backward_dkdv(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk: int):
   tile = q.shape[1]
 
   def program(rows):
     k_rows, v_rows = k[rows], v[rows]
-    valid_end = ranges.valid_end[rows][:, None]
-    key_ok = _slots(rows, tile) < valid_end  # [C, Tk]
+    key_ok = _real(mask.tile_len[rows], tile)  # [C, Tk]
 
     def step(carry, cols, live):
       dk, dv = carry
       q_cols, do_cols = q[cols], do[cols]
-      ok = (_slots(cols, tile) < valid_end)[:, :, None] & key_ok[:, None, :]  # [C, Tq, Tk]
+      ok = _real(mask.tile_len[cols], tile)[:, :, None] & key_ok[:, None, :]  # [C, Tq, Tk]
       s = jnp.einsum("ctd,csd->cts", q_cols, k_rows, preferred_element_type=_F32) * scale
       p = jnp.where(ok, jnp.exp(s - lse[cols][..., None]), 0.0)
       dv_new = dv + jnp.einsum("cts,ctd->csd", p.astype(do.dtype), do_cols,
@@ -164,30 +186,41 @@ def _backward_dkdv(q, k, v, do, lse, delta, ranges: TileRanges, scale: float, ch
     init = (jnp.zeros(k_rows.shape, _F32), jnp.zeros(v_rows.shape, _F32))
     return init, step, lambda c: (c[0].astype(k.dtype), c[1].astype(v.dtype))
 
-  return _sweep(ranges, chunk, program)
+  return _sweep(mask, chunk, program)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def block_sparse_attention_xla(q, k, v, ranges: TileRanges, scale: float, chunk: int):
-  """q, k, v: [num_tiles, tile, D] in the sorted layout; returns the output in the same layout.
-
-  `ranges` holds per-tile key ranges with global indices (`metadata.global_tile_ranges`).
-  """
-  out, _ = _forward(q, k, v, ranges, scale, chunk)
+def _attention(q, k, v, mask: _FlatMask, scale: float, chunk: int):
+  out, _ = _forward(q, k, v, mask, scale, chunk)
   return out
 
 
-def _vjp_fwd(q, k, v, ranges, scale, chunk):
-  out, lse = _forward(q, k, v, ranges, scale, chunk)
-  return out, (q, k, v, ranges, out, lse)
+def _vjp_fwd(q, k, v, mask, scale, chunk):
+  out, lse = _forward(q, k, v, mask, scale, chunk)
+  return out, (q, k, v, mask, out, lse)
 
 
 def _vjp_bwd(scale, chunk, residuals, do):
-  q, k, v, ranges, out, lse = residuals
+  q, k, v, mask, out, lse = residuals
   delta = jnp.einsum("ntd,ntd->nt", do.astype(_F32), out.astype(_F32))
-  dq = _backward_dq(q, k, v, do, lse, delta, ranges, scale, chunk)
-  dk, dv = _backward_dkdv(q, k, v, do, lse, delta, ranges, scale, chunk)
+  dq = _backward_dq(q, k, v, do, lse, delta, mask, scale, chunk)
+  dk, dv = _backward_dkdv(q, k, v, do, lse, delta, mask, scale, chunk)
   return dq, dk, dv, None
 
 
-block_sparse_attention_xla.defvjp(_vjp_fwd, _vjp_bwd)
+_attention.defvjp(_vjp_fwd, _vjp_bwd)
+
+
+def block_sparse_attention_xla(q, k, v, mask: BlockMask, *, scale: float,
+                               chunk_tokens: int = 2048):
+  """q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask. Returns q's shape and dtype.
+
+  chunk_tokens: query tokens advanced together (chunk_tokens // tile tiles). Bigger chunks mean
+  fewer loop steps and bigger matmuls, but more idle lanes where range lengths differ.
+  """
+  rows, length, head_dim = q.shape
+  tile = length // mask.num_tiles
+  chunk = max(1, chunk_tokens // tile)
+  as_tiles = lambda x: x.reshape(rows * mask.num_tiles, tile, head_dim)
+  out = _attention(as_tiles(q), as_tiles(k), as_tiles(v), _flatten(mask), scale, chunk)
+  return out.reshape(q.shape)
