@@ -5,7 +5,7 @@ heads); the softmax gives routing probabilities p, a token joins its top-k group
 probability of a chosen group is its gate. The argmax has no gradient: the gate, multiplied
 into the attention output, is what trains the router (Switch-style).
 
-The sorted-layout helpers (`group_layout`, `pack_by_group`, `unpack_by_group`) are defined once
+The sorted-layout helpers (`group_layout`, `pack_tiles`, `unpack_tiles`) are defined once
 in `pallas_kernels.metadata`, because the kernels layer may not import this package, and are
 re-exported here for model code.
 """
@@ -19,17 +19,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pallas_kernels import group_attention
-from pallas_kernels.metadata import GroupLayout, group_layout, pack_by_group, unpack_by_group
+from pallas_kernels.metadata import TileLayout, group_layout, pack_tiles, unpack_tiles
 
 __all__ = [
-    "GroupLayout",
-    "GroupRouter",
-    "RouterOutput",
-    "balance_loss",
-    "group_layout",
-    "pack_by_group",
-    "routed_group_attention",
-    "unpack_by_group",
+  "GroupRouter",
+  "RouterOutput",
+  "TileLayout",
+  "balance_loss",
+  "group_layout",
+  "pack_tiles",
+  "routed_group_attention",
+  "unpack_tiles",
 ]
 
 

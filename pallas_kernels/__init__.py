@@ -2,14 +2,16 @@
 
 from pallas_kernels.block_sparse.ops import IMPLEMENTATIONS, resolve_implementation
 from pallas_kernels.group_attention import group_attention
-from pallas_kernels.metadata import GroupLayout, group_layout, pack_by_group, unpack_by_group
+from pallas_kernels.metadata import TileLayout, group_layout, pack_tiles, unpack_tiles
+from pallas_kernels.window_attention import window_attention
 
 __all__ = [
     "IMPLEMENTATIONS",
-    "GroupLayout",
+    "TileLayout",
     "group_attention",
     "group_layout",
-    "pack_by_group",
+    "pack_tiles",
     "resolve_implementation",
-    "unpack_by_group",
+    "unpack_tiles",
+    "window_attention",
 ]

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import block_sparse_attention, resolve_implementation
+from pallas_kernels.block_sparse.ops import attend_in_layout, resolve_implementation
 from pallas_kernels.block_sparse.reference import group_attention_reference
-from pallas_kernels.metadata import broadcast_rows, group_layout, pack_by_group, unpack_by_group
+from pallas_kernels.metadata import group_layout
 
 DEFAULT_TILE = 128
 
@@ -41,8 +41,9 @@ def group_attention(
     scale: score scale; defaults to 1 / sqrt(head_dim).
     implementation: None (best available for the backend, falling back to "xla"), "xla",
       "reference", "pallas_tpu" or "pallas_gpu". A named one that cannot run raises ValueError.
-    interpret: Pallas interpret mode (None: interpret when no accelerator is present). Ignored
-      by "xla" and "reference".
+    interpret: Pallas interpret mode (None: interpret exactly when running on CPU). For
+      "pallas_tpu" it may also be a `pltpu.InterpretParams` (the TPU simulator, stricter and
+      slower). Ignored by "xla" and "reference".
     tile: tokens per tile of the sorted layout (default 128, or the sequence length rounded up
       to 8 when that is shorter). Each group is padded up to whole tiles, so the cost is
       sum_g ceil(n_g / tile)^2 tile pairs.
@@ -58,9 +59,8 @@ def group_attention(
   if tile is None:  # short sequences get a smaller tile: padding G groups to 128 would dwarf N
     tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
   tile = validation.check_positive_int("tile", tile)
-  if interpret is not None and not isinstance(interpret, bool):
-    raise TypeError(f"interpret must be None or a bool, got {type(interpret).__name__}")
   name = resolve_implementation(implementation, interpret=interpret)
+  interpret = validation.check_interpret(interpret, name)
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)
   return _sorted(q, k, v, group_ids, num_groups=num_groups, scale=scale, tile=tile,
@@ -73,17 +73,9 @@ _reference = jax.jit(group_attention_reference, static_argnames=("scale",))
 @functools.partial(jax.jit,
                    static_argnames=("num_groups", "scale", "tile", "implementation", "interpret"))
 def _sorted(q, k, v, group_ids, *, num_groups: int, scale: float, tile: int,
-            implementation: str, interpret: bool | None):
+            implementation: str, interpret):
   """Sort by group, run the block-sparse kernel over the group tiles, unsort."""
-  batch, _, heads, head_dim = q.shape
   rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
   layout = group_layout(rows, num_groups=num_groups, tile=tile)
-  mask = broadcast_rows(layout.mask, batch=batch, heads=heads)
-
-  def sort(x):  # [B, N, H, D] -> [B * H, L, D]
-    return pack_by_group(jnp.swapaxes(x, 1, 2), layout).reshape(batch * heads, -1, head_dim)
-
-  out = block_sparse_attention(sort(q), sort(k), sort(v), mask, scale=scale,
-                               implementation=implementation, interpret=interpret)
-  out = unpack_by_group(out.reshape(batch, heads, layout.capacity, head_dim), layout)
-  return jnp.swapaxes(out, 1, 2)
+  return attend_in_layout(q, k, v, layout, scale=scale, implementation=implementation,
+                          interpret=interpret)

@@ -1,21 +1,26 @@
-"""Group layout: where every token goes once the sequence is sorted by group.
+"""Tile layouts: where every token goes, and which key tiles each query tile visits.
 
-MoGA attention is block-sparse only after a permutation. Tokens are stably sorted by group id
-and every group is padded up to a whole number of tiles, so each tile holds tokens of exactly
-one group and "attend within my group" becomes "visit the contiguous run of tiles that my group
-owns". This module computes that permutation and the per-tile metadata on device, with static
-shapes, and provides the two gathers that move activations in and out of the sorted layout.
+Both branches of MoGA are block-sparse only after a permutation:
+- groups (`group_layout`, on device, every step): tokens are stably sorted by group id and every
+  group is padded up to whole tiles, so each tile holds one group and "attend within my group"
+  becomes "visit the contiguous run of tiles my group owns";
+- windows (`window_layout`, on the host, once per shape): tokens of a (T, H, W) grid are cut
+  into 3D tiles, and a tile visits the tiles within the window around it.
 
-Every implementation of `group_attention` and the MoGA module share these helpers; nothing else
-in the code base re-implements the permutation.
+A `TileLayout` holds the permutation and the `BlockMask` every kernel reads; `pack_tiles` and
+`unpack_tiles` move activations in and out. Every implementation and the MoGA module share
+these helpers; nothing else in the code base re-implements the permutation.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def cdiv(a: int, b: int) -> int:
@@ -59,27 +64,27 @@ class BlockMask(NamedTuple):
 
 
 def broadcast_rows(mask: BlockMask, *, batch: int, heads: int) -> BlockMask:
-  """[batch * h, ...] metadata with h in {1, heads} -> [batch * heads, ...]."""
+  """Metadata with 1, batch or batch * heads rows -> batch * heads rows."""
 
   def per_head(a):
     if a is None:
       return None
-    a = a.reshape(batch, -1, a.shape[-1])
+    a = jnp.asarray(a)
+    a = a[None] if a.shape[0] == 1 else a.reshape(batch, -1, a.shape[-1])
     return jnp.broadcast_to(a, (batch, heads, a.shape[-1])).reshape(batch * heads, -1)
 
   return BlockMask(*(per_head(a) for a in mask))
 
 
-class GroupLayout(NamedTuple):
-  """Sorted, tile-padded layout of one or more routed sequences (a pytree of int32 arrays).
+class TileLayout(NamedTuple):
+  """A permutation of one or more sequences into padded tiles, and its block mask (a pytree).
 
-  Rows are independent sequences (batch x routed heads). With R rows of N tokens, capacity L
-  (`sorted_capacity`) and L // tile tiles per row:
+  Rows are independent sequences (batch x routed heads; 1 row for a window layout, shared by
+  all). With R rows of N tokens, capacity L and L // tile tiles per row:
 
   src:  [R, L] token index that fills each slot, N for a padding slot.
   slot: [R, N] slot that each token moves to (the inverse of `src`).
-  mask: the block mask: a tile of group g visits the contiguous run of tiles g owns; tiles past
-        the last group have count 0. Query and key tiles of a group coincide, so it is symmetric.
+  mask: which key tiles each tile visits (`BlockMask`, [R, num_tiles] fields).
   """
 
   src: jax.Array
@@ -95,11 +100,13 @@ class GroupLayout(NamedTuple):
     return self.src.shape[-1]
 
 
-def group_layout(group_ids: jax.Array, *, num_groups: int, tile: int) -> GroupLayout:
+def group_layout(group_ids: jax.Array, *, num_groups: int, tile: int) -> TileLayout:
   """Builds the sorted, tile-padded layout of `group_ids` [R, N] (int, values in [0, G)).
 
   The sort is stable, so tokens keep their sequence order inside a group. Ids outside
-  [0, num_groups) must have been rejected (or clipped) by the caller.
+  [0, num_groups) must have been rejected (or clipped) by the caller. The capacity is static
+  (`sorted_capacity`); a tile of group g visits the contiguous run of tiles g owns (symmetric:
+  a group's query and key tiles coincide) and tiles past the last group have count 0.
   """
   if group_ids.ndim != 2:
     raise ValueError(f"group_ids must be [rows, seq], got shape {group_ids.shape}")
@@ -136,11 +143,53 @@ def group_layout(group_ids: jax.Array, *, num_groups: int, tile: int) -> GroupLa
       tile_len=jnp.where(in_use, jnp.clip(group_end - tile_first_slot, 0, tile), 0)
       .astype(jnp.int32),
   )
-  return GroupLayout(src, slot, mask)
+  return TileLayout(src, slot, mask)
 
 
 def _exclusive_cumsum(x: jax.Array) -> jax.Array:
   return jnp.cumsum(x, axis=-1) - x
+
+
+def window_layout(grid_shape: tuple[int, int, int], tile: tuple[int, int, int],
+                  window: tuple[int, int, int]) -> TileLayout:
+  """Host-built layout of a raster-ordered (T, H, W) token grid cut into 3D tiles.
+
+  Tile coordinates are (t // tile[0], h // tile[1], w // tile[2]); a tile visits every tile
+  whose coordinates differ by at most window[a] // 2 on each axis a (a symmetric pattern). Grid
+  sizes need not divide by the tile: edge tiles are partial, their real tokens first. Returns
+  numpy arrays with one row; callers broadcast it over batch and heads.
+  """
+  return TileLayout(*_window_layout(tuple(grid_shape), tuple(tile), tuple(window)))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_layout(grid_shape, tile, window):
+  tiles_per_axis = [cdiv(g, t) for g, t in zip(grid_shape, tile, strict=True)]
+  num_tiles, tile_size = math.prod(tiles_per_axis), math.prod(tile)
+  n = math.prod(grid_shape)
+
+  coords = np.stack(np.meshgrid(*(np.arange(g) for g in grid_shape), indexing="ij"), -1)
+  coords = coords.reshape(n, 3)  # raster order
+  tile_coords = coords // np.asarray(tile)
+  tile_index = np.ravel_multi_index(tile_coords.T, tiles_per_axis)
+  order = np.argsort(tile_index, kind="stable")  # tile order, raster order inside a tile
+  tile_len = np.bincount(tile_index, minlength=num_tiles)
+  rank = np.arange(n) - (np.cumsum(tile_len) - tile_len)[tile_index[order]]
+  slot = np.empty(n, np.int32)
+  slot[order] = tile_index[order] * tile_size + rank
+  src = np.full(num_tiles * tile_size, n, np.int32)
+  src[slot] = np.arange(n)
+
+  radius = np.asarray(window) // 2
+  grid = np.stack(np.meshgrid(*(np.arange(t) for t in tiles_per_axis), indexing="ij"), -1)
+  grid = grid.reshape(num_tiles, 3)
+  near = np.all(np.abs(grid[:, None, :] - grid[None, :, :]) <= radius, axis=-1)  # [nt, nt]
+  count = near.sum(axis=1)
+  start = np.cumsum(count) - count
+  indices = np.nonzero(near)[1]  # row-major: each tile's neighbours in ascending tile order
+  mask = BlockMask(start[None].astype(np.int32), count[None].astype(np.int32),
+                   tile_len[None].astype(np.int32), indices[None].astype(np.int32))
+  return src[None], slot[None], mask
 
 
 # --- Moving activations in and out of the sorted layout ------------------------------------
@@ -152,16 +201,20 @@ def _exclusive_cumsum(x: jax.Array) -> jax.Array:
 
 
 def _row_indices(indices: jax.Array, batch: int) -> jax.Array:
-  """[B*Hr, M] -> [B, Hr, M, 1], broadcastable against [B, H, *, D]."""
+  """[R, M] with R in {1, B, B * H} -> [B or 1, R // B or 1, M, 1], broadcastable against
+  [B, H, *, D]."""
+  indices = jnp.asarray(indices)
+  if indices.shape[0] == 1:
+    return indices[None, :, :, None]
   return indices.reshape(batch, -1, indices.shape[-1])[..., None]
 
 
-def _pack(x: jax.Array, layout: GroupLayout) -> jax.Array:
+def _pack(x: jax.Array, layout: TileLayout) -> jax.Array:
   idx = _row_indices(layout.src, x.shape[0])
   return jnp.take_along_axis(x, idx, axis=2, mode="fill", fill_value=0)
 
 
-def _unpack(y: jax.Array, layout: GroupLayout) -> jax.Array:
+def _unpack(y: jax.Array, layout: TileLayout) -> jax.Array:
   idx = _row_indices(layout.slot, y.shape[0])
   return jnp.take_along_axis(y, idx, axis=2, mode="promise_in_bounds")
 
@@ -170,7 +223,7 @@ def _with_transpose(gather, transpose, doc: str):
   """`gather` with `transpose` as its VJP: the default VJP of a gather would be a scatter."""
 
   @jax.custom_vjp
-  def op(x: jax.Array, layout: GroupLayout) -> jax.Array:
+  def op(x: jax.Array, layout: TileLayout) -> jax.Array:
     return gather(x, layout)
 
   op.defvjp(lambda x, layout: (gather(x, layout), layout),
@@ -179,7 +232,7 @@ def _with_transpose(gather, transpose, doc: str):
   return op
 
 
-pack_by_group = _with_transpose(
+pack_tiles = _with_transpose(
     _pack, _unpack, "[B, H, N, D] in sequence order -> [B, H, L, D] sorted and padded.")
-unpack_by_group = _with_transpose(
+unpack_tiles = _with_transpose(
     _unpack, _pack, "[B, H, L, D] sorted and padded -> [B, H, N, D] in sequence order.")

@@ -72,3 +72,28 @@ def check_group_ids(group_ids, *, batch: int, seq: int, heads: int, num_groups: 
       raise ValueError(f"group_ids must lie in [0, num_groups={num_groups}), got values in "
                        f"[{low}, {high}]")
   return jnp.clip(group_ids.astype(jnp.int32), 0, num_groups - 1)
+
+
+def check_int_triple(name: str, value) -> tuple[int, int, int]:
+  """A (t, h, w) triple of positive ints."""
+  if (not isinstance(value, (tuple, list)) or len(value) != 3
+      or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value)):
+    raise TypeError(f"{name} must be a (t, h, w) tuple of 3 ints, got {value!r}")
+  if min(value) < 1:
+    raise ValueError(f"{name} must hold positive sizes, got {tuple(value)}")
+  return tuple(int(x) for x in value)
+
+
+def check_interpret(interpret, implementation: str):
+  """None, a bool, or (pallas_tpu only) a `pltpu.InterpretParams` for the TPU simulator."""
+  if interpret is None or isinstance(interpret, bool):
+    return interpret
+  from jax.experimental.pallas import tpu as pltpu
+
+  if isinstance(interpret, pltpu.InterpretParams):
+    if implementation != "pallas_tpu":
+      raise ValueError(f"interpret=pltpu.InterpretParams(...) applies to implementation="
+                       f"'pallas_tpu' only, got implementation={implementation!r}")
+    return interpret
+  raise TypeError(f"interpret must be None, a bool or pltpu.InterpretParams, got "
+                  f"{type(interpret).__name__}")

@@ -11,9 +11,9 @@ from pallas_kernels.metadata import (
     BlockMask,
     broadcast_rows,
     group_layout,
-    pack_by_group,
+    pack_tiles,
     sorted_capacity,
-    unpack_by_group,
+    unpack_tiles,
 )
 
 
@@ -80,22 +80,22 @@ def test_pack_unpack_round_trip_and_gradients():
   ids = jax.random.randint(key, (2, 30), 0, 4)  # [B * Hr, N] with B = 2, Hr = 1
   layout = group_layout(ids, num_groups=4, tile=8)
   x = jax.random.normal(jax.random.key(4), (2, 3, 30, 5))  # [B, H, N, D]: shared over heads
-  packed = pack_by_group(x, layout)
+  packed = pack_tiles(x, layout)
   assert packed.shape == (2, 3, layout.capacity, 5)
   pad = np.asarray(layout.src) == 30
-  np.testing.assert_array_equal(unpack_by_group(packed, layout), x)
+  np.testing.assert_array_equal(unpack_tiles(packed, layout), x)
   for b in range(2):
     assert np.all(np.asarray(packed[b])[:, pad[b]] == 0)  # padding slots read zeros
 
   w = jax.random.normal(jax.random.key(5), packed.shape)
-  grad = jax.grad(lambda x: jnp.sum(pack_by_group(x, layout) * w))(x)
+  grad = jax.grad(lambda x: jnp.sum(pack_tiles(x, layout) * w))(x)
   want = jax.grad(lambda x: jnp.sum(
       jnp.take_along_axis(x, layout.src.reshape(2, 1, -1, 1), axis=2, mode="fill",
                           fill_value=0) * w))(x)
   np.testing.assert_allclose(grad, want, rtol=1e-6)
   y = jax.random.normal(jax.random.key(6), packed.shape)
   w2 = jax.random.normal(jax.random.key(7), x.shape)
-  grad = jax.grad(lambda y: jnp.sum(unpack_by_group(y, layout) * w2))(y)
+  grad = jax.grad(lambda y: jnp.sum(unpack_tiles(y, layout) * w2))(y)
   expected = np.zeros(y.shape, np.float32)
   for b in range(2):
     expected[b][:, np.asarray(layout.slot[b])] = np.asarray(w2[b])

@@ -40,7 +40,7 @@ def call(q=Q, k=Q, v=Q, ids=IDS, **kw):
         ({"scale": "big"}, TypeError, r"scale must be a Python float"),
         ({"scale": float("nan")}, ValueError, r"scale must be finite"),
         ({"implementation": "cuda"}, ValueError, r"implementation must be None or one of"),
-        ({"interpret": "yes"}, TypeError, r"interpret must be None or a bool"),
+        ({"interpret": "yes"}, TypeError, r"interpret must be None, a bool or pltpu"),
         ({"q": np.ones((2, 10, 3, 8), np.float32).tolist()}, TypeError, r"q must be an array"),
     ],
 )
@@ -57,13 +57,28 @@ def test_traced_ids_are_not_range_checked_but_stay_defined():
   np.testing.assert_allclose(clipped, f(IDS.at[0, 0, 0].set(3)))
 
 
-def test_none_picks_xla_on_cpu_and_named_kernels_fail_fast():
-  assert resolve_implementation(None, backend="cpu") == "xla"
-  assert resolve_implementation(None, backend="gpu") == "xla"  # no GPU kernel in this build yet
+def test_none_picks_the_backend_kernel_and_named_kernels_fail_fast():
+  assert resolve_implementation(None, backend="cpu") == "xla"  # faster than interpret mode
+  assert resolve_implementation(None, backend="tpu") == "pallas_tpu"
+  assert resolve_implementation(None, backend="gpu") == "pallas_gpu"
   assert resolve_implementation("reference", backend="tpu") == "reference"
-  for name in ("pallas_tpu", "pallas_gpu"):
-    with pytest.raises(ValueError, match=rf"implementation='{name}' cannot run on backend"):
-      call(implementation=name)
+  # On CPU the kernels run in interpret mode, unless that is refused.
+  assert resolve_implementation("pallas_gpu", backend="cpu") == "pallas_gpu"
+  for name, platform in (("pallas_tpu", "TPU"), ("pallas_gpu", "GPU")):
+    with pytest.raises(ValueError, match=rf"implementation='{name}' cannot run on backend "
+                                         rf"'cpu': it compiles only for {platform} and "
+                                         r"interpret=False was given"):
+      call(implementation=name, interpret=False)
+  with pytest.raises(ValueError, match=r"cannot run on backend 'tpu': it compiles only for GPU; "
+                                       r"pass interpret=True"):
+    resolve_implementation("pallas_gpu", backend="tpu")
+
+
+def test_interpret_params_only_for_the_tpu_kernel():
+  from jax.experimental.pallas import tpu as pltpu
+
+  with pytest.raises(ValueError, match=r"applies to implementation='pallas_tpu' only"):
+    call(implementation="xla", interpret=pltpu.InterpretParams())
 
 
 def test_shared_ids_accepted_as_batch_seq():

@@ -11,6 +11,12 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
+
+from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
+from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
+from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
+from pallas_kernels.metadata import TileLayout, broadcast_rows, pack_tiles, unpack_tiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,10 +32,25 @@ def _always(backend: str, interpret: bool | None) -> None:
   return None
 
 
-def _not_built(backend: str, interpret: bool | None) -> str:
-  del backend, interpret
-  return ("this release has no Pallas kernel yet; 'xla' runs the same exact algorithm on every "
-          "backend")
+def _needs(platform: str):
+  """A Pallas kernel compiled for `platform`, or run anywhere in interpret mode."""
+
+  def unavailable(backend: str, interpret: bool | None) -> str | None:
+    if backend == platform or interpret_mode(interpret, backend):
+      return None
+    if interpret is False:
+      return f"it compiles only for {platform.upper()} and interpret=False was given"
+    return (f"it compiles only for {platform.upper()}; pass interpret=True to run it in Pallas "
+            "interpret mode (slow, for tests)")
+
+  return unavailable
+
+
+def interpret_mode(interpret: bool | None, backend: str | None = None) -> bool:
+  """interpret=None means interpret mode exactly when there is no accelerator (CPU)."""
+  if interpret is None:
+    return (backend or jax.default_backend()) == "cpu"
+  return interpret
 
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
@@ -38,8 +59,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         Implementation("reference", "dense masked attention, O(N^2) memory, for tests",
                        _always),
         Implementation("xla", "exact blocked algorithm in plain JAX, any backend", _always),
-        Implementation("pallas_tpu", "Pallas Mosaic TPU block-sparse kernel", _not_built),
-        Implementation("pallas_gpu", "Pallas GPU block-sparse kernel", _not_built),
+        Implementation("pallas_tpu", "Pallas Mosaic TPU block-sparse kernel", _needs("tpu")),
+        Implementation("pallas_gpu", "Pallas Triton GPU block-sparse kernel", _needs("gpu")),
     )
 }
 
@@ -73,9 +94,26 @@ def resolve_implementation(
 
 def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
                            interpret: bool | None = None):
-  """Runs the named block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask."""
+  """Runs a resolved block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask."""
   if implementation == "xla":
-    from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
-
     return block_sparse_attention_xla(q, k, v, mask, scale=scale)
+  if implementation == "pallas_tpu":
+    return block_sparse_attention_tpu(q, k, v, mask, scale, interpret_mode(interpret))
+  if implementation == "pallas_gpu":
+    return block_sparse_attention_gpu(q, k, v, mask, scale, interpret_mode(interpret))
   raise ValueError(f"no block-sparse kernel named {implementation!r}")
+
+
+def attend_in_layout(q, k, v, layout: TileLayout, *, scale: float, implementation: str,
+                     interpret=None):
+  """[B, N, H, D] -> the layout's tiles -> block-sparse kernel -> back to [B, N, H, D]."""
+  batch, _, heads, head_dim = q.shape
+  mask = broadcast_rows(layout.mask, batch=batch, heads=heads)
+
+  def to_tiles(x):
+    return pack_tiles(jnp.swapaxes(x, 1, 2), layout).reshape(batch * heads, -1, head_dim)
+
+  out = block_sparse_attention(to_tiles(q), to_tiles(k), to_tiles(v), mask, scale=scale,
+                               implementation=implementation, interpret=interpret)
+  out = unpack_tiles(out.reshape(batch, heads, layout.capacity, head_dim), layout)
+  return jnp.swapaxes(out, 1, 2)

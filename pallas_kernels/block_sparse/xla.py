@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels.block_sparse import tile_math
 from pallas_kernels.metadata import BlockMask, cdiv
 
-_F32 = jnp.float32
+_F32 = tile_math.F32
 
 # Returned by a chunk builder: (initial carry, step(carry, cols, live) -> carry, finish(carry)).
 ChunkProgram = tuple[Any, Callable[[Any, jax.Array, jax.Array], Any], Callable[[Any], Any]]
@@ -95,11 +96,6 @@ def _sweep(mask: _FlatMask, chunk: int, program: Callable[[jax.Array], ChunkProg
   return jax.tree.map(lambda r: r.reshape(total, *r.shape[2:])[inverse], results)
 
 
-def _real(tile_len: jax.Array, tile: int) -> jax.Array:
-  """Which positions of the given tiles hold real tokens: [C] -> [C, tile] bool."""
-  return jnp.arange(tile, dtype=jnp.int32) < tile_len[:, None]
-
-
 def _where_live(live: jax.Array, new, old):
   def pick(n, o):
     return jnp.where(live.reshape(live.shape + (1,) * (n.ndim - 1)), n, o)
@@ -109,53 +105,32 @@ def _where_live(live: jax.Array, new, old):
 
 def _forward(q, k, v, mask: _FlatMask, scale: float, chunk: int):
   tile, head_dim = q.shape[1], q.shape[2]
+  attend = jax.vmap(functools.partial(tile_math.attend, scale=scale))
+  finish = jax.vmap(functools.partial(tile_math.finish, dtype=q.dtype))
 
   def program(rows):
     q_rows = q[rows]
 
-    def step(carry, cols, live):
-      m, row_sum, acc = carry
-      s = jnp.einsum("ctd,csd->cts", q_rows, k[cols], preferred_element_type=_F32) * scale
-      s = jnp.where(_real(mask.tile_len[cols], tile)[:, None, :], s, -jnp.inf)
-      m_new = jnp.maximum(m, s.max(axis=-1))
-      alpha = jnp.exp(m - m_new)
-      p = jnp.exp(s - m_new[..., None])
-      sum_new = alpha * row_sum + p.sum(axis=-1)
-      pv = jnp.einsum("cts,csd->ctd", p.astype(v.dtype), v[cols], preferred_element_type=_F32)
-      return _where_live(live, (m_new, sum_new, alpha[..., None] * acc + pv), carry)
+    def step(state, cols, live):
+      return _where_live(live, attend(state, q_rows, k[cols], v[cols], mask.tile_len[cols]), state)
 
-    def finish(carry):
-      m, row_sum, acc = carry
-      # A row that no key tile reached is NaN, not zero: only tiles past the last group should
-      # be unreached (nobody reads them), and a metadata bug must not pass as a zero output.
-      seen = row_sum > 0
-      safe_sum = jnp.where(seen, row_sum, 1.0)
-      out = jnp.where(seen[..., None], acc / safe_sum[..., None], jnp.nan)
-      return out.astype(q.dtype), jnp.where(seen, m + jnp.log(safe_sum), jnp.nan)
-
-    c = rows.shape[0]
-    init = (jnp.full((c, tile), -jnp.inf, _F32), jnp.zeros((c, tile), _F32),
-            jnp.zeros((c, tile, head_dim), _F32))
+    init = jax.tree.map(lambda a: jnp.broadcast_to(a, (rows.shape[0], *a.shape)),
+                        tile_math.init_state(tile, head_dim))
     return init, step, finish
 
   return _sweep(mask, chunk, program)
 
 
 def _backward_dq(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk: int):
-  tile = q.shape[1]
+  dq_step = jax.vmap(functools.partial(tile_math.dq_step, scale=scale))
 
   def program(rows):
-    q_rows, do_rows = q[rows], do[rows]
-    lse_rows, delta_rows = lse[rows][..., None], delta[rows][..., None]
+    q_rows, do_rows, lse_rows, delta_rows = q[rows], do[rows], lse[rows], delta[rows]
 
     def step(dq, cols, live):
-      s = jnp.einsum("ctd,csd->cts", q_rows, k[cols], preferred_element_type=_F32) * scale
-      p = jnp.where(_real(mask.tile_len[cols], tile)[:, None, :], jnp.exp(s - lse_rows), 0.0)
-      dp = jnp.einsum("ctd,csd->cts", do_rows, v[cols], preferred_element_type=_F32)
-      ds = p * (dp - delta_rows)
-      dq_new = dq + scale * jnp.einsum("cts,csd->ctd", ds.astype(k.dtype), k[cols],
-                                       preferred_element_type=_F32)
-      return _where_live(live, dq_new, dq)
+      new = dq_step(dq, q_rows, k[cols], v[cols], do_rows, lse_rows, delta_rows,
+                    mask.tile_len[cols])
+      return _where_live(live, new, dq)
 
     return jnp.zeros(q_rows.shape, _F32), step, lambda dq: dq.astype(q.dtype)
 
@@ -163,25 +138,15 @@ def _backward_dq(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk: 
 
 
 def _backward_dkdv(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk: int):
-  tile = q.shape[1]
+  dkdv_step = jax.vmap(functools.partial(tile_math.dkdv_step, scale=scale))
 
   def program(rows):
-    k_rows, v_rows = k[rows], v[rows]
-    key_ok = _real(mask.tile_len[rows], tile)  # [C, Tk]
+    k_rows, v_rows, key_len = k[rows], v[rows], mask.tile_len[rows]
 
     def step(carry, cols, live):
-      dk, dv = carry
-      q_cols, do_cols = q[cols], do[cols]
-      ok = _real(mask.tile_len[cols], tile)[:, :, None] & key_ok[:, None, :]  # [C, Tq, Tk]
-      s = jnp.einsum("ctd,csd->cts", q_cols, k_rows, preferred_element_type=_F32) * scale
-      p = jnp.where(ok, jnp.exp(s - lse[cols][..., None]), 0.0)
-      dv_new = dv + jnp.einsum("cts,ctd->csd", p.astype(do.dtype), do_cols,
-                               preferred_element_type=_F32)
-      dp = jnp.einsum("ctd,csd->cts", do_cols, v_rows, preferred_element_type=_F32)
-      ds = p * (dp - delta[cols][..., None])
-      dk_new = dk + scale * jnp.einsum("cts,ctd->csd", ds.astype(q.dtype), q_cols,
-                                       preferred_element_type=_F32)
-      return _where_live(live, (dk_new, dv_new), carry)
+      new = dkdv_step(carry, q[cols], k_rows, v_rows, do[cols], lse[cols], delta[cols],
+                      mask.tile_len[cols], key_len)
+      return _where_live(live, new, carry)
 
     init = (jnp.zeros(k_rows.shape, _F32), jnp.zeros(v_rows.shape, _F32))
     return init, step, lambda c: (c[0].astype(k.dtype), c[1].astype(v.dtype))
@@ -202,7 +167,7 @@ def _vjp_fwd(q, k, v, mask, scale, chunk):
 
 def _vjp_bwd(scale, chunk, residuals, do):
   q, k, v, mask, out, lse = residuals
-  delta = jnp.einsum("ntd,ntd->nt", do.astype(_F32), out.astype(_F32))
+  delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)  # [nT, T, 1]
   dq = _backward_dq(q, k, v, do, lse, delta, mask, scale, chunk)
   dk, dv = _backward_dkdv(q, k, v, do, lse, delta, mask, scale, chunk)
   return dq, dk, dv, None
