@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 # Parallel test workers (pytest-xdist); CI machines have 2 cores.
 JOBS   ?= 2
 
-.PHONY: env demo test test-fast bench bench-long lint clean
+.PHONY: env demo test test-fast bench bench-long bench-interpret lint clean
 
 env: $(STAMP)
 
@@ -32,6 +32,10 @@ bench: $(STAMP)
 
 bench-long: $(STAMP)
 	$(PY) benchmarks/attention.py --config configs/attention_bench.py:long
+
+# The Pallas kernels in CPU interpret mode.
+bench-interpret: $(STAMP)
+	$(PY) benchmarks/attention.py --config configs/attention_bench.py:interpret
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,8 @@ Each row is one (sequence length, group count, implementation) at random uniform
 "ideal" column is what a perfect sparse kernel would take: the dense time scaled by the share of
 the score matrix that group attention needs, sum_g n_g^2 / N^2 (averaged over batch x heads).
 Memory is XLA's compiled temporary allocation for the call (inputs and outputs excluded).
+TFLOP/s counts useful FLOPs only: 4 * head_dim * sum_g n_g^2 per (batch, head), i.e. the
+score and value products inside groups, not padding or skipped tiles.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def _rows(cfg):
     q, k, v = (jax.random.normal(s, shape, jnp.float32).astype(dtype) for s in (kq, kk, kv))
     dense_time = None
     if seq <= cfg.dense_max_seq:
-      dense = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+      dense = lambda q, k, v: jax.nn.dot_product_attention(
+          q, k, v, implementation=cfg.dense_implementation)
       dense_time, temp = _time(dense, (q, k, v), cfg.repeats)
       yield dict(seq=seq, groups=None, impl="dense", time_s=dense_time, temp_bytes=temp,
                  work_share=1.0, ideal_s=dense_time)
@@ -93,7 +96,7 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 def _table(rows) -> str:
   header = ("seq", "G", "impl", "time s", "ideal s", "ideal/time", "vs dense", "work share",
-            "temp MiB")
+            "TFLOP/s", "temp MiB")
   lines = [header]
   dense = {r["seq"]: r["time_s"] for r in rows if r["impl"] == "dense"}
   for r in rows:
@@ -103,7 +106,7 @@ def _table(rows) -> str:
         _fmt(r["ideal_s"], ".3f"),
         _fmt(None if r["ideal_s"] is None else r["ideal_s"] / r["time_s"], ".0%"),
         "-" if d is None else f"{d / r['time_s']:.2f}x",
-        f"{r['work_share']:.3f}", _fmt(None if r["temp_bytes"] is None
+        f"{r['work_share']:.3f}", f"{r['tflops']:.3g}", _fmt(None if r["temp_bytes"] is None
                                        else r["temp_bytes"] / 2**20, ".0f")))
   widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
   out = ["| " + " | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) + " |"
@@ -135,8 +138,10 @@ def main(argv):
         f"{os.cpu_count()} cores); batch {cfg.batch}, {cfg.heads} heads, head_dim "
         f"{cfg.head_dim}, {cfg.dtype}, tile {cfg.tile}", flush=True)
   rows = []
+  flops_per_share = 4 * cfg.batch * cfg.heads * cfg.head_dim  # x share x N^2
   for row in tqdm(_rows(cfg), desc=f"attention benchmark ({cfg.preset})", unit="row",
                   total=_count_rows(cfg), file=sys.stdout):
+    row["tflops"] = flops_per_share * row["work_share"] * row["seq"] ** 2 / row["time_s"] / 1e12
     rows.append(row)
     tqdm.write(f"  seq {row['seq']:>6}  G {_fmt(row['groups'], '>3d', '  -')}  "
                f"{row['impl']:<9} {row['time_s']:8.3f} s", file=sys.stdout)

@@ -5,6 +5,10 @@ Pick a preset with `--config configs/attention_bench.py:PRESET` and override any
   demo: the quick run behind `make demo` (4K and 8K tokens), about two minutes on 2 CPU cores.
   full: the README table, 4K/8K/16K; dense attention at 16K needs ~16 GiB and ~25 s a call.
   long: the xla path alone at 32K and 64K, where dense attention no longer fits in memory.
+  interpret: the Pallas kernels in CPU interpret mode at 8K tokens (2 heads, for time), with
+    the speed target checked for every implementation.
+  gpu: the kernel on a GPU machine: bf16, head_dim 128, 32K-512K tokens, G 8/16/32, against
+    cuDNN dense attention.
 """
 
 from ml_collections import ConfigDict
@@ -21,6 +25,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
   c.seed = 0
   c.repeats = 2  # timed calls after one warm-up call; the median is reported
   c.implementations = ("xla",)
+  c.dense_implementation = "xla"  # passed to jax.nn.dot_product_attention
   c.dense_max_seq = 16384  # dense jax.nn.dot_product_attention above this does not fit in 24 GiB
   c.reference_max_seq = 4096  # the dense masked oracle needs several N x N buffers
   c.target_seq = 8192  # the speed target: at this length, G=16 vs G=1 in one implementation
@@ -38,6 +43,22 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.group_counts = (4, 16)
     c.dense_max_seq = 0
     c.repeats = 1
+  elif preset == "interpret":
+    c.heads = 2
+    c.repeats = 3
+    c.seq_lens = (8192,)
+    c.group_counts = (1, 16)
+    c.implementations = ("xla", "pallas_tpu", "pallas_gpu")
+  elif preset == "gpu":
+    c.dtype = "bfloat16"
+    c.head_dim = 128
+    c.repeats = 5
+    c.seq_lens = (32768, 65536, 131072, 262144, 524288)
+    c.group_counts = (8, 16, 32)
+    c.implementations = ("pallas_gpu",)
+    c.dense_implementation = "cudnn"
+    c.dense_max_seq = 524288
+    c.target_seq = 0  # no G=1 rows: the >= 80% of ideal goal is read off the table
   else:
-    raise ValueError(f"unknown preset {preset!r}: use demo, full or long")
+    raise ValueError(f"unknown preset {preset!r}: use demo, full, long, interpret or gpu")
   return c

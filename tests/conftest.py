@@ -9,10 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import resolve_implementation
+
 # Max |error| allowed relative to max |reference|, keyed by input dtype.
 TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 1e-2}
 
 _seeds = itertools.count(1234)
+
+
+@pytest.fixture(autouse=True)
+def _skip_kernels_this_backend_cannot_run(request):
+  """On CPU every kernel runs interpreted; on a GPU (TPU) machine the TPU (GPU) one is skipped."""
+  impl = getattr(getattr(request.node, "callspec", None), "params", {}).get("impl")
+  if impl is not None:
+    try:
+      resolve_implementation(impl)
+    except ValueError as e:
+      pytest.skip(str(e))
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The block-sparse kernels beyond numerics: poisoning, the TPU simulator, Mosaic lowering."""
+"""The block-sparse kernels beyond numerics: poisoning, the TPU simulator, and lowering for
+TPU (Mosaic) and GPU (Triton) hardware from this CPU machine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from jax import export
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import group_attention
+from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.ops import block_sparse_attention
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
 from pallas_kernels.metadata import group_layout, pack_tiles, window_layout
@@ -79,3 +81,35 @@ def test_tpu_kernels_lower_for_mosaic():
   window = window_layout((4, 8, 16), (1, 8, 16), (3, 1, 1))
   mask = jax.tree.map(lambda a: jnp.broadcast_to(a, (2, a.shape[-1])), window.mask)
   assert _lower_for_tpu(mask, window.capacity).count("tpu_custom_call") == 3
+
+
+def _lower_for_gpu(mask, length):
+  """Exports forward + backward for an H100 on this CPU: runs the Pallas Triton lowering."""
+  from jax._src import mesh as mesh_lib  # AbstractDevice has no public home yet
+
+  if not hasattr(mesh_lib, "AbstractDevice"):
+    pytest.skip("this JAX cannot target an abstract GPU")
+  device = mesh_lib.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None,
+                                   platform="cuda")
+  spec = jax.ShapeDtypeStruct((2, length, 128), jnp.bfloat16)
+
+  def f(q, k, v):
+    loss = lambda q, k, v: block_sparse_attention_gpu(q, k, v, mask, 0.1, False).astype(
+        jnp.float32).sum()
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  unchecked = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  with jax.sharding.use_abstract_mesh(
+      jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)):
+    exported = export.export(jax.jit(f), platforms=["cuda"], disabled_checks=unchecked)
+    return exported(spec, spec, spec).mlir_module()
+
+
+def test_gpu_kernels_lower_for_triton():
+  """Triton lowering for sm90 (the PTX compile itself happens on a GPU, not here)."""
+  ids = jax.random.randint(jax.random.key(0), (2, 1000), 0, 4)
+  layout = group_layout(ids, num_groups=4, tile=128)
+  assert _lower_for_gpu(layout.mask, layout.capacity).count("xla.gpu.triton(") == 3
+  window = window_layout((4, 8, 16), (1, 8, 16), (3, 1, 1))
+  mask = jax.tree.map(lambda a: jnp.broadcast_to(a, (2, a.shape[-1])), window.mask)
+  assert _lower_for_gpu(mask, window.capacity).count("xla.gpu.triton(") == 3

@@ -84,3 +84,19 @@ def test_interpret_params_only_for_the_tpu_kernel():
 def test_shared_ids_accepted_as_batch_seq():
   out = call(ids=jnp.zeros((2, 10), jnp.int32), implementation="xla", tile=4)
   assert out.shape == Q.shape
+
+
+@pytest.mark.parametrize(
+    ("impl", "tile", "head_dim", "match"),
+    [
+        ("pallas_gpu", 24, 64, r"pallas_gpu \(Triton\) needs tokens per tile to be a power of two"),
+        ("pallas_gpu", 128, 8, r"needs head_dim to be a power of two >= 16, got 8"),
+        ("pallas_tpu", 100, 128, r"pallas_tpu needs tokens per tile to be a multiple of 8"),
+    ],
+)
+def test_compiled_kernels_check_their_tiling(impl, tile, head_dim, match):
+  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+
+  with pytest.raises(ValueError, match=match):
+    check_hardware_tiling(impl, tile=tile, head_dim=head_dim)
+  check_hardware_tiling(impl, tile=128, head_dim=128)  # the recommended shape passes

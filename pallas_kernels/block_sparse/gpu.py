@@ -16,8 +16,6 @@ hardware tile and head_dim must be powers of two, at least 16 (Triton block shap
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -25,6 +23,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.block_sparse import tile_math
+from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp
 from pallas_kernels.metadata import BlockMask
 
 _F32 = tile_math.F32
@@ -153,20 +152,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def block_sparse_attention_gpu(q, k, v, mask: BlockMask, scale: float, interpret: bool):
-  """q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask. Returns q's shape/dtype."""
-  return _forward(q, k, v, mask, scale, interpret)[0]
-
-
-def _vjp_fwd(q, k, v, mask, scale, interpret):
-  out, lse = _forward(q, k, v, mask, scale, interpret)
-  return out, (q, k, v, mask, out, lse)
-
-
-def _vjp_bwd(scale, interpret, residuals, do):
-  q, k, v, mask, out, lse = residuals
-  return (*_backward(q, k, v, out, lse, do, mask, scale, interpret), None)
-
-
-block_sparse_attention_gpu.defvjp(_vjp_fwd, _vjp_bwd)
+block_sparse_attention_gpu = flash_attention_vjp(_forward, _backward)
+block_sparse_attention_gpu.__doc__ = (
+    "q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask; (scale, interpret) static. "
+    "Returns q's shape and dtype.")

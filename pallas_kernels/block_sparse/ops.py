@@ -92,11 +92,26 @@ def resolve_implementation(
   return implementation
 
 
+def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int) -> None:
+  """Shape rules of the compiled kernels (interpret mode has none)."""
+  if implementation == "pallas_tpu" and tile % 8:
+    raise ValueError(f"pallas_tpu needs tokens per tile to be a multiple of 8 (128 or more for "
+                     f"speed), got {tile}")
+  if implementation == "pallas_gpu":
+    for name, size in (("tokens per tile", tile), ("head_dim", head_dim)):
+      if size < 16 or size & (size - 1):
+        raise ValueError(f"pallas_gpu (Triton) needs {name} to be a power of two >= 16, got "
+                         f"{size}")
+
+
 def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
                            interpret: bool | None = None):
   """Runs a resolved block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask."""
   if implementation == "xla":
     return block_sparse_attention_xla(q, k, v, mask, scale=scale)
+  if not interpret_mode(interpret):
+    check_hardware_tiling(implementation, tile=q.shape[1] // mask.num_tiles,
+                          head_dim=q.shape[2])
   if implementation == "pallas_tpu":
     return block_sparse_attention_tpu(q, k, v, mask, scale, interpret_mode(interpret))
   if implementation == "pallas_gpu":

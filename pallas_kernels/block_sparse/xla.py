@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.block_sparse import tile_math
+from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp
 from pallas_kernels.metadata import BlockMask, cdiv
 
 _F32 = tile_math.F32
@@ -154,26 +155,14 @@ def _backward_dkdv(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk
   return _sweep(mask, chunk, program)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q, k, v, mask: _FlatMask, scale: float, chunk: int):
-  out, _ = _forward(q, k, v, mask, scale, chunk)
-  return out
-
-
-def _vjp_fwd(q, k, v, mask, scale, chunk):
-  out, lse = _forward(q, k, v, mask, scale, chunk)
-  return out, (q, k, v, mask, out, lse)
-
-
-def _vjp_bwd(scale, chunk, residuals, do):
-  q, k, v, mask, out, lse = residuals
+def _backward(q, k, v, out, lse, do, mask: _FlatMask, scale: float, chunk: int):
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)  # [nT, T, 1]
   dq = _backward_dq(q, k, v, do, lse, delta, mask, scale, chunk)
   dk, dv = _backward_dkdv(q, k, v, do, lse, delta, mask, scale, chunk)
-  return dq, dk, dv, None
+  return dq, dk, dv
 
 
-_attention.defvjp(_vjp_fwd, _vjp_bwd)
+_attention = flash_attention_vjp(_forward, _backward)
 
 
 def block_sparse_attention_xla(q, k, v, mask: BlockMask, *, scale: float,
