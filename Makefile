@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 # Parallel test workers (pytest-xdist); CI machines have 2 cores.
 JOBS   ?= 2
 
-.PHONY: env demo test test-fast bench bench-long bench-interpret lint clean
+.PHONY: env demo test test-fast bench bench-demo bench-long bench-interpret lint clean
 
 env: $(STAMP)
 
@@ -16,8 +16,17 @@ $(STAMP): pyproject.toml tools/pick_python.sh
 	@$(PY) -c 'import sys, jax; print(f"make: Python {sys.version.split()[0]}, jax {jax.__version__}")'
 	@touch $(STAMP)
 
-# Main job. Until the training demo lands it is the attention benchmark on its small preset.
+# Main job: make synthetic data, train the tiny config (~10 min on 2 cores), sample 2 shots.
+DEMO_DIR ?= runs/tiny
 demo: $(STAMP)
+	$(PY) train.py --config configs/tiny.py --workdir $(DEMO_DIR)
+	$(PY) sample.py --config configs/tiny.py --workdir $(DEMO_DIR) \
+	  --prompt "a red circle moving right on a blue background" \
+	  --prompt "a yellow square moving down on a green background" \
+	  --output $(DEMO_DIR)/sample.mp4
+
+# The attention benchmark's quick preset (the demo before the model existed).
+bench-demo: $(STAMP)
 	$(PY) benchmarks/attention.py --config configs/attention_bench.py:demo
 
 test: $(STAMP)
@@ -41,4 +50,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache benchmarks/results
+	rm -rf $(VENV) .pytest_cache benchmarks/results runs

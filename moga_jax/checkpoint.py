@@ -1,0 +1,72 @@
+"""Orbax checkpoints of a training run: model + optimizer state, step, data-iterator state.
+
+One directory per run, one subdirectory per saved step (the last `keep` kept). The model's
+config is saved with every step so that loading into a mismatched model fails with a message
+that names the differing fields instead of an opaque shape error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+
+class ConfigMismatchError(ValueError):
+  pass
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def check_config(saved: dict, current: dict, where: str) -> None:
+  saved, current = _flatten(saved), _flatten(current)
+  diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
+           for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+  if diffs:
+    raise ConfigMismatchError(f"the checkpoint in {where} was trained with another model "
+                              "config; differing fields:\n  " + "\n  ".join(diffs))
+
+
+class Checkpointer:
+  def __init__(self, directory: str | Path, *, keep: int = 2):
+    self.directory = Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, *, data_state: dict, model_config: dict) -> None:
+    """state: an nnx graph node or tuple of them (model, optimizer)."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(nnx.state(state)),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave({"step": step, "model_config": model_config})))
+    self._manager.wait_until_finished()
+
+  def restore(self, state: Any, *, model_config: dict, step: int | None = None) -> dict:
+    """Loads `step` (default: latest) into `state` in place; returns the saved data state."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    check_config(meta.meta["model_config"], model_config, str(self.directory))
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(state))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    nnx.update(state, restored.state)
+    return restored.data
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,59 @@
+"""Config validation: clear errors before anything is built or compiled."""
+
+from __future__ import annotations
+
+
+def _positive(name: str, value) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"config.{name} must be a positive int, got {value!r}")
+
+
+def validate_config(cfg) -> None:
+  """Checks the fields train.py and sample.py rely on; raises ValueError naming the field."""
+  d, m = cfg.data, cfg.model
+  for name in ("data.shots", "data.frames_per_shot", "data.height", "data.width",
+               "data.max_shots", "data.caption_len", "model.latent_factor", "model.dim",
+               "model.ffn_dim", "model.num_layers", "model.num_heads", "model.text_dim",
+               "train.steps", "train.batch_size", "train.checkpoint_every", "sample.steps"):
+    section, field = name.split(".")
+    _positive(name, cfg[section][field])
+  if d.shots > d.max_shots:
+    raise ValueError(f"config.data.shots ({d.shots}) must be <= config.data.max_shots "
+                     f"({d.max_shots})")
+  f = m.latent_factor
+  if d.height % f or d.width % f:
+    raise ValueError(f"config.data.height x width ({d.height}x{d.width}) must be divisible by "
+                     f"config.model.latent_factor ({f})")
+  frames = d.shots * d.frames_per_shot
+  grid = (frames, d.height // f, d.width // f)
+  patch = tuple(m.patch)
+  if len(patch) != 3 or any(g % p for g, p in zip(grid, patch, strict=True)):
+    raise ValueError(f"the latent grid (frames, height, width) = {grid} must be divisible by "
+                     f"config.model.patch {patch}")
+  if m.dim % m.num_heads:
+    raise ValueError(f"config.model.num_heads ({m.num_heads}) must divide config.model.dim "
+                     f"({m.dim})")
+  head_dim = m.dim // m.num_heads
+  if head_dim % 2 or head_dim < 6:
+    raise ValueError(f"head_dim = dim / num_heads = {head_dim} must be even and >= 6 (3D RoPE)")
+  a = m.attention
+  if a.num_groups is not None:
+    _positive("model.attention.num_groups", a.num_groups)
+    if not 1 <= a.top_k <= a.num_groups:
+      raise ValueError(f"config.model.attention.top_k must be in [1, num_groups="
+                       f"{a.num_groups}], got {a.top_k}")
+  if (a.window is None) != (a.window_tile is None):
+    raise ValueError("config.model.attention.window and window_tile must both be set or both "
+                     "be None")
+  if m.scan_layers and m.dense_layers and a.num_groups is not None:
+    raise ValueError("config.model.scan_layers needs identical blocks; clear "
+                     f"config.model.dense_layers ({tuple(m.dense_layers)}) to scan")
+  if any(not 0 <= i < m.num_layers for i in m.dense_layers):
+    raise ValueError(f"config.model.dense_layers {tuple(m.dense_layers)} must index blocks "
+                     f"0..{m.num_layers - 1}")
+  if not 0.0 <= cfg.diffusion.caption_dropout < 1.0:
+    raise ValueError(f"config.diffusion.caption_dropout must be in [0, 1), got "
+                     f"{cfg.diffusion.caption_dropout}")
+  if m.caption_len != d.caption_len:
+    raise ValueError(f"config.model.caption_len ({m.caption_len}) must equal "
+                     f"config.data.caption_len ({d.caption_len})")

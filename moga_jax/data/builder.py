@@ -1,0 +1,297 @@
+"""TFDS builder: a folder of mp4s plus captions.jsonl -> fixed-shape array_record examples.
+
+Written to run without TensorFlow: features are plain `tfds.features.Tensor`s (Video and Image
+features encode through TF), DatasetInfo is built directly (dataset_info_from_configs would look
+for metadata files next to this module), and data is only ever read back through
+`as_data_source`, never `as_dataset`. Videos that cannot be used are skipped with a warning and
+listed in build_summary.json next to the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import warnings
+import zlib
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from moga_jax.data.captions import encode_captions
+from moga_jax.data.index import Shot, VideoEntry, read_index
+from moga_jax.video_io import VideoReadError, read_mp4, resize_frames
+
+__all__ = [
+  "SUMMARY_FILENAME",
+  "MultiShotConfig",
+  "MultiShotVideos",
+  "SkippedVideoWarning",
+  "build_dataset",
+  "make_example",
+]
+
+SUMMARY_FILENAME = "build_summary.json"
+_log = logging.getLogger(__name__)
+
+
+class SkippedVideoWarning(UserWarning):
+  """A listed video was left out of the dataset (missing, corrupt, too short, ...)."""
+
+
+def _positive_int(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+  return int(value)
+
+
+@dataclasses.dataclass(eq=False)
+class MultiShotConfig(tfds.core.BuilderConfig):
+  """Shapes of the examples; the default name encodes them so variants live side by side.
+
+  source_dir is deliberately not part of the name: it is where the data comes from, not what
+  shape it has. build_dataset records it in the summary and refuses to reuse a dataset built
+  from a different folder.
+  """
+
+  name: str = ""
+  source_dir: str = ""
+  num_frames: int = 16
+  height: int = 32
+  width: int = 32
+  max_shots: int = 4
+  caption_len: int = 64
+  validation_fraction: float = 0.0
+
+  def __post_init__(self):
+    for field in ("num_frames", "height", "width", "max_shots", "caption_len"):
+      setattr(self, field, _positive_int(field, getattr(self, field)))
+    if not 0.0 <= self.validation_fraction < 1.0:
+      raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+    if not self.name:
+      self.name = (
+        f"f{self.num_frames}_{self.height}x{self.width}_s{self.max_shots}_l{self.caption_len}"
+      )
+      if self.validation_fraction:
+        self.name += f"_val{round(self.validation_fraction * 1000):03d}"
+
+
+def _clip_shots(shots: tuple[Shot, ...], num_frames: int) -> list[Shot]:
+  """Shots that start inside the first num_frames frames, their ends cut at the clip's end."""
+  return [s._replace(end=min(s.end, num_frames)) for s in shots if s.start < num_frames]
+
+
+def make_example(
+  frames: np.ndarray,
+  shots: list[Shot],
+  *,
+  name: str,
+  height: int,
+  width: int,
+  max_shots: int,
+  caption_len: int,
+) -> dict:
+  """One record from an already clipped video [num_frames, h, w, 3] and its clipped shots."""
+  if not 0 < len(shots) <= max_shots:
+    raise ValueError(f"shots must hold 1..{max_shots} shots, got {len(shots)}")
+  bounds = np.zeros((max_shots, 2), np.int32)
+  bounds[:len(shots)] = [(s.start, s.end) for s in shots]
+  return {
+    "video": resize_frames(frames, height, width),
+    "captions": encode_captions([s.caption for s in shots], rows=max_shots, length=caption_len),
+    "shot_bounds": bounds,
+    "num_shots": np.int32(len(shots)),
+    "name": name,
+  }
+
+
+def _validation_videos(entries: list[VideoEntry], fraction: float) -> set[str]:
+  """A fixed subset chosen by a hash of the path, so it does not depend on the file order."""
+  if not fraction:
+    return set()
+  count = max(1, round(fraction * len(entries)))
+  if count >= len(entries):
+    raise ValueError(
+      f"validation_fraction={fraction} leaves no training videos out of {len(entries)}"
+    )
+  ranked = sorted(entries, key=lambda e: (zlib.crc32(e.video.encode("utf-8")), e.video))
+  return {e.video for e in ranked[:count]}
+
+
+class MultiShotVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Multi-shot captioned videos as fixed-size uint8 clips; construct with a MultiShotConfig."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES: ClassVar[dict[str, str]] = {
+    "1.0.0": "First version: clip, resize, byte captions, shot bounds.",
+  }
+  # tfds looks for a checksums file next to the builder's code through code_path, whose lookup
+  # for a class outside tensorflow_datasets imports `importlib_resources` (not a dependency).
+  # Nothing is downloaded, so there are no checksums to find.
+  code_path = None
+
+  def __init__(self, *, config: MultiShotConfig, data_dir: str | os.PathLike, **kwargs):
+    if not isinstance(config, MultiShotConfig):
+      raise TypeError(f"config must be a MultiShotConfig, got {type(config).__name__}")
+    self.skipped: list[dict[str, str]] = []
+    self.dropped_shots: list[str] = []
+    super().__init__(config=config, data_dir=os.fspath(data_dir), **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    c = self.builder_config
+    # BYTES stores a tensor as one raw buffer instead of a list of int64s: far smaller for
+    # uint8 video and decoded with a single np.frombuffer.
+    raw = tfds.features.Encoding.BYTES
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="Captioned multi-shot video clips (uint8 frames, UTF-8 caption bytes).",
+      features=tfds.features.FeaturesDict({
+        "video": tfds.features.Tensor(
+          shape=(c.num_frames, c.height, c.width, 3), dtype=np.uint8, encoding=raw),
+        "captions": tfds.features.Tensor(
+          shape=(c.max_shots, c.caption_len), dtype=np.uint8, encoding=raw),
+        "shot_bounds": tfds.features.Tensor(shape=(c.max_shots, 2), dtype=np.int32),
+        "num_shots": tfds.features.Tensor(shape=(), dtype=np.int32),
+        "name": tfds.features.Tensor(shape=(), dtype=np.str_),
+      }),
+      # Keep the index order on disk; readers shuffle with their own seed.
+      disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is local.
+    c = self.builder_config
+    if not c.source_dir:
+      raise ValueError("MultiShotConfig.source_dir must name the folder holding captions.jsonl")
+    entries = read_index(c.source_dir)
+    held_out = _validation_videos(entries, c.validation_fraction)
+    splits = {"train": self._generate_examples([e for e in entries if e.video not in held_out])}
+    if held_out:
+      splits["validation"] = self._generate_examples([e for e in entries if e.video in held_out])
+    return splits
+
+  def _skip(self, video: str, reason: str) -> None:
+    self.skipped.append({"video": video, "reason": reason})
+    warnings.warn(f"skipping video {video}: {reason}", SkippedVideoWarning, stacklevel=1)
+
+  def _generate_examples(self, entries: list[VideoEntry]):
+    c = self.builder_config
+    source = Path(c.source_dir)
+    for entry in entries:
+      try:
+        frames = read_mp4(source / entry.video, max_frames=c.num_frames)
+      except VideoReadError as e:
+        self._skip(entry.video, e.reason)
+        continue
+      if len(frames) < c.num_frames:
+        self._skip(entry.video, f"too short: {len(frames)} frames < num_frames={c.num_frames}")
+        continue
+      shots = _clip_shots(entry.shots, c.num_frames)
+      if not shots:
+        self._skip(entry.video, f"no shot starts within the first {c.num_frames} frames")
+        continue
+      if len(shots) > c.max_shots:
+        self.dropped_shots.append(entry.video)
+        warnings.warn(
+          f"video {entry.video}: keeping the first {c.max_shots} of {len(shots)} shots",
+          SkippedVideoWarning, stacklevel=1,
+        )
+        shots = shots[:c.max_shots]
+      yield entry.video, make_example(
+        frames, shots, name=entry.video, height=c.height, width=c.width,
+        max_shots=c.max_shots, caption_len=c.caption_len,
+      )
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    self.skipped.clear()
+    self.dropped_shots.clear()
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    except AssertionError as e:
+      # tfds asserts when a split ends up empty; say which videos were the reason.
+      if "No examples were yielded" not in str(e):
+        raise
+      raise ValueError(
+        f"no usable videos for a split of {self.builder_config.source_dir}: {e}; "
+        f"skipped {len(self.skipped)}: {self.skipped}"
+      ) from e
+    summary = self._summary()
+    # self.data_dir is still the temporary folder here, so the summary lands atomically.
+    (Path(self.data_dir) / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2) + "\n")
+    names = [s["video"] for s in self.skipped]
+    listed = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    detail = f" ({listed}; see {SUMMARY_FILENAME})" if names else ""
+    level = logging.WARNING if names else logging.INFO
+    _log.log(level, "built %s: %s examples, skipped %d videos%s", self.name,
+             summary["examples"], len(names), detail)
+
+  def _summary(self) -> dict:
+    c = self.builder_config
+    examples = {name: split.num_examples for name, split in self.info.splits.items()}
+    return {
+      "source_dir": str(Path(c.source_dir).resolve()),
+      "config": {
+        "name": c.name, "num_frames": c.num_frames, "height": c.height, "width": c.width,
+        "max_shots": c.max_shots, "caption_len": c.caption_len,
+        "validation_fraction": c.validation_fraction,
+      },
+      "examples": examples,
+      "num_examples": sum(examples.values()),
+      "num_skipped": len(self.skipped),
+      "skipped": list(self.skipped),
+      "videos_with_dropped_shots": list(self.dropped_shots),
+    }
+
+
+def build_dataset(
+  source_dir: str | os.PathLike,
+  data_dir: str | os.PathLike,
+  *,
+  num_frames: int,
+  height: int,
+  width: int,
+  max_shots: int = 4,
+  caption_len: int = 64,
+  validation_fraction: float = 0.0,
+  overwrite: bool = False,
+) -> dict:
+  """Builds (or reuses) the array_record dataset and returns its build summary.
+
+  The summary holds dataset_dir (pass it, or data_dir, to make_loader), examples per split,
+  num_examples, num_skipped, skipped ([{"video", "reason"}]) and reused. An existing dataset
+  with the same shapes is reused unless overwrite=True; one built from another source_dir is
+  an error rather than silently stale data.
+  """
+  source_dir = Path(source_dir)
+  if not source_dir.is_dir():
+    raise ValueError(f"source_dir must be an existing folder, got {source_dir}")
+  config = MultiShotConfig(
+    source_dir=str(source_dir), num_frames=num_frames, height=height, width=width,
+    max_shots=max_shots, caption_len=caption_len, validation_fraction=validation_fraction,
+  )
+  builder = MultiShotVideos(config=config, data_dir=data_dir)
+  dataset_dir = Path(builder.data_dir)
+  reused = (dataset_dir / SUMMARY_FILENAME).is_file() and not overwrite
+  if reused:
+    summary = json.loads((dataset_dir / SUMMARY_FILENAME).read_text())
+    if summary["source_dir"] != str(source_dir.resolve()):
+      raise ValueError(
+        f"{dataset_dir} was built from {summary['source_dir']}, not {source_dir.resolve()}; "
+        "pass overwrite=True or another data_dir"
+      )
+  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  builder.download_and_prepare(
+    file_format="array_record",
+    download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode),
+  )
+  if not (dataset_dir / SUMMARY_FILENAME).is_file():
+    raise ValueError(
+      f"{dataset_dir} holds a dataset without {SUMMARY_FILENAME} (not built by build_dataset); "
+      "pass overwrite=True or another data_dir"
+    )
+  summary = json.loads((dataset_dir / SUMMARY_FILENAME).read_text())
+  return {**summary, "dataset_dir": str(dataset_dir), "reused": reused}

@@ -1,0 +1,39 @@
+"""Find or make the training data a config asks for: source videos, then the prepared dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import logging
+
+from moga_jax.data.builder import build_dataset
+from moga_jax.data.pipeline import find_dataset_dir
+from moga_jax.data.synthetic import make_synthetic_videos
+
+
+def prepare_data(cfg, workdir: Path) -> Path:
+  """Returns the prepared dataset folder for `cfg` (config.data), building what is missing.
+
+  source_dir "" means synthetic clips in WORKDIR/../data/synthetic, made on first use. The
+  prepared array_record dataset lives in a folder named after the clip shape, so changing the
+  frames or resolution never reads a stale dataset.
+  """
+  source = Path(cfg.source_dir) if cfg.source_dir else Path(workdir).parent / "data" / "synthetic"
+  frames = cfg.shots * cfg.frames_per_shot
+  if not (source / "captions.jsonl").exists():
+    if cfg.source_dir:
+      raise FileNotFoundError(f"config.data.source_dir {source} has no captions.jsonl")
+    logging.warning("making %d synthetic clips in %s", cfg.synthetic_videos, source)
+    make_synthetic_videos(source, cfg.synthetic_videos, shots=cfg.shots,
+                          frames_per_shot=cfg.frames_per_shot, height=cfg.height,
+                          width=cfg.width, fps=cfg.fps, seed=0)
+  shape = f"{frames}f_{cfg.height}x{cfg.width}_s{cfg.max_shots}_c{cfg.caption_len}"
+  dataset_dir = Path(cfg.dataset_dir) if cfg.dataset_dir else source.parent / "prepared" / shape
+  try:
+    return find_dataset_dir(dataset_dir)
+  except ValueError:
+    summary = build_dataset(source, dataset_dir, num_frames=frames, height=cfg.height,
+                            width=cfg.width, max_shots=cfg.max_shots,
+                            caption_len=cfg.caption_len)
+    logging.warning("prepared dataset in %s: %s", dataset_dir, summary)
+    return find_dataset_dir(dataset_dir)

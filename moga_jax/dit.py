@@ -1,0 +1,155 @@
+"""The video diffusion transformer: Wan 2.1's layout with MoGA self-attention.
+
+Latents [B, F, H, W, C] -> 3D patch embedding -> blocks (AdaLN-modulated self-attention, per-shot
+text cross-attention, FFN) -> modulated head -> unpatchify. Names and shapes follow Wan 2.1
+(patch_embedding, text_embedding, time_embedding, time_projection, blocks.*.self_attn.{q,k,v,o},
+norm_q/norm_k, cross_attn, ffn, modulation, head) so its weights can be mapped in one to one.
+
+Multi-shot: a sample holds S shots, each with its own caption; `frame_shot` [B, F] gives the
+shot of every latent frame. Video tokens cross-attend to their own shot's caption only, while
+MoGA self-attention spans all shots, which is where cross-shot consistency comes from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moga_jax.attention import MoGAAttention
+from moga_jax.layers import FeedForward, ShotCrossAttention, sinusoidal_embedding
+
+_EPS = 1e-6
+
+
+def _plain_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, epsilon=_EPS, use_bias=False, use_scale=False, rngs=rngs)
+
+
+class DiTBlock(nnx.Module):
+  def __init__(self, dim: int, ffn_dim: int, num_heads: int, *, attention: dict | None,
+               rngs: nnx.Rngs):
+    """attention: MoGAAttention keyword arguments, or None for dense self-attention."""
+    self.norm1 = _plain_norm(dim, rngs)
+    self.self_attn = MoGAAttention(dim, num_heads, rngs=rngs,
+                                   **(attention or {"num_groups": None}))
+    self.norm3 = nnx.LayerNorm(dim, epsilon=_EPS, rngs=rngs)
+    self.cross_attn = ShotCrossAttention(dim, num_heads, rngs=rngs)
+    self.norm2 = _plain_norm(dim, rngs)
+    self.ffn = FeedForward(dim, ffn_dim, rngs=rngs)
+    self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 6, dim)) / dim**0.5)
+
+  def __call__(self, x, time6, context, context_mask, token_shot, grid_shape):
+    mod = (self.modulation[...] + time6).astype(jnp.float32)  # [B, 6, dim]
+    shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (mod[:, i:i + 1] for i in range(6))
+    y, balance = self.self_attn(self.norm1(x) * (1 + scale_a) + shift_a, grid_shape=grid_shape)
+    x = x + gate_a * y
+    x = x + self.cross_attn(self.norm3(x), context, context_mask, token_shot)
+    x = x + gate_f * self.ffn(self.norm2(x) * (1 + scale_f) + shift_f)
+    return x, balance
+
+
+class VideoDiT(nnx.Module):
+  """Args:
+    in_channels, out_channels: latent channels. dim, ffn_dim, num_layers, num_heads: widths.
+    text_dim: width of the caption embeddings fed in (4096 for umT5-XXL).
+    patch: (t, h, w) patch of the 3D patch embedding (Wan: (1, 2, 2)).
+    attention: MoGAAttention keyword arguments for MoGA blocks, or None for dense blocks.
+    dense_layers: indices of blocks kept dense (e.g. the first one); rest use `attention`.
+    scan_layers: run the blocks with nnx.scan (all blocks must be alike); remat: rematerialise
+      each block in the backward pass (jax.checkpoint), trading compute for memory.
+  """
+
+  def __init__(self, *, in_channels: int, out_channels: int, dim: int, ffn_dim: int,
+               num_layers: int, num_heads: int, text_dim: int,
+               patch: Sequence[int] = (1, 2, 2), freq_dim: int = 256,
+               attention: dict | None = None, dense_layers: Sequence[int] = (),
+               scan_layers: bool = False, remat: bool = False, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f"num_heads ({num_heads}) must divide the model width dim ({dim})")
+    if scan_layers and dense_layers and attention is not None:
+      raise ValueError("scan_layers needs identical blocks, but dense_layers "
+                       f"{tuple(dense_layers)} differ from the MoGA blocks")
+    self.patch = tuple(int(p) for p in patch)
+    self.out_channels, self.freq_dim = out_channels, freq_dim
+    self.scan_layers, self.remat = scan_layers, remat
+    dense = set(dense_layers)
+    self.moga_layers = () if attention is None else tuple(
+        i for i in range(num_layers) if i not in dense)
+    self.patch_embedding = nnx.Conv(in_channels, dim, kernel_size=self.patch,
+                                    strides=self.patch, padding="VALID", rngs=rngs)
+    self.text_embedding = nnx.Sequential(
+        nnx.Linear(text_dim, dim, rngs=rngs), lambda x: jax.nn.gelu(x, approximate=True),
+        nnx.Linear(dim, dim, rngs=rngs))
+    self.time_embedding = nnx.Sequential(
+        nnx.Linear(freq_dim, dim, rngs=rngs), jax.nn.silu, nnx.Linear(dim, dim, rngs=rngs))
+    self.time_projection = nnx.Sequential(jax.nn.silu, nnx.Linear(dim, 6 * dim, rngs=rngs))
+
+    def block(rngs, dense: bool):
+      return DiTBlock(dim, ffn_dim, num_heads, attention=None if dense else attention,
+                      rngs=rngs)
+
+    if scan_layers:
+      @nnx.split_rngs(splits=num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def stacked(rngs):
+        return block(rngs, attention is None)
+
+      self.blocks = stacked(rngs)
+    else:
+      self.blocks = nnx.List([block(rngs, i in dense) for i in range(num_layers)])
+    self.head_norm = _plain_norm(dim, rngs)
+    self.head_modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 2, dim)) / dim**0.5)
+    self.head = nnx.Linear(dim, out_channels * math.prod(self.patch),
+                           kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+  def __call__(self, latents: jax.Array, t: jax.Array, context: jax.Array,
+               context_mask: jax.Array, frame_shot: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """latents [B, F, H, W, C]; t [B] in [0, 1]; context [B, S, L, text_dim]; context_mask
+    bool [B, S, L]; frame_shot int32 [B, F] (shot of each latent frame).
+
+    Returns (velocity [B, F, H, W, out_channels], mean balancing loss over MoGA blocks).
+    """
+    b, f, h, w, _ = latents.shape
+    pt, ph, pw = self.patch
+    if f % pt or h % ph or w % pw:
+      raise ValueError(f"latent grid (F, H, W) = {(f, h, w)} must be divisible by the patch "
+                       f"{self.patch}")
+    if frame_shot.shape != (b, f):
+      raise ValueError(f"frame_shot must have shape [batch, frames] = {(b, f)}, got "
+                       f"{tuple(frame_shot.shape)}")
+    grid = (f // pt, h // ph, w // pw)
+    x = self.patch_embedding(latents).reshape(b, -1, self.head.in_features)
+    token_shot = jnp.repeat(frame_shot[:, ::pt], grid[1] * grid[2], axis=1)  # [B, N]
+    time = self.time_embedding(sinusoidal_embedding(1000.0 * t, self.freq_dim))
+    time6 = self.time_projection(time).reshape(b, 6, -1)
+    context = self.text_embedding(context)
+
+    def run(block, x):
+      return block(x, time6, context, context_mask, token_shot, grid)
+
+    if self.remat:
+      run = nnx.remat(run)
+    if self.scan_layers:
+      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
+      def scan(block, x):
+        return run(block, x)
+
+      x, balances = scan(self.blocks, x)
+    else:
+      balances = []
+      for block in self.blocks:
+        x, balance = run(block, x)
+        balances.append(balance)
+      balances = jnp.stack(balances)
+    balance = (jnp.mean(balances[jnp.asarray(self.moga_layers)]) if self.moga_layers
+               else jnp.zeros((), jnp.float32))
+
+    shift, scale = jnp.split(self.head_modulation[...] + time[:, None], 2, axis=1)
+    x = self.head(self.head_norm(x) * (1 + scale) + shift)
+    x = x.reshape(b, *grid, pt, ph, pw, self.out_channels)
+    x = jnp.transpose(x, (0, 1, 4, 2, 5, 3, 6, 7)).reshape(b, f, h, w, self.out_channels)
+    return x, balance

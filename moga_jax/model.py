@@ -1,0 +1,59 @@
+"""The whole text-to-video model of a config: text encoder + latent codec + VideoDiT."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from moga_jax import latents
+from moga_jax.dit import VideoDiT
+from moga_jax.text import ByteTextEncoder
+
+
+def frame_shots(shot_bounds: jax.Array, num_shots: jax.Array, num_frames: int) -> jax.Array:
+  """Shot index of every frame: [B, S, 2] (start, end) and [B] counts -> int32 [B, F].
+
+  Frames outside every shot get -1 (they then attend to no caption).
+  """
+  frames = jnp.arange(num_frames)[None, None, :]  # [1, 1, F]
+  start, end = shot_bounds[..., 0:1], shot_bounds[..., 1:2]  # [B, S, 1]
+  valid = jnp.arange(shot_bounds.shape[1])[None, :, None] < num_shots[:, None, None]
+  inside = (frames >= start) & (frames < end) & valid  # [B, S, F]
+  return jnp.where(inside.any(axis=1), jnp.argmax(inside, axis=1), -1).astype(jnp.int32)
+
+
+class TextToVideo(nnx.Module):
+  """Captions (UTF-8 bytes [B, S, L]) and noisy latents in, velocity out."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.latent_factor = cfg.latent_factor
+    channels = 3 * cfg.latent_factor**2
+    self.text_encoder = ByteTextEncoder(cfg.text_dim, max_len=cfg.caption_len,
+                                        num_layers=cfg.text_layers, rngs=rngs)
+    attention = None if cfg.attention.num_groups is None else cfg.attention.to_dict()
+    self.dit = VideoDiT(
+        in_channels=channels, out_channels=channels, dim=cfg.dim, ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers, num_heads=cfg.num_heads, text_dim=cfg.text_dim,
+        patch=tuple(cfg.patch), attention=_tuples(attention), dense_layers=cfg.dense_layers,
+        scan_layers=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
+
+  def encode_text(self, captions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.text_encoder(captions)
+
+  def velocity(self, x_t, t, context, context_mask, frame_shot):
+    return self.dit(x_t, t, context, context_mask, frame_shot)
+
+  def to_latents(self, video: jax.Array) -> jax.Array:
+    return latents.encode(video, self.latent_factor)
+
+  def to_video(self, z: jax.Array) -> jax.Array:
+    return latents.decode(z, self.latent_factor)
+
+
+def _tuples(d: dict | None) -> dict | None:
+  """ml_collections stores tuples as lists once overridden; the attention ops want tuples."""
+  if d is None:
+    return None
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

@@ -1,0 +1,312 @@
+"""Data layer: video I/O, synthetic videos, the TF-free TFDS builder and the grain loader."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import imageio.v2 as iio
+import numpy as np
+import pytest
+
+from moga_jax.data import (
+  SkippedVideoWarning,
+  build_dataset,
+  decode_captions,
+  encode_captions,
+  find_dataset_dir,
+  make_loader,
+  make_synthetic_videos,
+  read_index,
+)
+from moga_jax.data.synthetic import COLOURS, DIRECTIONS, SHAPES
+from moga_jax.video_io import VideoReadError, contact_sheet, read_mp4, resize_frames, write_mp4
+
+NUM_VIDEOS, SHOTS, FRAMES_PER_SHOT = 6, 2, 4
+NUM_FRAMES = SHOTS * FRAMES_PER_SHOT
+SIZE, MAX_SHOTS, CAPTION_LEN = 16, 3, 64
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  """Six synthetic 32x32 videos, plus index entries for one corrupt and one missing file."""
+  out = make_synthetic_videos(
+    tmp_path_factory.mktemp("source"), NUM_VIDEOS, shots=SHOTS, frames_per_shot=FRAMES_PER_SHOT,
+    height=32, width=32, seed=7,
+  )
+  (out / "videos" / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(2048))
+  bad = [{"video": f"videos/{n}.mp4", "shots": [{"start": 0, "end": 8, "caption": "x"}]}
+         for n in ("corrupt", "missing")]
+  with (out / "captions.jsonl").open("a") as f:
+    f.writelines(json.dumps(entry) + "\n" for entry in bad)
+  return out
+
+
+@pytest.fixture(scope="module")
+def built(source, tmp_path_factory):
+  """(summary, warnings) of building the source at 16x16."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    summary = build_dataset(
+      source, tmp_path_factory.mktemp("data"), num_frames=NUM_FRAMES, height=SIZE, width=SIZE,
+      max_shots=MAX_SHOTS, caption_len=CAPTION_LEN,
+    )
+  return summary, [w for w in caught if issubclass(w.category, SkippedVideoWarning)]
+
+
+def _loader(summary, **kw):
+  kw = {"batch_size": 2, "seed": 5, **kw}
+  return make_loader(summary["dataset_dir"], **kw)
+
+
+# --- video_io -----------------------------------------------------------------------------------
+
+
+def test_write_read_round_trip_keeps_shape_and_colour(tmp_path):
+  frames = np.zeros((5, 18, 22, 3), np.uint8)
+  frames[:] = (200, 40, 60)
+  frames[:, 4:12, 6:14] = (20, 180, 220)
+  path = write_mp4(tmp_path / "sub" / "a.mp4", frames, fps=4)
+  video = read_mp4(path)
+  assert video.shape == frames.shape and video.dtype == np.uint8
+  assert np.abs(video.astype(int) - frames).mean() < 6
+  assert read_mp4(path, max_frames=2).shape == (2, 18, 22, 3)
+
+
+def test_write_mp4_rejects_odd_sizes_and_wrong_dtype(tmp_path):
+  with pytest.raises(ValueError, match="even"):
+    write_mp4(tmp_path / "a.mp4", np.zeros((2, 17, 16, 3), np.uint8))
+  with pytest.raises(TypeError, match="uint8"):
+    write_mp4(tmp_path / "a.mp4", np.zeros((2, 16, 16, 3), np.float32))
+
+
+def test_read_mp4_raises_video_read_error(tmp_path):
+  (tmp_path / "empty.mp4").write_bytes(b"")
+  (tmp_path / "junk.mp4").write_bytes(os.urandom(1000))
+  for name in ("missing.mp4", "empty.mp4", "junk.mp4"):
+    with pytest.raises(VideoReadError) as info:
+      read_mp4(tmp_path / name)
+    assert isinstance(info.value, OSError) and info.value.path.endswith(name)
+
+
+def test_resize_frames_area_and_bilinear():
+  frames = np.zeros((1, 4, 4, 3), np.uint8)
+  frames[0, :, 2:] = 200
+  frames[0, 0, 0] = 40  # block mean of the top-left 2x2 block is 10
+  down = resize_frames(frames, 2, 2)
+  np.testing.assert_array_equal(down[0, :, :, 0], [[10, 200], [0, 200]])
+  up = resize_frames(np.full((2, 3, 5, 3), 77, np.uint8), 7, 9)
+  assert up.shape == (2, 7, 9, 3) and np.all(up == 77)
+  with pytest.raises(ValueError, match="height"):
+    resize_frames(frames, 0, 2)
+
+
+def test_contact_sheet_png_size(tmp_path):
+  frames = np.random.default_rng(0).integers(0, 255, (10, 16, 12, 3), dtype=np.uint8)
+  path = contact_sheet(frames, tmp_path / "sheet.png", columns=4, labels=["a", "b", "c"])
+  sheet = iio.imread(path)
+  assert path.suffix == ".png" and sheet.shape == (3 * 16, 4 * 12, 3)
+  np.testing.assert_array_equal(sheet[16:32, 12:24], frames[5])  # row 1 is unlabelled...
+  assert np.all(sheet[32:, 24:] == 0)  # ...and the two missing frames are black padding
+
+
+# --- synthetic videos -----------------------------------------------------------------------------
+
+
+def test_synthetic_videos_structure_and_visible_cut(source):
+  entries = read_index(source)
+  assert [e.video for e in entries[:NUM_VIDEOS]] == [
+    f"videos/{i:05d}.mp4" for i in range(NUM_VIDEOS)
+  ]
+  for entry in entries[:NUM_VIDEOS]:
+    assert [(s.start, s.end) for s in entry.shots] == [(0, 4), (4, 8)]
+    video = read_mp4(source / entry.video)
+    assert video.shape == (NUM_FRAMES, 32, 32, 3)
+    backgrounds = []
+    for shot in entry.shots:
+      words = shot.caption.split()
+      # "a <colour> <shape> moving <direction> on a <colour> background"
+      assert words[1] in COLOURS and words[2] in SHAPES and words[4] in DIRECTIONS
+      assert words[7] in COLOURS and words[1] != words[7]
+      backgrounds.append(words[7])
+      # The background covers most pixels, so the per-frame median is its colour.
+      median = np.median(video[shot.start:shot.end].reshape(shot.end - shot.start, -1, 3), 1)
+      assert np.abs(median - COLOURS[words[7]]).max() <= 24
+    assert backgrounds[0] != backgrounds[1]
+    means = video.reshape(NUM_FRAMES, -1, 3).mean(1)
+    jumps = np.abs(np.diff(means, axis=0)).sum(-1)
+    assert jumps[FRAMES_PER_SHOT - 1] > 40 and jumps[FRAMES_PER_SHOT - 1] > 3 * np.delete(
+      jumps, FRAMES_PER_SHOT - 1).max()
+
+
+def test_synthetic_videos_are_deterministic(tmp_path):
+  a = make_synthetic_videos(tmp_path / "a", 2, frames_per_shot=2, height=16, width=16, seed=3)
+  b = make_synthetic_videos(tmp_path / "b", 2, frames_per_shot=2, height=16, width=16, seed=3)
+  c = make_synthetic_videos(tmp_path / "c", 2, frames_per_shot=2, height=16, width=16, seed=4)
+  index = [(d / "captions.jsonl").read_text() for d in (a, b, c)]
+  assert index[0] == index[1] != index[2]
+  np.testing.assert_array_equal(read_mp4(a / "videos/00001.mp4"), read_mp4(b / "videos/00001.mp4"))
+
+
+# --- index and captions ---------------------------------------------------------------------------
+
+
+def test_read_index_reports_bad_lines(tmp_path):
+  (tmp_path / "captions.jsonl").write_text('{"video": "a.mp4", "shots": []}\n')
+  with pytest.raises(ValueError, match=r"captions.jsonl:1: \"shots\""):
+    read_index(tmp_path)
+  (tmp_path / "captions.jsonl").write_text(
+    '\n{"video": "a.mp4", "shots": [{"start": 3, "end": 2, "caption": "x"}]}\n'
+  )
+  with pytest.raises(ValueError, match=r"captions\.jsonl:2: .*start < end"):
+    read_index(tmp_path)
+  with pytest.raises(ValueError, match=r"no captions\.jsonl"):
+    read_index(tmp_path / "nowhere")
+
+
+def test_captions_truncate_on_character_boundary():
+  rows = encode_captions(["héllo", "ab"], rows=3, length=2)
+  assert rows.shape == (3, 2) and rows.dtype == np.uint8
+  assert decode_captions(rows, 2) == ["h", "ab"]  # "é" is 2 bytes and would not fit whole
+  assert decode_captions(rows) == ["h", "ab", ""]
+
+
+# --- builder --------------------------------------------------------------------------------------
+
+
+def test_builder_round_trip(built, source):
+  summary, _ = built
+  assert summary["examples"] == {"train": NUM_VIDEOS} and summary["num_examples"] == NUM_VIDEOS
+  assert not summary["reused"] and "tensorflow" not in sys.modules
+  import tensorflow_datasets as tfds
+
+  records = tfds.builder_from_directory(summary["dataset_dir"]).as_data_source(split="train")
+  expected = {e.video: e for e in read_index(source)}
+  assert len(records) == NUM_VIDEOS
+  seen = set()
+  for i in range(len(records)):
+    record = records[i]
+    name = record["name"].decode()
+    seen.add(name)
+    assert record["video"].shape == (NUM_FRAMES, SIZE, SIZE, 3)
+    assert record["video"].dtype == np.uint8
+    assert record["captions"].shape == (MAX_SHOTS, CAPTION_LEN)
+    assert record["captions"].dtype == np.uint8
+    assert record["shot_bounds"].dtype == np.int32 and int(record["num_shots"]) == SHOTS
+    np.testing.assert_array_equal(record["shot_bounds"], [[0, 4], [4, 8], [0, 0]])
+    shots = expected[name].shots
+    assert decode_captions(record["captions"], record["num_shots"]) == [s.caption for s in shots]
+    # The stored clip is the source video resized from 32x32 to 16x16.
+    source_video = read_mp4(source / name)
+    np.testing.assert_array_equal(record["video"], resize_frames(source_video, SIZE, SIZE))
+  assert seen == {f"videos/{i:05d}.mp4" for i in range(NUM_VIDEOS)}
+
+
+def test_builder_skips_corrupt_and_missing_videos_with_warning(built):
+  summary, caught = built
+  assert summary["num_skipped"] == 2
+  reasons = {s["video"]: s["reason"] for s in summary["skipped"]}
+  assert reasons.keys() == {"videos/corrupt.mp4", "videos/missing.mp4"}
+  assert reasons["videos/missing.mp4"] == "no such file"
+  messages = [str(w.message) for w in caught]
+  for video in reasons:
+    assert any(video in m for m in messages), messages
+  # The summary also lives next to the data, for later inspection.
+  on_disk = json.loads((Path(summary["dataset_dir"]) / "build_summary.json").read_text())
+  assert on_disk["skipped"] == summary["skipped"]
+
+
+def test_builder_clips_shots_reuses_and_refuses_other_sources(source, tmp_path):
+  kw = {"num_frames": 6, "height": SIZE, "width": SIZE, "max_shots": 2, "caption_len": 8}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", SkippedVideoWarning)
+    summary = build_dataset(source, tmp_path, **kw)
+    assert build_dataset(source, tmp_path, **kw)["reused"]
+  import tensorflow_datasets as tfds
+
+  record = tfds.builder_from_directory(summary["dataset_dir"]).as_data_source("train")[0]
+  assert record["video"].shape == (6, SIZE, SIZE, 3)
+  np.testing.assert_array_equal(record["shot_bounds"], [[0, 4], [4, 6]])  # second shot cut at 6
+  assert all(len(c) <= 8 for c in decode_captions(record["captions"]))
+
+  other = shutil.copytree(source, tmp_path / "other")
+  with pytest.raises(ValueError, match="was built from"):
+    build_dataset(other, tmp_path, **kw)
+
+
+def test_builder_fails_clearly_when_every_video_is_unusable(source, tmp_path):
+  with warnings.catch_warnings(record=True) as caught, pytest.raises(
+    ValueError, match="no usable videos"
+  ):
+    warnings.simplefilter("always")
+    build_dataset(source, tmp_path, num_frames=NUM_FRAMES + 1, height=SIZE, width=SIZE)
+  too_short = [w for w in caught if "too short: 8 frames < num_frames=9" in str(w.message)]
+  assert len(too_short) == NUM_VIDEOS
+  assert not list(tmp_path.glob("*/*/*/dataset_info.json"))  # nothing half-built is left
+
+
+# --- loader ---------------------------------------------------------------------------------------
+
+
+def test_loader_batch_format(built):
+  summary, _ = built
+  batch = next(_loader(summary))
+  assert set(batch) == {"video", "captions", "shot_bounds", "num_shots"}
+  assert batch["video"].shape == (2, NUM_FRAMES, SIZE, SIZE, 3)
+  assert batch["video"].dtype == np.float32
+  assert -1.0 <= batch["video"].min() < batch["video"].max() <= 1.0
+  assert batch["captions"].shape == (2, MAX_SHOTS, CAPTION_LEN)
+  assert batch["captions"].dtype == np.uint8
+  assert batch["shot_bounds"].shape == (2, MAX_SHOTS, 2)
+  assert batch["shot_bounds"].dtype == np.int32
+  assert batch["num_shots"].shape == (2,) and batch["num_shots"].dtype == np.int32
+
+
+def test_loader_resumes_exactly(built):
+  summary, _ = built
+  reference = _loader(summary)
+  for _ in range(3):
+    next(reference)
+  state = reference.get_state()
+  expected = [next(reference) for _ in range(5)]  # crosses epoch boundaries (3 batches/epoch)
+  resumed = _loader(summary)
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_loader_epochs_and_shards(built):
+  summary, _ = built
+  one_epoch = list(_loader(summary, num_epochs=1, include_name=True))
+  assert len(one_epoch) == NUM_VIDEOS // 2
+  names = [n for b in one_epoch for n in b["name"]]
+  assert len(names) == len(set(names)) == NUM_VIDEOS
+  shards = [
+    [n for b in _loader(summary, batch_size=1, num_epochs=1, include_name=True, shard_index=i,
+                        shard_count=2) for n in b["name"]]
+    for i in range(2)
+  ]
+  assert len(shards[0]) == len(shards[1]) == NUM_VIDEOS // 2
+  assert not set(shards[0]) & set(shards[1])
+  assert set(shards[0]) | set(shards[1]) == set(names)
+
+
+def test_loader_errors(built, tmp_path):
+  summary, _ = built
+  with pytest.raises(ValueError, match="no prepared dataset"):
+    make_loader(tmp_path, batch_size=1, seed=0)
+  # The data_dir given to build_dataset works too when it holds a single dataset.
+  data_dir = Path(summary["dataset_dir"]).parents[2]
+  assert find_dataset_dir(data_dir) == Path(summary["dataset_dir"])
+  with pytest.raises(ValueError, match="split 'validation'"):
+    _loader(summary, split="validation")
+  with pytest.raises(ValueError, match="shard_index"):
+    _loader(summary, shard_index=2, shard_count=2)
+  with pytest.raises(TypeError, match="batch_size"):
+    _loader(summary, batch_size=2.0)
