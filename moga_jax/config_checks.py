@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pallas_kernels.validation import check_int
+
 
 def _positive(name: str, value) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"config.{name} must be a positive int, got {value!r}")
+  check_int(f"config.{name}", value)
 
 
 def validate_config(cfg) -> None:
-  """Checks the fields train.py and sample.py rely on; raises ValueError naming the field."""
+  """Checks the fields train.py and sample.py rely on; raises ValueError (TypeError for a
+  non-int count) naming the field."""
   d, m = cfg.data, cfg.model
   for name in ("data.shots", "data.frames_per_shot", "data.height", "data.width",
                "data.max_shots", "data.caption_len", "model.latent_factor", "model.dim",

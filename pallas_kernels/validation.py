@@ -30,12 +30,18 @@ def check_qkv(q, k, v) -> tuple[int, int, int, int]:
   return batch, seq, heads, head_dim
 
 
-def check_positive_int(name: str, value) -> int:
+def check_int(name: str, value, *, minimum: int = 1, maximum: int | None = None) -> int:
+  """An int (numpy ints too, not bool) in [minimum, maximum]: TypeError / ValueError if not."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-  if value < 1:
-    raise ValueError(f"{name} must be >= 1, got {value}")
+  if value < minimum or (maximum is not None and value > maximum):
+    upper = "" if maximum is None else f" and <= {maximum}"
+    raise ValueError(f"{name} must be >= {minimum}{upper}, got {value}")
   return int(value)
+
+
+def check_positive_int(name: str, value) -> int:
+  return check_int(name, value, minimum=1)
 
 
 def check_scale(scale, head_dim: int) -> float:

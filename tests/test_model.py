@@ -167,7 +167,7 @@ def _tiny_config():
         ("model.patch", (1, 3, 3), r"latent grid \(frames, height, width\) = \(16, 8, 8\) "
                                    r"must be divisible by config.model.patch \(1, 3, 3\)"),
         ("data.height", 30, r"must be divisible by config.model.latent_factor \(4\)"),
-        ("train.steps", 0, r"config.train.steps must be a positive int, got 0"),
+        ("train.steps", 0, r"config.train.steps must be >= 1, got 0"),
         ("model.dense_layers", (7,), r"must index blocks 0..1"),
         ("data.shots", 3, r"config.data.shots \(3\) must be <= config.data.max_shots \(2\)"),
     ],

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from moga_jax.data.captions import encode_captions
 from moga_jax.data.index import Shot, VideoEntry, read_index
 from moga_jax.video_io import VideoReadError, read_mp4, resize_frames
+from pallas_kernels.validation import check_int
 
 __all__ = [
   "SUMMARY_FILENAME",
@@ -40,12 +41,6 @@ _log = logging.getLogger(__name__)
 
 class SkippedVideoWarning(UserWarning):
   """A listed video was left out of the dataset (missing, corrupt, too short, ...)."""
-
-
-def _positive_int(name: str, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-    raise ValueError(f"{name} must be a positive int, got {value!r}")
-  return int(value)
 
 
 @dataclasses.dataclass(eq=False)
@@ -68,7 +63,7 @@ class MultiShotConfig(tfds.core.BuilderConfig):
 
   def __post_init__(self):
     for field in ("num_frames", "height", "width", "max_shots", "caption_len"):
-      setattr(self, field, _positive_int(field, getattr(self, field)))
+      setattr(self, field, check_int(field, getattr(self, field)))
     if not 0.0 <= self.validation_fraction < 1.0:
       raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
     if not self.name:

@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
+from pallas_kernels.validation import check_int
+
 __all__ = ["BATCH_KEYS", "find_dataset_dir", "make_loader"]
 
 BATCH_KEYS = ("video", "captions", "shot_bounds", "num_shots")
@@ -70,15 +72,6 @@ class _ToModelInputs(grain.transforms.Map):
     return out
 
 
-def _check_int(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer):
-    raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-  if value < minimum or (maximum is not None and value > maximum):
-    upper = "" if maximum is None else f" and <= {maximum}"
-    raise ValueError(f"{name} must be >= {minimum}{upper}, got {value}")
-  return int(value)
-
-
 def make_loader(
   data_dir: str | os.PathLike,
   *,
@@ -107,13 +100,13 @@ def make_loader(
   worker_count > 0 decodes in that many child processes; a state only restores into a loader
   with the same worker_count.
   """
-  batch_size = _check_int("batch_size", batch_size, minimum=1)
-  seed = _check_int("seed", seed, minimum=0, maximum=2**32 - 1)
-  shard_count = _check_int("shard_count", shard_count, minimum=1)
-  shard_index = _check_int("shard_index", shard_index, minimum=0, maximum=shard_count - 1)
+  batch_size = check_int("batch_size", batch_size, minimum=1)
+  seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+  shard_count = check_int("shard_count", shard_count, minimum=1)
+  shard_index = check_int("shard_index", shard_index, minimum=0, maximum=shard_count - 1)
   if num_epochs is not None:
-    num_epochs = _check_int("num_epochs", num_epochs, minimum=1)
-  worker_count = _check_int("worker_count", worker_count, minimum=0)
+    num_epochs = check_int("num_epochs", num_epochs, minimum=1)
+  worker_count = check_int("worker_count", worker_count, minimum=0)
   if not isinstance(split, str):
     raise TypeError(f"split must be a str, got {type(split).__name__}")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from moga_jax.video_io import write_mp4
+from pallas_kernels.validation import check_int
 
 __all__ = ["COLOURS", "DIRECTIONS", "SHAPES", "make_synthetic_videos"]
 
@@ -93,12 +94,6 @@ def _caption(shot: dict) -> str:
   )
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-  return int(value)
-
-
 def make_synthetic_videos(
   out_dir: str | os.PathLike,
   num_videos: int,
@@ -116,14 +111,14 @@ def make_synthetic_videos(
   "caption"}, ...]} with frame indices, start inclusive and end exclusive. Video i depends only
   on (seed, i), so a larger num_videos extends a smaller set instead of changing it.
   """
-  num_videos = _check_positive_int("num_videos", num_videos)
-  shots = _check_positive_int("shots", shots)
-  frames_per_shot = _check_positive_int("frames_per_shot", frames_per_shot)
+  num_videos = check_int("num_videos", num_videos)
+  shots = check_int("shots", shots)
+  frames_per_shot = check_int("frames_per_shot", frames_per_shot)
   for name, value in (("height", height), ("width", width)):
-    _check_positive_int(name, value, minimum=8)
+    check_int(name, value, minimum=8)
     if value % 2:
       raise ValueError(f"{name} must be even (H.264 yuv420p), got {value}")
-  _check_positive_int("seed", seed, minimum=0)
+  check_int("seed", seed, minimum=0)
   out_dir = Path(out_dir)
   (out_dir / "videos").mkdir(parents=True, exist_ok=True)
   lines = []
