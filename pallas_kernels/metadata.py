@@ -92,10 +92,6 @@ class TileLayout(NamedTuple):
   mask: BlockMask
 
   @property
-  def tile(self) -> int:
-    return self.src.shape[-1] // self.mask.num_tiles
-
-  @property
   def capacity(self) -> int:
     return self.src.shape[-1]
 
