@@ -1,0 +1,174 @@
+"""Reading pretrained tensors (safetensors only) and loading them into NNX modules by name.
+
+Every converter (Wan DiT, Wan VAE, umT5) is a `rename` function from a reference tensor name to
+(our parameter path, transform). `load_tensors` applies it, checks every shape, and returns a
+`WeightReport` listing what was missing, unexpected or mis-shaped, by name: nothing is dropped
+silently. The reader is our own (the format is an 8-byte header length, a JSON header and raw
+little-endian bytes), so that bfloat16 tensors load through ml_dtypes and large files are
+memory-mapped instead of read whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+_DTYPES = {
+  "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+  "BOOL": np.bool_,
+}
+
+# A rename maps a reference tensor name to (our parameter path, transform), or None when the
+# tensor has no counterpart here (it is then reported as unexpected).
+Transform = Callable[[np.ndarray], np.ndarray]
+Rename = Callable[[str], "tuple[tuple[str | int, ...], Transform] | None"]
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+  return x
+
+
+def linear_kernel(x: np.ndarray) -> np.ndarray:
+  """torch Linear weight [out, in] -> nnx.Linear kernel [in, out]."""
+  return x.T
+
+
+def conv_kernel(x: np.ndarray) -> np.ndarray:
+  """torch ConvNd weight [out, in, *spatial] -> nnx.Conv kernel [*spatial, in, out]."""
+  return np.transpose(x, (*range(2, x.ndim), 1, 0))
+
+
+def refuse_pickle(path: str | os.PathLike) -> None:
+  """Pickle-based checkpoints can run arbitrary code when loaded: we never open them."""
+  path = Path(path)
+  if path.suffix.lower() in PICKLE_SUFFIXES:
+    raise ValueError(
+        f"{path} is a pickle-based checkpoint ({path.suffix}); loading one can execute arbitrary "
+        "code, so moga-jax reads safetensors only. Convert it to .safetensors first (for "
+        "example with diffusers' save_pretrained(..., safe_serialization=True)).")
+
+
+def safetensor_files(src: str | os.PathLike) -> list[Path]:
+  """The .safetensors files of a file or folder (shards sorted by name); refuses pickles."""
+  src = Path(src)
+  if not src.exists():
+    raise FileNotFoundError(f"no such file or folder: {src}")
+  if src.is_file():
+    refuse_pickle(src)
+    if src.suffix != ".safetensors":
+      raise ValueError(f"{src} is not a .safetensors file")
+    return [src]
+  files = sorted(src.glob("*.safetensors"))
+  if not files:
+    pickles = sorted(p.name for p in src.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+      refuse_pickle(src / pickles[0])
+    raise FileNotFoundError(f"no .safetensors files in {src}")
+  return files
+
+
+def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of a .safetensors file or of every shard in a folder, memory-mapped."""
+  tensors: dict[str, np.ndarray] = {}
+  for path in safetensor_files(src):
+    with path.open("rb") as f:
+      header_len = int.from_bytes(f.read(8), "little")
+      header = json.loads(f.read(header_len))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    for name, info in header.items():
+      if name == "__metadata__":
+        continue
+      if info["dtype"] not in _DTYPES:
+        raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+      if name in tensors:
+        raise ValueError(f"tensor {name!r} appears in more than one shard of {src}")
+      start, end = info["data_offsets"]
+      dtype = np.dtype(_DTYPES[info["dtype"]])
+      tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
+  return tensors
+
+
+@dataclasses.dataclass
+class WeightReport:
+  """What loading found. Names are the reference's for unexpected, ours for the rest."""
+
+  loaded: list[str] = dataclasses.field(default_factory=list)
+  missing: list[str] = dataclasses.field(default_factory=list)
+  unexpected: list[str] = dataclasses.field(default_factory=list)
+  mismatched: list[str] = dataclasses.field(default_factory=list)
+  initialised: list[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def ok(self) -> bool:
+    return not (self.missing or self.unexpected or self.mismatched)
+
+  def describe(self, what: str) -> str:
+    lines = [f"{what}: {len(self.loaded)} tensors loaded"]
+    for label, names in (("missing (no tensor for these parameters)", self.missing),
+                         ("unexpected (tensors with no parameter here)", self.unexpected),
+                         ("mis-shaped", self.mismatched),
+                         ("not in the source, initialised as the config says",
+                          self.initialised)):
+      if names:
+        lines.append(f"  {label}: {len(names)}")
+        lines.extend(f"    {n}" for n in names)
+    return "\n".join(lines)
+
+  def raise_if_incomplete(self, what: str) -> None:
+    if not self.ok:
+      raise ValueError(self.describe(what))
+
+
+def _path_name(path: Iterable) -> str:
+  return ".".join(str(p) for p in path)
+
+
+def load_tensors(module: nnx.Module, tensors: dict[str, np.ndarray], rename: Rename, *,
+                 initialise: Callable[[str], bool] = lambda name: False) -> WeightReport:
+  """Copies `tensors` into `module`'s nnx.Params in place, through `rename`.
+
+  initialise(name) marks parameters the source cannot have (e.g. MoGA's router): they keep their
+  initial values and are reported as initialised rather than missing. The module is updated
+  only when nothing is missing, unexpected or mis-shaped; the report says what went wrong.
+  """
+  state = nnx.state(module, nnx.Param)
+  params = {_path_name(path): var for path, var in nnx.to_flat_state(state)}
+  report, updates = WeightReport(), {}
+  for name in sorted(tensors):
+    target = rename(name)
+    if target is None or _path_name(target[0]) not in params:
+      report.unexpected.append(name)
+      continue
+    path, transform = target
+    key = _path_name(path)
+    if key in updates:
+      raise ValueError(f"two source tensors map to parameter {key} (second: {name!r})")
+    value = transform(np.asarray(tensors[name]))
+    want = params[key]
+    if tuple(value.shape) != tuple(want.shape):
+      report.mismatched.append(f"{key}: ours {tuple(want.shape)}, {name!r} gives "
+                               f"{tuple(value.shape)}")
+      continue
+    updates[key] = jnp.asarray(value, dtype=want.dtype)
+    report.loaded.append(key)
+  for key in sorted(params):
+    if key not in updates:
+      (report.initialised if initialise(key) else report.missing).append(key)
+  if report.ok:
+    for path, var in nnx.to_flat_state(state):
+      key = _path_name(path)
+      if key in updates:
+        var.set_value(updates[key])
+    nnx.update(module, state)
+  return report
