@@ -5,7 +5,8 @@ STAMP  := $(VENV)/.installed
 # Parallel test workers (pytest-xdist); CI machines have 2 cores.
 JOBS   ?= 2
 
-.PHONY: env demo test test-fast bench bench-demo bench-long bench-interpret lint clean
+.PHONY: env demo test test-main test-parity test-fast bench bench-demo bench-long bench-interpret \
+        bench-580k plan lint clean
 
 env: $(STAMP)
 
@@ -29,8 +30,28 @@ demo: $(STAMP)
 bench-demo: $(STAMP)
 	$(PY) benchmarks/attention.py --config configs/attention_bench.py:demo
 
-test: $(STAMP)
+# The whole suite: the main tests, then the Wan parity tests against PyTorch references.
+test: test-main test-parity
+
+test-main: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q
+
+# Parity tests need torch + diffusers + transformers (the `parity` extra), never runtime
+# dependencies, so they get their own venv. Python 3.11: the CPU build of torch lies on these
+# machines' disk for 3.11 only (any other torch is a multi-GB CUDA download); jax there is
+# 0.10.2, so this also runs the parity tests on the oldest jax we support.
+PARITY_VENV  := .venv-parity
+PARITY_STAMP := $(PARITY_VENV)/.installed
+PARITY_PY    ?= python3.11
+
+$(PARITY_STAMP): pyproject.toml
+	$(PARITY_PY) -m venv $(PARITY_VENV)
+	$(PARITY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PARITY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,parity]'
+	@touch $(PARITY_STAMP)
+
+test-parity: $(PARITY_STAMP)
+	$(PARITY_VENV)/bin/python -m pytest -n $(JOBS) -q -m parity
 
 # Everything but the tests marked slow, for quick local iteration.
 test-fast: $(STAMP)
@@ -46,8 +67,16 @@ bench-long: $(STAMP)
 bench-interpret: $(STAMP)
 	$(PY) benchmarks/attention.py --config configs/attention_bench.py:interpret
 
+# One MoGA layer forward at the 580K-token context on this machine (minutes, ~10 GiB).
+bench-580k: $(STAMP)
+	$(PY) benchmarks/long_context.py
+
+# Tokens, parameters, per-device memory and FLOPs of the paper-scale config; AOT compile.
+plan: $(STAMP)
+	$(PY) -m moga_jax.plan --config configs/wan14b_moga_580k.py --aot
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache benchmarks/results runs
+	rm -rf $(VENV) $(PARITY_VENV) .pytest_cache benchmarks/results runs

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import jax
 from absl import app, flags, logging
-from flax import nnx
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
 from moga_jax import plots
 from moga_jax.checkpoint import Checkpointer
-from moga_jax.config_checks import validate_config
+from moga_jax.config_checks import validate_config, validate_sharding
 from moga_jax.data.pipeline import make_loader
 from moga_jax.data.prepare import prepare_data
-from moga_jax.model import TextToVideo
-from moga_jax.training import make_optimizer, make_train_step
+from moga_jax.sharding import ShardingRules, make_mesh, process_batch_slice
+from moga_jax.training import init_train_state, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).",
@@ -40,13 +40,26 @@ _CRASH_AFTER = flags.DEFINE_integer(
 
 
 def data_state(loader) -> dict:
-  """The loader's position as JSON (grain's DataLoader gives JSON bytes)."""
-  state = loader.get_state()
-  return {"grain_json": state.decode()} if isinstance(state, bytes) else {"grain": state}
+  """The loader's position as JSON. Every process takes the same number of batches, so the
+  primary process's position (the one orbax writes) is every process's."""
+  return {"grain": loader.get_state()}
 
 
 def restore_data_state(loader, saved: dict) -> None:
-  loader.set_state(saved["grain_json"].encode() if "grain_json" in saved else saved["grain"])
+  loader.set_state(saved["grain"])
+
+
+def maybe_initialize_distributed(cfg) -> None:
+  """jax.distributed.initialize() when the config or the environment asks for it."""
+  d = cfg.distributed
+  if not (d.initialize or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    return
+  jax.distributed.initialize(
+      coordinator_address=d.coordinator_address or None,
+      num_processes=d.num_processes or None,
+      process_id=None if d.process_id < 0 else d.process_id)
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 class MetricsLog:
@@ -76,52 +89,70 @@ class MetricsLog:
 
 
 def train(cfg, workdir: Path, crash_after: int | None = None) -> Path:
+  maybe_initialize_distributed(cfg)
   validate_config(cfg)
+  mesh = make_mesh(validate_sharding(cfg, jax.device_count()))
+  rules = ShardingRules.from_config(cfg.sharding.rules)
+  primary = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
+  if primary:  # one process makes the data; the others wait, then find it ready
+    prepare_data(cfg.data, workdir)
+  multihost_utils.sync_global_devices("data prepared")
   dataset_dir = prepare_data(cfg.data, workdir)
-  model = TextToVideo(cfg.model, rngs=nnx.Rngs(cfg.seed))
-  optimizer = make_optimizer(model, cfg.train)
-  loader = make_loader(dataset_dir, batch_size=cfg.train.batch_size, seed=cfg.seed,
-                       shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  train_state = init_train_state(cfg, mesh, rules)
+  state = train_state.state
+  shard_index, shard_count = process_batch_slice(mesh, rules, cfg.train.batch_size)
+  loader = make_loader(dataset_dir, batch_size=cfg.train.batch_size // shard_count,
+                       seed=cfg.seed, shard_index=shard_index, shard_count=shard_count)
   checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   model_config = cfg.model.to_dict()
   step = checkpoints.latest_step() or 0
   if step:
-    restore_data_state(loader, checkpoints.restore((model, optimizer), model_config=model_config))
+    state, saved = checkpoints.restore_state(state, model_config=model_config)
+    restore_data_state(loader, saved)
     logging.info("resumed from step %d", step)
-  (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+  if primary:
+    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 
-  train_step = make_train_step(cfg)
+  train_step = make_train_step(cfg, train_state)
+  to_global = lambda batch: jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(train_state.batch_sharding, x), batch)
   root_key = jax.random.key(cfg.seed)
-  log = MetricsLog(workdir, step)
-  bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+  log = MetricsLog(workdir, step) if primary else None
+  bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+             disable=not primary)
   saved_at, last = step, time.perf_counter()
+  save = lambda: checkpoints.save(step, state, data_state=data_state(loader),
+                                  model_config=model_config)
   try:
-    while step < cfg.train.steps:
-      batch = next(loader)
-      metrics = train_step(model, optimizer, batch, jax.random.fold_in(root_key, step))
-      step += 1
-      metrics = {k: float(v) for k, v in metrics.items()}
-      now = time.perf_counter()
-      metrics["steps_per_s"] = 1.0 / max(now - last, 1e-9)
-      last = now
-      log.write(step, metrics)
-      bar.update(1)
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{metrics['steps_per_s']:.1f}")
-      if step % cfg.train.checkpoint_every == 0:
-        checkpoints.save(step, (model, optimizer), data_state=data_state(loader),
-                         model_config=model_config)
-        saved_at = step
-      if crash_after is not None and step >= crash_after:
-        os.kill(os.getpid(), signal.SIGKILL)
+    with jax.set_mesh(mesh):
+      while step < cfg.train.steps:
+        batch = to_global(next(loader))
+        state, metrics = train_step(state, batch, jax.random.fold_in(root_key, step))
+        step += 1
+        metrics = {k: float(v) for k, v in metrics.items()}
+        now = time.perf_counter()
+        metrics["steps_per_s"] = 1.0 / max(now - last, 1e-9)
+        last = now
+        if log is not None:
+          log.write(step, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{metrics['steps_per_s']:.1f}")
+        if step % cfg.train.checkpoint_every == 0:
+          save()
+          saved_at = step
+        if crash_after is not None and step >= crash_after:
+          os.kill(os.getpid(), signal.SIGKILL)
   finally:
     bar.close()
     if step > saved_at:  # on exit, including Ctrl-C: nothing trained is lost
-      checkpoints.save(step, (model, optimizer), data_state=data_state(loader),
-                       model_config=model_config)
+      save()
     checkpoints.close()
-    log.close()
-  plots.loss_curve(log.path, workdir / "loss.png")
+    if log is not None:
+      log.close()
+  if primary:
+    plots.loss_curve(log.path, workdir / "loss.png")
   return workdir
 
 

@@ -8,6 +8,8 @@ plus a local window branch. Override any field on the command line, e.g. --confi
 
 from ml_collections import ConfigDict
 
+from configs import parallelism
+
 
 def get_config() -> ConfigDict:
   c = ConfigDict()
@@ -64,6 +66,10 @@ def get_config() -> ConfigDict:
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 2
   c.train.log_every = 1
+
+  # Data parallel over all devices by default; e.g. --config.sharding.mesh.context=4.
+  c.sharding = parallelism.sharding()
+  c.distributed = parallelism.distributed()
 
   c.sample = ConfigDict()
   c.sample.steps = 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -9,7 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moga_jax.rope import apply_rope, rope_angles
-from moga_jax.routing import GroupRouter, routed_group_attention
+from moga_jax.routing import GroupRouter, RouterOutput, routed_group_attention
+from moga_jax.sequence_parallel import ulysses
+from moga_jax.sharding import ShardingRules, constrain
 from pallas_kernels import window_attention
 
 
@@ -29,6 +32,9 @@ class MoGAAttention(nnx.Module):
       None (default) turns it off. Its output is added to the group branch.
     group_tile: tokens per tile of the sorted group layout (None: the op's default).
     implementation, interpret: forwarded to the attention ops (None: best for the backend).
+    rules: logical sharding rules. With them and a mesh set (`jax.set_mesh`), attention runs
+      Ulysses-parallel: sequence-sharded inputs, whole sequences per device for a slice of the
+      heads inside `jax.shard_map` (see `sequence_parallel.py`). None: no sharding annotations.
 
   Call: `out, balance_loss = attn(x, grid_shape=(T, H, W))` with x [B, T*H*W, dim]. The
   balancing loss is an explicit output (0 for dense attention) so that it survives jit,
@@ -51,6 +57,7 @@ class MoGAAttention(nnx.Module):
       rope_theta: float = 10000.0,
       implementation: str | None = None,
       interpret: bool | None = None,
+      rules: ShardingRules | None = None,
       dtype: jnp.dtype | None = None,
       param_dtype: jnp.dtype = jnp.float32,
       rngs: nnx.Rngs,
@@ -67,6 +74,7 @@ class MoGAAttention(nnx.Module):
     self.window, self.window_tile, self.group_tile = window, window_tile, group_tile
     self.rope_theta = rope_theta
     self.implementation, self.interpret = implementation, interpret
+    self.rules = rules
     inner = num_heads * head_dim
     linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q, self.k, self.v, self.o = linear(dim, inner), linear(dim, inner), linear(dim, inner), \
@@ -88,19 +96,31 @@ class MoGAAttention(nnx.Module):
     q, k, v = self.q(x), self.k(x), self.v(x)
     if self.norm_q is not None:
       q, k = self.norm_q(q), self.norm_k(k)
-    heads = lambda t: t.reshape(batch, seq, self.num_heads, self.head_dim)
+    heads = lambda t: constrain(t.reshape(batch, seq, self.num_heads, self.head_dim), self.rules,
+                                "activation_batch", "activation_length", "activation_heads", None)
     angles = jnp.asarray(rope_angles(grid_shape, self.head_dim, self.rope_theta))
     q, k, v = apply_rope(heads(q), angles), apply_rope(heads(k), angles), heads(v)
-    ops = dict(implementation=self.implementation, interpret=self.interpret)
 
-    if self.router is None:
-      out, balance = jax.nn.dot_product_attention(q, k, v), jnp.zeros((), jnp.float32)
+    # Routing is per token, so it runs sequence-sharded like the projections; the balance loss
+    # (a mean over all tokens) is taken here too. Only ids and gates cross into attention.
+    routing = None if self.router is None else self.router(x)
+    routed = () if routing is None else (routing.group_ids, routing.gates)
+    per_head = routing is not None and routing.group_ids.ndim == 4
+    out = ulysses(functools.partial(self._attend, grid_shape=grid_shape), self.rules,
+                  per_head=(q, k, v, *(routed if per_head else ())),
+                  per_token=() if per_head else routed)
+    balance = jnp.zeros((), jnp.float32) if routing is None else routing.balance_loss
+    return self.o(out.reshape(batch, seq, -1)), balance
+
+  def _attend(self, q, k, v, group_ids=None, gates=None, *, grid_shape):
+    """Attention over whole sequences: q, k, v [B, N, h, D] for the heads this device holds."""
+    ops = dict(implementation=self.implementation, interpret=self.interpret)
+    if group_ids is None:
+      out = jax.nn.dot_product_attention(q, k, v)
     else:
-      routing = self.router(x)
-      out = routed_group_attention(q, k, v, routing, num_groups=self.num_groups,
-                                   tile=self.group_tile, **ops)
-      balance = routing.balance_loss
+      out = routed_group_attention(q, k, v, RouterOutput(group_ids, gates, None, None),
+                                   num_groups=self.num_groups, tile=self.group_tile, **ops)
     if self.window is not None:
       out = out + window_attention(q, k, v, grid_shape=grid_shape, tile=self.window_tile,
                                    window=self.window, **ops)
-    return self.o(out.reshape(batch, seq, -1)), balance
+    return out

@@ -38,6 +38,10 @@ def check_config(saved: dict, current: dict, where: str) -> None:
                               "config; differing fields:\n  " + "\n  ".join(diffs))
 
 
+def _as_state(state: Any) -> nnx.State:
+  return state if isinstance(state, nnx.State) else nnx.state(state)
+
+
 class Checkpointer:
   def __init__(self, directory: str | Path, *, keep: int = 2):
     self.directory = Path(directory).absolute()
@@ -48,25 +52,37 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, *, data_state: dict, model_config: dict) -> None:
-    """state: an nnx graph node or tuple of them (model, optimizer)."""
+    """state: an nnx.State, or an nnx graph node / tuple of them (model, optimizer).
+
+    Every process calls this (multi-host); orbax writes each array's shards from the process
+    that holds them and the JSON parts from the primary process.
+    """
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(nnx.state(state)),
+        state=ocp.args.StandardSave(_as_state(state)),
         data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave({"step": step, "model_config": model_config})))
     self._manager.wait_until_finished()
 
-  def restore(self, state: Any, *, model_config: dict, step: int | None = None) -> dict:
-    """Loads `step` (default: latest) into `state` in place; returns the saved data state."""
+  def restore_state(self, state: nnx.State, *, model_config: dict, step: int | None = None
+                    ) -> tuple[nnx.State, dict]:
+    """Reads `step` (default: latest) into arrays shaped, typed and sharded like `state`;
+    returns (restored state, saved data state)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     check_config(meta.meta["model_config"], model_config, str(self.directory))
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(state))
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-    nnx.update(state, restored.state)
-    return restored.data
+    new_state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored.state))
+    return new_state, restored.data
+
+  def restore(self, state: Any, *, model_config: dict, step: int | None = None) -> dict:
+    """Loads `step` (default: latest) into nnx graph nodes in place; returns the data state."""
+    restored, data = self.restore_state(nnx.state(state), model_config=model_config, step=step)
+    nnx.update(state, restored)
+    return data
 
   def close(self) -> None:
     self._manager.close()

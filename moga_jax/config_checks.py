@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from moga_jax.sharding import ShardingRules, axes_size, resolve_mesh_shape
 from pallas_kernels.validation import check_int
 
 
@@ -59,3 +60,41 @@ def validate_config(cfg) -> None:
   if m.caption_len != d.caption_len:
     raise ValueError(f"config.model.caption_len ({m.caption_len}) must equal "
                      f"config.data.caption_len ({d.caption_len})")
+
+
+def validate_sharding(cfg, device_count: int) -> dict[str, int]:
+  """Checks the mesh and rules against the model and batch before anything compiles; returns
+  the resolved mesh shape. Ulysses attention gives each device whole sequences for
+  num_heads / (context x tensor) heads, so that division must be exact."""
+  s, m = cfg.sharding, cfg.model
+  mesh = resolve_mesh_shape(dict(s.mesh), device_count)
+  rules = ShardingRules.from_config(s.rules)
+  size = lambda logical: axes_size(mesh, rules.mesh_axes(logical))
+  seq, heads, batch = size("activation_length"), size("activation_heads"), \
+      size("activation_batch")
+  if m.num_heads % (seq * heads):
+    raise ValueError(
+        f"config.model.num_heads ({m.num_heads}) must be divisible by the context axes x head "
+        f"axes of the mesh ({seq} x {heads} = {seq * heads}): Ulysses sequence parallelism "
+        f"splits the heads over both inside attention; mesh {mesh}")
+  if cfg.train.batch_size % batch:
+    raise ValueError(f"config.train.batch_size ({cfg.train.batch_size}) must be divisible by the "
+                     f"batch axes of the mesh ({batch} devices); mesh {mesh}")
+  tokens = _tokens(cfg)
+  if tokens is not None and tokens % seq:
+    raise ValueError(f"the {tokens} video tokens per sample must be divisible by the context "
+                     f"axes of the mesh ({seq}); mesh {mesh}")
+  return mesh
+
+
+def _tokens(cfg) -> int | None:
+  """Video tokens per sample: pixels through the stand-in latent (tiny configs) or the VAE's
+  stride (Wan-scale configs with a `video` section), then the patch."""
+  m, (pt, ph, pw) = cfg.model, tuple(cfg.model.patch)
+  if "video" in cfg:
+    v, (st, sh, sw) = cfg.video, tuple(cfg.video.vae_stride)
+    frames, height, width = (v.frames - 1) // st + 1, v.height // sh, v.width // sw
+  else:
+    d, f = cfg.data, m.latent_factor
+    frames, height, width = d.shots * d.frames_per_shot, d.height // f, d.width // f
+  return (frames // pt) * (height // ph) * (width // pw)

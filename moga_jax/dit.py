@@ -21,6 +21,7 @@ from flax import nnx
 
 from moga_jax.attention import MoGAAttention
 from moga_jax.layers import FeedForward, ShotCrossAttention, sinusoidal_embedding
+from moga_jax.sharding import ShardingRules, constrain
 
 _EPS = 1e-6
 
@@ -31,13 +32,13 @@ def _plain_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 class DiTBlock(nnx.Module):
   def __init__(self, dim: int, ffn_dim: int, num_heads: int, *, attention: dict | None,
-               rngs: nnx.Rngs):
+               rules: ShardingRules | None = None, rngs: nnx.Rngs):
     """attention: MoGAAttention keyword arguments, or None for dense self-attention."""
     self.norm1 = _plain_norm(dim, rngs)
-    self.self_attn = MoGAAttention(dim, num_heads, rngs=rngs,
+    self.self_attn = MoGAAttention(dim, num_heads, rules=rules, rngs=rngs,
                                    **(attention or {"num_groups": None}))
     self.norm3 = nnx.LayerNorm(dim, epsilon=_EPS, rngs=rngs)
-    self.cross_attn = ShotCrossAttention(dim, num_heads, rngs=rngs)
+    self.cross_attn = ShotCrossAttention(dim, num_heads, rules=rules, rngs=rngs)
     self.norm2 = _plain_norm(dim, rngs)
     self.ffn = FeedForward(dim, ffn_dim, rngs=rngs)
     self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 6, dim)) / dim**0.5)
@@ -61,13 +62,17 @@ class VideoDiT(nnx.Module):
     dense_layers: indices of blocks kept dense (e.g. the first one); rest use `attention`.
     scan_layers: run the blocks with nnx.scan (all blocks must be alike); remat: rematerialise
       each block in the backward pass (jax.checkpoint), trading compute for memory.
+    rules: logical sharding rules (`moga_jax.sharding`): hidden states are kept split along the
+      sequence between blocks and attention runs Ulysses-parallel when a mesh is set. None: no
+      sharding annotations (one device, or the caller's own).
   """
 
   def __init__(self, *, in_channels: int, out_channels: int, dim: int, ffn_dim: int,
                num_layers: int, num_heads: int, text_dim: int,
                patch: Sequence[int] = (1, 2, 2), freq_dim: int = 256,
                attention: dict | None = None, dense_layers: Sequence[int] = (),
-               scan_layers: bool = False, remat: bool = False, rngs: nnx.Rngs):
+               scan_layers: bool = False, remat: bool = False,
+               rules: ShardingRules | None = None, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"num_heads ({num_heads}) must divide the model width dim ({dim})")
     if scan_layers and dense_layers and attention is not None:
@@ -75,7 +80,7 @@ class VideoDiT(nnx.Module):
                        f"{tuple(dense_layers)} differ from the MoGA blocks")
     self.patch = tuple(int(p) for p in patch)
     self.out_channels, self.freq_dim = out_channels, freq_dim
-    self.scan_layers, self.remat = scan_layers, remat
+    self.scan_layers, self.remat, self.rules = scan_layers, remat, rules
     dense = set(dense_layers)
     self.moga_layers = () if attention is None else tuple(
         i for i in range(num_layers) if i not in dense)
@@ -90,7 +95,7 @@ class VideoDiT(nnx.Module):
 
     def block(rngs, dense: bool):
       return DiTBlock(dim, ffn_dim, num_heads, attention=None if dense else attention,
-                      rngs=rngs)
+                      rules=rules, rngs=rngs)
 
     if scan_layers:
       @nnx.split_rngs(splits=num_layers)
@@ -105,6 +110,20 @@ class VideoDiT(nnx.Module):
     self.head_modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 2, dim)) / dim**0.5)
     self.head = nnx.Linear(dim, out_channels * math.prod(self.patch),
                            kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+  def _embed_patches(self, latents: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
+    """The strided 3D conv of the patch embedding, as patchify + matmul with the same kernel:
+    the tokens are split along the sequence before the matmul, so no device ever holds the
+    whole [B, N, dim] embedding (10 GiB at 580K tokens for dim 5120)."""
+    b, c = latents.shape[0], latents.shape[-1]
+    (pt, ph, pw), (gt, gh, gw) = self.patch, grid
+    patches = latents.reshape(b, gt, pt, gh, ph, gw, pw, c)
+    patches = jnp.transpose(patches, (0, 1, 3, 5, 2, 4, 6, 7)).reshape(b, gt * gh * gw, -1)
+    patches = constrain(patches, self.rules, "activation_batch", "activation_length", None)
+    conv = self.patch_embedding
+    kernel = conv.kernel[...].reshape(-1, conv.out_features)  # [(pt, ph, pw, C), dim]
+    x = jnp.dot(patches.astype(kernel.dtype), kernel)
+    return x + conv.bias[...] if conv.bias is not None else x
 
   def __call__(self, latents: jax.Array, t: jax.Array, context: jax.Array,
                context_mask: jax.Array, frame_shot: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -122,14 +141,17 @@ class VideoDiT(nnx.Module):
       raise ValueError(f"frame_shot must have shape [batch, frames] = {(b, f)}, got "
                        f"{tuple(frame_shot.shape)}")
     grid = (f // pt, h // ph, w // pw)
-    x = self.patch_embedding(latents).reshape(b, -1, self.head.in_features)
+    hidden = lambda x: constrain(x, self.rules, "activation_batch", "activation_length",
+                                 "activation_embed")
+    x = hidden(self._embed_patches(latents, grid))
     token_shot = jnp.repeat(frame_shot[:, ::pt], grid[1] * grid[2], axis=1)  # [B, N]
     time = self.time_embedding(sinusoidal_embedding(1000.0 * t, self.freq_dim))
     time6 = self.time_projection(time).reshape(b, 6, -1)
     context = self.text_embedding(context)
 
     def run(block, x):
-      return block(x, time6, context, context_mask, token_shot, grid)
+      x, balance = block(x, time6, context, context_mask, token_shot, grid)
+      return hidden(x), balance
 
     if self.remat:
       run = nnx.remat(run)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from moga_jax.sequence_parallel import local_tokens
+from moga_jax.sharding import ShardingRules
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -33,15 +38,21 @@ class ShotCrossAttention(nnx.Module):
 
   context: [B, S, L, D] (S shots of L text tokens, already projected to the model width),
   context_mask: bool [B, S, L] (False for padding), token_shot: int32 [B, N] (each video
-  token's shot). Computed one shot at a time, so memory is O(N * L), not O(N * S * L).
-  A token whose shot has no real caption token gets zero from this branch.
+  token's shot). A token whose shot has no real caption token gets zero from this branch.
+
+  The S captions are one key sequence of S * L tokens, masked to the token's own shot. Queries
+  go through in chunks of `query_chunk` tokens, each rematerialised in the backward pass, so
+  the score memory is O(query_chunk * S * L) whatever the video length (at 580K tokens a
+  per-shot loop over all tokens kept ~200 GiB of scores per device for the backward pass).
+  With sharding rules and a mesh, each device attends for its own tokens (see
+  `sequence_parallel.local_tokens`).
   """
 
-  def __init__(self, dim: int, num_heads: int, *, dtype=None, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, dim: int, num_heads: int, *, query_chunk: int = 1024, dtype=None,
+               param_dtype=jnp.float32, rules: ShardingRules | None = None, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim})")
-    self.num_heads = num_heads
+    self.num_heads, self.query_chunk, self.rules = num_heads, query_chunk, rules
     linear = lambda: nnx.Linear(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q, self.k, self.v, self.o = linear(), linear(), linear(), linear()
     norm = lambda: nnx.RMSNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
@@ -53,11 +64,31 @@ class ShotCrossAttention(nnx.Module):
     heads = lambda t: t.reshape(*t.shape[:-1], self.num_heads, dim // self.num_heads)
     q = heads(self.norm_q(self.q(x)))
     k, v = heads(self.norm_k(self.k(context))), heads(self.v(context))  # [B, S, L, H, Dh]
-    out = jnp.zeros_like(q)
-    for s in range(context.shape[1]):
-      mask = context_mask[:, s][:, None, None, :]  # [B, 1, 1, L]
-      attended = jax.nn.dot_product_attention(q, k[:, s], v[:, s], mask=mask)
-      has_text = jnp.any(context_mask[:, s], axis=-1)[:, None]  # [B, 1]
-      mine = (token_shot == s) & has_text  # [B, N]
-      out = jnp.where(mine[..., None, None], attended, out)
+    attend = functools.partial(shot_attention, query_chunk=self.query_chunk)
+    out = local_tokens(attend, self.rules, q, token_shot, k, v, context_mask)
     return self.o(out.reshape(batch, seq, dim))
+
+
+def shot_attention(q, token_shot, k, v, context_mask, *, query_chunk: int):
+  """q [B, n, H, D] attends to k, v [B, S, L, H, D] where the key's shot is the query's
+  (token_shot [B, n]) and context_mask [B, S, L] is True. Rows with no such key give 0."""
+  batch, n, heads, head_dim = q.shape
+  shots, length = k.shape[1:3]
+  keys, values = (t.reshape(batch, shots * length, heads, head_dim) for t in (k, v))
+  key_shot = jnp.repeat(jnp.arange(shots, dtype=jnp.int32), length)  # [S * L]
+  key_ok = context_mask.reshape(batch, shots * length)
+
+  def chunk(q, shot):  # [B, c, H, D], [B, c]
+    allowed = (shot[:, :, None] == key_shot) & key_ok[:, None, :]  # [B, c, S * L]
+    out = jax.nn.dot_product_attention(q, keys, values, mask=allowed[:, None])
+    return jnp.where(allowed.any(-1)[..., None, None], out, 0).astype(q.dtype)
+
+  if n <= query_chunk:
+    return chunk(q, token_shot)
+  chunks = -(-n // query_chunk)
+  pad = chunks * query_chunk - n
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  token_shot = jnp.pad(token_shot, ((0, 0), (0, pad)), constant_values=-1)
+  split = lambda t: jnp.moveaxis(t.reshape(batch, chunks, query_chunk, *t.shape[2:]), 1, 0)
+  out = jax.lax.map(lambda a: jax.checkpoint(chunk)(*a), (split(q), split(token_shot)))
+  return jnp.moveaxis(out, 0, 1).reshape(batch, chunks * query_chunk, heads, head_dim)[:, :n]

@@ -9,6 +9,7 @@ from flax import nnx
 
 from moga_jax import latents
 from moga_jax.dit import VideoDiT
+from moga_jax.sharding import ShardingRules
 from moga_jax.text import ByteTextEncoder
 
 
@@ -24,20 +25,29 @@ def frame_shots(shot_bounds: jax.Array, num_shots: jax.Array, num_frames: int) -
   return jnp.where(inside.any(axis=1), jnp.argmax(inside, axis=1), -1).astype(jnp.int32)
 
 
+def dit_from_config(m: ml_collections.ConfigDict, *, rules: ShardingRules | None = None,
+                    rngs: nnx.Rngs) -> VideoDiT:
+  """The VideoDiT of a config's model section. Latent channels: `in_channels` where the config
+  gives them (Wan-VAE latents), else those of the space-to-depth stand-in."""
+  channels = m.in_channels if "in_channels" in m else 3 * m.latent_factor**2
+  attention = None if m.attention.num_groups is None else m.attention.to_dict()
+  return VideoDiT(
+      in_channels=channels, out_channels=channels, dim=m.dim, ffn_dim=m.ffn_dim,
+      num_layers=m.num_layers, num_heads=m.num_heads, text_dim=m.text_dim,
+      patch=tuple(m.patch), freq_dim=m.get("freq_dim", 256), attention=_tuples(attention),
+      dense_layers=tuple(m.dense_layers), scan_layers=m.scan_layers, remat=m.remat,
+      rules=rules, rngs=rngs)
+
+
 class TextToVideo(nnx.Module):
   """Captions (UTF-8 bytes [B, S, L]) and noisy latents in, velocity out."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rules: ShardingRules | None = None,
+               rngs: nnx.Rngs):
     self.latent_factor = cfg.latent_factor
-    channels = 3 * cfg.latent_factor**2
     self.text_encoder = ByteTextEncoder(cfg.text_dim, max_len=cfg.caption_len,
                                         num_layers=cfg.text_layers, rngs=rngs)
-    attention = None if cfg.attention.num_groups is None else cfg.attention.to_dict()
-    self.dit = VideoDiT(
-        in_channels=channels, out_channels=channels, dim=cfg.dim, ffn_dim=cfg.ffn_dim,
-        num_layers=cfg.num_layers, num_heads=cfg.num_heads, text_dim=cfg.text_dim,
-        patch=tuple(cfg.patch), attention=_tuples(attention), dense_layers=cfg.dense_layers,
-        scan_layers=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
+    self.dit = dit_from_config(cfg, rules=rules, rngs=rngs)
 
   def encode_text(self, captions: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.text_encoder(captions)

@@ -58,8 +58,10 @@ def balance_loss(probs: jax.Array, group_ids: jax.Array) -> jax.Array:
   """
   num_groups = probs.shape[-1]
   one_hot = jax.nn.one_hot(group_ids, num_groups, dtype=jnp.float32)  # [..., k, G]
-  fraction = one_hot.mean(axis=-2).reshape(-1, *probs.shape[2:]).mean(axis=0)  # [(H,) G]
-  mean_prob = probs.astype(jnp.float32).reshape(-1, *probs.shape[2:]).mean(axis=0)
+  # Means over (batch, sequence) as two axes, not one merged axis: a reshape merging a
+  # batch-sharded and a sequence-sharded axis would make every device gather all of them.
+  fraction = one_hot.mean(axis=-2).mean(axis=(0, 1))  # [(H,) G]
+  mean_prob = probs.astype(jnp.float32).mean(axis=(0, 1))
   per_head = num_groups * jnp.sum(jax.lax.stop_gradient(fraction) * mean_prob, axis=-1)
   return per_head.mean()
 
@@ -118,8 +120,12 @@ class GroupRouter(nnx.Module):
     if self.num_heads is not None:
       logits = logits.reshape(*x.shape[:2], self.num_heads, self.num_groups)
     probs = jax.nn.softmax(logits, axis=-1)
-    gates, group_ids = jax.lax.top_k(probs, self.top_k)
-    group_ids = group_ids.astype(jnp.int32)
+    if self.top_k == 1:  # argmax, unlike XLA's TopK, stays split when tokens are sharded
+      group_ids = jnp.argmax(probs, axis=-1)[..., None].astype(jnp.int32)
+      gates = jnp.take_along_axis(probs, group_ids, axis=-1)
+    else:
+      gates, group_ids = jax.lax.top_k(probs, self.top_k)
+      group_ids = group_ids.astype(jnp.int32)
     return RouterOutput(group_ids, gates, probs, balance_loss(probs, group_ids))
 
 

@@ -1,17 +1,28 @@
-"""The optimizer and the jitted training step (shared by train.py, sample.py and the tests)."""
+"""The optimizer, the sharded training state and the jitted training step.
+
+The step is a pure function of (state, batch, key) jitted with the NamedShardings of the state
+and of the batch, so the same code runs on one CPU, a GPU, a TPU pod slice or a fake mesh for
+ahead-of-time compilation (`moga_jax.plan`). The state is built directly into its shardings:
+no host ever holds the whole unsharded model.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from moga_jax.diffusion import flow_matching_loss
+from moga_jax.dit import VideoDiT
 from moga_jax.model import TextToVideo, frame_shots
+from moga_jax.sharding import ShardingRules, batch_spec, state_shardings
 
 
-def make_optimizer(model: TextToVideo, cfg) -> nnx.Optimizer:
+def make_optimizer(model: nnx.Module, cfg) -> nnx.Optimizer:
   """AdamW with linear warmup, cosine decay to 5% and global-norm gradient clipping."""
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, cfg.learning_rate, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1),
@@ -35,15 +46,65 @@ def loss_fn(model: TextToVideo, batch: dict, key: jax.Array, cfg):
   return mse + cfg.diffusion.balance_weight * balance, (mse, balance)
 
 
-def make_train_step(cfg):
-  """train_step(model, optimizer, batch, key) -> metrics; updates model and optimizer."""
+def latent_loss_fn(dit: VideoDiT, batch: dict, key: jax.Array, cfg):
+  """The same loss for a bare VideoDiT on precomputed inputs, as Wan-scale training runs:
+  latents [B, F, H, W, C] (VAE means, normalised), context [B, S, L, text_dim] (text-encoder
+  states), context_mask bool [B, S, L], frame_shot int32 [B, F]. Caption dropout zeroes the
+  context of the dropped samples."""
+  k_drop, k_flow = jax.random.split(key)
+  context = batch["context"]
+  keep = jax.random.uniform(k_drop, (context.shape[0],)) >= cfg.diffusion.caption_dropout
+  context = jnp.where(keep[:, None, None, None], context, 0)
+  predict = lambda x_t, t: dit(x_t, t, context, batch["context_mask"], batch["frame_shot"])
+  mse, balance = flow_matching_loss(predict, batch["latents"], k_flow, shift=cfg.diffusion.shift)
+  return mse + cfg.diffusion.balance_weight * balance, (mse, balance)
 
-  @nnx.jit
-  def train_step(model, optimizer, batch, key):
-    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, (mse, balance)), grads = grad_fn(model, batch, key, cfg)
+
+class TrainState(NamedTuple):
+  """What training carries: the (model, optimizer) graph, its state and their shardings."""
+
+  graphdef: nnx.GraphDef
+  state: nnx.State
+  shardings: nnx.State  # same tree as state, NamedSharding leaves
+  batch_sharding: NamedSharding
+
+  def merge(self) -> tuple[nnx.Module, nnx.Optimizer]:
+    return nnx.merge(self.graphdef, self.state)
+
+
+def init_train_state(cfg, mesh: jax.sharding.Mesh, rules: ShardingRules, *,
+                     build=None) -> TrainState:
+  """Builds model and optimizer under jit straight into their shardings on `mesh`.
+
+  build() -> (model, optimizer) defaults to the config's TextToVideo with AdamW.
+  """
+  if build is None:
+    def build():
+      model = TextToVideo(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
+      return model, make_optimizer(model, cfg.train)
+
+  graphdef, abstract = nnx.split(nnx.eval_shape(build))
+  shardings = state_shardings(abstract, mesh, rules)
+  with jax.set_mesh(mesh):
+    state = jax.jit(lambda: nnx.state(build()), out_shardings=shardings)()
+  return TrainState(graphdef, state, shardings, NamedSharding(mesh, batch_spec(rules)))
+
+
+def make_train_step(cfg, train_state: TrainState, loss=loss_fn):
+  """step(state, batch, key) -> (state, metrics), jitted with the state's and batch's
+  shardings; the input state is donated. Call it under `jax.set_mesh(mesh)`."""
+  graphdef = train_state.graphdef
+
+  def step(state, batch, key):
+    model, optimizer = nnx.merge(graphdef, state)
+    grad_fn = nnx.value_and_grad(loss, has_aux=True)
+    (value, (mse, balance)), grads = grad_fn(model, batch, key, cfg)
     optimizer.update(model, grads)
-    return {"loss": loss, "mse": mse, "balance_loss": balance,
-            "grad_norm": optax.tree.norm(grads)}
+    metrics = {"loss": value, "mse": mse, "balance_loss": balance,
+               "grad_norm": optax.tree.norm(grads)}
+    return nnx.state((model, optimizer)), metrics
 
-  return train_step
+  replicated = NamedSharding(train_state.batch_sharding.mesh, jax.P())
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(train_state.shardings, train_state.batch_sharding, replicated),
+                 out_shardings=(train_state.shardings, replicated))

@@ -297,6 +297,20 @@ def test_loader_epochs_and_shards(built):
   assert set(shards[0]) | set(shards[1]) == set(names)
 
 
+def test_loader_shards_make_up_the_same_global_batches(built):
+  """Multi-process data: process i's batches are rows [i*b, (i+1)*b) of the global batches
+  a single process with batch b * count reads, so losses do not depend on the process count."""
+  summary, _ = built
+  whole = list(_loader(summary, batch_size=4, num_epochs=2, include_name=True))
+  parts = [list(_loader(summary, batch_size=2, num_epochs=2, include_name=True,
+                        shard_index=i, shard_count=2)) for i in range(2)]
+  assert len(whole) == len(parts[0]) == len(parts[1]) == 2 * NUM_VIDEOS // 4
+  for step, batch in enumerate(whole):
+    for key in batch:
+      joined = np.concatenate([parts[0][step][key], parts[1][step][key]])
+      np.testing.assert_array_equal(joined, batch[key], err_msg=f"step {step}, {key}")
+
+
 def test_loader_errors(built, tmp_path):
   summary, _ = built
   with pytest.raises(ValueError, match="no prepared dataset"):

@@ -14,9 +14,11 @@ from moga_jax import latents
 from moga_jax.attention import MoGAAttention
 from moga_jax.config_checks import validate_config
 from moga_jax.dit import VideoDiT
-from moga_jax.model import TextToVideo, frame_shots
+from moga_jax.layers import shot_attention
+from moga_jax.model import frame_shots
 from moga_jax.rope import apply_rope, rope_angles
-from moga_jax.training import make_optimizer, make_train_step
+from moga_jax.sharding import ShardingRules, make_mesh
+from moga_jax.training import init_train_state, make_train_step
 
 GRID = (4, 6, 6)
 
@@ -141,6 +143,34 @@ def test_each_shot_sees_only_its_own_caption(key):
   assert float(jnp.abs(a[:, 2:] - b[:, 2:]).max()) > 0
 
 
+def _per_shot_reference(q, token_shot, k, v, mask):
+  """Each shot's attention for every token, kept where the token is in that shot."""
+  out = jnp.zeros_like(q)
+  for s in range(k.shape[1]):
+    attended = jax.nn.dot_product_attention(q, k[:, s], v[:, s], mask=mask[:, s][:, None, None])
+    mine = (token_shot == s) & mask[:, s].any(-1)[:, None]
+    out = jnp.where(mine[..., None, None], attended, out)
+  return out
+
+
+@pytest.mark.parametrize("query_chunk", [7, 64, 1024])
+def test_chunked_shot_attention_equals_the_per_shot_loop(key, query_chunk):
+  kq, kk, kv, ks = jax.random.split(key, 4)
+  q = jax.random.normal(kq, (2, 50, 3, 8))
+  k, v = (jax.random.normal(s, (2, 3, 5, 3, 8)) for s in (kk, kv))
+  mask = jnp.array([[[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]],
+                    [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]]], bool)
+  token_shot = jax.random.randint(ks, (2, 50), -1, 3)  # -1: outside every shot
+  attend = lambda q, k, v: shot_attention(q, token_shot, k, v, mask, query_chunk=query_chunk)
+  want = lambda q, k, v: _per_shot_reference(q, token_shot, k, v, mask)
+  assert_close(attend(q, k, v), want(q, k, v))
+  w = jax.random.normal(jax.random.key(9), q.shape)
+  grads = jax.grad(lambda *a: jnp.sum(attend(*a) * w), argnums=(0, 1, 2))(q, k, v)
+  want_grads = jax.grad(lambda *a: jnp.sum(want(*a) * w), argnums=(0, 1, 2))(q, k, v)
+  for got, ref, name in zip(grads, want_grads, "qkv", strict=True):
+    assert_close(got, ref, what=f"d{name}")
+
+
 def test_dit_rejects_bad_shapes(key):
   x, t, context, mask, frame_shot = _dit_inputs(key)
   with pytest.raises(ValueError, match=r"latent grid \(F, H, W\) = \(4, 4, 5\) must be "
@@ -184,9 +214,9 @@ def test_bad_config_values(field, value, match):
 def test_loss_falls_on_a_fixed_batch():
   cfg = _tiny_config()
   validate_config(cfg)
-  model = TextToVideo(cfg.model, rngs=nnx.Rngs(0))
-  optimizer = make_optimizer(model, cfg.train)
-  step = make_train_step(cfg)
+  mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+  train_state = init_train_state(cfg, mesh, ShardingRules.from_config(cfg.sharding.rules))
+  step, state = make_train_step(cfg, train_state), train_state.state
   rng = np.random.default_rng(0)
   # Two flat-coloured shots per clip: easy structure a few dozen steps can start to fit.
   colours = rng.uniform(-1, 1, (4, 2, 1, 1, 1, 3)).astype(np.float32)
@@ -196,6 +226,9 @@ def test_loss_falls_on_a_fixed_batch():
            "captions": jnp.asarray(rng.integers(97, 122, (4, 2, 48)), jnp.uint8),
            "shot_bounds": jnp.asarray([[[0, 8], [8, 16]]] * 4, jnp.int32),
            "num_shots": jnp.full((4,), 2, jnp.int32)}
-  losses = [float(step(model, optimizer, batch, jax.random.key(i % 4))["mse"])
-            for i in range(40)]
+  losses = []
+  with jax.set_mesh(mesh):
+    for i in range(40):
+      state, metrics = step(state, batch, jax.random.key(i % 4))
+      losses.append(float(metrics["mse"]))
   assert np.mean(losses[-8:]) < 0.85 * np.mean(losses[:8]), losses  # no learning: ~1.0

@@ -72,6 +72,18 @@ class _ToModelInputs(grain.transforms.Map):
     return out
 
 
+class _ShardRecord(grain.transforms.Map):
+  """Local record j -> the record at its place in this process's rows of the global batch."""
+
+  def __init__(self, records, batch_size: int, shard_index: int, shard_count: int):
+    self._records, self._batch = records, batch_size
+    self._offset, self._stride = shard_index * batch_size, shard_count * batch_size
+
+  def map(self, j: int):
+    step, row = divmod(int(j), self._batch)
+    return self._records[step * self._stride + self._offset + row]
+
+
 def make_loader(
   data_dir: str | os.PathLike,
   *,
@@ -83,22 +95,25 @@ def make_loader(
   split: str = "train",
   worker_count: int = 0,
   include_name: bool = False,
-) -> grain.DataLoaderIterator:
+) -> grain.DatasetIterator:
   """Iterator of batches: dicts of numpy arrays (see BATCH_KEYS), forever if num_epochs is None.
 
   video float32 [B, F, H, W, 3] in [-1, 1]; captions uint8 [B, S, L]; shot_bounds int32
   [B, S, 2]; num_shots int32 [B]; with include_name also name bytes [B] (debugging only: it
   cannot go to a device).
 
-  Process shard_index of shard_count reads a contiguous 1/shard_count of the records, each
-  shard the same size (up to shard_count - 1 records are left out) so every process takes the
-  same number of steps. Records are shuffled within the shard by seed, afresh every epoch;
-  batches never mix in a partial batch (drop_remainder), but may span an epoch boundary.
+  Sharding for multi-process training: the records are shuffled by seed (afresh every epoch)
+  into one global order, cut into global batches of batch_size * shard_count records, and
+  process shard_index reads rows [shard_index * batch_size, (shard_index + 1) * batch_size) of
+  each. So every process reads only its own records, all take the same number of steps, and
+  the global batches are the same whatever the number of processes: a 2-process run sees what
+  a 1-process run with the global batch sees. Batches never mix in a partial batch; they may
+  span an epoch boundary.
 
-  The iterator's get_state() -> bytes and set_state(bytes) resume exactly: restoring the state
-  taken after k batches into a loader made with the same arguments yields batch k + 1 next.
-  worker_count > 0 decodes in that many child processes; a state only restores into a loader
-  with the same worker_count.
+  The iterator's get_state() (a JSON-able dict) and set_state() resume exactly: restoring the
+  state taken after k batches into a loader made with the same arguments yields batch k + 1
+  next. worker_count > 0 decodes in that many child processes; a state only restores into a
+  loader with the same worker_count.
   """
   batch_size = check_int("batch_size", batch_size, minimum=1)
   seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
@@ -124,30 +139,22 @@ def make_loader(
     # grain's worker processes read an absl flag, which raises in programs that never parsed
     # flags (anything not started through absl.app.run); the defaults are what we want.
     flags.FLAGS.mark_as_parsed()
-  if len(source) // shard_count == 0:
+  global_batch = batch_size * shard_count
+  if len(source) < global_batch:
     raise ValueError(
-      f"split {split!r} has {len(source)} records, too few for shard_count={shard_count}"
+      f"split {split!r} has {len(source)} records, too few for one global batch of "
+      f"batch_size x shard_count = {batch_size} x {shard_count}"
     )
 
-  shard_options = grain.sharding.ShardOptions(
-    shard_index=shard_index, shard_count=shard_count, drop_remainder=True
-  )
-  sampler = grain.samplers.IndexSampler(
-    num_records=len(source), shard_options=shard_options, shuffle=True, num_epochs=num_epochs,
-    seed=seed,
-  )
-  loader = grain.DataLoader(
-    data_source=source,
-    sampler=sampler,
-    operations=[
-      _ToModelInputs(include_name),
-      grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
-    ],
-    worker_count=worker_count,
-    # grain's defaults (16 threads, 500 records ahead) suit small records; a video record is
-    # large, so read only about two batches ahead.
-    read_options=grain.ReadOptions(
-      num_threads=_READ_THREADS, prefetch_buffer_size=max(2 * batch_size, _READ_THREADS)
-    ),
-  )
-  return iter(loader)
+  records = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+  steps = len(records) // global_batch  # whole global batches only: all processes stop together
+  mine = grain.MapDataset.range(steps * batch_size).map(
+    _ShardRecord(records, batch_size, shard_index, shard_count))
+  # grain's defaults (16 threads, 500 records ahead) suit small records; a video record is
+  # large, so read only about two batches ahead.
+  dataset = mine.map(_ToModelInputs(include_name)).to_iter_dataset(grain.ReadOptions(
+    num_threads=_READ_THREADS, prefetch_buffer_size=max(2 * batch_size, _READ_THREADS)))
+  dataset = dataset.batch(batch_size, drop_remainder=True)
+  if worker_count:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(dataset)

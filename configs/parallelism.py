@@ -1,0 +1,41 @@
+"""Mesh, logical sharding rules and multi-host settings shared by every config.
+
+Axes ('data', 'fsdp', 'context', 'tensor'); one size may be -1 (all devices left). The rules map
+the model's logical axis names (see `moga_jax.sharding.LOGICAL_AXES`) to mesh axes: batches
+over data x fsdp, sequences over context between attention blocks, heads and FFN width over
+tensor, parameters and optimizer state over fsdp x context. Inside attention, heads are split
+over context too (Ulysses), so num_heads must be divisible by context x tensor.
+"""
+
+from ml_collections import ConfigDict
+
+RULES = (
+  ("activation_batch", ("data", "fsdp")),
+  ("activation_length", "context"),
+  ("activation_heads", "tensor"),
+  ("activation_embed", None),
+  ("activation_mlp", "tensor"),
+  # Parameters are split over the sequence axis too (ZeRO-3 style): context devices hold
+  # different tokens but the same weights, so gathering weights there costs no extra memory.
+  ("embed", ("fsdp", "context")),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+)
+
+
+def sharding(*, data: int = -1, fsdp: int = 1, context: int = 1, tensor: int = 1) -> ConfigDict:
+  c = ConfigDict()
+  c.mesh = ConfigDict({"data": data, "fsdp": fsdp, "context": context, "tensor": tensor})
+  c.rules = RULES
+  return c
+
+
+def distributed() -> ConfigDict:
+  """jax.distributed.initialize() runs when `initialize` is True or JAX_COORDINATOR_ADDRESS is
+  set; empty / 0 fields let JAX detect them (TPU pods, SLURM, ...)."""
+  c = ConfigDict()
+  c.initialize = False
+  c.coordinator_address = ""
+  c.num_processes = 0
+  c.process_id = -1
+  return c

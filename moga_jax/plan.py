@@ -1,0 +1,224 @@
+"""Plan a run before renting the machines: tokens, parameters, per-device memory and attention
+FLOPs for a config on a mesh, and (--aot) an ahead-of-time compile of the training step.
+
+  python -m moga_jax.plan --config configs/wan14b_moga_580k.py [--mesh fsdp=8,context=8] [--aot]
+
+Parameter, optimizer and gradient bytes per device are exact (from the shardings the training
+step uses). Activation bytes are an estimate of what remat keeps (one hidden state per block
+boundary) plus one block's working set. --aot lowers and compiles the real training step for a
+mesh of fake CPU devices (`jax.jit(step).lower(abstract inputs).compile()`) and prints XLA's
+memory_analysis() per device; nothing is allocated, but compiling the full model takes minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from moga_jax.config_checks import validate_sharding
+from moga_jax.model import dit_from_config
+from moga_jax.sharding import ShardingRules, make_mesh, state_shardings
+from moga_jax.training import TrainState, latent_loss_fn, make_optimizer, make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/wan14b_moga_580k.py",
+                                          "Config with video, model, train and sharding.")
+_MESH = flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. fsdp=8,context=8 (others 1); "
+                            "default: the config's sharding.mesh.")
+_DEVICES = flags.DEFINE_integer("devices", None, "Device count when the mesh has a -1 axis.")
+_AOT = flags.DEFINE_bool("aot", False, "Compile the training step for a fake CPU mesh and "
+                         "report XLA's per-device memory analysis.")
+_JSON = flags.DEFINE_string("json", None, "Also write the plan as JSON to this path.")
+
+GiB = 2**30
+
+
+def latent_grid(cfg) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+  """(latent frames, height, width) and the token grid after the patch embedding."""
+  v, patch = cfg.video, tuple(cfg.model.patch)
+  st, sh, sw = tuple(v.vae_stride)
+  if (v.frames - 1) % st or v.height % sh or v.width % sw:
+    raise ValueError(f"config.video: frames - 1 ({v.frames - 1}), height ({v.height}) and width "
+                     f"({v.width}) must be multiples of the VAE stride {tuple(v.vae_stride)}")
+  latent = ((v.frames - 1) // st + 1, v.height // sh, v.width // sw)
+  if any(n % p for n, p in zip(latent, patch, strict=True)):
+    raise ValueError(f"latent grid {latent} is not divisible by the patch {patch}")
+  return latent, tuple(n // p for n, p in zip(latent, patch, strict=True))
+
+
+def attention_flops(cfg, tokens: int, grid: tuple[int, int, int]) -> dict[str, float]:
+  """Forward FLOPs of self-attention (QK^T and PV, 2 per multiply-add) for one sample through
+  all blocks: dense, and MoGA with balanced groups plus the window branch."""
+  m, a = cfg.model, cfg.model.attention
+  inner = m.dim  # num_heads * head_dim
+  dense = 4.0 * tokens * tokens * inner
+  moga_layers = m.num_layers - len(m.dense_layers)
+  if a.num_groups is None:
+    return {"dense": dense * m.num_layers, "moga": dense * m.num_layers}
+  group = 4.0 * a.top_k * tokens * (a.top_k * tokens / a.num_groups) * inner
+  window = 0.0
+  if a.window is not None:
+    keys = math.prod(min(w * t, g) for w, t, g in zip(a.window, a.window_tile, grid, strict=True))
+    window = 4.0 * tokens * keys * inner
+  total = moga_layers * (group + window) + (m.num_layers - moga_layers) * dense
+  return {"dense": dense * m.num_layers, "moga": total, "moga_group": moga_layers * group,
+          "moga_window": moga_layers * window}
+
+
+def _abstract_train_state(cfg, mesh, rules) -> TrainState:
+  def build():
+    dit = dit_from_config(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
+    return dit, make_optimizer(dit, cfg.train)
+
+  graphdef, abstract = nnx.split(nnx.eval_shape(build))
+  shardings = state_shardings(abstract, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  from jax.sharding import NamedSharding
+
+  from moga_jax.sharding import batch_spec
+  return TrainState(graphdef, abstract, shardings, NamedSharding(mesh, batch_spec(rules)))
+
+
+def _abstract_batch(cfg, latent, batch_sharding) -> dict:
+  b, v, m = cfg.train.batch_size, cfg.video, cfg.model
+  shapes = {
+    "latents": ((b, *latent, m.in_channels), jnp.float32),
+    "context": ((b, v.shots, v.caption_len, m.text_dim), jnp.float32),
+    "context_mask": ((b, v.shots, v.caption_len), jnp.bool_),
+    "frame_shot": ((b, latent[0]), jnp.int32),
+  }
+  return {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding) for k, (s, d) in shapes.items()}
+
+
+def _device_bytes(abstract) -> int:
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(abstract))
+
+
+def make_plan(cfg, mesh_shape: dict[str, int], *, aot: bool = False) -> dict:
+  """Everything the planner prints, as a dict (also used by the tests)."""
+  devices = math.prod(mesh_shape.values())
+  mesh = make_mesh(mesh_shape, devices=jax.devices()[:devices])
+  rules = ShardingRules.from_config(cfg.sharding.rules)
+  latent, grid = latent_grid(cfg)
+  tokens = math.prod(grid)
+  m = cfg.model
+  ts = _abstract_train_state(cfg, mesh, rules)
+  params = nnx.state(nnx.merge(ts.graphdef, ts.state)[0], nnx.Param)
+  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  param_bytes = _device_bytes(params)
+  state_bytes = _device_bytes(ts.state)
+
+  size = lambda logical: math.prod(mesh.shape[a] for a in rules.mesh_axes(logical))
+  batch_local = cfg.train.batch_size // size("activation_batch")
+  seq_local = tokens // size("activation_length")
+  heads_local = m.num_heads // (size("activation_length") * size("activation_heads"))
+  head_dim = m.dim // m.num_heads
+  f32 = 4
+  boundary = (m.num_layers if m.remat else 1) * batch_local * seq_local * m.dim * f32
+  # One block's working set: q, k, v, attention out and the sorted copies for the local heads
+  # over the whole sequence, plus the FFN hidden state of the local tokens.
+  block = batch_local * (7 * tokens * heads_local * head_dim
+                         + 2 * seq_local * m.ffn_dim // size("activation_mlp")) * f32
+  plan = {
+    "latent_grid": latent, "token_grid": grid, "tokens": tokens,
+    "mesh": dict(mesh.shape), "devices": devices, "parameters": n_params,
+    "per_device_bytes": {
+      "params": param_bytes,
+      "optimizer_state": state_bytes - param_bytes,
+      "gradients": param_bytes,
+      "activations_estimate": boundary + block,
+    },
+    "attention_flops_per_sample_forward": attention_flops(cfg, tokens, grid),
+  }
+  if aot:
+    step = make_train_step(cfg, ts, loss=latent_loss_fn)
+    batch = _abstract_batch(cfg, latent, ts.batch_sharding)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
+                               sharding=jax.NamedSharding(mesh, jax.P()))
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+      compiled = step.lower(ts.state, batch, key).compile()
+    analysis = compiled.memory_analysis()
+    plan["aot"] = {
+      "compile_seconds": round(time.perf_counter() - start, 1),
+      "argument_bytes": analysis.argument_size_in_bytes,
+      "output_bytes": analysis.output_size_in_bytes,
+      "alias_bytes": analysis.alias_size_in_bytes,
+      "temp_bytes": analysis.temp_size_in_bytes,
+    }
+  return plan
+
+
+def format_plan(plan: dict) -> str:
+  gib = lambda n: f"{n / GiB:9.2f} GiB"
+  mem, flops = plan["per_device_bytes"], plan["attention_flops_per_sample_forward"]
+  mesh = " x ".join(f"{k}={v}" for k, v in plan["mesh"].items())
+  lines = [
+    f"latent grid (frames, height, width): {plan['latent_grid']}",
+    f"token grid after the patch:          {plan['token_grid']} = {plan['tokens']:,} tokens",
+    f"mesh: {mesh} ({plan['devices']} devices)",
+    f"parameters: {plan['parameters'] / 1e9:.2f} B",
+    "per device:",
+    f"  params             {gib(mem['params'])}",
+    f"  optimizer state    {gib(mem['optimizer_state'])}",
+    f"  gradients          {gib(mem['gradients'])}",
+    f"  activations (est.) {gib(mem['activations_estimate'])}  (remat: block inputs + 1 block)",
+    f"  total (est.)       {gib(sum(mem.values()))}",
+    "self-attention FLOPs, one sample, forward, all blocks:",
+    f"  dense              {flops['dense'] / 1e15:10.1f} PFLOP",
+    f"  MoGA               {flops['moga'] / 1e15:10.1f} PFLOP  "
+    f"({100 * (1 - flops['moga'] / flops['dense']):.1f}% fewer)",
+  ]
+  if "moga_group" in flops:
+    lines.append(f"    groups {flops['moga_group'] / 1e15:.1f} + window "
+                 f"{flops['moga_window'] / 1e15:.1f} PFLOP")
+  if "aot" in plan:
+    a = plan["aot"]
+    lines += [
+      f"ahead-of-time compile of the training step ({a['compile_seconds']} s), per device:",
+      f"  arguments {gib(a['argument_bytes'])}, outputs {gib(a['output_bytes'])} "
+      f"(aliased {gib(a['alias_bytes'])}), temporaries {gib(a['temp_bytes'])}",
+    ]
+  return "\n".join(lines)
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  try:
+    pairs = [item.split("=") for item in text.split(",") if item]
+    return {k.strip(): int(v) for k, v in pairs}
+  except ValueError:
+    raise ValueError(f"--mesh must look like fsdp=8,context=8, got {text!r}") from None
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  mesh = dict(cfg.sharding.mesh)
+  if _MESH.value:
+    mesh = {a: 1 for a in mesh} | parse_mesh(_MESH.value)
+  fixed = math.prod(n for n in mesh.values() if n != -1)
+  devices = _DEVICES.value or fixed
+  # Fake CPU devices for the mesh; must happen before jax starts its backend.
+  jax.config.update("jax_num_cpu_devices", devices)
+  if jax.device_count() < devices:
+    raise ValueError(f"the mesh needs {devices} devices; this process has {jax.device_count()}")
+  cfg.sharding.mesh = mesh
+  shape = validate_sharding(cfg, devices)
+  plan = make_plan(cfg, shape, aot=_AOT.value)
+  print(format_plan(plan))
+  if _JSON.value:
+    Path(_JSON.value).write_text(json.dumps(plan, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
