@@ -26,20 +26,23 @@ from moga_jax.sharding import ShardingRules, constrain
 _EPS = 1e-6
 
 
-def _plain_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(dim, epsilon=_EPS, use_bias=False, use_scale=False, rngs=rngs)
+def _layer_norm(dim: int, rngs: nnx.Rngs, *, affine: bool) -> nnx.LayerNorm:
+  """Two-pass variance, as torch computes it: flax's default E[x^2] - E[x]^2 loses most digits
+  when a token's mean dwarfs its spread (large residual activations)."""
+  return nnx.LayerNorm(dim, epsilon=_EPS, use_bias=affine, use_scale=affine,
+                       use_fast_variance=False, rngs=rngs)
 
 
 class DiTBlock(nnx.Module):
   def __init__(self, dim: int, ffn_dim: int, num_heads: int, *, attention: dict | None,
                rules: ShardingRules | None = None, rngs: nnx.Rngs):
     """attention: MoGAAttention keyword arguments, or None for dense self-attention."""
-    self.norm1 = _plain_norm(dim, rngs)
+    self.norm1 = _layer_norm(dim, rngs, affine=False)
     self.self_attn = MoGAAttention(dim, num_heads, rules=rules, rngs=rngs,
                                    **(attention or {"num_groups": None}))
-    self.norm3 = nnx.LayerNorm(dim, epsilon=_EPS, rngs=rngs)
+    self.norm3 = _layer_norm(dim, rngs, affine=True)
     self.cross_attn = ShotCrossAttention(dim, num_heads, rules=rules, rngs=rngs)
-    self.norm2 = _plain_norm(dim, rngs)
+    self.norm2 = _layer_norm(dim, rngs, affine=False)
     self.ffn = FeedForward(dim, ffn_dim, rngs=rngs)
     self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 6, dim)) / dim**0.5)
 
@@ -106,7 +109,7 @@ class VideoDiT(nnx.Module):
       self.blocks = stacked(rngs)
     else:
       self.blocks = nnx.List([block(rngs, i in dense) for i in range(num_layers)])
-    self.head_norm = _plain_norm(dim, rngs)
+    self.head_norm = _layer_norm(dim, rngs, affine=False)
     self.head_modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 2, dim)) / dim**0.5)
     self.head = nnx.Linear(dim, out_channels * math.prod(self.patch),
                            kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
