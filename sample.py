@@ -1,12 +1,19 @@
-"""Sample a multi-shot video from a trained run: one shot per --prompt.
+"""Sample a multi-shot video: one shot per --prompt.
+
+From a run trained here (the latest checkpoint of WORKDIR):
 
   python sample.py --config configs/tiny.py --workdir runs/tiny \
       --prompt "a red circle moving right on a blue background" \
       --prompt "a yellow square moving up on a green background" --output runs/tiny/sample.mp4
 
-Loads the latest checkpoint of WORKDIR, integrates the flow from noise with classifier-free
-guidance (a progress bar over steps), writes the mp4 and a PNG contact sheet beside it (one
-row per shot, labelled with its prompt).
+From converted Wan 2.1 weights (`python -m moga_jax.convert_wan`), with the real umT5 encoder
+and Wan VAE:
+
+  python sample.py --config configs/wan1_3b_moga.py --weights weights/wan1_3b_moga \
+      --prompt "a red fox runs through snow" --output fox.mp4
+
+Integrates the flow from noise with classifier-free guidance (a progress bar over steps) and
+writes the mp4 and a PNG contact sheet beside it (one row per shot, labelled with its prompt).
 """
 
 from __future__ import annotations
@@ -28,12 +35,17 @@ from moga_jax.data.captions import encode_captions
 from moga_jax.diffusion import euler_sample
 from moga_jax.model import TextToVideo
 from moga_jax.training import make_optimizer
+from moga_jax.wan import pipeline as wan_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "The run's config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to load.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to load (a run trained here).")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Converted Wan folder (moga_jax.convert_wan).")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "Caption of one shot; repeat per shot.",
                                      required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Output mp4 (default WORKDIR/sample.mp4).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output mp4 (default WORKDIR/sample.mp4, or "
+                              "sample.mp4 with --weights).")
+# Contact sheet: frames per shot row, and the longer side of each thumbnail in pixels.
+_SHEET_COLUMNS, _THUMBNAIL = 8, 160
 
 
 def load_model(cfg, workdir: Path) -> TextToVideo:
@@ -79,25 +91,55 @@ def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.nd
   return np.asarray(jnp.clip((video + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
 
 
+def shot_rows(video: np.ndarray, frame_shot: np.ndarray, *, columns: int,
+              size: int) -> tuple[np.ndarray, int]:
+  """Up to `columns` evenly spaced frames of every shot, row by row, as thumbnails whose longer
+  side is about `size` (small frames blown up by whole pixels, large ones area-averaged);
+  returns (thumbnails, frames per row)."""
+  shots = [np.flatnonzero(frame_shot == s) for s in range(int(frame_shot.max()) + 1)]
+  columns = int(min(columns, *(len(f) for f in shots)))
+  picks = np.concatenate([f[np.linspace(0, len(f) - 1, columns).round().astype(int)]
+                          for f in shots])
+  frames = video[picks]
+  h, w = frames.shape[1:3]
+  if max(h, w) <= size // 2:
+    zoom = size // max(h, w)
+    return frames.repeat(zoom, axis=1).repeat(zoom, axis=2), columns
+  scale = min(1.0, size / max(h, w))
+  return video_io.resize_frames(frames, 2 * round(h * scale / 2),
+                                2 * round(w * scale / 2)), columns
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   cfg = _CONFIG.value
-  validate_config(cfg)
-  workdir = Path(_WORKDIR.value)
-  output = Path(_OUTPUT.value or workdir / "sample.mp4")
-  output.parent.mkdir(parents=True, exist_ok=True)
+  if (_WORKDIR.value is None) == (_WEIGHTS.value is None):
+    raise app.UsageError("give exactly one of --workdir (a run trained here) or --weights (a "
+                         "converted Wan folder)")
   prompts = list(_PROMPTS.value)
-  video = generate(load_model(cfg, workdir), cfg, prompts, seed=cfg.sample.seed)
-  video_io.write_mp4(output, video, fps=cfg.data.fps)
-  per_shot = cfg.data.frames_per_shot
-  # Small frames are blown up (nearest neighbour) so the labels do not hide half of them.
-  zoom = max(1, 128 // max(video.shape[1:3]))
-  big = video.repeat(zoom, axis=1).repeat(zoom, axis=2)
-  sheet = video_io.contact_sheet(big, output.with_suffix(".png"), columns=per_shot,
+  if _WEIGHTS.value is not None:
+    validate_config(cfg)
+    output = Path(_OUTPUT.value or "sample.mp4")
+    with tqdm(total=cfg.sample.steps, desc="sample", unit="step") as bar:
+      video, frame_shot = wan_pipeline.generate(_WEIGHTS.value, cfg, prompts,
+                                                seed=cfg.sample.seed,
+                                                progress=lambda _: bar.update(1))
+    fps = cfg.video.fps
+  else:
+    validate_config(cfg)
+    workdir = Path(_WORKDIR.value)
+    output = Path(_OUTPUT.value or workdir / "sample.mp4")
+    video = generate(load_model(cfg, workdir), cfg, prompts, seed=cfg.sample.seed)
+    frame_shot = np.repeat(np.arange(len(prompts)), cfg.data.frames_per_shot)
+    fps = cfg.data.fps
+  output.parent.mkdir(parents=True, exist_ok=True)
+  video_io.write_mp4(output, video, fps=fps)
+  thumbnails, columns = shot_rows(video, frame_shot, columns=_SHEET_COLUMNS, size=_THUMBNAIL)
+  sheet = video_io.contact_sheet(thumbnails, output.with_suffix(".png"), columns=columns,
                                  labels=prompts)
-  print(f"video: {output} ({len(video)} frames, {len(prompts)} shots of {per_shot})\n"
-        f"contact sheet: {sheet}")
+  print(f"video: {output} ({len(video)} frames of {video.shape[2]}x{video.shape[1]}, "
+        f"{len(prompts)} shots)\ncontact sheet: {sheet}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
-"""Train a MoGA text-to-video model.
+"""Train a MoGA text-to-video model, from scratch or fine-tuning converted Wan 2.1 weights.
 
   python train.py --config configs/tiny.py --workdir runs/tiny [--config.train.steps=200 ...]
+  python train.py --config configs/wan1_3b_moga.py --init weights/wan1_3b_moga \
+      --workdir runs/wan1_3b [--config.data.source_dir=my_clips ...]
+
+With --init (configs with a `video` section: a Wan DiT) the DiT starts from the converted
+transformer, MoGA replacing its full self-attention, and trains on latents and caption states
+precomputed once with the converted VAE and umT5 (moga_jax.wan.latent_data).
 
 Makes the synthetic data on first use when the config points at none, resumes from the latest
 checkpoint in WORKDIR (the resumed run logs exactly the losses an uninterrupted run would),
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import jax
 from absl import app, flags, logging
+from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -28,12 +35,24 @@ from moga_jax.checkpoint import Checkpointer
 from moga_jax.config_checks import validate_config, validate_sharding
 from moga_jax.data.pipeline import make_loader
 from moga_jax.data.prepare import prepare_data
+from moga_jax.model import dit_from_config
 from moga_jax.sharding import ShardingRules, make_mesh, process_batch_slice
-from moga_jax.training import init_train_state, make_train_step
+from moga_jax.training import (
+  init_train_state,
+  latent_loss_fn,
+  loss_fn,
+  make_optimizer,
+  make_train_step,
+)
+from moga_jax.wan.converted import restore_dit
+from moga_jax.wan.latent_data import prepare_latents
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).",
                                required=True)
+_INIT = flags.DEFINE_string(
+    "init", None, "Converted Wan folder (python -m moga_jax.convert_wan) to fine-tune from; "
+    "required by configs with a `video` section. Ignored when WORKDIR has a checkpoint.")
 _CRASH_AFTER = flags.DEFINE_integer(
     "crash_after_step", None, "Testing aid: SIGKILL this process after that step, as a crash "
     "would, without the save-on-exit.")
@@ -88,19 +107,39 @@ class MetricsLog:
     self._tb.close()
 
 
-def train(cfg, workdir: Path, crash_after: int | None = None) -> Path:
+def _wan_setup(cfg, workdir: Path, init: str | None, rules: ShardingRules):
+  """(prepare data, build model + optimizer, loss) for a Wan DiT fine-tuned from `init`."""
+  if init is None:
+    raise ValueError("configs with a `video` section train a Wan DiT on precomputed latents: "
+                     "pass --init DIR, a folder written by `python -m moga_jax.convert_wan`")
+
+  def build():
+    dit = dit_from_config(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
+    return dit, make_optimizer(dit, cfg.train)
+
+  return lambda: prepare_latents(cfg, workdir, init), build, latent_loss_fn
+
+
+def train(cfg, workdir: Path, crash_after: int | None = None, init: str | None = None) -> Path:
   maybe_initialize_distributed(cfg)
   validate_config(cfg)
   mesh = make_mesh(validate_sharding(cfg, jax.device_count()))
   rules = ShardingRules.from_config(cfg.sharding.rules)
   primary = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
+  if "video" in cfg:
+    prepare, build, loss = _wan_setup(cfg, workdir, init, rules)
+  elif init is not None:
+    raise ValueError(f"--init {init}: only configs with a `video` section (a Wan DiT, e.g. "
+                     "configs/wan1_3b_moga.py) start from converted Wan weights")
+  else:
+    prepare, build, loss = lambda: prepare_data(cfg.data, workdir), None, loss_fn
   if primary:  # one process makes the data; the others wait, then find it ready
-    prepare_data(cfg.data, workdir)
+    prepare()
   multihost_utils.sync_global_devices("data prepared")
-  dataset_dir = prepare_data(cfg.data, workdir)
+  dataset_dir = prepare()
 
-  train_state = init_train_state(cfg, mesh, rules)
+  train_state = init_train_state(cfg, mesh, rules, build=build)
   state = train_state.state
   shard_index, shard_count = process_batch_slice(mesh, rules, cfg.train.batch_size)
   loader = make_loader(dataset_dir, batch_size=cfg.train.batch_size // shard_count,
@@ -112,10 +151,14 @@ def train(cfg, workdir: Path, crash_after: int | None = None) -> Path:
     state, saved = checkpoints.restore_state(state, model_config=model_config)
     restore_data_state(loader, saved)
     logging.info("resumed from step %d", step)
+  elif init is not None:  # Adam's moments start at zero whatever the parameters
+    model, optimizer = train_state.merge()
+    restore_dit(init, model, cfg.model)
+    state = nnx.state((model, optimizer))
   if primary:
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 
-  train_step = make_train_step(cfg, train_state)
+  train_step = make_train_step(cfg, train_state, loss=loss)
   to_global = lambda batch: jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(train_state.batch_sharding, x), batch)
   root_key = jax.random.key(cfg.seed)
@@ -159,7 +202,7 @@ def train(cfg, workdir: Path, crash_after: int | None = None) -> Path:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  workdir = train(_CONFIG.value, Path(_WORKDIR.value), _CRASH_AFTER.value)
+  workdir = train(_CONFIG.value, Path(_WORKDIR.value), _CRASH_AFTER.value, _INIT.value)
   print(f"checkpoints: {workdir / 'checkpoints'}\nmetrics: {workdir / 'metrics.jsonl'}\n"
         f"loss curve: {workdir / 'loss.png'}")
 

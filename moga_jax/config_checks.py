@@ -12,23 +12,18 @@ def _positive(name: str, value) -> None:
 
 def validate_config(cfg) -> None:
   """Checks the fields train.py and sample.py rely on; raises ValueError (TypeError for a
-  non-int count) naming the field."""
-  d, m = cfg.data, cfg.model
-  for name in ("data.shots", "data.frames_per_shot", "data.height", "data.width",
-               "data.max_shots", "data.caption_len", "model.latent_factor", "model.dim",
-               "model.ffn_dim", "model.num_layers", "model.num_heads", "model.text_dim",
-               "train.steps", "train.batch_size", "train.checkpoint_every", "sample.steps"):
+  non-int count) naming the field. Configs with a `video` section (Wan-scale: pixels through
+  the Wan VAE) are checked against its strides, the others against their `data` section."""
+  m = cfg.model
+  names = ["model.dim", "model.ffn_dim", "model.num_layers", "model.num_heads",
+           "model.text_dim", "train.steps", "train.batch_size"]
+  names += [f"{section}.{field}" for section, field in (("train", "checkpoint_every"),
+                                                         ("sample", "steps"))
+            if section in cfg and field in cfg[section]]
+  for name in names:
     section, field = name.split(".")
     _positive(name, cfg[section][field])
-  if d.shots > d.max_shots:
-    raise ValueError(f"config.data.shots ({d.shots}) must be <= config.data.max_shots "
-                     f"({d.max_shots})")
-  f = m.latent_factor
-  if d.height % f or d.width % f:
-    raise ValueError(f"config.data.height x width ({d.height}x{d.width}) must be divisible by "
-                     f"config.model.latent_factor ({f})")
-  frames = d.shots * d.frames_per_shot
-  grid = (frames, d.height // f, d.width // f)
+  grid = latent_grid(cfg)
   patch = tuple(m.patch)
   if len(patch) != 3 or any(g % p for g, p in zip(grid, patch, strict=True)):
     raise ValueError(f"the latent grid (frames, height, width) = {grid} must be divisible by "
@@ -57,9 +52,49 @@ def validate_config(cfg) -> None:
   if not 0.0 <= cfg.diffusion.caption_dropout < 1.0:
     raise ValueError(f"config.diffusion.caption_dropout must be in [0, 1), got "
                      f"{cfg.diffusion.caption_dropout}")
+
+
+def latent_grid(cfg) -> tuple[int, int, int]:
+  """(frames, height, width) of the latents a config's videos become, its fields checked."""
+  return _video_grid(cfg) if "video" in cfg else _data_grid(cfg)
+
+
+def _data_grid(cfg) -> tuple[int, int, int]:
+  """Latent grid of a `data` config (space-to-depth stand-in latents)."""
+  d, m = cfg.data, cfg.model
+  for name in ("data.shots", "data.frames_per_shot", "data.height", "data.width",
+               "data.max_shots", "data.caption_len", "model.latent_factor"):
+    section, field = name.split(".")
+    _positive(name, cfg[section][field])
+  if d.shots > d.max_shots:
+    raise ValueError(f"config.data.shots ({d.shots}) must be <= config.data.max_shots "
+                     f"({d.max_shots})")
   if m.caption_len != d.caption_len:
     raise ValueError(f"config.model.caption_len ({m.caption_len}) must equal "
                      f"config.data.caption_len ({d.caption_len})")
+  f = m.latent_factor
+  if d.height % f or d.width % f:
+    raise ValueError(f"config.data.height x width ({d.height}x{d.width}) must be divisible by "
+                     f"config.model.latent_factor ({f})")
+  return d.shots * d.frames_per_shot, d.height // f, d.width // f
+
+
+def _video_grid(cfg) -> tuple[int, int, int]:
+  """Latent grid of a `video` config: 1 + st*k frames through the Wan VAE's (st, sh, sw)."""
+  v = cfg.video
+  for name in ("frames", "height", "width", "fps", "shots", "caption_len"):
+    _positive(f"video.{name}", v[name])
+  stride = tuple(v.vae_stride)
+  if len(stride) != 3 or any(not isinstance(s, int) or s < 1 for s in stride):
+    raise ValueError(f"config.video.vae_stride must be three positive ints (t, h, w), got "
+                     f"{stride}")
+  st, sh, sw = stride
+  if (v.frames - 1) % st:
+    raise ValueError(f"config.video.frames = {v.frames}: the Wan VAE needs 1 + {st}k frames")
+  if v.height % sh or v.width % sw:
+    raise ValueError(f"config.video.height x width ({v.height}x{v.width}) must be divisible by "
+                     f"the VAE's spatial stride {sh}x{sw}")
+  return (v.frames - 1) // st + 1, v.height // sh, v.width // sw
 
 
 def validate_sharding(cfg, device_count: int) -> dict[str, int]:
@@ -87,14 +122,8 @@ def validate_sharding(cfg, device_count: int) -> dict[str, int]:
   return mesh
 
 
-def _tokens(cfg) -> int | None:
-  """Video tokens per sample: pixels through the stand-in latent (tiny configs) or the VAE's
-  stride (Wan-scale configs with a `video` section), then the patch."""
-  m, (pt, ph, pw) = cfg.model, tuple(cfg.model.patch)
-  if "video" in cfg:
-    v, (st, sh, sw) = cfg.video, tuple(cfg.video.vae_stride)
-    frames, height, width = (v.frames - 1) // st + 1, v.height // sh, v.width // sw
-  else:
-    d, f = cfg.data, m.latent_factor
-    frames, height, width = d.shots * d.frames_per_shot, d.height // f, d.width // f
+def _tokens(cfg) -> int:
+  """Video tokens per sample: the latent grid divided by the patch."""
+  frames, height, width = latent_grid(cfg)
+  pt, ph, pw = tuple(cfg.model.patch)
   return (frames // pt) * (height // ph) * (width // pw)

@@ -24,6 +24,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from moga_jax import config_checks
 from moga_jax.config_checks import validate_sharding
 from moga_jax.model import dit_from_config
 from moga_jax.sharding import ShardingRules, make_mesh, state_shardings
@@ -43,12 +44,7 @@ GiB = 2**30
 
 def latent_grid(cfg) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
   """(latent frames, height, width) and the token grid after the patch embedding."""
-  v, patch = cfg.video, tuple(cfg.model.patch)
-  st, sh, sw = tuple(v.vae_stride)
-  if (v.frames - 1) % st or v.height % sh or v.width % sw:
-    raise ValueError(f"config.video: frames - 1 ({v.frames - 1}), height ({v.height}) and width "
-                     f"({v.width}) must be multiples of the VAE stride {tuple(v.vae_stride)}")
-  latent = ((v.frames - 1) // st + 1, v.height // sh, v.width // sw)
+  latent, patch = config_checks.latent_grid(cfg), tuple(cfg.model.patch)
   if any(n % p for n, p in zip(latent, patch, strict=True)):
     raise ValueError(f"latent grid {latent} is not divisible by the patch {patch}")
   return latent, tuple(n // p for n, p in zip(latent, patch, strict=True))

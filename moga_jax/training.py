@@ -49,12 +49,14 @@ def loss_fn(model: TextToVideo, batch: dict, key: jax.Array, cfg):
 def latent_loss_fn(dit: VideoDiT, batch: dict, key: jax.Array, cfg):
   """The same loss for a bare VideoDiT on precomputed inputs, as Wan-scale training runs:
   latents [B, F, H, W, C] (VAE means, normalised), context [B, S, L, text_dim] (text-encoder
-  states), context_mask bool [B, S, L], frame_shot int32 [B, F]. Caption dropout zeroes the
-  context of the dropped samples."""
+  states), context_mask bool [B, S, L], frame_shot int32 [B, F], and optionally null_context
+  [B, L, text_dim] (the empty caption's states). Caption dropout replaces every shot's caption
+  of the dropped samples with null_context (zeros without it)."""
   k_drop, k_flow = jax.random.split(key)
   context = batch["context"]
+  null = batch["null_context"][:, None] if "null_context" in batch else jnp.zeros((), jnp.float32)
   keep = jax.random.uniform(k_drop, (context.shape[0],)) >= cfg.diffusion.caption_dropout
-  context = jnp.where(keep[:, None, None, None], context, 0)
+  context = jnp.where(keep[:, None, None, None], context, null.astype(context.dtype))
   predict = lambda x_t, t: dit(x_t, t, context, batch["context_mask"], batch["frame_shot"])
   mse, balance = flow_matching_loss(predict, batch["latents"], k_flow, shift=cfg.diffusion.shift)
   return mse + cfg.diffusion.balance_weight * balance, (mse, balance)

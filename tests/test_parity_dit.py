@@ -16,41 +16,25 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import jax.numpy as jnp  # noqa: E402
+import wan_reference  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
+from wan_reference import rel_err  # noqa: E402
 
 from moga_jax.dit import VideoDiT  # noqa: E402
 from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
-            out_channels=4, text_dim=24, freq_dim=32, ffn_dim=64, num_layers=2)
+TINY = wan_reference.DIT
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """A random WanTransformer3DModel saved with save_pretrained: (model, config dict, folder)."""
-  from diffusers import WanTransformer3DModel
-
-  torch.manual_seed(0)
-  model = WanTransformer3DModel(**TINY).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name and name.endswith("weight"):
-        p.uniform_(0.5, 1.5)
-      elif name.endswith("bias") or "scale_shift_table" in name:
-        p.normal_(0.0, 0.3)
-      else:
-        p.normal_(0.0, 1.5 / p[0].numel() ** 0.5)
   folder = tmp_path_factory.mktemp("wan_dit")
-  model.save_pretrained(folder, safe_serialization=True)
+  model = wan_reference.save_dit(folder)
   config = json.loads((folder / "config.json").read_text())
   return model, config, folder
 

@@ -6,7 +6,6 @@ the tokenizer is a SentencePiece Unigram trained here on a few sentences, with T
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import types
@@ -18,7 +17,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import jax.numpy as jnp  # noqa: E402
+import wan_reference  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
+from wan_reference import rel_err  # noqa: E402
 
 from moga_jax.wan.tokenizer import clean_prompt, encode_prompts, load_tokenizer  # noqa: E402
 from moga_jax.wan.umt5 import (  # noqa: E402
@@ -30,14 +31,8 @@ from moga_jax.wan.umt5_weights import load_umt5  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
-TINY = dict(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=32, relative_attention_max_distance=128)
-
-SENTENCES = [
-  "A cat walks across a sunny garden, slowly.", "Ein Hund läuft über die grüne Wiese.",
-  "Le chat dort sur le canapé rouge.", "Waves crash on a rocky shore at sunset.",
-  "一只猫在花园里散步。", "The camera pans over a city at night; neon lights flicker.",
-]
+TINY = wan_reference.UMT5
+SENTENCES = wan_reference.SENTENCES
 
 PROMPTS = [
   "A cat walks across a sunny garden.",
@@ -49,29 +44,11 @@ PROMPTS = [
 ]
 
 
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """A random torch UMT5EncoderModel saved as safetensors: (model, folder)."""
-  from transformers import UMT5Config as TorchConfig
-  from transformers import UMT5EncoderModel
-
-  torch.manual_seed(0)
-  model = UMT5EncoderModel(TorchConfig(**TINY, dropout_rate=0.0)).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "layer_norm" in name:
-        p.uniform_(0.5, 1.5)
-      elif "relative_attention_bias" in name or "shared" in name:
-        p.normal_(0.0, 1.0)
-      else:
-        p.normal_(0.0, 0.2)
   folder = tmp_path_factory.mktemp("umt5")
-  model.save_pretrained(folder)
+  model = wan_reference.save_umt5(folder)
   return model, folder
 
 
@@ -80,18 +57,9 @@ def tokenizer_dirs(tmp_path_factory):
   """{layout: folder}: as transformers 5 saves it, and in the layout of transformers 4's
   SentencePiece conversion (Strip/Replace normalizer, lone Metaspace), which published
   tokenizer.json files may carry; transformers 5 rebuilds those parts, we read the file as is."""
-  sentencepiece = pytest.importorskip("sentencepiece")
-  from transformers import T5Tokenizer
-
+  pytest.importorskip("sentencepiece")
   root = tmp_path_factory.mktemp("tok")
-  model = io.BytesIO()
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(SENTENCES * 20), model_writer=model, vocab_size=120,
-      model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-      character_coverage=1.0, normalization_rule_name="nmt_nfkc", minloglevel=2)
-  (root / "spm").mkdir()
-  (root / "spm" / "spiece.model").write_bytes(model.getvalue())
-  T5Tokenizer.from_pretrained(root / "spm", extra_ids=8).save_pretrained(root / "saved")
+  wan_reference.save_tokenizer(root / "saved", spm_folder=root / "spm")
 
   legacy = root / "legacy"
   shutil.copytree(root / "saved", legacy)

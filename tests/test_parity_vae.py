@@ -19,23 +19,18 @@ pytest.importorskip("diffusers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import wan_reference  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
+from wan_reference import rel_err  # noqa: E402
 
 from moga_jax.wan.vae import WanVAE, WanVAEConfig  # noqa: E402
 from moga_jax.wan.vae_weights import load_wan_vae  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
-TINY = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-            temperal_downsample=[False, True, True], latents_mean=[0.3, -0.5, 0.1, 1.2],
-            latents_std=[1.7, 0.6, 2.3, 1.1])
+TINY = wan_reference.VAE
 B, T, H, W = 2, 9, 24, 32  # H != W catches transposed spatial axes
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def to_torch_layout(x: np.ndarray) -> torch.Tensor:
@@ -46,20 +41,8 @@ def to_torch_layout(x: np.ndarray) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """A random diffusers AutoencoderKLWan saved with save_pretrained: (model, folder)."""
-  from diffusers import AutoencoderKLWan
-
-  torch.manual_seed(0)
-  model = AutoencoderKLWan(**TINY).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if name.endswith("gamma"):
-        p.uniform_(0.5, 1.5)
-      elif name.endswith("bias"):
-        p.normal_(0.0, 0.1)
-      else:  # unit-variance fan-in scaling, so activations stay O(1) through the depth
-        p.normal_(0.0, 1.0 / np.sqrt(p[0].numel()))
   folder = tmp_path_factory.mktemp("wan_vae")
-  model.save_pretrained(folder, safe_serialization=True)
+  model = wan_reference.save_vae(folder)
   return model, folder
 
 

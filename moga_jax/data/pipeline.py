@@ -17,9 +17,12 @@ from absl import flags
 
 from pallas_kernels.validation import check_int
 
-__all__ = ["BATCH_KEYS", "find_dataset_dir", "make_loader"]
+__all__ = ["BATCH_KEYS", "LATENT_KEYS", "find_dataset_dir", "make_loader"]
 
 BATCH_KEYS = ("video", "captions", "shot_bounds", "num_shots")
+# Precomputed Wan inputs (moga_jax.wan.latent_data).
+LATENT_KEYS = ("latents", "context", "frame_shot")
+NULL_CONTEXT = "null_context.npy"
 _INFO_FILENAME = "dataset_info.json"
 _READ_THREADS = 4
 
@@ -72,6 +75,28 @@ class _ToModelInputs(grain.transforms.Map):
     return out
 
 
+class _ToLatentInputs(grain.transforms.Map):
+  """float16 latents and caption states -> float32, the all-True caption mask Wan attends with
+  (its padding is zero states), and the empty caption's states for caption dropout."""
+
+  def __init__(self, null_context: np.ndarray, include_name: bool):
+    self._null = np.asarray(null_context, np.float32)
+    self._include_name = include_name
+
+  def map(self, features: dict) -> dict:
+    context = np.asarray(features["context"], np.float32)
+    out = {
+      "latents": np.asarray(features["latents"], np.float32),
+      "context": context,
+      "context_mask": np.ones(context.shape[:2], bool),
+      "frame_shot": np.asarray(features["frame_shot"], np.int32),
+      "null_context": self._null,
+    }
+    if self._include_name:
+      out["name"] = np.bytes_(features["name"])
+    return out
+
+
 class _ShardRecord(grain.transforms.Map):
   """Local record j -> the record at its place in this process's rows of the global batch."""
 
@@ -96,11 +121,13 @@ def make_loader(
   worker_count: int = 0,
   include_name: bool = False,
 ) -> grain.DatasetIterator:
-  """Iterator of batches: dicts of numpy arrays (see BATCH_KEYS), forever if num_epochs is None.
+  """Iterator of batches: dicts of numpy arrays, forever if num_epochs is None.
 
-  video float32 [B, F, H, W, 3] in [-1, 1]; captions uint8 [B, S, L]; shot_bounds int32
-  [B, S, 2]; num_shots int32 [B]; with include_name also name bytes [B] (debugging only: it
-  cannot go to a device).
+  From a video dataset (moga_jax.data.builder): video float32 [B, F, H, W, 3] in [-1, 1];
+  captions uint8 [B, S, L]; shot_bounds int32 [B, S, 2]; num_shots int32 [B]. From a latent
+  dataset (moga_jax.wan.latent_data): latents float32 [B, F', h, w, C]; context float32
+  [B, S, L, D]; context_mask bool [B, S, L]; frame_shot int32 [B, F']; null_context float32
+  [B, L, D]. With include_name also name bytes [B] (debugging only: it cannot go to a device).
 
   Sharding for multi-process training: the records are shuffled by seed (afresh every epoch)
   into one global order, cut into global batches of batch_size * shard_count records, and
@@ -131,9 +158,14 @@ def make_loader(
     raise ValueError(
       f"split {split!r} is not in {dataset_dir}; it has {sorted(builder.info.splits.keys())}"
     )
-  missing = set(BATCH_KEYS) - set(builder.info.features.keys())
-  if missing:
-    raise ValueError(f"{dataset_dir} is not a multi-shot video dataset: no {sorted(missing)}")
+  features = set(builder.info.features.keys())
+  if set(LATENT_KEYS) <= features:
+    to_inputs = _ToLatentInputs(np.load(dataset_dir / NULL_CONTEXT), include_name)
+  elif set(BATCH_KEYS) <= features:
+    to_inputs = _ToModelInputs(include_name)
+  else:
+    raise ValueError(f"{dataset_dir} is neither a multi-shot video dataset (features "
+                     f"{BATCH_KEYS}) nor a latent one ({LATENT_KEYS}): it has {sorted(features)}")
   source = builder.as_data_source(split=split)
   if worker_count and not flags.FLAGS.is_parsed():
     # grain's worker processes read an absl flag, which raises in programs that never parsed
@@ -152,7 +184,7 @@ def make_loader(
     _ShardRecord(records, batch_size, shard_index, shard_count))
   # grain's defaults (16 threads, 500 records ahead) suit small records; a video record is
   # large, so read only about two batches ahead.
-  dataset = mine.map(_ToModelInputs(include_name)).to_iter_dataset(grain.ReadOptions(
+  dataset = mine.map(to_inputs).to_iter_dataset(grain.ReadOptions(
     num_threads=_READ_THREADS, prefetch_buffer_size=max(2 * batch_size, _READ_THREADS)))
   dataset = dataset.batch(batch_size, drop_remainder=True)
   if worker_count:

@@ -16,10 +16,11 @@ def prepare_data(cfg, workdir: Path) -> Path:
 
   source_dir "" means synthetic clips in WORKDIR/../data/synthetic, made on first use. The
   prepared array_record dataset lives in a folder named after the clip shape, so changing the
-  frames or resolution never reads a stale dataset.
+  frames or resolution never reads a stale dataset. Clips are cut to `num_frames` where the
+  config sets it (Wan's 1 + 4k frames), else to shots x frames_per_shot.
   """
   source = Path(cfg.source_dir) if cfg.source_dir else Path(workdir).parent / "data" / "synthetic"
-  frames = cfg.shots * cfg.frames_per_shot
+  frames = cfg.get("num_frames") or cfg.shots * cfg.frames_per_shot
   if not (source / "captions.jsonl").exists():
     if cfg.source_dir:
       raise FileNotFoundError(f"config.data.source_dir {source} has no captions.jsonl")

@@ -19,6 +19,7 @@ from moga_jax.wan.umt5 import UMT5Config, UMT5Encoder
 from moga_jax.wan.weights import (
   Transform,
   WeightReport,
+  config_beside,
   identity,
   linear_kernel,
   load_tensors,
@@ -84,10 +85,7 @@ def load_umt5(src: str | os.PathLike, config: UMT5Config | None = None, *,
   """
   src = Path(src)
   if config is None:
-    folder = src if src.is_dir() else src.parent
-    if not (folder / "config.json").is_file():
-      raise FileNotFoundError(f"no config.json in {folder}: pass config= explicitly")
-    config = UMT5Config.from_json(folder / "config.json")
+    config = UMT5Config.from_json(config_beside(src))
   encoder = nnx.eval_shape(lambda: UMT5Encoder(config, dtype=dtype, param_dtype=param_dtype,
                                                rngs=nnx.Rngs(0)))
   report = load_tensors(encoder, _one_embedding(read_safetensors(src)), umt5_rename)

@@ -22,6 +22,7 @@ from moga_jax.wan.vae_config import WanVAEConfig
 from moga_jax.wan.weights import (
   Transform,
   WeightReport,
+  config_beside,
   conv_kernel,
   identity,
   load_tensors,
@@ -70,10 +71,7 @@ def load_wan_vae(src: str | os.PathLike, config: WanVAEConfig | None = None, *,
   """
   src = Path(src)
   if config is None:
-    folder = src if src.is_dir() else src.parent
-    if not (folder / "config.json").is_file():
-      raise FileNotFoundError(f"no config.json in {folder}: pass config= explicitly")
-    config = WanVAEConfig.from_json(folder / "config.json")
+    config = WanVAEConfig.from_json(config_beside(src))
   vae = nnx.eval_shape(lambda: WanVAE(config, dtype=dtype, param_dtype=param_dtype,
                                       precision=precision, rngs=nnx.Rngs(0)))
   report = load_tensors(vae, read_safetensors(src), wan_vae_rename)

@@ -78,6 +78,15 @@ def safetensor_files(src: str | os.PathLike) -> list[Path]:
   return files
 
 
+def config_beside(src: str | os.PathLike) -> Path:
+  """The config.json in the folder of src (a weights file or a folder of shards)."""
+  src = Path(src)
+  folder = src if src.is_dir() else src.parent
+  if not (folder / "config.json").is_file():
+    raise FileNotFoundError(f"no config.json in {folder}: pass config= explicitly")
+  return folder / "config.json"
+
+
 def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
   """All tensors of a .safetensors file or of every shard in a folder, memory-mapped."""
   tensors: dict[str, np.ndarray] = {}

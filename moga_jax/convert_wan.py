@@ -1,0 +1,44 @@
+"""Convert a diffusers Wan 2.1 text-to-video checkpoint into moga-jax's orbax layout.
+
+  python -m moga_jax.convert_wan --src Wan2.1-T2V-1.3B-Diffusers --out weights/wan1_3b_moga \
+      [--config configs/wan1_3b_moga.py] [--components transformer,vae,text_encoder,tokenizer]
+
+SRC is a diffusers pipeline folder (transformer/, vae/, text_encoder/, tokenizer/; the last three
+are converted when present) or a transformer folder on its own. Only safetensors are read; a
+pickle-based file (.bin, .pt, .ckpt) is refused. Any missing, unexpected or mis-shaped tensor
+stops the conversion and is listed by name. The transformer is built from the config, so its
+widths must match it; MoGA's routers are not in Wan and are initialised from the config's seed,
+which the report says. Output layout: `moga_jax.wan.converted`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from moga_jax.wan.convert import COMPONENTS, convert
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/wan1_3b_moga.py",
+                                          "Config whose model section the DiT is built from.")
+_SRC = flags.DEFINE_string("src", None, "diffusers Wan folder (or its transformer/).",
+                           required=True)
+_OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
+_COMPONENTS = flags.DEFINE_list("components", list(COMPONENTS),
+                                "Which components to convert (those present in SRC).")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every array at INFO
+  try:
+    convert(_SRC.value, _OUT.value, _CONFIG.value, _COMPONENTS.value)
+  except (ValueError, FileNotFoundError) as e:  # bad input: the message says it all
+    sys.exit(f"convert_wan: {e}")
+  print(f"converted to {Path(_OUT.value).absolute()}")
+
+
+if __name__ == "__main__":
+  app.run(main)

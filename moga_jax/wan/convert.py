@@ -1,0 +1,142 @@
+"""Converting a diffusers Wan 2.1 text-to-video folder into moga-jax's orbax layout.
+
+The library behind `python -m moga_jax.convert_wan` (see there); output layout:
+`moga_jax.wan.converted`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from moga_jax.model import dit_from_config
+from moga_jax.wan.converted import TOKENIZER_FILES, report_json, save_component
+from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit
+from moga_jax.wan.tokenizer import load_tokenizer
+from moga_jax.wan.umt5_weights import load_umt5
+from moga_jax.wan.vae_weights import load_wan_vae
+from moga_jax.wan.weights import read_safetensors
+
+COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer")
+
+# VideoDiT keyword -> config.model key, for the widths that must agree with the source.
+_DIMS = {"in_channels": "in_channels", "dim": "dim", "ffn_dim": "ffn_dim",
+         "num_layers": "num_layers", "num_heads": "num_heads", "text_dim": "text_dim",
+         "patch": "patch", "freq_dim": "freq_dim"}
+
+
+def component_folders(src: str | Path) -> dict[str, Path]:
+  """{component: folder} found in a diffusers pipeline folder or a bare transformer folder."""
+  src = Path(src)
+  if not src.is_dir():
+    raise FileNotFoundError(f"--src {src} is not a folder (give a diffusers Wan folder)")
+  if (src / "config.json").is_file() and not (src / "transformer").is_dir():
+    return {"transformer": src}
+  found = {name: src / name for name in COMPONENTS if (src / name).is_dir()}
+  if not found:
+    raise FileNotFoundError(f"--src {src} has none of {', '.join(COMPONENTS)} and no "
+                            "config.json: is it a diffusers Wan 2.1 folder?")
+  return found
+
+
+def check_dims(model: ml_collections.ConfigDict, source: dict, where: Path) -> None:
+  """Raises, naming each differing width, when the config's DiT is not the source's."""
+  theirs = dit_kwargs_from_diffusers(source)
+  ours = {k: model.get(key) for k, key in _DIMS.items()}
+  differ = [f"{key}: {where} has {theirs[k]!r}, the config {ours[k]!r}"
+            for k, key in _DIMS.items()
+            if (tuple(ours[k]) if k == "patch" else ours[k]) != theirs[k]]
+  if theirs["out_channels"] != theirs["in_channels"]:
+    differ.append(f"out_channels {theirs['out_channels']} != in_channels "
+                  f"{theirs['in_channels']}: not a text-to-video transformer")
+  if differ:
+    raise ValueError("the config's model does not have the source transformer's widths:\n  "
+                     + "\n  ".join(differ) + "\nPick the matching config (e.g. "
+                     "configs/wan1_3b_moga.py for Wan2.1-T2V-1.3B) or override config.model.*")
+
+
+def _float_dtype(tensors: dict[str, np.ndarray]):
+  """The floating dtype most of the source's parameters are stored in (kept as is)."""
+  counts = Counter(x.dtype for x in tensors.values() if jnp.issubdtype(x.dtype, jnp.floating))
+  return jnp.dtype(counts.most_common(1)[0][0]) if counts else jnp.dtype(jnp.float32)
+
+
+def convert_transformer(folder: Path, out: Path, cfg) -> str:
+  source = json.loads((folder / "config.json").read_text())
+  check_dims(cfg.model, source, folder)
+  dit = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
+  report = load_wan_dit(folder, dit)  # raises, naming tensors, unless complete
+  save_component(out / "transformer", dit, meta={
+      "component": "transformer", "source": str(folder), "diffusers_config": source,
+      "model_config": cfg.model.to_dict(), "seed": cfg.seed, "report": report_json(report)})
+  return report.describe(f"transformer {folder}")
+
+
+def convert_vae(folder: Path, out: Path, cfg) -> str:
+  vae, report = load_wan_vae(folder)
+  stride = (vae.config.temporal_factor, vae.config.spatial_factor, vae.config.spatial_factor)
+  if "video" in cfg and tuple(cfg.video.vae_stride) != stride:
+    raise ValueError(f"{folder}: the VAE compresses (t, h, w) by {stride}, the config's "
+                     f"video.vae_stride says {tuple(cfg.video.vae_stride)}")
+  if vae.config.z_dim != cfg.model.in_channels:
+    raise ValueError(f"{folder}: the VAE has {vae.config.z_dim} latent channels, the config's "
+                     f"model.in_channels is {cfg.model.in_channels}")
+  target = save_component(out / "vae", vae, meta={
+      "component": "vae", "source": str(folder), "report": report_json(report)})
+  shutil.copyfile(folder / "config.json", target / "config.json")
+  return report.describe(f"vae {folder}")
+
+
+def convert_text_encoder(folder: Path, out: Path, cfg) -> str:
+  dtype = _float_dtype(read_safetensors(folder))
+  encoder, report = load_umt5(folder, param_dtype=dtype, dtype=dtype)
+  if encoder.config.d_model != cfg.model.text_dim:
+    raise ValueError(f"{folder}: the text encoder's width is {encoder.config.d_model}, the "
+                     f"config's model.text_dim is {cfg.model.text_dim}")
+  target = save_component(out / "text_encoder", encoder, meta={
+      "component": "text_encoder", "source": str(folder), "dtype": str(dtype),
+      "report": report_json(report)})
+  shutil.copyfile(folder / "config.json", target / "config.json")
+  return report.describe(f"text_encoder {folder} ({dtype})")
+
+
+def convert_tokenizer(folder: Path, out: Path, cfg) -> str:
+  del cfg
+  load_tokenizer(folder)  # refuses what we could not read later
+  target = out / "tokenizer"
+  target.mkdir(parents=True, exist_ok=True)
+  copied = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+  for name in copied:
+    shutil.copyfile(folder / name, target / name)
+  return f"tokenizer {folder}: copied {', '.join(copied)}"
+
+
+CONVERTERS = {"transformer": convert_transformer, "vae": convert_vae,
+              "text_encoder": convert_text_encoder, "tokenizer": convert_tokenizer}
+
+
+def convert(src: str | Path, out: str | Path, cfg, components=COMPONENTS) -> list[str]:
+  """Converts the requested components present in src; returns one report per component."""
+  unknown = sorted(set(components) - set(COMPONENTS))
+  if unknown:
+    raise ValueError(f"--components: unknown {unknown}; choose from {', '.join(COMPONENTS)}")
+  found = component_folders(src)
+  todo = [name for name in COMPONENTS if name in components and name in found]
+  if not todo:
+    raise FileNotFoundError(f"none of {', '.join(components)} in {src}")
+  out = Path(out)
+  reports = []
+  for name in todo:
+    start = time.perf_counter()
+    print(f"converting {name} ...", flush=True)
+    reports.append(CONVERTERS[name](found[name], out, cfg))
+    print(f"{reports[-1]}\n  ({time.perf_counter() - start:.1f} s)", flush=True)
+  return reports

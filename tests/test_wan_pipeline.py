@@ -1,0 +1,237 @@
+"""convert_wan and sample.py --weights end to end on tiny random Wan 2.1 components.
+
+A diffusers-layout folder of tiny PyTorch models (tests/wan_reference.py) is converted, the
+converted DiT is checked against diffusers, and sample.py runs the whole text -> umT5 -> MoGA
+flow matching -> Wan VAE -> mp4 path on it, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("sentencepiece")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import wan_reference  # noqa: E402
+from flax import nnx  # noqa: E402
+from PIL import Image  # noqa: E402
+from wan_reference import rel_err  # noqa: E402
+
+from configs import wan1_3b_moga  # noqa: E402
+from moga_jax import video_io  # noqa: E402
+from moga_jax.checkpoint import Checkpointer  # noqa: E402
+from moga_jax.data.pipeline import make_loader  # noqa: E402
+from moga_jax.model import dit_from_config  # noqa: E402
+from moga_jax.training import make_optimizer  # noqa: E402
+from moga_jax.wan import converted, pipeline  # noqa: E402
+from moga_jax.wan.convert import convert  # noqa: E402
+from moga_jax.wan.dit_weights import load_wan_dit  # noqa: E402
+
+pytestmark = pytest.mark.parity
+
+ROOT = Path(__file__).parents[1]
+D, U = wan_reference.DIT, wan_reference.UMT5
+# configs/wan1_3b_moga.py shrunk to the tiny components: 9 frames of 32x48 are a 3x4x6 latent,
+# 3x2x3 tokens; 2 MoGA groups plus a window branch.
+TINY = {
+    "model.dim": D["num_attention_heads"] * D["attention_head_dim"],
+    "model.ffn_dim": D["ffn_dim"], "model.num_layers": D["num_layers"],
+    "model.num_heads": D["num_attention_heads"], "model.text_dim": U["d_model"],
+    "model.freq_dim": D["freq_dim"], "model.in_channels": wan_reference.VAE["z_dim"],
+    "model.attention.num_groups": 2, "model.attention.window_tile": (1, 1, 2),
+    "video.frames": 9, "video.height": 32, "video.width": 48, "video.caption_len": 16,
+    "sample.steps": 3, "sample.text_encoder_dtype": "float32", "train.batch_size": 1,
+}
+
+
+def tiny_config(**overrides):
+  cfg = wan1_3b_moga.get_config()
+  for key, value in {**TINY, **overrides}.items():
+    *path, leaf = key.split(".")
+    section = cfg
+    for name in path:
+      section = section[name]
+    section[leaf] = value
+  return cfg
+
+
+def _flags(values: dict) -> list[str]:
+  as_flag = lambda v: ",".join(map(str, v)).join("()") if isinstance(v, tuple) else str(v)
+  return [f"--config.{k}={as_flag(v)}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, dict]:
+  """(diffusers folder, its torch models by component)."""
+  root = tmp_path_factory.mktemp("wan") / "diffusers"
+  return root, wan_reference.save_pipeline(root)
+
+
+@pytest.fixture(scope="module")
+def source(reference) -> Path:
+  return reference[0]
+
+
+@pytest.fixture(scope="module")
+def weights(source, tmp_path_factory) -> tuple[Path, list[str]]:
+  out = tmp_path_factory.mktemp("converted")
+  return out, convert(source, out, tiny_config())
+
+
+def test_conversion_reports_every_component_and_the_new_routers(weights):
+  out, reports = weights
+  assert [r.split()[0] for r in reports] == ["transformer", "vae", "text_encoder", "tokenizer"]
+  transformer = reports[0]
+  assert "missing" not in transformer and "unexpected" not in transformer
+  assert "initialised as the config says" in transformer
+  routers = [ln.strip() for ln in transformer.splitlines() if "router" in ln]
+  assert len(routers) == D["num_layers"], transformer
+  meta = converted.read_meta(out / "transformer")
+  assert meta["report"]["initialised"] == routers
+  assert sorted(p.name for p in (out / "tokenizer").iterdir()) == ["tokenizer.json",
+                                                                     "tokenizer_config.json"]
+
+
+def test_converted_dit_equals_direct_load_and_diffusers(reference, weights):
+  source, models = reference
+  out, _ = weights
+  cfg = tiny_config()
+  dit = converted.load_dit(out, cfg.model, seed=cfg.seed)
+  direct = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
+  load_wan_dit(source / "transformer", direct)
+  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(dit, nnx.Param)),
+                               nnx.to_flat_state(nnx.state(direct, nnx.Param)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
+
+  # MoGA with one group and no window is dense attention: the converted model is Wan's.
+  one_group = tiny_config(**{"model.attention.num_groups": 1, "model.attention.window": None,
+                             "model.attention.window_tile": None})
+  with pytest.raises(ValueError, match="router"):  # the routers now have 1 output, not 2
+    converted.load_dit(out, one_group.model)
+  dit1 = dit_from_config(one_group.model, rngs=nnx.Rngs(0))
+  load_wan_dit(source / "transformer", dit1)
+  model = models["transformer"]
+  rng = np.random.default_rng(3)
+  latents = rng.standard_normal((1, 4, 3, 4, 6), np.float32)  # [B, C, F, H, W]
+  context = rng.standard_normal((1, 5, U["d_model"]), np.float32)
+  t = np.array([0.4], np.float32)
+  with torch.no_grad():
+    want = model(torch.from_numpy(latents), torch.from_numpy(1000.0 * t),
+                 torch.from_numpy(context), return_dict=False)[0].numpy()
+  got, _ = dit1(jnp.asarray(np.moveaxis(latents, 1, -1)), jnp.asarray(t),
+                jnp.asarray(context)[:, None], jnp.ones((1, 1, 5), bool),
+                jnp.zeros((1, 3), jnp.int32))
+  assert rel_err(got, np.moveaxis(want, 1, -1)) < 1e-4
+
+
+def test_sample_py_writes_a_multi_shot_video_and_contact_sheet(weights, tmp_path):
+  out, _ = weights
+  output = tmp_path / "clip.mp4"
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "sample.py"), "--config", str(ROOT / "configs/wan1_3b_moga.py"),
+       *_flags(TINY), "--weights", str(out), "--output", str(output),
+       "--prompt", "A cat walks across a sunny garden.", "--prompt", "Waves crash at sunset."],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "2 shots" in result.stdout
+  video = video_io.read_mp4(output)
+  assert video.shape == (TINY["video.frames"], TINY["video.height"], TINY["video.width"], 3)
+  assert video.std() > 1.0  # decoded from random latents: not a flat frame
+  sheet = Image.open(output.with_suffix(".png"))
+  # 3 latent frames over 2 shots are (2, 1) latents: 5 and 4 frames, so 2 rows of 4 columns.
+  width, height = sheet.size
+  assert width * TINY["video.height"] * 2 == height * TINY["video.width"] * 4
+
+
+def test_train_py_fine_tunes_from_converted_weights(weights, tmp_path):
+  """Two-shot synthetic clips -> latents through the converted VAE and umT5 -> 2 steps from the
+  converted DiT. With learning rate 0 the checkpoint must hold the converted weights exactly."""
+  out, _ = weights
+  workdir = tmp_path / "runs" / "wan"
+  run = dict(TINY, **{"video.shots": 2, "data.synthetic_videos": 4, "train.batch_size": 2,
+                      "train.steps": 2, "train.warmup_steps": 1, "train.learning_rate": 0.0})
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/wan1_3b_moga.py"),
+       *_flags(run), "--init", str(out), "--workdir", str(workdir)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  losses = [json.loads(line)["loss"] for line in lines]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+
+  latents = next((tmp_path / "runs" / "data").glob("prepared/*/latents/*/*/*/1.0.0"))
+  loader = make_loader(latents, batch_size=4, seed=0, num_epochs=1)
+  batch = next(loader)
+  assert batch["latents"].shape == (4, 3, 4, 6, 4) and np.abs(batch["latents"]).max() > 0
+  assert batch["context"].shape == (4, 2, TINY["video.caption_len"], U["d_model"])
+  np.testing.assert_array_equal(batch["frame_shot"], [[0, 0, 1]] * 4)  # shots of 5 + 4 frames
+  assert np.abs(batch["null_context"]).max() > 0
+
+  cfg = tiny_config(**{"video.shots": 2, "train.learning_rate": 0.0})
+  model = dit_from_config(cfg.model, rngs=nnx.Rngs(7))
+  state = nnx.state((model, make_optimizer(model, cfg.train)))
+  checkpoints = Checkpointer(workdir / "checkpoints")
+  restored, _ = checkpoints.restore_state(state, model_config=cfg.model.to_dict())
+  checkpoints.close()
+  want = converted.load_dit(out, cfg.model)
+  for (path, a), (_, b) in zip(nnx.to_flat_state(restored[0]),
+                               nnx.to_flat_state(nnx.state(want, nnx.Param)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
+
+
+def test_sampling_is_deterministic_and_uses_the_prompts(weights):
+  out, _ = weights
+  cfg = tiny_config(**{"sample.steps": 2})
+  a, shots = pipeline.generate(out, cfg, ["a cat", "a dog"], seed=1)
+  b, _ = pipeline.generate(out, cfg, ["a cat", "a dog"], seed=1)
+  c, _ = pipeline.generate(out, cfg, ["waves at night", "a dog"], seed=1)
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a.astype(int) - c.astype(int)).max() > 0
+  np.testing.assert_array_equal(shots, [0, 0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_bad_sources_and_mismatches_fail_with_names(source, weights, tmp_path):
+  out, _ = weights
+  with pytest.raises(ValueError, match=r"dim: .* has 32, the config 64"):
+    convert(source, tmp_path / "x", tiny_config(**{"model.dim": 64}), ["transformer"])
+  pickled = tmp_path / "pickled"
+  pickled.mkdir()
+  shutil.copyfile(source / "transformer" / "config.json", pickled / "config.json")
+  (pickled / "diffusion_pytorch_model.bin").write_bytes(b"not really a pickle")
+  with pytest.raises(ValueError, match="pickle-based checkpoint"):
+    convert(pickled, tmp_path / "y", tiny_config())
+  with pytest.raises(ValueError, match="num_groups: checkpoint 2 vs config 4"):
+    converted.load_dit(out, tiny_config(**{"model.attention.num_groups": 4}).model)
+  interrupted = tmp_path / "interrupted"
+  shutil.copytree(out / "vae", interrupted / "vae")
+  (interrupted / "vae" / converted.META).unlink()
+  with pytest.raises(FileNotFoundError, match="interrupted conversion"):
+    converted.load_vae(interrupted)
+  with pytest.raises(FileNotFoundError, match="has no text_encoder/"):
+    converted.load_text_encoder(interrupted)
+  with pytest.raises(ValueError, match="4 prompts for 3 latent frames"):
+    pipeline.generate(out, tiny_config(), ["a", "b", "c", "d"], seed=0)
+  with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+    pipeline.generate(out, tiny_config(**{"video.frames": 10}), ["a"], seed=0)
+
+
+def test_text_encoder_casts_to_bfloat16_on_load(weights):
+  out, _ = weights
+  f32 = converted.load_text_encoder(out)
+  bf16 = converted.load_text_encoder(out, param_dtype=jnp.bfloat16)
+  leaves = jax.tree.leaves(nnx.state(bf16, nnx.Param))
+  assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
+  ids = jnp.asarray(np.random.default_rng(0).integers(3, U["vocab_size"], (2, 12)), jnp.int32)
+  mask = jnp.ones((2, 12), bool)
+  assert rel_err(bf16(ids, mask), f32(ids, mask)) < 3e-2
+  assert json.loads((out / "text_encoder" / converted.META).read_text())["dtype"] == "float32"
