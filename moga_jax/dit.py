@@ -26,11 +26,26 @@ from moga_jax.sharding import ShardingRules, constrain
 _EPS = 1e-6
 
 
+class _TwoPassLayerNorm(nnx.LayerNorm):
+  """LayerNorm with the variance of the centred values, as torch computes it: flax's default
+  E[x^2] - E[x]^2 loses most digits when a token's mean dwarfs its spread (large residual
+  activations). Written out because flax's own two-pass option (use_fast_variance=False)
+  made the whole training step 2.4x slower on CPU (measured on the tiny config)."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    y = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True)
+                                + self.epsilon)
+    if self.scale is not None:
+      y = y * self.scale[...]
+    if self.bias is not None:
+      y = y + self.bias[...]
+    return y.astype(x.dtype)
+
+
 def _layer_norm(dim: int, rngs: nnx.Rngs, *, affine: bool) -> nnx.LayerNorm:
-  """Two-pass variance, as torch computes it: flax's default E[x^2] - E[x]^2 loses most digits
-  when a token's mean dwarfs its spread (large residual activations)."""
-  return nnx.LayerNorm(dim, epsilon=_EPS, use_bias=affine, use_scale=affine,
-                       use_fast_variance=False, rngs=rngs)
+  return _TwoPassLayerNorm(dim, epsilon=_EPS, use_bias=affine, use_scale=affine, rngs=rngs)
 
 
 class DiTBlock(nnx.Module):
