@@ -118,8 +118,8 @@ def main(argv):
     raise app.UsageError("give exactly one of --workdir (a run trained here) or --weights (a "
                          "converted Wan folder)")
   prompts = list(_PROMPTS.value)
+  validate_config(cfg)
   if _WEIGHTS.value is not None:
-    validate_config(cfg)
     output = Path(_OUTPUT.value or "sample.mp4")
     with tqdm(total=cfg.sample.steps, desc="sample", unit="step") as bar:
       video, frame_shot = wan_pipeline.generate(_WEIGHTS.value, cfg, prompts,
@@ -127,7 +127,6 @@ def main(argv):
                                                 progress=lambda _: bar.update(1))
     fps = cfg.video.fps
   else:
-    validate_config(cfg)
     workdir = Path(_WORKDIR.value)
     output = Path(_OUTPUT.value or workdir / "sample.mp4")
     video = generate(load_model(cfg, workdir), cfg, prompts, seed=cfg.sample.seed)

@@ -87,15 +87,17 @@ def sample_latents(weights: str | Path, cfg, embeddings: np.ndarray, geometry: V
   frame_shot = jnp.broadcast_to(jnp.asarray(geometry.frame_shot), (context.shape[0],
                                                                     len(geometry.frame_shot)))
 
+  # The caption states are arguments, not closed-over constants baked into the program.
   @nnx.jit
-  def guided_velocity(dit, x, t):
+  def guided_velocity(dit, x, t, context, mask, frame_shot):
     batch = context.shape[0]
     v, _ = dit(jnp.broadcast_to(x, (batch, *x.shape[1:])), jnp.broadcast_to(t, (batch,)),
                context, mask, frame_shot)
     return v[:1] if batch == 1 else v[1:] + guidance * (v[:1] - v[1:])
 
   noise = jax.random.normal(jax.random.key(seed), (1, *geometry.latent, cfg.model.in_channels))
-  return euler_sample(lambda x, t, _: guided_velocity(dit, x, t), noise,
+  return euler_sample(lambda x, t, _: guided_velocity(dit, x, t, context, mask, frame_shot),
+                      noise,
                       steps=cfg.sample.steps, shift=cfg.diffusion.shift, guidance=1.0,
                       progress=progress)
 
