@@ -49,18 +49,73 @@ class BlockMask(NamedTuple):
   tile_len[r, t] is the number of real tokens at the start of tile t; the rest of the tile is
   padding, masked as keys and ignored as queries. Tiles with count 0 are never computed.
 
-  The pattern must be symmetric (t visits u exactly when u visits t): the backward pass walks
-  the same lists from the key side to find the query tiles that read a key tile.
+  Range masks (`range_mask`: STGA, per-frame attention) also say, per query slot, which keys
+  it sees inside the visited tiles: the slots [key_lo, key_hi) of its row ([rows, L] int32; an
+  empty range marks a padding query). Their pattern need not be symmetric, so they carry the
+  runs the backward pass walks from the key side: key tile u is read by the query tiles
+  key_start[r, u] + j, j < key_count[r, u]. Without them the pattern must be symmetric (t
+  visits u exactly when u visits t) and the backward pass walks the forward lists.
   """
 
   start: jax.Array
   count: jax.Array
   tile_len: jax.Array
   indices: jax.Array | None = None
+  key_lo: jax.Array | None = None
+  key_hi: jax.Array | None = None
+  key_start: jax.Array | None = None
+  key_count: jax.Array | None = None
 
   @property
   def num_tiles(self) -> int:
     return self.start.shape[-1]
+
+  @property
+  def has_ranges(self) -> bool:
+    return self.key_lo is not None
+
+  def transposed(self) -> BlockMask:
+    """The lists the dk/dv pass walks: for each key tile, the query tiles that read it."""
+    if self.key_start is None:
+      return self
+    return self._replace(start=self.key_start, count=self.key_count, indices=None)
+
+
+def range_mask(key_lo: jax.Array, key_hi: jax.Array, *, tile: int, length: int) -> BlockMask:
+  """The block mask of per-query key ranges, built on device (shapes are static).
+
+  key_lo, key_hi: int [R, L] with L a multiple of `tile`: query slot i of row r sees the key
+  slots [key_lo, key_hi) of its row. Slots at or past `length` are padding; padding queries
+  must have empty ranges, and ranges never reach padding keys. Over the real queries, both
+  bounds must be non-decreasing along the row (true whenever the layout orders tokens so that
+  each one's keys are one contiguous run, as `shot_window_layout` does): then every query tile
+  visits one contiguous run of key tiles, and so does every key tile in the backward pass.
+  """
+  rows, capacity = key_lo.shape
+  num_tiles = capacity // tile
+  lo, hi = key_lo.astype(jnp.int32), key_hi.astype(jnp.int32)
+  real = lo < hi
+  first = jnp.where(real, lo, capacity).reshape(rows, num_tiles, tile).min(-1)  # [R, nt]
+  last = jnp.where(real, hi, 0).reshape(rows, num_tiles, tile).max(-1)
+  used = last > 0
+  first_tile = first // tile
+  count = jnp.where(used, cdiv_array(last, tile) - first_tile, 0)
+  # Key side: tile u is read by the query tiles whose [first, last) meets [u * tile, (u+1) *
+  # tile). Both bounds are sorted (tiles without queries, at the end, get `capacity`), so those
+  # tiles are the run between two binary searches.
+  first = jnp.where(used, first, capacity)
+  last = jnp.where(used, last, capacity)
+  edges = jnp.arange(num_tiles, dtype=jnp.int32) * tile
+  key_start = jax.vmap(lambda a: jnp.searchsorted(a, edges, side="right"))(last)
+  key_end = jax.vmap(lambda a: jnp.searchsorted(a, edges + tile, side="left"))(first)
+  tile_len = jnp.clip(length - edges, 0, tile)
+  return BlockMask(
+      start=jnp.where(used, first_tile, 0).astype(jnp.int32),
+      count=count.astype(jnp.int32),
+      tile_len=jnp.broadcast_to(tile_len, (rows, num_tiles)).astype(jnp.int32),
+      key_lo=lo, key_hi=hi,
+      key_start=key_start.astype(jnp.int32),
+      key_count=jnp.maximum(key_end - key_start, 0).astype(jnp.int32))
 
 
 def broadcast_rows(mask: BlockMask, *, batch: int, heads: int) -> BlockMask:
@@ -232,3 +287,103 @@ pack_tiles = _with_transpose(
     _pack, _unpack, "[B, H, N, D] in sequence order -> [B, H, L, D] sorted and padded.")
 unpack_tiles = _with_transpose(
     _unpack, _pack, "[B, H, L, D] sorted and padded -> [B, H, N, D] in sequence order.")
+
+
+# --- STGA and per-frame attention: key ranges after a static reordering -------------------
+
+
+class ShotWindowOrder(NamedTuple):
+  """The static part of a shot-window layout (numpy, built once per shape on the host).
+
+  Tokens of a raster (T, H, W) grid are ordered by (spatial window, t, h, w), so a window's
+  tokens of one frame form one block of `size` slots and its frames follow each other. Per slot
+  of the padded sequence: the source token (`src`, N for padding), the slot of each token
+  (`slot`), and the slot's frame, its window's first slot and its window's tokens per frame
+  (size 0 for padding slots, which then get empty key ranges).
+  """
+
+  src: np.ndarray  # [1, L]
+  slot: np.ndarray  # [1, N]
+  frame: np.ndarray  # [L]
+  window_base: np.ndarray  # [L]
+  window_size: np.ndarray  # [L]
+
+
+def spatial_window_ids(height: int, width: int, spatial_groups: tuple[int, int]) -> np.ndarray:
+  """[H, W] window index of every position: an even split into sh x sw windows (row-major);
+  windows differ by at most one row or column where H or W does not divide."""
+  sh, sw = spatial_groups
+  rows = np.arange(height) * sh // height
+  cols = np.arange(width) * sw // width
+  return rows[:, None] * sw + cols[None, :]
+
+
+@functools.lru_cache(maxsize=64)
+def shot_window_order(grid_shape: tuple[int, int, int], spatial_groups: tuple[int, int],
+                      tile: int) -> ShotWindowOrder:
+  frames, height, width = grid_shape
+  n = frames * height * width
+  capacity = cdiv(n, tile) * tile
+  window = np.tile(spatial_window_ids(height, width, spatial_groups).reshape(-1), frames)
+  order = np.argsort(window, kind="stable")  # window-major, raster order inside a window
+  per_frame = np.bincount(window[:height * width], minlength=math.prod(spatial_groups))
+  base = frames * (np.cumsum(per_frame) - per_frame)
+  src = np.full(capacity, n, np.int32)
+  src[:n] = order
+  slot = np.empty(n, np.int32)
+  slot[order] = np.arange(n)
+  pad = capacity - n
+  token_frame = np.arange(n) // (height * width)
+  fill = lambda a: np.concatenate([a[order], np.zeros(pad, np.int32)]).astype(np.int32)
+  return ShotWindowOrder(src[None], slot[None], fill(token_frame), fill(base[window]),
+                         fill(per_frame[window]))
+
+
+def temporal_key_frames(shot_ids: jax.Array, *, temporal_group: int | None,
+                        context_frames: int) -> tuple[jax.Array, jax.Array]:
+  """[lo, hi) latent frames whose keys frame t's queries see: [B, T] each (on device).
+
+  Temporal groups are the maximal runs of equal shot ids, cut into pieces of `temporal_group`
+  frames counted from each run's first frame when it is set. A frame sees its own group plus
+  the last `context_frames` frames of the previous group and the first `context_frames` of the
+  next one (fewer where those groups are shorter).
+  """
+  _, frames = shot_ids.shape
+  t = jnp.arange(frames, dtype=jnp.int32)[None]
+  change = jnp.concatenate([jnp.ones_like(shot_ids[:, :1], bool),
+                            shot_ids[:, 1:] != shot_ids[:, :-1]], axis=1)
+  new_group = change
+  if temporal_group is not None:
+    run_start = jax.lax.cummax(jnp.where(change, t, 0), axis=1)
+    new_group = change | ((t - run_start) % temporal_group == 0)
+  group_start = jax.lax.cummax(jnp.where(new_group, t, 0), axis=1)
+  starts = jnp.where(new_group, t, frames)
+  starts_after = jnp.concatenate([starts[:, 1:], jnp.full_like(starts[:, :1], frames)], axis=1)
+  group_end = jax.lax.cummin(starts_after, axis=1, reverse=True)
+  previous_start = jnp.take_along_axis(group_start, jnp.maximum(group_start - 1, 0), axis=1)
+  next_end = jnp.take_along_axis(group_end, jnp.minimum(group_end, frames - 1), axis=1)
+  lo = jnp.where(group_start > 0, jnp.maximum(group_start - context_frames, previous_start),
+                 group_start)
+  hi = jnp.where(group_end < frames, jnp.minimum(group_end + context_frames, next_end),
+                 group_end)
+  return lo, hi
+
+
+def shot_window_layout(shot_ids: jax.Array, *, grid_shape: tuple[int, int, int],
+                       spatial_groups: tuple[int, int], temporal_group: int | None,
+                       context_frames: int, tile: int) -> TileLayout:
+  """The layout of STGA (and, with 1x1 windows and one-frame groups, per-frame attention).
+
+  After the static (window, t, h, w) order, the keys of every query are one contiguous run of
+  slots: its window's blocks of frames [lo, hi) from `temporal_key_frames`. The ranges depend
+  on the shot ids (data, per batch element) and are computed on device; one row per batch
+  element, shared by the heads.
+  """
+  order = shot_window_order(tuple(grid_shape), tuple(spatial_groups), tile)
+  lo_frame, hi_frame = temporal_key_frames(shot_ids, temporal_group=temporal_group,
+                                           context_frames=context_frames)
+  frame, base, size = (jnp.asarray(a) for a in order[2:])
+  key_lo = base + lo_frame[:, frame] * size  # [B, L]; padding slots: size 0 -> empty
+  key_hi = base + hi_frame[:, frame] * size
+  n = math.prod(grid_shape)
+  return TileLayout(order.src, order.slot, range_mask(key_lo, key_hi, tile=tile, length=n))

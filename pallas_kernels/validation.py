@@ -103,3 +103,35 @@ def check_interpret(interpret, implementation: str):
     return interpret
   raise TypeError(f"interpret must be None, a bool or pltpu.InterpretParams, got "
                   f"{type(interpret).__name__}")
+
+
+def check_spatial_groups(value, grid_shape: tuple[int, int, int]) -> tuple[int, int]:
+  """(sh, sw) windows per frame: positive ints with sh <= H and sw <= W."""
+  if (not isinstance(value, (tuple, list)) or len(value) != 2
+      or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value)):
+    raise TypeError(f"spatial_groups must be a (rows, cols) tuple of 2 ints, got {value!r}")
+  _, height, width = grid_shape
+  sh, sw = (int(x) for x in value)
+  if not (1 <= sh <= height and 1 <= sw <= width):
+    raise ValueError(f"spatial_groups must be positive and at most the frame's (H, W) = "
+                     f"{(height, width)} tokens, got {(sh, sw)}")
+  return sh, sw
+
+
+def check_shot_ids(shot_ids, *, batch: int, frames: int) -> jax.Array:
+  """int [batch, frames], non-decreasing along frames when concrete; returned as int32."""
+  if not hasattr(shot_ids, "shape") or not hasattr(shot_ids, "dtype"):
+    raise TypeError(f"shot_ids must be an integer array, got {type(shot_ids).__name__}")
+  if not jnp.issubdtype(shot_ids.dtype, jnp.integer):
+    raise ValueError(f"shot_ids must have an integer dtype (int32), got {shot_ids.dtype}")
+  if tuple(shot_ids.shape) != (batch, frames):
+    raise ValueError(f"shot_ids must have shape [batch, frames] = {(batch, frames)} (the shot "
+                     f"of each latent frame), got {tuple(shot_ids.shape)}")
+  if not isinstance(shot_ids, jax.core.Tracer):
+    steps = np.diff(np.asarray(shot_ids), axis=1)
+    if (steps < 0).any():
+      b, t = np.argwhere(steps < 0)[0]
+      raise ValueError(f"shot_ids must be non-decreasing along the frames; batch element {b} "
+                       f"goes from {int(shot_ids[b, t])} to {int(shot_ids[b, t + 1])} at frame "
+                       f"{t + 1}")
+  return jnp.asarray(shot_ids, jnp.int32)

@@ -74,27 +74,47 @@ def _tile_at(ref, r, col, tile):
   return ref[r, pl.ds(col * tile, tile), :]
 
 
+def _range_operands(mask: BlockMask) -> tuple[jax.Array, ...]:
+  """Per-query key ranges as [rows, L, 1] operands, or () for masks without ranges."""
+  if not mask.has_ranges:
+    return ()
+  return (mask.key_lo[..., None], mask.key_hi[..., None])
+
+
+def _seen(tile: int, key_len, key_tile, ranges, q_len=None):
+  """tile_math.visible for the pair in hand; ranges: the query tile's (lo, hi) [tile, 1]."""
+  if not ranges:
+    return tile_math.visible((tile, tile), key_len, q_len=q_len)
+  lo, hi = ranges
+  return tile_math.visible((tile, tile), key_len, q_len=q_len, key_offset=key_tile * tile,
+                           key_lo=lo, key_hi=hi)
+
+
 def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
   rows, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
   column = _columns(mask)
+  ranges = _range_operands(mask)
 
-  def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref):
+  def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
+    range_refs, (o_ref, lse_ref) = refs[:len(ranges)], refs[len(ranges):]
     r, t = pl.program_id(0), pl.program_id(1)
     q_tile = q_ref[...]
+    own_ranges = tuple(ref[...] for ref in range_refs)
 
     def body(j, state):
       col = column(r, t, j, start_ref, idx_ref)
+      seen = _seen(tile, len_ref[r * num_tiles + col], col, own_ranges)
       return tile_math.attend(state, q_tile, _tile_at(k_ref, r, col, tile),
-                              _tile_at(v_ref, r, col, tile), len_ref[r * num_tiles + col], scale)
+                              _tile_at(v_ref, r, col, tile), seen, scale)
 
     state = lax.fori_loop(0, count_ref[r * num_tiles + t], body,
                           tile_math.init_state(tile, head_dim))
     o_ref[...], lse_ref[...] = tile_math.finish(state, o_ref.dtype)
 
-  return _call(kernel, mask=mask, tile=tile, head_dim=head_dim, operands=(q, k, v),
-               row_tiled=(True, False, False), interpret=interpret,
+  return _call(kernel, mask=mask, tile=tile, head_dim=head_dim, operands=(q, k, v, *ranges),
+               row_tiled=(True, False, False, *(True,) * len(ranges)), interpret=interpret,
                out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                           jax.ShapeDtypeStruct((rows, length, 1), _F32)])
 
@@ -104,49 +124,59 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
   column = _columns(mask)
+  ranges = _range_operands(mask)
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)
 
   def dq_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                delta_ref, dq_ref):
+                delta_ref, *refs):
+    range_refs, (dq_ref,) = refs[:len(ranges)], refs[len(ranges):]
     r, t = pl.program_id(0), pl.program_id(1)
     q_tile, do_tile, lse_tile, delta_tile = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+    own_ranges = tuple(ref[...] for ref in range_refs)
 
     def body(j, dq):
       col = column(r, t, j, start_ref, idx_ref)
+      seen = _seen(tile, len_ref[r * num_tiles + col], col, own_ranges)
       return tile_math.dq_step(dq, q_tile, _tile_at(k_ref, r, col, tile),
                                _tile_at(v_ref, r, col, tile), do_tile, lse_tile, delta_tile,
-                               len_ref[r * num_tiles + col], scale)
+                               seen, scale)
 
     dq = lax.fori_loop(0, count_ref[r * num_tiles + t], body,
                        jnp.zeros((tile, head_dim), _F32))
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
   (dq,) = _call(dq_kernel, mask=mask, tile=tile, head_dim=head_dim,
-                operands=(q, k, v, do, lse, delta),
-                row_tiled=(True, False, False, True, True, True), interpret=interpret,
-                out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)])
+                operands=(q, k, v, do, lse, delta, *ranges),
+                row_tiled=(True, False, False, True, True, True, *(True,) * len(ranges)),
+                interpret=interpret, out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)])
 
   # Programs own key tiles; the tiles on their lists are the query tiles that read them.
+  key_side = mask.transposed()
+  column = _columns(key_side)
+
   def dkdv_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                  delta_ref, dk_ref, dv_ref):
+                  delta_ref, *refs):
+    range_refs, (dk_ref, dv_ref) = refs[:len(ranges)], refs[len(ranges):]
     r, t = pl.program_id(0), pl.program_id(1)
     k_tile, v_tile, key_len = k_ref[...], v_ref[...], len_ref[r * num_tiles + t]
 
     def body(j, carry):
       col = column(r, t, j, start_ref, idx_ref)
+      their_ranges = tuple(_tile_at(ref, r, col, tile) for ref in range_refs)
+      seen = _seen(tile, key_len, t, their_ranges, q_len=len_ref[r * num_tiles + col])
       return tile_math.dkdv_step(
           carry, _tile_at(q_ref, r, col, tile), k_tile, v_tile, _tile_at(do_ref, r, col, tile),
-          _tile_at(lse_ref, r, col, tile), _tile_at(delta_ref, r, col, tile),
-          len_ref[r * num_tiles + col], key_len, scale)
+          _tile_at(lse_ref, r, col, tile), _tile_at(delta_ref, r, col, tile), seen, scale)
 
     zeros = jnp.zeros((tile, head_dim), _F32)
     dk, dv = lax.fori_loop(0, count_ref[r * num_tiles + t], body, (zeros, zeros))
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
-  dk, dv = _call(dkdv_kernel, mask=mask, tile=tile, head_dim=head_dim,
-                 operands=(q, k, v, do, lse, delta),
-                 row_tiled=(False, True, True, False, False, False), interpret=interpret,
+  dk, dv = _call(dkdv_kernel, mask=key_side, tile=tile, head_dim=head_dim,
+                 operands=(q, k, v, do, lse, delta, *ranges),
+                 row_tiled=(False, True, True, False, False, False, *(False,) * len(ranges)),
+                 interpret=interpret,
                  out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                             jax.ShapeDtypeStruct(v.shape, v.dtype)])
   return dq, dk, dv

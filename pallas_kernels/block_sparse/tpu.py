@@ -5,8 +5,9 @@ key BlockSpec index maps: at step j a query tile's key/value block is its j-th k
 tile's count the index map repeats the last block, which the pipeline does not fetch again, and
 `pl.when` skips the compute, so skipped tiles are neither loaded nor computed. The step axis is
 as long as the longest list (a traced grid bound, as in megablox), so routing can change every
-step without recompiling. The dk/dv kernel walks the same lists from the key side (block masks
-are symmetric). Tiles should be multiples of 128 on TPU hardware.
+step without recompiling. The dk/dv kernel walks the lists from the key side (the same lists for
+symmetric masks, the mask's key-side runs for range masks, whose per-query key ranges arrive as
+[tile, 1] blocks beside the queries). Tiles should be multiples of 128 on TPU hardware.
 
 On a machine without a TPU the kernels run in Pallas interpret mode (`interpret=True`).
 """
@@ -73,14 +74,31 @@ def _specs(mask: BlockMask, tile: int, head_dim: int):
   return tiles, at_row, at_col, column
 
 
+def _range_operands(mask: BlockMask) -> tuple[jax.Array, ...]:
+  """Per-query key ranges as [rows, L, 1] operands, or () for masks without ranges."""
+  if not mask.has_ranges:
+    return ()
+  return (mask.key_lo[..., None], mask.key_hi[..., None])
+
+
+def _seen(tile: int, key_len, key_tile, range_refs, q_len=None):
+  """tile_math.visible for the pair in hand; range_refs hold the query tile's key ranges."""
+  if not range_refs:
+    return tile_math.visible((tile, tile), key_len, q_len=q_len)
+  lo_ref, hi_ref = range_refs
+  return tile_math.visible((tile, tile), key_len, q_len=q_len, key_offset=key_tile * tile,
+                           key_lo=lo_ref[...], key_hi=hi_ref[...])
+
+
 def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
   rows, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
   tiles, at_row, at_col, column = _specs(mask, tile, head_dim)
+  ranges = _range_operands(mask)
 
-  def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
-             m_ref, l_ref, acc_ref):
+  def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
+    range_refs, (o_ref, lse_ref, m_ref, l_ref, acc_ref) = refs[:len(ranges)], refs[len(ranges):]
     r, t, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
 
     @pl.when(j == 0)
@@ -90,9 +108,10 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
     @pl.when(j < count_ref[r * num_tiles + t])
     def _():
       col = column(r, t, j, start_ref, count_ref, idx_ref)
+      seen = _seen(tile, len_ref[r * num_tiles + col], col, range_refs)
       state = (m_ref[...], l_ref[...], acc_ref[...])
       m_ref[...], l_ref[...], acc_ref[...] = tile_math.attend(
-          state, q_ref[...], k_ref[...], v_ref[...], len_ref[r * num_tiles + col], scale)
+          state, q_ref[...], k_ref[...], v_ref[...], seen, scale)
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
@@ -100,8 +119,8 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
                                                   o_ref.dtype)
 
   return _call(
-      kernel, mask=mask, interpret=interpret, operands=(q, k, v),
-      in_specs=[tiles(at_row), tiles(at_col), tiles(at_col)],
+      kernel, mask=mask, interpret=interpret, operands=(q, k, v, *ranges),
+      in_specs=[tiles(at_row), tiles(at_col), tiles(at_col), *[tiles(at_row, 1)] * len(ranges)],
       out_specs=[tiles(at_row), tiles(at_row, 1)],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((rows, length, 1), _F32)],
@@ -114,10 +133,12 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
   tiles, at_row, at_col, column = _specs(mask, tile, head_dim)
+  ranges = _range_operands(mask)
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)
 
   def dq_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                delta_ref, dq_ref, acc_ref):
+                delta_ref, *refs):
+    range_refs, (dq_ref, acc_ref) = refs[:len(ranges)], refs[len(ranges):]
     r, t, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
 
     @pl.when(j == 0)
@@ -127,24 +148,29 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     @pl.when(j < count_ref[r * num_tiles + t])
     def _():
       col = column(r, t, j, start_ref, count_ref, idx_ref)
+      seen = _seen(tile, len_ref[r * num_tiles + col], col, range_refs)
       acc_ref[...] = tile_math.dq_step(
           acc_ref[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
-          delta_ref[...], len_ref[r * num_tiles + col], scale)
+          delta_ref[...], seen, scale)
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
       dq_ref[...] = acc_ref[...].astype(dq_ref.dtype)
 
   dq = _call(
-      dq_kernel, mask=mask, interpret=interpret, operands=(q, k, v, do, lse, delta),
+      dq_kernel, mask=mask, interpret=interpret, operands=(q, k, v, do, lse, delta, *ranges),
       in_specs=[tiles(at_row), tiles(at_col), tiles(at_col), tiles(at_row),
-                tiles(at_row, 1), tiles(at_row, 1)],
+                tiles(at_row, 1), tiles(at_row, 1), *[tiles(at_row, 1)] * len(ranges)],
       out_specs=tiles(at_row), out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       scratch=[pltpu.VMEM((tile, head_dim), _F32)])
 
   # Rows of this grid are key tiles; the columns they visit are the query tiles that read them.
+  key_side = mask.transposed()
+  tiles, at_row, at_col, column = _specs(key_side, tile, head_dim)
+
   def dkdv_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                  delta_ref, dk_ref, dv_ref, dk_acc, dv_acc):
+                  delta_ref, *refs):
+    range_refs, (dk_ref, dv_ref, dk_acc, dv_acc) = refs[:len(ranges)], refs[len(ranges):]
     r, t, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
 
     @pl.when(j == 0)
@@ -155,10 +181,11 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     @pl.when(j < count_ref[r * num_tiles + t])
     def _():
       col = column(r, t, j, start_ref, count_ref, idx_ref)
+      seen = _seen(tile, len_ref[r * num_tiles + t], t, range_refs,
+                   q_len=len_ref[r * num_tiles + col])
       dk_acc[...], dv_acc[...] = tile_math.dkdv_step(
           (dk_acc[...], dv_acc[...]), q_ref[...], k_ref[...], v_ref[...], do_ref[...],
-          lse_ref[...], delta_ref[...], len_ref[r * num_tiles + col],
-          len_ref[r * num_tiles + t], scale)
+          lse_ref[...], delta_ref[...], seen, scale)
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
@@ -166,9 +193,10 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
       dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
   dk, dv = _call(
-      dkdv_kernel, mask=mask, interpret=interpret, operands=(q, k, v, do, lse, delta),
+      dkdv_kernel, mask=key_side, interpret=interpret,
+      operands=(q, k, v, do, lse, delta, *ranges),
       in_specs=[tiles(at_col), tiles(at_row), tiles(at_row), tiles(at_col),
-                tiles(at_col, 1), tiles(at_col, 1)],
+                tiles(at_col, 1), tiles(at_col, 1), *[tiles(at_col, 1)] * len(ranges)],
       out_specs=[tiles(at_row), tiles(at_row)],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       scratch=[pltpu.VMEM((tile, head_dim), _F32), pltpu.VMEM((tile, head_dim), _F32)])

@@ -38,28 +38,61 @@ ChunkProgram = tuple[Any, Callable[[Any, jax.Array, jax.Array], Any], Callable[[
 
 
 class _FlatMask(NamedTuple):
-  """A BlockMask over all rows at once: tile u of row r is global tile r * num_tiles + u."""
+  """A BlockMask over all rows at once: tile u of row r is global tile r * num_tiles + u, and
+  slot i of row r is global slot r * L + i."""
 
   start: jax.Array  # [R * nt]
   count: jax.Array
   tile_len: jax.Array
   indices: jax.Array | None  # [R * M] global tile indices, or None for contiguous runs
+  key_lo: jax.Array | None  # [R * nt, T, 1] global key slots, or None without ranges
+  key_hi: jax.Array | None
+  key_start: jax.Array | None  # [R * nt] global tiles, the backward's runs (None: symmetric)
+  key_count: jax.Array | None
 
   def col(self, start: jax.Array, j: jax.Array) -> jax.Array:
     if self.indices is None:
       return start + j
     return self.indices[jnp.clip(start + j, 0, self.indices.shape[0] - 1)]
 
+  def seen(self, q_tiles: jax.Array, k_tiles: jax.Array, tile: int, *,
+           real_queries: bool = False) -> jax.Array:
+    """bool [chunk, T, T]: which keys of tiles k_tiles the queries of tiles q_tiles see
+    (real_queries: also drop the padding queries of each query tile)."""
+
+    def one(q_tile, k_tile):
+      q_len = self.tile_len[q_tile] if real_queries else None
+      if self.key_lo is None:
+        return tile_math.visible((tile, tile), self.tile_len[k_tile], q_len=q_len)
+      return tile_math.visible((tile, tile), self.tile_len[k_tile], q_len=q_len,
+                               key_offset=k_tile * tile, key_lo=self.key_lo[q_tile],
+                               key_hi=self.key_hi[q_tile])
+
+    return jax.vmap(one)(q_tiles, k_tiles)
+
+  def transposed(self) -> _FlatMask:
+    if self.key_start is None:
+      return self
+    return self._replace(start=self.key_start, count=self.key_count, indices=None)
+
 
 def _flatten(mask: BlockMask) -> _FlatMask:
   rows, num_tiles = mask.start.shape
   row = jnp.arange(rows, dtype=jnp.int32)[:, None]
+  flat = lambda a: a.reshape(-1)
   if mask.indices is None:
     start, indices = mask.start + row * num_tiles, None
   else:
     start = mask.start + row * mask.indices.shape[-1]
-    indices = (mask.indices + row * num_tiles).reshape(-1)
-  return _FlatMask(start.reshape(-1), mask.count.reshape(-1), mask.tile_len.reshape(-1), indices)
+    indices = flat(mask.indices + row * num_tiles)
+  lo = hi = key_start = key_count = None
+  if mask.has_ranges:
+    capacity = mask.key_lo.shape[-1]
+    tiles = lambda a: (a + row * capacity).reshape(rows * num_tiles, -1, 1)
+    lo, hi = tiles(mask.key_lo), tiles(mask.key_hi)
+    key_start, key_count = flat(mask.key_start + row * num_tiles), flat(mask.key_count)
+  return _FlatMask(flat(start), flat(mask.count), flat(mask.tile_len), indices, lo, hi,
+                   key_start, key_count)
 
 
 def _sweep(mask: _FlatMask, chunk: int, program: Callable[[jax.Array], ChunkProgram]):
@@ -113,7 +146,8 @@ def _forward(q, k, v, mask: _FlatMask, scale: float, chunk: int):
     q_rows = q[rows]
 
     def step(state, cols, live):
-      return _where_live(live, attend(state, q_rows, k[cols], v[cols], mask.tile_len[cols]), state)
+      seen = mask.seen(rows, cols, tile)
+      return _where_live(live, attend(state, q_rows, k[cols], v[cols], seen), state)
 
     init = jax.tree.map(lambda a: jnp.broadcast_to(a, (rows.shape[0], *a.shape)),
                         tile_math.init_state(tile, head_dim))
@@ -130,7 +164,7 @@ def _backward_dq(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk: 
 
     def step(dq, cols, live):
       new = dq_step(dq, q_rows, k[cols], v[cols], do_rows, lse_rows, delta_rows,
-                    mask.tile_len[cols])
+                    mask.seen(rows, cols, q.shape[1]))
       return _where_live(live, new, dq)
 
     return jnp.zeros(q_rows.shape, _F32), step, lambda dq: dq.astype(q.dtype)
@@ -142,11 +176,11 @@ def _backward_dkdv(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk
   dkdv_step = jax.vmap(functools.partial(tile_math.dkdv_step, scale=scale))
 
   def program(rows):
-    k_rows, v_rows, key_len = k[rows], v[rows], mask.tile_len[rows]
+    k_rows, v_rows = k[rows], v[rows]
 
     def step(carry, cols, live):
-      new = dkdv_step(carry, q[cols], k_rows, v_rows, do[cols], lse[cols], delta[cols],
-                      mask.tile_len[cols], key_len)
+      seen = mask.seen(cols, rows, q.shape[1], real_queries=True)
+      new = dkdv_step(carry, q[cols], k_rows, v_rows, do[cols], lse[cols], delta[cols], seen)
       return _where_live(live, new, carry)
 
     init = (jnp.zeros(k_rows.shape, _F32), jnp.zeros(v_rows.shape, _F32))
@@ -158,7 +192,7 @@ def _backward_dkdv(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk
 def _backward(q, k, v, out, lse, do, mask: _FlatMask, scale: float, chunk: int):
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)  # [nT, T, 1]
   dq = _backward_dq(q, k, v, do, lse, delta, mask, scale, chunk)
-  dk, dv = _backward_dkdv(q, k, v, do, lse, delta, mask, scale, chunk)
+  dk, dv = _backward_dkdv(q, k, v, do, lse, delta, mask.transposed(), scale, chunk)
   return dq, dk, dv
 
 

@@ -1,0 +1,128 @@
+"""STGA (shot-aware spatial-temporal group attention) and per-frame attention, MoGA's two
+static branches (the paper's Sec. 3.2), on the one block-sparse contract."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import validation
+from pallas_kernels.block_sparse.ops import attend_in_layout, resolve_implementation
+from pallas_kernels.block_sparse.reference import shot_window_attention_reference
+from pallas_kernels.metadata import shot_window_layout
+
+DEFAULT_TILE = 128
+
+
+def shot_window_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    shot_ids: jax.Array,
+    *,
+    grid_shape: tuple[int, int, int],
+    spatial_groups: tuple[int, int] = (2, 2),
+    temporal_group: int | None = None,
+    context_frames: int = 1,
+    scale: float | None = None,
+    implementation: str | None = None,
+    interpret=None,
+    tile: int | None = None,
+) -> jax.Array:
+  """Attention inside fixed spatial windows x temporal groups that never span a shot cut.
+
+  Tokens are in raster (t, h, w) order over grid_shape = (T, H, W). Exact semantics (our
+  reading of the paper's Sec. 3.2 where it is terse):
+  - spatial window of token (t, h, w): (h * sh // H, w * sw // W) for spatial_groups = (sh,
+    sw), an even split (windows differ by at most one row or column where H or W does not
+    divide);
+  - temporal groups: each maximal run of frames with the same shot id; with temporal_group=L,
+    each run is further cut into pieces of L frames counted from the run's first frame;
+  - a query attends to every key of its own (temporal group, spatial window) and, in the same
+    window, to the last `context_frames` latent frames of the previous temporal group and the
+    first `context_frames` of the next one, where they exist (fewer if that group is
+    shorter). Only keys and values are augmented, never queries; context_frames=0: none.
+  The paper adds "two latent frames of the adjacent shots" to K/V; we read that as one frame
+  on each side (context_frames=1).
+
+  Shot boundaries are data: they may differ per batch element and change every call without a
+  recompile (the key ranges are computed on device). Cost follows the visited tile pairs,
+  about N x (window tokens per frame) x (frames per group + 2 x context_frames), not N^2.
+
+  Args:
+    q, k, v: [batch, T * H * W, heads, head_dim], one floating dtype.
+    shot_ids: int [batch, T], the shot of each latent frame, non-decreasing along T (checked
+      when concrete; traced ids are cut into runs of equal values).
+    grid_shape: (T, H, W). spatial_groups: (sh, sw), 1 <= sh <= H, 1 <= sw <= W.
+    temporal_group: None (a group is a whole shot) or the most frames per group.
+    context_frames: frames of each adjacent group added to the keys, >= 0.
+    scale, implementation, interpret: as in `group_attention`.
+    tile: tokens per tile (default 128, less for short sequences).
+
+  Returns:
+    [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
+  """
+  batch, seq, _, head_dim = validation.check_qkv(q, k, v)
+  grid_shape = validation.check_int_triple("grid_shape", grid_shape)
+  if math.prod(grid_shape) != seq:
+    raise ValueError(f"grid_shape {grid_shape} holds {math.prod(grid_shape)} tokens but q has "
+                     f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq")
+  spatial_groups = validation.check_spatial_groups(spatial_groups, grid_shape)
+  if temporal_group is not None:
+    temporal_group = validation.check_positive_int("temporal_group", temporal_group)
+  context_frames = validation.check_int("context_frames", context_frames, minimum=0)
+  shot_ids = validation.check_shot_ids(shot_ids, batch=batch, frames=grid_shape[0])
+  scale = validation.check_scale(scale, head_dim)
+  if tile is None:
+    tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
+  tile = validation.check_positive_int("tile", tile)
+  name = resolve_implementation(implementation, interpret=interpret)
+  interpret = validation.check_interpret(interpret, name)
+  static = dict(grid_shape=grid_shape, spatial_groups=spatial_groups,
+                temporal_group=temporal_group, context_frames=context_frames, scale=scale)
+  if name == "reference":
+    return _reference(q, k, v, shot_ids, **static)
+  return _shot_windows(q, k, v, shot_ids, tile=tile, implementation=name, interpret=interpret,
+                       **static)
+
+
+def frame_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    grid_shape: tuple[int, int, int],
+    scale: float | None = None,
+    implementation: str | None = None,
+    interpret=None,
+    tile: int | None = None,
+) -> jax.Array:
+  """Full attention among the tokens of each latent frame (the paper's third branch).
+
+  q, k, v: [batch, T * H * W, heads, head_dim] in raster (t, h, w) order. The same op as
+  `shot_window_attention` with one window per frame, one-frame temporal groups and no context
+  frames; other arguments as there.
+  """
+  batch = validation.check_qkv(q, k, v)[0]
+  grid_shape = validation.check_int_triple("grid_shape", grid_shape)
+  one_shot = jnp.zeros((batch, grid_shape[0]), jnp.int32)
+  return shot_window_attention(q, k, v, one_shot, grid_shape=grid_shape, spatial_groups=(1, 1),
+                               temporal_group=1, context_frames=0, scale=scale,
+                               implementation=implementation, interpret=interpret, tile=tile)
+
+
+_STATIC = ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "scale")
+_reference = jax.jit(shot_window_attention_reference, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "tile", "implementation", "interpret"))
+def _shot_windows(q, k, v, shot_ids, *, grid_shape, spatial_groups, temporal_group,
+                  context_frames, scale, tile, implementation, interpret):
+  layout = shot_window_layout(shot_ids, grid_shape=grid_shape, spatial_groups=spatial_groups,
+                              temporal_group=temporal_group, context_frames=context_frames,
+                              tile=tile)
+  return attend_in_layout(q, k, v, layout, scale=scale, implementation=implementation,
+                          interpret=interpret)
