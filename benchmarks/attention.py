@@ -1,6 +1,7 @@
 """Time and memory of group attention vs dense attention; prints a table and writes JSON.
 
   python benchmarks/attention.py --config configs/attention_bench.py:full [--config.heads=4]
+  python benchmarks/attention.py --config configs/attention_bench.py:block   # the paper's block
 
 Each row is one (sequence length, group count, implementation) at random uniform routing. The
 "ideal" column is what a perfect sparse kernel would take: the dense time scaled by the share of
@@ -12,6 +13,7 @@ score and value products inside groups, not padding or skipped tiles.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -27,7 +29,8 @@ from absl import app, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from pallas_kernels import group_attention
+from pallas_kernels import frame_attention, group_attention, shot_window_attention
+from pallas_kernels.metadata import spatial_window_ids, temporal_key_frames
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(Path(__file__).parents[1] / "configs" / "attention_bench.py") + ":demo",
@@ -56,6 +59,8 @@ def _sparsity(ids: np.ndarray, num_groups: int) -> float:
 
 
 def _count_rows(cfg) -> int:
+  if cfg.preset == "block":
+    return sum(4 + (seq <= cfg.dense_max_seq) for seq in cfg.seq_lens)
   dense = sum(seq <= cfg.dense_max_seq for seq in cfg.seq_lens)
   grouped = sum(impl != "reference" or seq <= cfg.reference_max_seq
                 for seq in cfg.seq_lens for impl in cfg.implementations)
@@ -88,6 +93,68 @@ def _rows(cfg):
         seconds, temp = _time(fn, (q, k, v, ids), cfg.repeats)
         yield dict(seq=seq, groups=groups, impl=impl, time_s=seconds, temp_bytes=temp,
                    work_share=share, ideal_s=None if dense_time is None else dense_time * share)
+
+
+def _block_inputs(cfg, seq: int):
+  """q, k, v, shared routing (ids, gates) and shots for one row of the `block` preset: frames
+  of block_frame tokens, a new shot every block_shot_frames frames."""
+  frames = seq // (cfg.block_frame[0] * cfg.block_frame[1])
+  grid = (frames, *cfg.block_frame)
+  shape = (cfg.batch, seq, cfg.heads, cfg.head_dim)
+  kq, kk, kv, kid, kg = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), seq), 5)
+  q, k, v = (jax.random.normal(s, shape, jnp.float32).astype(cfg.dtype) for s in (kq, kk, kv))
+  ids = jax.random.randint(kid, (cfg.batch, seq), 0, cfg.block_groups)
+  gates = jax.random.uniform(kg, (cfg.batch, seq, 1), minval=0.2, maxval=1.0)
+  shots = jnp.broadcast_to(jnp.arange(frames) // cfg.block_shot_frames, (cfg.batch, frames))
+  return grid, (q, k, v), ids, gates, shots.astype(jnp.int32)
+
+
+def _block_shares(cfg, grid, ids, shots) -> dict[str, float]:
+  """Each branch's share of the dense score matrix (pairs it must compute / N^2)."""
+  frames, height, width = grid
+  n = frames * height * width
+  groups = _sparsity(np.asarray(ids)[..., None], cfg.block_groups)
+  window_sizes = np.bincount(spatial_window_ids(height, width, cfg.block_windows).ravel())
+  lo, hi = (np.asarray(a) for a in temporal_key_frames(shots, temporal_group=None,
+                                                        context_frames=1))
+  # A token of window w sees window_sizes[w] tokens in each of hi - lo frames.
+  stga = float(np.mean((hi - lo).sum(1)) * (window_sizes**2).sum() / n**2)
+  frame = frames * (height * width) ** 2 / n**2
+  return {"moga": groups, "stga": stga, "frame": frame, "paper": groups + stga + frame}
+
+
+def _block_branches(cfg, grid, ids, gates, shots) -> dict:
+  """The paper's three branches and their mean, as functions of (q, k, v)."""
+  ops = dict(implementation=cfg.implementations[0], tile=cfg.tile)
+  branches = {
+      "moga": lambda q, k, v: group_attention(q, k, v, ids, num_groups=cfg.block_groups,
+                                               **ops) * gates[..., None],
+      "stga": lambda q, k, v: shot_window_attention(q, k, v, shots, grid_shape=grid,
+                                                    spatial_groups=cfg.block_windows, **ops),
+      "frame": lambda q, k, v: frame_attention(q, k, v, grid_shape=grid, **ops),
+  }
+  parts = tuple(branches.values())
+  branches["paper"] = lambda q, k, v: sum(f(q, k, v) for f in parts) / len(parts)
+  return branches
+
+
+def _block_rows(cfg):
+  """The paper's block and each of its branches, forward, on one implementation."""
+  for seq in cfg.seq_lens:
+    grid, (q, k, v), ids, gates, shots = _block_inputs(cfg, seq)
+    shares = _block_shares(cfg, grid, ids, shots)
+    dense_time = None
+    if seq <= cfg.dense_max_seq:
+      dense = functools.partial(jax.nn.dot_product_attention,
+                                implementation=cfg.dense_implementation)
+      dense_time, temp = _time(dense, (q, k, v), cfg.repeats)
+      yield dict(seq=seq, groups=None, impl="dense", time_s=dense_time, temp_bytes=temp,
+                 work_share=1.0, ideal_s=dense_time, grid=grid)
+    for name, fn in _block_branches(cfg, grid, ids, gates, shots).items():
+      seconds, temp = _time(fn, (q, k, v), cfg.repeats)
+      yield dict(seq=seq, groups=cfg.block_groups, impl=name, time_s=seconds, temp_bytes=temp,
+                 work_share=shares[name], grid=grid,
+                 ideal_s=None if dense_time is None else dense_time * shares[name])
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -137,9 +204,15 @@ def main(argv):
   print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} cores); batch {cfg.batch}, {cfg.heads} heads, head_dim "
         f"{cfg.head_dim}, {cfg.dtype}, tile {cfg.tile}", flush=True)
+  if cfg.preset == "block":
+    print(f"the paper's block: M = {cfg.block_groups} (shared routing), STGA "
+          f"{cfg.block_windows[0]}x{cfg.block_windows[1]} windows, frames of "
+          f"{cfg.block_frame[0]}x{cfg.block_frame[1]} tokens, a shot every "
+          f"{cfg.block_shot_frames} frames; G column = M; impl column = branch", flush=True)
   rows = []
   flops_per_share = 4 * cfg.batch * cfg.heads * cfg.head_dim  # x share x N^2
-  for row in tqdm(_rows(cfg), desc=f"attention benchmark ({cfg.preset})", unit="row",
+  measurements = _block_rows(cfg) if cfg.preset == "block" else _rows(cfg)
+  for row in tqdm(measurements, desc=f"attention benchmark ({cfg.preset})", unit="row",
                   total=_count_rows(cfg), file=sys.stdout):
     row["tflops"] = flops_per_share * row["work_share"] * row["seq"] ** 2 / row["time_s"] / 1e12
     rows.append(row)

@@ -9,6 +9,8 @@ Pick a preset with `--config configs/attention_bench.py:PRESET` and override any
     the speed target checked for every implementation.
   gpu: the kernel on a GPU machine: bf16, head_dim 128, 32K-512K tokens, G 8/16/32, against
     cuDNN dense attention.
+  block: the paper's whole block (MoGA M=5 + 2x2 STGA + per-frame, averaged) and each branch,
+    8K-64K tokens on the xla path (frames of 32x32 tokens, a shot every 8 frames).
 """
 
 from ml_collections import ConfigDict
@@ -31,6 +33,11 @@ def get_config(preset: str = "demo") -> ConfigDict:
   c.target_seq = 8192  # the speed target: at this length, G=16 vs G=1 in one implementation
   c.target_speedup = 6.0
   c.out = ""  # JSON path; default benchmarks/results/attention_<preset>.json
+  # The `block` preset's shape (ignored by the others).
+  c.block_groups = 5
+  c.block_windows = (2, 2)
+  c.block_frame = (32, 32)  # tokens per latent frame (H, W)
+  c.block_shot_frames = 8
   if preset == "demo":
     c.seq_lens = (4096, 8192)
     c.group_counts = (1, 4, 16)
@@ -59,6 +66,11 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.dense_implementation = "cudnn"
     c.dense_max_seq = 524288
     c.target_seq = 0  # no G=1 rows: the >= 80% of ideal goal is read off the table
+  elif preset == "block":
+    c.heads = 4
+    c.repeats = 1
+    c.seq_lens = (8192, 16384, 32768, 65536)
+    c.dense_max_seq = 16384
   else:
-    raise ValueError(f"unknown preset {preset!r}: use demo, full, long, interpret or gpu")
+    raise ValueError(f"unknown preset {preset!r}: use demo, full, long, interpret, gpu or block")
   return c

@@ -2,11 +2,12 @@
 
 Two-shot, 16-frame, 32x32 clips of coloured shapes moving on coloured backgrounds (synthetic
 mp4s, made on first use); a byte-level text encoder and a space-to-depth latent (stand-ins for
-umT5 and the Wan VAE); a 4-block DiT whose blocks after the first use MoGA with 4 per-head groups
-plus a local window branch. Override any field on the command line, e.g. --config.train.steps=50.
+umT5 and the Wan VAE); a 4-block DiT whose blocks after the first use the paper's attention
+block: the mean of MoGA (4 groups, one routing per token), shot-aware STGA (2x2 windows) and
+per-frame attention. Override any field on the command line, e.g. --config.train.steps=50.
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from configs import parallelism
 
@@ -43,18 +44,26 @@ def get_config() -> ConfigDict:
   c.model.scan_layers = False
   c.model.remat = False
   c.model.attention = ConfigDict()
-  c.model.attention.num_groups = 4  # None: dense self-attention everywhere
+  c.model.attention.num_groups = 4  # MoGA's groups; None: no MoGA branch
   c.model.attention.top_k = 1
-  c.model.attention.per_head_router = True
-  # Local branch: 4-frame x whole-frame tiles, each seeing its temporal neighbours. None: off.
-  c.model.attention.window = (3, 1, 1)
-  c.model.attention.window_tile = (4, 4, 4)
+  c.model.attention.per_head_router = False  # the paper: one routing per token
+  c.model.attention.balance_loss = "paper"
+  c.model.attention.stga_windows = (2, 2)  # None: no STGA branch
+  # None (a placeholder, overridable with an int): a temporal group is a whole shot.
+  c.model.attention.stga_temporal_group = config_dict.placeholder(int)
+  c.model.attention.stga_context_frames = 1
+  c.model.attention.frame_attention = True
+  # The sliding 3D window (ours, crosses shot cuts): off; e.g. --config.model.attention.window=
+  # (3,1,1) --config.model.attention.window_tile=(4,4,4) adds it.
+  c.model.attention.window = config_dict.placeholder(tuple)
+  c.model.attention.window_tile = config_dict.placeholder(tuple)
+  c.model.attention.combine = "mean"
   c.model.attention.implementation = None
 
   c.diffusion = ConfigDict()
   c.diffusion.shift = 3.0
   c.diffusion.caption_dropout = 0.1
-  c.diffusion.balance_weight = 0.01
+  c.diffusion.balance_weight = 0.1  # alpha, the paper's
 
   c.train = ConfigDict()
   c.train.steps = 800  # ~0.8 s a step on 2 cores

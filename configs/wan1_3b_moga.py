@@ -1,4 +1,16 @@
-"""Wan 2.1 T2V 1.3B with MoGA self-attention: convert, sample, fine-tune.
+"""Wan 2.1 T2V 1.3B with MoGA self-attention: the paper's recipe (Sec. 4), in two stages.
+
+  configs/wan1_3b_moga.py or configs/wan1_3b_moga.py:stage1   10-s multi-shot clips (157
+      frames of 480x832 at 16 fps: 40 x 30 x 52 = 62,400 tokens), 3k steps
+  configs/wan1_3b_moga.py:stage2   30-s multi-shot clips (477 frames: 120 x 30 x 52 =
+      187,200 tokens, the paper's), 1k steps from stage 1's weights
+
+Every block's self-attention is the paper's: the mean of MoGA (M = 5 routed groups, one routing
+per token shared by all heads, gate p(g|x)), STGA (2x2 spatial windows per latent frame; a
+temporal group is a whole shot, its keys and values also get one latent frame of each adjacent
+group) and per-frame full attention. Group balancing loss in the paper's form, alpha = 0.1;
+constant learning rate 1e-5 after a short linear warm-up (the warm-up is ours: the paper gives
+none, and Adam's moments start at zero).
 
 The DiT's widths are Wan2.1-T2V-1.3B's, so its weights load one to one (see
 `moga_jax.convert_wan`); the MoGA routers are new and start from this config's seed. Sampling
@@ -10,23 +22,74 @@ uses the real umT5 encoder and Wan VAE from the converted folder:
 
 Several prompts split the video's latent frames into consecutive shots, each shot
 cross-attending to its own caption while MoGA spans them all.
+
+Training, stage 1 from the converted Wan weights:
+
+  python train.py --config configs/wan1_3b_moga.py:stage1 --init weights/wan1_3b_moga \
+      --workdir runs/wan1_3b_stage1 --config.data.source_dir=my_clips
+
+Stage 2 starts from stage 1's weights. train.py's --init reads a converted folder (DiT + VAE +
+umT5 + tokenizer), not a training checkpoint, and a run resumes only from its own WORKDIR, so
+(until train.py can start from another run's checkpoint) write stage 1's DiT as a converted
+folder first: copy weights/wan1_3b_moga to weights/wan1_3b_moga_stage1 (vae/, text_encoder/ and
+tokenizer/ as they are), then replace its transformer/ with stage 1's last checkpoint:
+
+  from flax import nnx
+  from configs import wan1_3b_moga
+  from moga_jax.checkpoint import Checkpointer
+  from moga_jax.model import dit_from_config
+  from moga_jax.training import make_optimizer
+  from moga_jax.wan import converted
+  cfg = wan1_3b_moga.get_config("stage1")
+  dit = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
+  opt = make_optimizer(dit, cfg.train)
+  ckpt = Checkpointer("runs/wan1_3b_stage1/checkpoints")
+  ckpt.restore((dit, opt), model_config=cfg.model.to_dict()); ckpt.close()
+  folder = "weights/wan1_3b_moga_stage1/transformer"
+  converted.save_component(folder, dit, meta=converted.read_meta(folder))
+
+  python train.py --config configs/wan1_3b_moga.py:stage2 --init weights/wan1_3b_moga_stage1 \
+      --workdir runs/wan1_3b_stage2 --config.data.source_dir=my_30s_clips
+
+Both stages have the same model section, so the weights fit; stage 2 restarts Adam's moments
+and its step count (1k steps of its own). Plan either stage with
+`python -m moga_jax.plan --config configs/wan1_3b_moga.py:stage2`.
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from configs import parallelism
 
+STAGES = {
+  # (frames, shots per clip, steps, warm-up steps). Frames are 1 + 4k (the Wan VAE) at 16 fps:
+  # 157 = 10 s (40 latent frames), 477 = 30 s (120 latent frames, 187,200 tokens). The paper
+  # trains on multi-shot clips but gives no shot count or length (ours): 3 shots of ~3.3 s in
+  # the 10-s clips, 6 shots of 5 s in the 30-s ones, i.e. shots of a few seconds as in
+  # multi-shot data, each one STGA temporal group of 13-20 latent frames. Real clips carry their
+  # own cuts (captions.jsonl); these counts are the caption slots per clip and the synthetic
+  # clips' and the planner's layout.
+  "stage1": (157, 3, 3_000, 100),
+  "stage2": (477, 6, 1_000, 50),
+}
 
-def get_config() -> ConfigDict:
+
+def get_config(stage: str = "stage1") -> ConfigDict:
+  """stage: "stage1" (also "" or None) or "stage2", the text after ':' in --config."""
+  stage = stage or "stage1"
+  if stage not in STAGES:
+    raise ValueError(f"configs/wan1_3b_moga.py:{stage}: the stage must be one of "
+                     f"{sorted(STAGES)}")
+  frames, shots, steps, warmup = STAGES[stage]
   c = ConfigDict()
   c.seed = 0  # also seeds the new MoGA routers at conversion
+  c.stage = stage
 
   c.video = ConfigDict()
-  c.video.frames = 81  # 5 s at Wan's 16 fps: 21 latent frames; 1 + 4k frames
+  c.video.frames = frames
   c.video.height = 480
   c.video.width = 832
   c.video.fps = 16
-  c.video.shots = 1  # shots per training clip (sampling: one per --prompt)
+  c.video.shots = shots  # shots per training clip (sampling: one per --prompt)
   c.video.vae_stride = (4, 8, 8)  # Wan 2.1 VAE: time, height, width (checked at load)
   c.video.caption_len = 512  # umT5 tokens per shot caption, as Wan
 
@@ -59,24 +122,32 @@ def get_config() -> ConfigDict:
   c.model.scan_layers = False
   c.model.remat = False
   c.model.attention = ConfigDict()
-  c.model.attention.num_groups = 8  # 21x30x52 = 32,760 tokens: ~4K per group
+  c.model.attention.num_groups = 5  # the paper's M for Wan; None: no MoGA branch
   c.model.attention.top_k = 1
-  c.model.attention.per_head_router = True
-  # Local branch: 3x6x8-token tiles (144 tokens) seeing a 3x3x3 block of tiles.
-  c.model.attention.window = (3, 3, 3)
-  c.model.attention.window_tile = (3, 6, 8)
+  c.model.attention.per_head_router = False  # one routing per token, shared by the heads
+  c.model.attention.balance_loss = "paper"  # eq. 8 as printed; "switch": Switch Transformer's
+  c.model.attention.stga_windows = (2, 2)  # 2x2 windows of 15x26 tokens; None: no STGA branch
+  # None: a temporal group is a whole shot; an int: at most that many latent frames.
+  # (placeholders: None, but overridable on the command line with their type)
+  c.model.attention.stga_temporal_group = config_dict.placeholder(int)
+  c.model.attention.stga_context_frames = 1  # K/V frames from each adjacent temporal group
+  c.model.attention.frame_attention = True  # per-frame full attention branch
+  c.model.attention.window = config_dict.placeholder(tuple)  # the old 3D window branch: off
+  c.model.attention.window_tile = config_dict.placeholder(tuple)
+  c.model.attention.combine = "mean"  # the paper: the mean of the branches' outputs
   c.model.attention.implementation = None
 
   c.diffusion = ConfigDict()
   c.diffusion.shift = 3.0  # Wan's flow shift for 480p
   c.diffusion.caption_dropout = 0.1
-  c.diffusion.balance_weight = 0.01
+  c.diffusion.balance_weight = 0.1  # the paper's alpha
 
   c.train = ConfigDict()
-  c.train.steps = 2_000
-  c.train.batch_size = 8
+  c.train.steps = steps  # the paper: 3k steps on 10-s clips, then 1k on 30-s clips
+  c.train.batch_size = 8  # not given in the paper
+  c.train.schedule = "constant"  # linear warm-up, then constant; or "cosine" (decay to 5%)
   c.train.learning_rate = 1e-5
-  c.train.warmup_steps = 100
+  c.train.warmup_steps = warmup
   c.train.weight_decay = 0.01
   c.train.grad_clip = 1.0
   c.train.checkpoint_every = 200

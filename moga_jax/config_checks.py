@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from moga_jax.sharding import ShardingRules, axes_size, resolve_mesh_shape
 from pallas_kernels.validation import check_int
 
@@ -40,6 +42,7 @@ def validate_config(cfg) -> None:
     if not 1 <= a.top_k <= a.num_groups:
       raise ValueError(f"config.model.attention.top_k must be in [1, num_groups="
                        f"{a.num_groups}], got {a.top_k}")
+  _check_block(a, tuple(g // q for g, q in zip(grid, patch, strict=True)))
   if (a.window is None) != (a.window_tile is None):
     raise ValueError("config.model.attention.window and window_tile must both be set or both "
                      "be None")
@@ -52,6 +55,51 @@ def validate_config(cfg) -> None:
   if not 0.0 <= cfg.diffusion.caption_dropout < 1.0:
     raise ValueError(f"config.diffusion.caption_dropout must be in [0, 1), got "
                      f"{cfg.diffusion.caption_dropout}")
+  weight = cfg.diffusion.get("balance_weight", 0.0)
+  if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
+    raise ValueError(f"config.diffusion.balance_weight must be a number >= 0, got {weight!r}")
+  schedule = cfg.train.get("schedule", "cosine")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"config.train.schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+COMBINE = ("mean", "sum")
+BALANCE_LOSSES = ("paper", "switch")
+SCHEDULES = ("constant", "cosine")  # train.schedule (moga_jax.training.make_schedule)
+
+
+def _check_block(a, tokens: tuple[int, int, int]) -> None:
+  """The attention block's fields (the paper's: MoGA + STGA + per-frame attention); fields a
+  config leaves out take the block's defaults. tokens: the (T, H, W) token grid."""
+  name = "config.model.attention."
+  windows = a.get("stga_windows")
+  if windows is not None:
+    if (not isinstance(windows, (tuple, list)) or len(windows) != 2
+        or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1
+               for w in windows)):
+      raise ValueError(f"{name}stga_windows must be None or two positive ints (rows, columns "
+                       f"of spatial windows per latent frame), got {windows!r}")
+    if windows[0] > tokens[1] or windows[1] > tokens[2]:
+      raise ValueError(f"{name}stga_windows {tuple(windows)} cuts each latent frame of "
+                       f"{tokens[1]}x{tokens[2]} tokens into more windows than it has rows or "
+                       "columns")
+  group = a.get("stga_temporal_group")
+  if group is not None and (isinstance(group, bool) or not isinstance(group, numbers.Integral)
+                            or group < 1):
+    raise ValueError(f"{name}stga_temporal_group must be None (a temporal group is a whole "
+                     f"shot) or a positive int (frames per group), got {group!r}")
+  context = a.get("stga_context_frames", 1)
+  if isinstance(context, bool) or not isinstance(context, numbers.Integral) or context < 0:
+    raise ValueError(f"{name}stga_context_frames must be an int >= 0, got {context!r}")
+  for flag in ("frame_attention", "per_head_router"):
+    if flag in a and not isinstance(a[flag], bool):
+      raise ValueError(f"{name}{flag} must be True or False, got {a[flag]!r}")
+  combine = a.get("combine", "mean")
+  if combine not in COMBINE:
+    raise ValueError(f"{name}combine must be one of {COMBINE}, got {combine!r}")
+  balance = a.get("balance_loss", "paper")
+  if balance not in BALANCE_LOSSES:
+    raise ValueError(f"{name}balance_loss must be one of {BALANCE_LOSSES}, got {balance!r}")
 
 
 def latent_grid(cfg) -> tuple[int, int, int]:

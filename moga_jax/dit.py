@@ -6,8 +6,9 @@ text cross-attention, FFN) -> modulated head -> unpatchify. Names and shapes fol
 norm_q/norm_k, cross_attn, ffn, modulation, head) so its weights can be mapped in one to one.
 
 Multi-shot: a sample holds S shots, each with its own caption; `frame_shot` [B, F] gives the
-shot of every latent frame. Video tokens cross-attend to their own shot's caption only, while
-MoGA self-attention spans all shots, which is where cross-shot consistency comes from.
+shot of every latent frame. Video tokens cross-attend to their own shot's caption only; in
+self-attention, STGA stays inside a shot (plus one context frame each side) while MoGA's routed
+groups span all shots, which is where the paper credits cross-shot consistency.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moga_jax.attention import MoGAAttention
+from moga_jax.attention import DENSE, MoGAAttention
 from moga_jax.layers import FeedForward, ShotCrossAttention, sinusoidal_embedding
 from moga_jax.sharding import ShardingRules, constrain
 
@@ -54,17 +55,18 @@ class DiTBlock(nnx.Module):
     """attention: MoGAAttention keyword arguments, or None for dense self-attention."""
     self.norm1 = _layer_norm(dim, rngs, affine=False)
     self.self_attn = MoGAAttention(dim, num_heads, rules=rules, rngs=rngs,
-                                   **(attention or {"num_groups": None}))
+                                   **(DENSE if attention is None else attention))
     self.norm3 = _layer_norm(dim, rngs, affine=True)
     self.cross_attn = ShotCrossAttention(dim, num_heads, rules=rules, rngs=rngs)
     self.norm2 = _layer_norm(dim, rngs, affine=False)
     self.ffn = FeedForward(dim, ffn_dim, rngs=rngs)
     self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 6, dim)) / dim**0.5)
 
-  def __call__(self, x, time6, context, context_mask, token_shot, grid_shape):
+  def __call__(self, x, time6, context, context_mask, token_shot, frame_shot, grid_shape):
     mod = (self.modulation[...] + time6).astype(jnp.float32)  # [B, 6, dim]
     shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (mod[:, i:i + 1] for i in range(6))
-    y, balance = self.self_attn(self.norm1(x) * (1 + scale_a) + shift_a, grid_shape=grid_shape)
+    y, balance = self.self_attn(self.norm1(x) * (1 + scale_a) + shift_a, grid_shape=grid_shape,
+                                frame_shot=frame_shot)
     x = x + gate_a * y
     x = x + self.cross_attn(self.norm3(x), context, context_mask, token_shot)
     x = x + gate_f * self.ffn(self.norm2(x) * (1 + scale_f) + shift_f)
@@ -100,8 +102,8 @@ class VideoDiT(nnx.Module):
     self.out_channels, self.freq_dim = out_channels, freq_dim
     self.scan_layers, self.remat, self.rules = scan_layers, remat, rules
     dense = set(dense_layers)
-    self.moga_layers = () if attention is None else tuple(
-        i for i in range(num_layers) if i not in dense)
+    routed = attention is not None and attention.get("num_groups", 5) is not None
+    self.moga_layers = tuple(i for i in range(num_layers) if i not in dense) if routed else ()
     self.patch_embedding = nnx.Conv(in_channels, dim, kernel_size=self.patch,
                                     strides=self.patch, padding="VALID", rngs=rngs)
     self.text_embedding = nnx.Sequential(
@@ -163,12 +165,15 @@ class VideoDiT(nnx.Module):
                                  "activation_embed")
     x = hidden(self._embed_patches(latents, grid))
     token_shot = jnp.repeat(frame_shot[:, ::pt], grid[1] * grid[2], axis=1)  # [B, N]
+    # Self-attention's shots: frames outside every shot (-1, at the end) join the shot before
+    # them, so the ids are non-decreasing as STGA needs.
+    grid_shot = jax.lax.cummax(frame_shot[:, ::pt].astype(jnp.int32), axis=1)
     time = self.time_embedding(sinusoidal_embedding(1000.0 * t, self.freq_dim))
     time6 = self.time_projection(time).reshape(b, 6, -1)
     context = self.text_embedding(context)
 
     def run(block, x):
-      x, balance = block(x, time6, context, context_mask, token_shot, grid)
+      x, balance = block(x, time6, context, context_mask, token_shot, grid_shot, grid)
       return hidden(x), balance
 
     if self.remat:

@@ -8,6 +8,7 @@ import ml_collections
 from flax import nnx
 
 from moga_jax import latents
+from moga_jax.attention import is_dense
 from moga_jax.dit import VideoDiT
 from moga_jax.sharding import ShardingRules
 from moga_jax.text import ByteTextEncoder
@@ -30,11 +31,12 @@ def dit_from_config(m: ml_collections.ConfigDict, *, rules: ShardingRules | None
   """The VideoDiT of a config's model section. Latent channels: `in_channels` where the config
   gives them (Wan-VAE latents), else those of the space-to-depth stand-in."""
   channels = m.in_channels if "in_channels" in m else 3 * m.latent_factor**2
-  attention = None if m.attention.num_groups is None else m.attention.to_dict()
+  attention = _tuples(m.attention.to_dict())
+  attention = None if is_dense(attention) else attention
   return VideoDiT(
       in_channels=channels, out_channels=channels, dim=m.dim, ffn_dim=m.ffn_dim,
       num_layers=m.num_layers, num_heads=m.num_heads, text_dim=m.text_dim,
-      patch=tuple(m.patch), freq_dim=m.get("freq_dim", 256), attention=_tuples(attention),
+      patch=tuple(m.patch), freq_dim=m.get("freq_dim", 256), attention=attention,
       dense_layers=tuple(m.dense_layers), scan_layers=m.scan_layers, remat=m.remat,
       rules=rules, rngs=rngs)
 

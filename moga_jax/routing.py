@@ -5,9 +5,8 @@ heads); the softmax gives routing probabilities p, a token joins its top-k group
 probability of a chosen group is its gate. The argmax has no gradient: the gate, multiplied
 into the attention output, is what trains the router (Switch-style).
 
-The sorted-layout helpers (`group_layout`, `pack_tiles`, `unpack_tiles`) are defined once
-in `pallas_kernels.metadata`, because the kernels layer may not import this package, and are
-re-exported here for model code.
+The paper routes once per token, shared by all heads (the default here); per-head routing is
+an option.
 """
 
 from __future__ import annotations
@@ -19,18 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pallas_kernels import group_attention
-from pallas_kernels.metadata import TileLayout, group_layout, pack_tiles, unpack_tiles
 
-__all__ = [
-  "GroupRouter",
-  "RouterOutput",
-  "TileLayout",
-  "balance_loss",
-  "group_layout",
-  "pack_tiles",
-  "routed_group_attention",
-  "unpack_tiles",
-]
+BALANCE_LOSSES = ("paper", "switch")
 
 
 class RouterOutput(NamedTuple):
@@ -48,20 +37,29 @@ class RouterOutput(NamedTuple):
   balance_loss: jax.Array
 
 
-def balance_loss(probs: jax.Array, group_ids: jax.Array) -> jax.Array:
-  """MoE-style group balancing loss, averaged over routed heads.
+def balance_loss(probs: jax.Array, group_ids: jax.Array, form: str = "paper") -> jax.Array:
+  """Group balancing loss M * sum_i F_i P_i (before the weight alpha), averaged over routed heads.
 
-  probs: [B, N, G] or [B, N, H, G]; group_ids: [..., top_k] with the same leading axes.
-  f_j is the fraction of (token, choice) assignments sent to group j and P_j the mean routing
-  probability of group j, both over batch and sequence. Equals 1 for a perfectly uniform router
-  and approaches G when every token goes to the same group with probability 1.
+  probs: [B, N, G] or [B, N, H, G]; group_ids: [..., top_k] with the same leading axes. F_i is
+  the fraction of (token, choice) assignments sent to group i, over batch and sequence. P_i:
+    "paper" (eqs. 6-8 as printed): (1/N) * sum over the tokens routed to i of p(i|x). It is 1
+      for balanced, confident routing (every gate 1), 1/M for balanced uniform probabilities,
+      and grows towards M as tokens pile into one group.
+    "switch" (Switch Transformer): the mean of p(i|x) over all tokens; 1 whenever balanced.
+  F carries no gradient; the router learns through P.
   """
+  if form not in BALANCE_LOSSES:
+    raise ValueError(f"balance loss form must be one of {BALANCE_LOSSES}, got {form!r}")
   num_groups = probs.shape[-1]
+  probs = probs.astype(jnp.float32)
   one_hot = jax.nn.one_hot(group_ids, num_groups, dtype=jnp.float32)  # [..., k, G]
   # Means over (batch, sequence) as two axes, not one merged axis: a reshape merging a
   # batch-sharded and a sequence-sharded axis would make every device gather all of them.
   fraction = one_hot.mean(axis=-2).mean(axis=(0, 1))  # [(H,) G]
-  mean_prob = probs.astype(jnp.float32).mean(axis=(0, 1))
+  if form == "switch":
+    mean_prob = probs.mean(axis=(0, 1))
+  else:
+    mean_prob = (one_hot.sum(axis=-2) * probs).mean(axis=(0, 1))
   per_head = num_groups * jnp.sum(jax.lax.stop_gradient(fraction) * mean_prob, axis=-1)
   return per_head.mean()
 
@@ -75,8 +73,10 @@ class GroupRouter(nnx.Module):
   Args:
     in_features: width of the token features fed to the router.
     num_groups: number of groups G.
-    num_heads: route each of this many heads on its own (None: one routing shared by heads).
+    num_heads: route each of this many heads on its own (None, the paper's choice: one routing
+      per token shared by the heads).
     top_k: groups each token joins (1 in the paper).
+    balance: the balancing loss's form, "paper" (eq. 8 as printed) or "switch".
     kernel_init: initializer of the [in_features, heads * G] weight. A small random init routes
       tokens to varied groups from the first step; a zero init would send every token to group
       0, i.e. dense attention.
@@ -89,6 +89,7 @@ class GroupRouter(nnx.Module):
       *,
       num_heads: int | None = None,
       top_k: int = 1,
+      balance: str = "paper",
       dtype: jnp.dtype | None = None,
       param_dtype: jnp.dtype = jnp.float32,
       kernel_init: nnx.Initializer = _ROUTER_INIT,
@@ -103,6 +104,9 @@ class GroupRouter(nnx.Module):
                        f"{num_heads!r}")
     if top_k > num_groups:
       raise ValueError(f"top_k must be <= num_groups ({num_groups}), got {top_k}")
+    if balance not in BALANCE_LOSSES:
+      raise ValueError(f"balance must be one of {BALANCE_LOSSES}, got {balance!r}")
+    self.balance = balance
     self.in_features = in_features
     self.num_groups = num_groups
     self.num_heads = num_heads
@@ -126,34 +130,39 @@ class GroupRouter(nnx.Module):
     else:
       gates, group_ids = jax.lax.top_k(probs, self.top_k)
       group_ids = group_ids.astype(jnp.int32)
-    return RouterOutput(group_ids, gates, probs, balance_loss(probs, group_ids))
+    return RouterOutput(group_ids, gates, probs, balance_loss(probs, group_ids, self.balance))
 
 
 def routed_group_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    routing: RouterOutput,
+    group_ids: jax.Array,
+    gates: jax.Array,
     *,
     num_groups: int,
     **attention_kwargs,
 ) -> jax.Array:
   """MoGA's group branch: sum over a token's chosen groups of gate * attention in that group.
 
-  q, k, v: [B, N, H, D]. With top_k > 1 a group holds every token that chose it; tokens are
+  q, k, v: [B, N, H, D]; group_ids, gates: a `RouterOutput`'s, [B, N, k] (shared by the heads)
+  or [B, N, H, k]. With top_k > 1 a group holds every token that chose it; tokens are
   replicated once per choice so that each group is still exact, full attention (a token appears
   at most once in any group because its choices are distinct). Extra keyword arguments go to
   `group_attention` (scale, implementation, interpret, tile).
   """
-  ids, gates = routing.group_ids, routing.gates
+  ids = group_ids
   batch, seq, heads, head_dim = q.shape
   top_k = ids.shape[-1]
   if ids.ndim == 3:  # shared by the heads: [B, N, k] -> [B, N, 1, k]
     ids, gates = ids[:, :, None], gates[:, :, None]
   if ids.shape[:2] != (batch, seq) or ids.shape[2] not in (1, heads):
-    raise ValueError(f"routing.group_ids must have shape [{batch}, {seq}, k] or "
+    raise ValueError(f"group_ids must have shape [{batch}, {seq}, k] or "
                      f"[{batch}, {seq}, {heads}, k] to match q {tuple(q.shape)}, got "
-                     f"{tuple(routing.group_ids.shape)}")
+                     f"{tuple(group_ids.shape)}")
+  if gates.shape != ids.shape:
+    raise ValueError(f"gates must have the shape of group_ids {tuple(group_ids.shape)}, got "
+                     f"{tuple(gates.shape)}")
 
   def replicate(x):  # [B, N, H, D] -> [B, N * k, H, D], choice-major inside each token
     return jnp.broadcast_to(x[:, :, None], (batch, seq, top_k, *x.shape[2:])).reshape(

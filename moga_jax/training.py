@@ -16,17 +16,35 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from moga_jax.config_checks import SCHEDULES
 from moga_jax.diffusion import flow_matching_loss
 from moga_jax.dit import VideoDiT
 from moga_jax.model import TextToVideo, frame_shots
 from moga_jax.sharding import ShardingRules, batch_spec, state_shardings
 
 
+def make_schedule(cfg) -> optax.Schedule:
+  """The learning rate by step for a config's train section, `schedule` (default "cosine"):
+  "constant": linear warm-up from 0 to learning_rate over warmup_steps, then constant (the
+    paper's recipe): lr(s) = learning_rate * min(s / warmup_steps, 1), learning_rate from step 0
+    when warmup_steps is 0;
+  "cosine": the same warm-up, then cosine decay to 5% of learning_rate at `steps`."""
+  kind, lr, warmup = cfg.get("schedule", "cosine"), cfg.learning_rate, cfg.warmup_steps
+  if kind == "constant":
+    if warmup <= 0:
+      return optax.constant_schedule(lr)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup, max(cfg.steps, warmup + 1), end_value=0.05 * lr)
+  raise ValueError(f"config.train.schedule must be one of {SCHEDULES}, got {kind!r}")
+
+
 def make_optimizer(model: nnx.Module, cfg) -> nnx.Optimizer:
-  """AdamW with linear warmup, cosine decay to 5% and global-norm gradient clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1),
-      end_value=0.05 * cfg.learning_rate)
+  """AdamW with the config's learning-rate schedule (`make_schedule`: linear warm-up, then
+  constant or cosine decay to 5%) and global-norm gradient clipping."""
+  schedule = make_schedule(cfg)
   tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                    optax.adamw(schedule, weight_decay=cfg.weight_decay))
   return nnx.Optimizer(model, tx, wrt=nnx.Param)

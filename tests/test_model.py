@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import tiny
 from moga_jax import latents
-from moga_jax.attention import MoGAAttention
+from moga_jax.attention import DENSE, MoGAAttention
 from moga_jax.config_checks import validate_config
 from moga_jax.dit import VideoDiT
 from moga_jax.layers import shot_attention
@@ -27,17 +27,38 @@ def _x(key, dim=32):
   return jax.random.normal(key, (2, int(np.prod(GRID)), dim))
 
 
-def test_one_group_without_window_equals_dense_attention(key):
-  moga = MoGAAttention(32, 4, num_groups=1, rngs=nnx.Rngs(1))
-  dense = MoGAAttention(32, 4, num_groups=None, rngs=nnx.Rngs(2))
-  for name in ("q", "k", "v", "o", "norm_q", "norm_k"):  # same projections
-    nnx.update(getattr(dense, name), nnx.state(getattr(moga, name)))
-  x = _x(key)
-  out, balance = moga(x, grid_shape=GRID)
-  want, zero = dense(x, grid_shape=GRID)
-  assert_close(out, want)
-  np.testing.assert_allclose(balance, 1.0, rtol=1e-6)  # one group: perfectly "balanced"
+def _sharing_projections(*modules):
+  """Gives every module the first one's q, k, v, o and norms."""
+  for other in modules[1:]:
+    for name in ("q", "k", "v", "o", "norm_q", "norm_k"):
+      nnx.update(getattr(other, name), nnx.state(getattr(modules[0], name)))
+  return modules
+
+
+def test_paper_block_in_closed_form(key):
+  """One group (gate exactly 1), 1x1 windows, one shot: MoGA and STGA are both full attention,
+  so the paper's block is o((2 * full + per_frame) / 3) = (2 * dense + frame_only) / 3 (the
+  output projection is affine and the weights sum to 1)."""
+  paper, both_full, frame_only, dense = _sharing_projections(
+      MoGAAttention(32, 4, num_groups=1, stga_windows=(1, 1), rngs=nnx.Rngs(1)),
+      MoGAAttention(32, 4, num_groups=1, stga_windows=(1, 1), frame_attention=False,
+                    rngs=nnx.Rngs(2)),
+      MoGAAttention(32, 4, **(DENSE | {"frame_attention": True}), rngs=nnx.Rngs(3)),
+      MoGAAttention(32, 4, **DENSE, rngs=nnx.Rngs(4)))
+  assert paper.branches == ("moga", "stga", "frame") and dense.branches == ()
+  x, shots = _x(key), jnp.zeros((2, GRID[0]), jnp.int32)
+  out, balance = paper(x, grid_shape=GRID, frame_shot=shots)
+  full, zero = dense(x, grid_shape=GRID)
+  assert_close(both_full(x, grid_shape=GRID)[0], full)
+  frame = frame_only(x, grid_shape=GRID)[0]
+  assert_close(out, (2 * full + frame) / 3)
+  np.testing.assert_allclose(balance, 1.0, rtol=1e-6)  # one group, gate 1: eq. 8 gives 1
   assert float(zero) == 0.0
+  summed = MoGAAttention(32, 4, num_groups=1, stga_windows=(1, 1), combine="sum",
+                         rngs=nnx.Rngs(5))
+  _sharing_projections(paper, summed)
+  bias = paper.o.bias[...]
+  assert_close(summed(x, grid_shape=GRID)[0] - bias, 3 * (out - bias))
 
 
 @pytest.mark.parametrize("window", [None, (3, 3, 3)])

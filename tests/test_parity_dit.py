@@ -27,6 +27,7 @@ from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit  # 
 pytestmark = pytest.mark.parity
 
 TINY = wan_reference.DIT
+ONE_GROUP = {"num_groups": 1, "stga_windows": None, "frame_attention": False}
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
@@ -70,8 +71,8 @@ ROUTERS = ["blocks.0.self_attn.router.proj.kernel", "blocks.1.self_attn.router.p
 
 @pytest.mark.parametrize("kwargs, routers", [
   (dict(attention=None), []),
-  (dict(attention={"num_groups": 1}), ROUTERS),  # one group with gate 1: dense attention
-  (dict(attention={"num_groups": 1}, scan_layers=True), ["blocks.self_attn.router.proj.kernel"]),
+  (dict(attention=ONE_GROUP), ROUTERS),  # MoGA alone, one group with gate 1: dense attention
+  (dict(attention=ONE_GROUP, scan_layers=True), ["blocks.self_attn.router.proj.kernel"]),
 ], ids=["dense", "moga_1group", "moga_1group_scanned"])
 def test_matches_diffusers(reference, inputs, kwargs, routers):
   model, config, folder = reference

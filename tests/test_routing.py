@@ -9,7 +9,7 @@ import pytest
 from conftest import assert_close, random_qkv
 from flax import nnx
 
-from moga_jax.routing import GroupRouter, RouterOutput, balance_loss, routed_group_attention
+from moga_jax.routing import GroupRouter, balance_loss, routed_group_attention
 from pallas_kernels import group_attention
 
 
@@ -31,31 +31,61 @@ def test_router_shapes_and_gates(key, num_heads, top_k):
   assert len(np.unique(np.asarray(out.group_ids[..., 0]))) > 1
 
 
-def test_balance_loss_uniform_is_one_and_collapse_tends_to_num_groups():
+def test_switch_balance_loss_uniform_is_one_and_collapse_tends_to_num_groups():
   g = 8
   uniform = jnp.full((2, 64, g), 1.0 / g)
   even_ids = (jnp.arange(2 * 64).reshape(2, 64, 1) % g).astype(jnp.int32)
-  np.testing.assert_allclose(balance_loss(uniform, even_ids), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(balance_loss(uniform, even_ids, "switch"), 1.0, rtol=1e-6)
   # Per-head routing: averaged over heads.
   np.testing.assert_allclose(
-      balance_loss(jnp.full((2, 64, 3, g), 1.0 / g), jnp.zeros((2, 64, 3, 1), jnp.int32)),
-      1.0, rtol=1e-6)
+      balance_loss(jnp.full((2, 64, 3, g), 1.0 / g), jnp.zeros((2, 64, 3, 1), jnp.int32),
+                   "switch"), 1.0, rtol=1e-6)
   losses = []
   for confidence in (0.5, 0.9, 0.999):
     probs = jnp.full((2, 64, g), (1 - confidence) / (g - 1)).at[..., 0].set(confidence)
-    losses.append(float(balance_loss(probs, jnp.zeros((2, 64, 1), jnp.int32))))
+    losses.append(float(balance_loss(probs, jnp.zeros((2, 64, 1), jnp.int32), "switch")))
   assert losses[0] < losses[1] < losses[2] <= g
   assert losses[2] > 0.99 * g
 
 
-def test_balance_loss_gradient_flows_through_probabilities_only():
-  """d loss / d P_j = G * f_j: overloaded groups get their probability pushed down hardest."""
+def test_paper_balance_loss_values():
+  """Eq. 8 as printed: P_i sums the gates of group i's own tokens over N. Balanced one-hot
+  routing gives 1, balanced uniform probabilities 1/M, collapse with gate c gives M * c; and
+  it differs from the Switch form, which averages p(i|x) over every token."""
+  g = 4
+  even_ids = (jnp.arange(2 * 64).reshape(2, 64, 1) % g).astype(jnp.int32)
+  one_hot = jax.nn.one_hot(even_ids[..., 0], g)
+  np.testing.assert_allclose(balance_loss(one_hot, even_ids), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(balance_loss(jnp.full((2, 64, g), 1 / g), even_ids), 1 / g,
+                             rtol=1e-6)
+  probs = jnp.full((2, 64, g), 0.1).at[..., 0].set(0.7)
+  collapsed = jnp.zeros((2, 64, 1), jnp.int32)
+  np.testing.assert_allclose(balance_loss(probs, collapsed), g * 0.7, rtol=1e-6)
+  # A hand count: 3 tokens, 2 groups; ids [0, 0, 1], gates 0.9, 0.6, 0.8.
+  probs = jnp.array([[[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]])
+  ids = jnp.array([[[0], [0], [1]]])
+  fraction, paper_p = np.array([2 / 3, 1 / 3]), np.array([(0.9 + 0.6) / 3, 0.8 / 3])
+  switch_p = np.array([(0.9 + 0.6 + 0.2) / 3, (0.1 + 0.4 + 0.8) / 3])
+  np.testing.assert_allclose(balance_loss(probs, ids), 2 * fraction @ paper_p, rtol=1e-6)
+  np.testing.assert_allclose(balance_loss(probs, ids, "switch"), 2 * fraction @ switch_p,
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="balance loss form must be one of"):
+    balance_loss(probs, ids, "gshard")
+
+
+@pytest.mark.parametrize("form", ["paper", "switch"])
+def test_balance_loss_gradient_flows_through_probabilities_only(form):
+  """d loss / d p[x, j] = G * f_j / N (switch: every token; paper: only the tokens routed to
+  j): overloaded groups get their probability pushed down hardest."""
   g, n = 4, 100
   probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (1, n, g)), axis=-1)
   ids = jnp.asarray([0] * 70 + [1] * 20 + [2] * 10, jnp.int32).reshape(1, n, 1)  # group 3 empty
-  grad = jax.grad(balance_loss)(probs, ids)
+  grad = jax.grad(balance_loss)(probs, ids, form)
   fraction = np.array([0.7, 0.2, 0.1, 0.0])
-  np.testing.assert_allclose(grad, np.broadcast_to(g * fraction / n, (1, n, g)), rtol=1e-5)
+  want = np.broadcast_to(g * fraction / n, (1, n, g))
+  if form == "paper":
+    want = want * np.asarray(jax.nn.one_hot(ids[..., 0], g))
+  np.testing.assert_allclose(grad, want, rtol=1e-5)
 
 
 def test_router_rejects_bad_arguments():
@@ -95,7 +125,8 @@ def test_routed_group_attention_matches_dense_oracle(key, num_heads, top_k):
   q, k, v = random_qkv(k1, (2, 40, 2, 8))
   router = GroupRouter(16, 4, num_heads=num_heads, top_k=top_k, rngs=nnx.Rngs(3))
   routing = router(jax.random.normal(k2, (2, 40, 16)))
-  out = routed_group_attention(q, k, v, routing, num_groups=4, implementation="xla", tile=8)
+  out = routed_group_attention(q, k, v, routing.group_ids, routing.gates, num_groups=4,
+                               implementation="xla", tile=8)
   want = _topk_reference(q, k, v, routing.group_ids, routing.gates, 8 ** -0.5)
   assert_close(out, want)
   if top_k == 1:  # top-1 is the gate times plain group attention
@@ -113,7 +144,8 @@ def test_gate_carries_gradient_into_the_router(key):
 
   def loss(router):
     routing = router(x)
-    out = routed_group_attention(q, k, v, routing, num_groups=3, implementation="xla", tile=8)
+    out = routed_group_attention(q, k, v, routing.group_ids, routing.gates, num_groups=3,
+                                 implementation="xla", tile=8)
     return jnp.sum(out ** 2)
 
   grads = nnx.grad(loss)(router)
@@ -122,7 +154,8 @@ def test_gate_carries_gradient_into_the_router(key):
 
 def test_routed_group_attention_rejects_mismatched_routing(key):
   q, k, v = random_qkv(key, (1, 8, 2, 4))
-  bad = RouterOutput(jnp.zeros((1, 8, 3, 1), jnp.int32), jnp.ones((1, 8, 3, 1)),
-                     jnp.ones((1, 8, 3, 2)), jnp.float32(1))
-  with pytest.raises(ValueError, match=r"routing.group_ids must have shape"):
-    routed_group_attention(q, k, v, bad, num_groups=2)
+  bad = jnp.zeros((1, 8, 3, 1), jnp.int32)
+  with pytest.raises(ValueError, match=r"group_ids must have shape"):
+    routed_group_attention(q, k, v, bad, jnp.ones((1, 8, 3, 1)), num_groups=2)
+  with pytest.raises(ValueError, match=r"gates must have the shape of group_ids"):
+    routed_group_attention(q, k, v, bad[:, :, :1], jnp.ones((1, 8, 2)), num_groups=2)

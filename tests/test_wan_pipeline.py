@@ -42,13 +42,13 @@ pytestmark = pytest.mark.parity
 ROOT = Path(__file__).parents[1]
 D, U = wan_reference.DIT, wan_reference.UMT5
 # configs/wan1_3b_moga.py shrunk to the tiny components: 9 frames of 32x48 are a 3x4x6 latent,
-# 3x2x3 tokens; 2 MoGA groups plus a window branch.
+# 3x2x3 tokens; the paper's block with 2 MoGA groups (2x2 STGA windows split 2x3 unevenly).
 TINY = {
     "model.dim": D["num_attention_heads"] * D["attention_head_dim"],
     "model.ffn_dim": D["ffn_dim"], "model.num_layers": D["num_layers"],
     "model.num_heads": D["num_attention_heads"], "model.text_dim": U["d_model"],
     "model.freq_dim": D["freq_dim"], "model.in_channels": wan_reference.VAE["z_dim"],
-    "model.attention.num_groups": 2, "model.attention.window_tile": (1, 1, 2),
+    "model.attention.num_groups": 2,
     "video.frames": 9, "video.height": 32, "video.width": 48, "video.caption_len": 16,
     "sample.steps": 3, "sample.text_encoder_dtype": "float32", "train.batch_size": 1,
 }
@@ -113,9 +113,10 @@ def test_converted_dit_equals_direct_load_and_diffusers(reference, weights):
                                nnx.to_flat_state(nnx.state(direct, nnx.Param)), strict=True):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
 
-  # MoGA with one group and no window is dense attention: the converted model is Wan's.
-  one_group = tiny_config(**{"model.attention.num_groups": 1, "model.attention.window": None,
-                             "model.attention.window_tile": None})
+  # MoGA alone with one group is dense attention: the converted model is Wan's.
+  one_group = tiny_config(**{"model.attention.num_groups": 1,
+                             "model.attention.stga_windows": None,
+                             "model.attention.frame_attention": False})
   with pytest.raises(ValueError, match="router"):  # the routers now have 1 output, not 2
     converted.load_dit(out, one_group.model)
   dit1 = dit_from_config(one_group.model, rngs=nnx.Rngs(0))

@@ -2,9 +2,9 @@
 
   python sharded_model.py data=2,context=4 [per_head|shared]
 
-The tiny text-to-video model (MoGA blocks with the window branch, per-shot cross-attention) on
-the given mesh must equal the same model unsharded: forward, gradients, and one training step
-(loss, metrics and every updated parameter and optimizer moment).
+The tiny text-to-video model (the paper's MoGA + STGA + per-frame blocks, per-shot
+cross-attention) on the given mesh must equal the same model unsharded: forward, gradients,
+and one training step (loss, metrics and every updated parameter and optimizer moment).
 """
 
 import os

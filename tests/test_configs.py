@@ -1,0 +1,163 @@
+"""The paper-recipe configs (stages, attention block fields), the learning-rate schedules and
+the validation of the attention block's fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl import flags
+from flax import nnx
+from ml_collections import ConfigDict, config_flags
+
+from configs import wan1_3b_moga, wan14b_moga_580k
+from moga_jax.config_checks import validate_config
+from moga_jax.plan import latent_grid
+from moga_jax.training import make_optimizer, make_schedule
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_wan1_3b_stages_follow_the_paper():
+  one, two = wan1_3b_moga.get_config("stage1"), wan1_3b_moga.get_config("stage2")
+  assert wan1_3b_moga.get_config().to_dict() == one.to_dict()  # no suffix: stage 1
+  assert (one.video.frames, one.train.steps) == (157, 3_000)  # 10 s at 16 fps
+  assert (two.video.frames, two.train.steps) == (477, 1_000)  # 30 s
+  assert [np.prod(latent_grid(c)[1]) for c in (one, two)] == [62_400, 187_200]
+  assert one.model.to_dict() == two.model.to_dict()  # stage 2 loads stage 1's weights
+  for c in (one, two):
+    a = c.model.attention
+    assert (a.num_groups, a.top_k, tuple(a.stga_windows), a.frame_attention) == (5, 1, (2, 2),
+                                                                                  True)
+    assert a.per_head_router is False and a.balance_loss == "paper" and a.window is None
+    assert a.combine == "mean" and a.stga_context_frames == 1
+    assert c.diffusion.balance_weight == 0.1
+    assert (c.train.schedule, c.train.learning_rate) == ("constant", 1e-5)
+    assert (c.video.height, c.video.width, c.video.fps) == (480, 832, 16)
+    assert c.video.shots > 1 and c.data.shots == c.video.shots  # multi-shot clips
+    validate_config(c)
+  with pytest.raises(ValueError, match="stage must be one of"):
+    wan1_3b_moga.get_config("stage3")
+
+
+def test_config_flag_suffix_picks_the_stage():
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values)
+  values(["prog", f"--config={ROOT / 'configs' / 'wan1_3b_moga.py'}:stage2"])
+  assert values.config.video.frames == 477 and values.config.train.steps == 1_000
+
+
+def test_580k_config_is_the_papers_minute_long_block():
+  c = wan14b_moga_580k.get_config()
+  a = c.model.attention
+  assert (a.num_groups, tuple(a.stga_windows), a.frame_attention, a.per_head_router) == (
+      20, (4, 4), True, False)
+  assert a.window is None and a.window_tile is None and a.balance_loss == "paper"
+  assert c.diffusion.balance_weight == 0.1
+  validate_config(c)
+
+
+def _train(**overrides) -> ConfigDict:
+  cfg = ConfigDict({"steps": 100, "learning_rate": 1e-3, "warmup_steps": 10,
+                    "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "constant"})
+  cfg.update(overrides)
+  return cfg
+
+
+def test_constant_schedule_is_linear_warmup_then_flat():
+  lr, warmup = 1e-5, 40
+  schedule = make_schedule(_train(learning_rate=lr, warmup_steps=warmup))
+  for step in (0, 1, 10, 39, 40, 41, 500, 10_000):
+    assert float(schedule(step)) == pytest.approx(lr * min(step / warmup, 1.0), abs=1e-12)
+  flat = make_schedule(_train(learning_rate=lr, warmup_steps=0))
+  assert [float(flat(s)) for s in (0, 7, 10_000)] == pytest.approx([lr] * 3)
+
+
+def test_cosine_schedule_is_the_default():
+  cfg = _train()
+  del cfg["schedule"]  # configs written before the field keep their cosine schedule
+  want = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100, end_value=5e-5)
+  for step in (0, 5, 10, 50, 100, 200):
+    assert float(make_schedule(cfg)(step)) == pytest.approx(float(want(step)))
+
+
+def test_bad_schedule_is_refused():
+  with pytest.raises(ValueError, match=r"config.train.schedule must be one of \('constant', "
+                                       r"'cosine'\), got 'linear'"):
+    make_schedule(_train(schedule="linear"))
+
+
+def test_make_optimizer_applies_the_constant_schedule():
+  """With a constant gradient Adam's bias-corrected step is 1 in magnitude, so the parameters
+  move by exactly the schedule's rates: 0, lr/4, lr/2, 3lr/4, lr, lr, ... (warm-up of 4)."""
+  lr = 1e-3
+  model = nnx.Linear(3, 2, kernel_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
+  optimizer = make_optimizer(model, _train(learning_rate=lr, warmup_steps=4))
+  grad_fn = nnx.grad(lambda m: jnp.sum(m.kernel[...]) + jnp.sum(m.bias[...]))
+  for _ in range(6):
+    optimizer.update(model, grad_fn(model))
+  moved = -(0 + 0.25 + 0.5 + 0.75 + 1 + 1) * lr
+  np.testing.assert_allclose(np.asarray(model.kernel[...]), moved, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(model.bias[...]), moved, rtol=1e-4)
+
+
+def _replace(section: ConfigDict, field: str, value) -> None:
+  """Sets a field to a value of another type (ConfigDict refuses that for assignment; a config
+  written in Python can still hold it)."""
+  del section[field]
+  section[field] = value
+
+
+@pytest.mark.parametrize("field, value, match", [
+  ("stga_windows", (2,), r"config.model.attention.stga_windows must be None or two positive "
+                         r"ints"),
+  ("stga_windows", (0, 2), r"config.model.attention.stga_windows must be None or two positive"),
+  ("stga_windows", (2.0, 2), r"config.model.attention.stga_windows must be None or two"),
+  ("stga_windows", (31, 2), r"config.model.attention.stga_windows \(31, 2\) cuts each latent "
+                            r"frame of 30x52 tokens into more windows"),
+  ("stga_temporal_group", 0, r"config.model.attention.stga_temporal_group must be None"),
+  ("stga_temporal_group", 2.5, r"config.model.attention.stga_temporal_group must be None"),
+  ("stga_context_frames", -1, r"config.model.attention.stga_context_frames must be an int >= 0"),
+  ("stga_context_frames", None, r"config.model.attention.stga_context_frames must be an int"),
+  ("frame_attention", 1, r"config.model.attention.frame_attention must be True or False"),
+  ("per_head_router", "no", r"config.model.attention.per_head_router must be True or False"),
+  ("combine", "max", r"config.model.attention.combine must be one of \('mean', 'sum'\), got "
+                     r"'max'"),
+  ("balance_loss", "l2", r"config.model.attention.balance_loss must be one of \('paper', "
+                         r"'switch'\)"),
+])
+def test_bad_attention_fields_name_the_field(field, value, match):
+  cfg = wan1_3b_moga.get_config()
+  _replace(cfg.model.attention, field, value)
+  with pytest.raises(ValueError, match=match):
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("section, field, value, match", [
+  ("train", "schedule", "linear", r"config.train.schedule must be one of \('constant', "
+                                  r"'cosine'\), got 'linear'"),
+  ("diffusion", "balance_weight", -0.1, r"config.diffusion.balance_weight must be a number >= 0"),
+])
+def test_bad_training_fields_name_the_field(section, field, value, match):
+  cfg = wan1_3b_moga.get_config()
+  cfg[section][field] = value
+  with pytest.raises(ValueError, match=match):
+    validate_config(cfg)
+
+
+def test_good_attention_variants_pass():
+  cfg = wan1_3b_moga.get_config()
+  a = cfg.model.attention
+  a.stga_windows, a.stga_temporal_group, a.stga_context_frames = None, None, 0
+  validate_config(cfg)
+  _replace(a, "stga_windows", [3, 4])  # ml_collections may hand tuples back as lists
+  _replace(a, "stga_temporal_group", 8)
+  a.combine, a.balance_loss, a.frame_attention = "sum", "switch", False
+  validate_config(cfg)
+  for name in ("stga_windows", "stga_temporal_group", "stga_context_frames", "frame_attention",
+               "combine", "balance_loss"):
+    del a[name]  # configs without the new fields (block defaults) still validate
+  validate_config(cfg)
