@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
 .PHONY: env demo test test-main test-parity test-fast bench bench-demo bench-long bench-interpret \
-        bench-580k plan lint clean
+        bench-block bench-580k plan reproduce reproduce-smoke lint clean
 
 env: $(STAMP)
 
@@ -63,6 +63,10 @@ bench: $(STAMP)
 bench-long: $(STAMP)
 	$(PY) benchmarks/attention.py --config configs/attention_bench.py:long
 
+# The paper's block (MoGA + STGA + per-frame) and each branch, 8K-64K tokens, xla path.
+bench-block: $(STAMP)
+	$(PY) benchmarks/attention.py --config configs/attention_bench.py:block
+
 # The Pallas kernels in CPU interpret mode.
 bench-interpret: $(STAMP)
 	$(PY) benchmarks/attention.py --config configs/attention_bench.py:interpret
@@ -74,6 +78,14 @@ bench-580k: $(STAMP)
 # Tokens, parameters, per-device memory and FLOPs of the paper-scale config; AOT compile.
 plan: $(STAMP)
 	$(PY) -m moga_jax.plan --config configs/wan14b_moga_580k.py --aot
+
+# The CPU reproduction of the paper's claims (configs/reproduce.py): trains every run, writes
+# results/reproduction.json and results/*.png. Resumes where it stopped. `-smoke`: minutes.
+reproduce: $(STAMP)
+	$(PY) -m moga_jax.reproduce --config configs/reproduce.py
+
+reproduce-smoke: $(STAMP)
+	$(PY) -m moga_jax.reproduce --config configs/reproduce.py:smoke
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -117,6 +117,9 @@ class MoGAAttention(nnx.Module):
     self.stga_context_frames, self.frame_attention = stga_context_frames, frame_attention
     self.window, self.window_tile, self.group_tile = window, window_tile, group_tile
     self.combine = combine
+    # Set True to keep every call's routing as an nnx.Intermediate "routing" (group ids and
+    # probabilities), for analysis: `nnx.pop(model, nnx.Intermediate)` after the call.
+    self.record_routing = False
     self.rope_theta = rope_theta
     self.implementation, self.interpret = implementation, interpret
     self.rules = rules
@@ -161,6 +164,8 @@ class MoGAAttention(nnx.Module):
     # Routing is per token, so it runs sequence-sharded like the projections; the balance loss
     # (a mean over all tokens) is taken here too. Only ids and gates cross into attention.
     routing = None if self.router is None else self.router(x)
+    if routing is not None and self.record_routing:
+      self.sow(nnx.Intermediate, "routing", (routing.group_ids, routing.probs))
     routed = () if routing is None else (routing.group_ids, routing.gates)
     per_head = routing is not None and routing.group_ids.ndim == 4
     attend = functools.partial(self._attend, grid_shape=grid_shape, routed=len(routed))

@@ -15,7 +15,7 @@ from ml_collections import ConfigDict, config_flags
 
 from configs import wan1_3b_moga, wan14b_moga_580k
 from moga_jax.config_checks import validate_config
-from moga_jax.plan import latent_grid
+from moga_jax.flops import latent_grid
 from moga_jax.training import make_optimizer, make_schedule
 
 ROOT = Path(__file__).parents[1]

@@ -15,19 +15,17 @@ import numpy as np
 import pytest
 
 from configs import wan1_3b_moga, wan14b_moga_580k
-from moga_jax.plan import (
+from moga_jax.flops import (
   PAPER_TABLE5,
   TABLE5_ROWS,
-  format_plan,
   format_table5,
-  make_plan,
   model_flops,
-  parse_mesh,
   shot_frames,
   stga_key_sum,
   table5,
   temporal_groups,
 )
+from moga_jax.plan import format_plan, make_plan, parse_mesh
 
 ROOT = Path(__file__).parents[1]
 ONE_DEVICE = {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}

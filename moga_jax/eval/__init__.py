@@ -1,0 +1,27 @@
+"""Evaluation metrics (numpy only): cross-shot subject consistency on the consistency set."""
+
+from moga_jax.eval.consistency import (
+  chance_levels,
+  classify_background,
+  classify_subject,
+  group_mask_iou,
+  group_mask_iou_baseline,
+  group_mask_ious,
+  group_sizes,
+  score_clip,
+  score_videos,
+  token_mask,
+)
+
+__all__ = [
+  "chance_levels",
+  "classify_background",
+  "classify_subject",
+  "group_mask_iou",
+  "group_mask_iou_baseline",
+  "group_mask_ious",
+  "group_sizes",
+  "score_clip",
+  "score_videos",
+  "token_mask",
+]

@@ -1,0 +1,130 @@
+"""Pictures and the summary table of the reproduction (`moga_jax.reproduce`)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+_LABELS = {"dense": "full attention", "moga": "MoGA only", "stga": "STGA + frame only",
+           "paper": "paper's block"}
+
+
+def _by(records, experiment: str, key) -> dict:
+  groups = defaultdict(list)
+  for r in records:
+    if experiment in r["experiments"]:
+      groups[key(r)].append(r)
+  return groups
+
+
+def _mean_spread(rows, field: str) -> tuple[float, float]:
+  values = np.array([r[field] for r in rows], float)
+  return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
+
+
+def _fmt(rows, field: str, digits: int = 3) -> str:
+  mean, spread = _mean_spread(rows, field)
+  return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def summary_table(records) -> str:
+  """Markdown: one row per (variant, M, balance), mean and spread over seeds."""
+  groups = defaultdict(list)
+  for r in records:
+    groups[(r["variant"], r["num_groups"], r["balance"])].append(r)
+  lines = ["| variant | M | balance | seeds | consistency | adherence | val loss | attention "
+           "GFLOP | step s | balance metric | subject IoU (trained / untrained / random) |",
+           "|---|---:|---|---:|---|---|---|---:|---:|---:|---|"]
+  for (variant, m, balance), rows in groups.items():
+    router = [r["router"] for r in rows if "router" in r]
+    balance_metric = iou = "-"
+    if router:
+      balance_metric = f"{np.mean([x['trained']['balance_metric'] for x in router]):.2f}"
+      iou = " / ".join(f"{np.mean([x[k]['subject_iou'] for x in router]):.2f}"
+                       for k in ("trained", "untrained", "random"))
+    lines.append(f"| {variant} | {m or '-'} | {balance} | {len(rows)} | {_fmt(rows, 'consistency')} | "
+                 f"{_fmt(rows, 'adherence')} | {_fmt(rows, 'val_loss', 4)} | "
+                 f"{rows[0]['attention_flops'] / 1e9:.2f} | "
+                 f"{np.mean([r['step_s'] for r in rows]):.2f} | {balance_metric} | {iou} |")
+  return "\n".join(lines)
+
+
+def plot_all(records, out_dir: Path) -> list[Path]:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  out_dir = Path(out_dir)
+  paths = []
+
+  # Fig. 11 analogue: the four variants, mean and seeds.
+  fig11 = _by(records, "fig11", lambda r: r["variant"])
+  if fig11:
+    names = [v for v in _LABELS if v in fig11]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, field, title in zip(axes, ("consistency", "adherence", "val_loss"),
+                                ("cross-shot consistency", "caption adherence",
+                                 "validation loss"), strict=True):
+      for i, name in enumerate(names):
+        values = [r[field] for r in fig11[name]]
+        ax.bar(i, np.mean(values), color="lightsteelblue", edgecolor="k")
+        ax.scatter([i] * len(values), values, color="k", s=12, zorder=3)
+      ax.set_xticks(range(len(names)), [_LABELS[n] for n in names], rotation=20, fontsize=8)
+      ax.set_title(title)
+    axes[0].axhline(1 / 15, color="grey", ls="--", lw=0.8, label="chance")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "fig11_variants.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+  # Table 4 analogue: consistency and attention FLOPs against M.
+  table4 = _by(records, "table4", lambda r: r["num_groups"])
+  if table4:
+    ms = sorted(table4)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    mean = [np.mean([r["consistency"] for r in table4[m]]) for m in ms]
+    ax.plot(ms, mean, "o-", label="consistency")
+    for m in ms:
+      ax.scatter([m] * len(table4[m]), [r["consistency"] for r in table4[m]], color="k", s=10)
+    ax.set(xscale="log", xlabel="groups M", ylabel="cross-shot consistency",
+           title="the paper's block against M")
+    ax.set_xticks(ms, [str(m) for m in ms])
+    twin = ax.twinx()
+    twin.plot(ms, [table4[m][0]["attention_flops"] / 1e9 for m in ms], "s--", color="tab:red",
+              label="attention GFLOP")
+    twin.set_ylabel("self-attention GFLOP / sample", color="tab:red")
+    fig.tight_layout()
+    paths.append(out_dir / "table4_groups.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+  # Fig. 12 analogue: the balance metric over training, per balancing loss.
+  fig12 = [r for r in records if "fig12" in r["experiments"] and "router" in r]
+  if fig12:
+    fig, (ax, ax_sizes) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for r in fig12:
+      curve = r["router"]["curve"]
+      ax.plot([p["step"] for p in curve], [p["balance_metric"] for p in curve],
+              label=f"{r['balance']} (seed {r['seed']})")
+    ax.axhline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="step", ylabel="M x sum F_i^2 (1 = balanced)",
+           title="group balance over training")
+    ax.legend(fontsize=8)
+    width = 0.8 / len(fig12)
+    for i, r in enumerate(fig12):
+      fractions = np.mean([lay["group_fractions"] for lay in r["router"]["trained"]["layers"]],
+                          axis=0)
+      ax_sizes.bar(np.arange(len(fractions)) + i * width, np.sort(fractions)[::-1], width,
+                   label=f"{r['balance']} (seed {r['seed']})")
+    ax_sizes.set(xlabel="group (largest first)", ylabel="fraction of tokens",
+                 title="group sizes after training (mean over layers)")
+    ax_sizes.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "fig12_balance.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+  return paths
