@@ -44,8 +44,9 @@ def summary_table(records) -> str:
       balance_metric = f"{np.mean([x['trained']['balance_metric'] for x in router]):.2f}"
       iou = " / ".join(f"{np.mean([x[k]['subject_iou'] for x in router]):.2f}"
                        for k in ("trained", "untrained", "random"))
-    lines.append(f"| {variant} | {m or '-'} | {balance} | {len(rows)} | {_fmt(rows, 'consistency')} | "
-                 f"{_fmt(rows, 'adherence')} | {_fmt(rows, 'val_loss', 4)} | "
+    lines.append(f"| {variant} | {m or '-'} | {balance} | {len(rows)} | "
+                 f"{_fmt(rows, 'consistency')} | {_fmt(rows, 'adherence')} | "
+                 f"{_fmt(rows, 'val_loss', 4)} | "
                  f"{rows[0]['attention_flops'] / 1e9:.2f} | "
                  f"{np.mean([r['step_s'] for r in rows]):.2f} | {balance_metric} | {iou} |")
   return "\n".join(lines)
