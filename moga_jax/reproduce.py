@@ -48,9 +48,6 @@ from moga_jax.model import frame_shots
 from moga_jax.sharding import ShardingRules, make_mesh
 from moga_jax.training import init_train_state, loss_fn, make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/reproduce.py",
-                                          "Reproduction config (configs/reproduce.py[:smoke]).")
-
 
 def run_name(run: dict) -> str:
   groups = "" if run["num_groups"] is None else f"_m{run['num_groups']}"
@@ -324,11 +321,19 @@ def reproduce(c) -> Path:
   return out
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  reproduce(_CONFIG.value)
+def main() -> None:
+  # The flag is defined here, not at import, so that importing this module next to another
+  # one with a --config flag (moga_jax.plan) works.
+  config = config_flags.DEFINE_config_file(
+      "config", "configs/reproduce.py", "Reproduction config (configs/reproduce.py[:smoke]).")
+
+  def run(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    reproduce(config.value)
+
+  app.run(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -39,8 +39,9 @@ def group_attention(
       heads), values in [0, num_groups).
     num_groups: number of groups G.
     scale: score scale; defaults to 1 / sqrt(head_dim).
-    implementation: None (best available for the backend, falling back to "xla"), "xla",
-      "reference", "pallas_tpu" or "pallas_gpu". A named one that cannot run raises ValueError.
+    implementation: None (best available for the backend, falling back to "xla"; the dense
+      masked "reference" for sequences of at most 512 tokens), "xla", "reference",
+      "pallas_tpu" or "pallas_gpu". A named one that cannot run raises ValueError.
     interpret: Pallas interpret mode (None: interpret exactly when running on CPU). For
       "pallas_tpu" it may also be a `pltpu.InterpretParams` (the TPU simulator, stricter and
       slower). Ignored by "xla" and "reference".
@@ -59,7 +60,7 @@ def group_attention(
   if tile is None:  # short sequences get a smaller tile: padding G groups to 128 would dwarf N
     tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
   tile = validation.check_positive_int("tile", tile)
-  name = resolve_implementation(implementation, interpret=interpret)
+  name = resolve_implementation(implementation, interpret=interpret, seq=seq)
   interpret = validation.check_interpret(interpret, name)
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)

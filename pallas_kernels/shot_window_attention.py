@@ -79,7 +79,7 @@ def shot_window_attention(
   if tile is None:
     tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
   tile = validation.check_positive_int("tile", tile)
-  name = resolve_implementation(implementation, interpret=interpret)
+  name = resolve_implementation(implementation, interpret=interpret, seq=seq)
   interpret = validation.check_interpret(interpret, name)
   static = dict(grid_shape=grid_shape, spatial_groups=spatial_groups,
                 temporal_group=temporal_group, context_frames=context_frames, scale=scale)

@@ -51,7 +51,7 @@ def window_attention(
     raise ValueError(f"grid_shape {grid_shape} holds {math.prod(grid_shape)} tokens but q has "
                      f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq")
   scale = validation.check_scale(scale, head_dim)
-  name = resolve_implementation(implementation, interpret=interpret)
+  name = resolve_implementation(implementation, interpret=interpret, seq=seq)
   interpret = validation.check_interpret(interpret, name)
   if name == "reference":
     return _reference(q, k, v, grid_shape=grid_shape, tile=tile, window=window, scale=scale)

@@ -59,6 +59,10 @@ def test_traced_ids_are_not_range_checked_but_stay_defined():
 
 def test_none_picks_the_backend_kernel_and_named_kernels_fail_fast():
   assert resolve_implementation(None, backend="cpu") == "xla"  # faster than interpret mode
+  # Short sequences: dense masked attention beats any tiled loop.
+  assert resolve_implementation(None, backend="gpu", seq=512) == "reference"
+  assert resolve_implementation(None, backend="cpu", seq=513) == "xla"
+  assert resolve_implementation("xla", backend="cpu", seq=16) == "xla"  # a name is obeyed
   assert resolve_implementation(None, backend="tpu") == "pallas_tpu"
   assert resolve_implementation(None, backend="gpu") == "pallas_gpu"
   assert resolve_implementation("reference", backend="tpu") == "reference"
