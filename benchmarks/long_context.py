@@ -1,10 +1,13 @@
 """One MoGA attention layer, forward, at the paper's ~580K-token context, on this machine.
 
   python benchmarks/long_context.py [--heads 4 --head_dim 64 --groups 32 --window]
+  python benchmarks/long_context.py --paper_block --groups 20   # + 4x4 STGA and per-frame
 
 The default token grid is configs/wan14b_moga_580k.py's (361 x 30 x 52 = 563,160 tokens). The
-layer is the real MoGAAttention (q/k/v/o projections, q/k RMS norm, 3D RoPE, per-head router,
-group sort, blocked attention, optional 3D window branch) through the chosen implementation.
+layer is the real MoGAAttention (q/k/v/o projections, q/k RMS norm, 3D RoPE, router, group
+sort, blocked attention) through the chosen implementation: by default MoGA alone with per-head
+routing (what the README's table measured), with --paper_block the paper's block (shared
+routing, 4x4 STGA windows over 8 shots, per-frame attention), optionally plus the 3D window.
 Reports compile and run time, XLA's temporary allocation and the process's peak resident
 memory, next to what dense attention would need for one head's score matrix. Prints a table and
 writes JSON (benchmarks/results/long_context.json).
@@ -31,6 +34,8 @@ _HEADS = flags.DEFINE_integer("heads", 4, "Attention heads.")
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Head dimension.")
 _GROUPS = flags.DEFINE_integer("groups", 32, "MoGA groups.")
 _WINDOW = flags.DEFINE_bool("window", False, "Add the 3D window branch (3x3x3 tiles of 4x4x8).")
+_PAPER = flags.DEFINE_bool("paper_block", False, "The paper's block (MoGA with shared routing + "
+                           "4x4 STGA over 8 shots + per-frame) instead of MoGA alone.")
 _IMPL = flags.DEFINE_string("implementation", None, "Attention implementation (None: best).")
 _OUT = flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/"
                            "long_context.json).")
@@ -47,12 +52,17 @@ def main(argv):
   grid = tuple(int(g) for g in _GRID.value)
   tokens, dim = math.prod(grid), _HEADS.value * _HEAD_DIM.value
   window = dict(window=(3, 3, 3), window_tile=(4, 4, 8)) if _WINDOW.value else {}
+  if _PAPER.value:
+    block = dict(per_head_router=False, stga_windows=(4, 4), frame_attention=True)
+  else:
+    block = dict(per_head_router=True, stga_windows=None, frame_attention=False)
   layer = MoGAAttention(dim, _HEADS.value, num_groups=_GROUPS.value,
-                        implementation=_IMPL.value, rngs=nnx.Rngs(0), **window)
+                        implementation=_IMPL.value, rngs=nnx.Rngs(0), **block, **window)
   x = jax.random.normal(jax.random.key(1), (1, tokens, dim), jnp.float32)
   x.block_until_ready()
+  shots = jnp.minimum(jnp.arange(grid[0]) * 8 // grid[0], 7)[None].astype(jnp.int32)
 
-  forward = nnx.jit(lambda layer, x: layer(x, grid_shape=grid))
+  forward = nnx.jit(lambda layer, x: layer(x, grid_shape=grid, frame_shot=shots))
   start = time.perf_counter()
   compiled = forward.lower(layer, x).compile() if hasattr(forward, "lower") else None
   compile_s = time.perf_counter() - start
@@ -67,7 +77,7 @@ def main(argv):
   dense_scores = tokens * tokens * 4  # one head's float32 score matrix
   result = {
     "tokens": tokens, "grid": grid, "heads": _HEADS.value, "head_dim": _HEAD_DIM.value,
-    "groups": _GROUPS.value, "window": _WINDOW.value,
+    "groups": _GROUPS.value, "window": _WINDOW.value, "paper_block": _PAPER.value,
     "implementation": _IMPL.value or "default", "backend": jax.default_backend(),
     "compile_seconds": round(compile_s, 2), "forward_seconds": round(run_s, 2),
     "xla_temp_bytes": temp, "peak_rss_bytes": _peak_rss_bytes(),
