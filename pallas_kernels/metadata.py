@@ -74,6 +74,13 @@ class BlockMask(NamedTuple):
   def has_ranges(self) -> bool:
     return self.key_lo is not None
 
+  def range_operands(self) -> tuple[jax.Array, ...]:
+    """The per-query key ranges as [rows, L, 1] kernel operands ([tile, 1] blocks beside the
+    queries, like the log-sum-exp), or () for masks without ranges."""
+    if not self.has_ranges:
+      return ()
+    return (self.key_lo[..., None], self.key_hi[..., None])
+
   def transposed(self) -> BlockMask:
     """The lists the dk/dv pass walks: for each key tile, the query tiles that read it."""
     if self.key_start is None:

@@ -74,28 +74,12 @@ def _tile_at(ref, r, col, tile):
   return ref[r, pl.ds(col * tile, tile), :]
 
 
-def _range_operands(mask: BlockMask) -> tuple[jax.Array, ...]:
-  """Per-query key ranges as [rows, L, 1] operands, or () for masks without ranges."""
-  if not mask.has_ranges:
-    return ()
-  return (mask.key_lo[..., None], mask.key_hi[..., None])
-
-
-def _seen(tile: int, key_len, key_tile, ranges, q_len=None):
-  """tile_math.visible for the pair in hand; ranges: the query tile's (lo, hi) [tile, 1]."""
-  if not ranges:
-    return tile_math.visible((tile, tile), key_len, q_len=q_len)
-  lo, hi = ranges
-  return tile_math.visible((tile, tile), key_len, q_len=q_len, key_offset=key_tile * tile,
-                           key_lo=lo, key_hi=hi)
-
-
 def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
   rows, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
   column = _columns(mask)
-  ranges = _range_operands(mask)
+  ranges = mask.range_operands()
 
   def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
     range_refs, (o_ref, lse_ref) = refs[:len(ranges)], refs[len(ranges):]
@@ -105,7 +89,7 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
 
     def body(j, state):
       col = column(r, t, j, start_ref, idx_ref)
-      seen = _seen(tile, len_ref[r * num_tiles + col], col, own_ranges)
+      seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + col], col, own_ranges)
       return tile_math.attend(state, q_tile, _tile_at(k_ref, r, col, tile),
                               _tile_at(v_ref, r, col, tile), seen, scale)
 
@@ -124,7 +108,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
   column = _columns(mask)
-  ranges = _range_operands(mask)
+  ranges = mask.range_operands()
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)
 
   def dq_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
@@ -136,7 +120,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
 
     def body(j, dq):
       col = column(r, t, j, start_ref, idx_ref)
-      seen = _seen(tile, len_ref[r * num_tiles + col], col, own_ranges)
+      seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + col], col, own_ranges)
       return tile_math.dq_step(dq, q_tile, _tile_at(k_ref, r, col, tile),
                                _tile_at(v_ref, r, col, tile), do_tile, lse_tile, delta_tile,
                                seen, scale)
@@ -163,7 +147,8 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     def body(j, carry):
       col = column(r, t, j, start_ref, idx_ref)
       their_ranges = tuple(_tile_at(ref, r, col, tile) for ref in range_refs)
-      seen = _seen(tile, key_len, t, their_ranges, q_len=len_ref[r * num_tiles + col])
+      seen = tile_math.visible_in_pair(tile, key_len, t, their_ranges,
+                                       q_len=len_ref[r * num_tiles + col])
       return tile_math.dkdv_step(
           carry, _tile_at(q_ref, r, col, tile), k_tile, v_tile, _tile_at(do_ref, r, col, tile),
           _tile_at(lse_ref, r, col, tile), _tile_at(delta_ref, r, col, tile), seen, scale)

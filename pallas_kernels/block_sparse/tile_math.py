@@ -41,6 +41,16 @@ def visible(shape, key_len, *, q_len=None, key_offset=None, key_lo=None, key_hi=
   return ok
 
 
+def visible_in_pair(tile: int, key_len, key_tile, ranges=(), q_len=None):
+  """`visible` for square tiles of one row, as the kernels call it: key_tile is the key tile's
+  index in the row; ranges is () or the query tile's (key_lo, key_hi) [tile, 1]."""
+  if not ranges:
+    return visible((tile, tile), key_len, q_len=q_len)
+  lo, hi = ranges
+  return visible((tile, tile), key_len, q_len=q_len, key_offset=key_tile * tile, key_lo=lo,
+                 key_hi=hi)
+
+
 def _nt(a, b):  # a @ b.T, f32 accumulation
   return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=F32)
 

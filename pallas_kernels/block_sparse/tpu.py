@@ -74,28 +74,12 @@ def _specs(mask: BlockMask, tile: int, head_dim: int):
   return tiles, at_row, at_col, column
 
 
-def _range_operands(mask: BlockMask) -> tuple[jax.Array, ...]:
-  """Per-query key ranges as [rows, L, 1] operands, or () for masks without ranges."""
-  if not mask.has_ranges:
-    return ()
-  return (mask.key_lo[..., None], mask.key_hi[..., None])
-
-
-def _seen(tile: int, key_len, key_tile, range_refs, q_len=None):
-  """tile_math.visible for the pair in hand; range_refs hold the query tile's key ranges."""
-  if not range_refs:
-    return tile_math.visible((tile, tile), key_len, q_len=q_len)
-  lo_ref, hi_ref = range_refs
-  return tile_math.visible((tile, tile), key_len, q_len=q_len, key_offset=key_tile * tile,
-                           key_lo=lo_ref[...], key_hi=hi_ref[...])
-
-
 def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
   rows, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
   tiles, at_row, at_col, column = _specs(mask, tile, head_dim)
-  ranges = _range_operands(mask)
+  ranges = mask.range_operands()
 
   def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
     range_refs, (o_ref, lse_ref, m_ref, l_ref, acc_ref) = refs[:len(ranges)], refs[len(ranges):]
@@ -108,7 +92,8 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
     @pl.when(j < count_ref[r * num_tiles + t])
     def _():
       col = column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = _seen(tile, len_ref[r * num_tiles + col], col, range_refs)
+      seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + col], col,
+                                        tuple(ref[...] for ref in range_refs))
       state = (m_ref[...], l_ref[...], acc_ref[...])
       m_ref[...], l_ref[...], acc_ref[...] = tile_math.attend(
           state, q_ref[...], k_ref[...], v_ref[...], seen, scale)
@@ -133,7 +118,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
   tiles, at_row, at_col, column = _specs(mask, tile, head_dim)
-  ranges = _range_operands(mask)
+  ranges = mask.range_operands()
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)
 
   def dq_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
@@ -148,7 +133,8 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     @pl.when(j < count_ref[r * num_tiles + t])
     def _():
       col = column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = _seen(tile, len_ref[r * num_tiles + col], col, range_refs)
+      seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + col], col,
+                                        tuple(ref[...] for ref in range_refs))
       acc_ref[...] = tile_math.dq_step(
           acc_ref[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
           delta_ref[...], seen, scale)
@@ -181,8 +167,9 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     @pl.when(j < count_ref[r * num_tiles + t])
     def _():
       col = column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = _seen(tile, len_ref[r * num_tiles + t], t, range_refs,
-                   q_len=len_ref[r * num_tiles + col])
+      seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + t], t,
+                                        tuple(ref[...] for ref in range_refs),
+                                        q_len=len_ref[r * num_tiles + col])
       dk_acc[...], dv_acc[...] = tile_math.dkdv_step(
           (dk_acc[...], dv_acc[...]), q_ref[...], k_ref[...], v_ref[...], do_ref[...],
           lse_ref[...], delta_ref[...], seen, scale)

@@ -60,13 +60,11 @@ class _FlatMask(NamedTuple):
     """bool [chunk, T, T]: which keys of tiles k_tiles the queries of tiles q_tiles see
     (real_queries: also drop the padding queries of each query tile)."""
 
-    def one(q_tile, k_tile):
+    def one(q_tile, k_tile):  # global tile indices, so key_tile * tile is a global slot
       q_len = self.tile_len[q_tile] if real_queries else None
-      if self.key_lo is None:
-        return tile_math.visible((tile, tile), self.tile_len[k_tile], q_len=q_len)
-      return tile_math.visible((tile, tile), self.tile_len[k_tile], q_len=q_len,
-                               key_offset=k_tile * tile, key_lo=self.key_lo[q_tile],
-                               key_hi=self.key_hi[q_tile])
+      ranges = () if self.key_lo is None else (self.key_lo[q_tile], self.key_hi[q_tile])
+      return tile_math.visible_in_pair(tile, self.tile_len[k_tile], k_tile, ranges,
+                                       q_len=q_len)
 
     return jax.vmap(one)(q_tiles, k_tiles)
 
