@@ -302,12 +302,21 @@ def reproduce(c) -> Path:
   dataset_dir, source = prepare_training_data(c, workdir)
   specs, val = held_out_set(c, source), validation_batch(c, source)
   runs = [dict(r) for r in c.runs if set(r["experiments"]) & set(c.experiments)]
-  for run in tqdm(runs, desc="reproduce", unit="run"):
+
+  def done(run: dict) -> bool:  # a record from another step budget does not count
     path = records_dir / f"{run_name(run)}.json"
-    if path.exists() and json.loads(path.read_text())["train_steps"] == c.train_steps:
-      continue  # done before (a record from another step budget is redone)
+    return path.exists() and json.loads(path.read_text())["train_steps"] == c.train_steps
+
+  if c.collect_only:
+    missing = [run_name(r) for r in runs if not done(r)]
+    if missing:
+      logging.warning("collect_only: %d runs have no record yet: %s", len(missing), missing)
+    runs = [r for r in runs if done(r)]
+  for run in tqdm(runs, desc="reproduce", unit="run"):
+    if done(run):
+      continue
     record = evaluate_run(c, dict(run), dataset_dir, specs, val)
-    path.write_text(json.dumps(record, indent=1))
+    (records_dir / f"{run_name(run)}.json").write_text(json.dumps(record, indent=1))
     tqdm.write(f"{record['name']}: consistency {record['consistency']:.3f}, adherence "
                f"{record['adherence']:.3f}, val loss {record['val_loss']:.4f}, "
                f"{record['step_s']:.2f} s/step")

@@ -60,3 +60,9 @@ def test_reproduce_smoke_writes_records_and_plots(tmp_path):
   reproduce(c)
   after = {p.name: p.stat().st_mtime for p in (tmp_path / "work" / "records").iterdir()}
   assert before == after
+  # collect_only gathers the records there are and trains nothing.
+  (tmp_path / "work" / "records" / "dense_off_s0.json").unlink()
+  c.collect_only = True
+  records = json.loads(reproduce(c).read_text())
+  assert [r["name"] for r in records] == ["paper_m2_paper_s0", "paper_m2_off_s0"]
+  assert not (tmp_path / "work" / "records" / "dense_off_s0.json").exists()
