@@ -54,6 +54,7 @@ def get_config(preset: str = "full") -> ConfigDict:
   c.eval.sample_seeds = (0,)
   c.eval.sample_steps = 20
   c.eval.guidance = 3.0
+  c.eval.sheet_rows = 6  # sampled clips drawn in WORKDIR/samples/NAME.png
   c.eval.val_clips = 32  # held-out clips for the validation loss and the router probes
   c.eval.val_noise_draws = 4
   c.eval.seed = 1  # caption sets and validation clips come from this seed, not training's
@@ -86,6 +87,7 @@ def get_config(preset: str = "full") -> ConfigDict:
     c.eval.caption_sets = 3
     c.eval.sample_steps = 2
     c.eval.val_clips = 2
+    c.eval.sheet_rows = 2
     c.eval.val_noise_draws = 1
     c.runs = [_run("dense", None, "off", 0, "fig11"), _run("paper", 2, "paper", 0, "fig11"),
               _run("paper", 2, "off", 0, "fig12")]

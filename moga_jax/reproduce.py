@@ -15,8 +15,9 @@ variant, then is scored on held-out caption sets it never trained on:
   router       per MoGA layer: group sizes, the balance metric M * sum_i F_i^2 (1 when
                balanced, M when collapsed) and the IoU of the best group with the subject's
                tokens, for the trained router, the untrained one and random ids.
-Each finished run is saved as WORKDIR/records/NAME.json, so an interrupted reproduction picks up
-where it stopped; the records are then gathered into RESULTS/reproduction.json with plots.
+Each finished run is saved as WORKDIR/records/NAME.json (and a sheet of its first samples as
+WORKDIR/samples/NAME.png), so an interrupted reproduction picks up where it stopped; the records
+are then gathered into RESULTS/reproduction.json with plots.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from configs.reproduce import VARIANTS
-from moga_jax import reproduce_plots
+from moga_jax import reproduce_plots, video_io
 from moga_jax.config_checks import validate_config, validate_sharding
 from moga_jax.data.captions import encode_captions
 from moga_jax.data.consistency import held_out_captions, make_consistency_videos, render_clip
@@ -238,6 +239,15 @@ def sample_videos(model, cfg, specs: list[list[dict]], *, seed: int, steps: int,
   return np.asarray(jnp.clip((video + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
 
 
+def samples_sheet(videos: np.ndarray, specs, path: Path, zoom: int = 3) -> Path:
+  """One row per sampled clip (every frame, blown up), labelled with its first caption."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  frames = videos.repeat(zoom, axis=2).repeat(zoom, axis=3)
+  return video_io.contact_sheet(frames.reshape(-1, *frames.shape[2:]), path,
+                                columns=videos.shape[1],
+                                labels=[spec[0]["caption"] for spec in specs[:len(videos)]])
+
+
 def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.ndarray]) -> dict:
   cfg = run_config(c, run)
   batch, masks = val
@@ -262,6 +272,9 @@ def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.nda
   for seed in c.eval.sample_seeds:
     videos = sample_videos(model, cfg, specs, seed=seed, steps=c.eval.sample_steps,
                            guidance=c.eval.guidance)
+    if seed == c.eval.sample_seeds[0]:
+      samples_sheet(videos[:c.eval.sheet_rows], specs, Path(c.workdir) / "samples" /
+                    f"{run_name(run)}.png")
     summary = score_videos(list(videos), specs)
     scores["sample_seed"].append(seed)
     scores["consistency"].append(summary["consistency"])

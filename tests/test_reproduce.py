@@ -55,6 +55,7 @@ def test_reproduce_smoke_writes_records_and_plots(tmp_path):
     assert len(r["router"]["trained"]["layers"]) == c.base.model.num_layers
   for name in ("fig11_variants.png", "fig12_balance.png"):
     assert (tmp_path / "results" / name).stat().st_size > 0
+  assert (tmp_path / "work" / "samples" / "paper_m2_paper_s0.png").stat().st_size > 0
   # A second call finds every record and trains nothing.
   before = {p.name: p.stat().st_mtime for p in (tmp_path / "work" / "records").iterdir()}
   reproduce(c)
