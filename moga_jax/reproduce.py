@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -337,7 +338,11 @@ def reproduce(c) -> Path:
   results.mkdir(parents=True, exist_ok=True)
   out = results / "reproduction.json"
   out.write_text(json.dumps(records, indent=1))
-  reproduce_plots.plot_all(records, results)
+  reproduce_plots.plot_all(records, results, experiments=tuple(c.experiments))
+  for record in records:  # the samples' pictures go with the numbers
+    sheet = workdir / "samples" / f"{record['name']}.png"
+    if sheet.exists():
+      shutil.copy(sheet, results / f"samples_{record['name']}.png")
   print(reproduce_plots.summary_table(records))
   print(f"wrote {out} and plots in {results}")
   return out

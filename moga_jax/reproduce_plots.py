@@ -52,7 +52,10 @@ def summary_table(records) -> str:
   return "\n".join(lines)
 
 
-def plot_all(records, out_dir: Path) -> list[Path]:
+def plot_all(records, out_dir: Path, experiments=("fig11", "table4", "fig12")) -> list[Path]:
+  """The plots of the experiments asked for (a run tagged with several counts in each)."""
+  records = [dict(r, experiments=[e for e in r["experiments"] if e in experiments])
+             for r in records]
   import matplotlib
 
   matplotlib.use("Agg")
