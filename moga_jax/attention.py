@@ -14,6 +14,7 @@ from moga_jax.routing import BALANCE_LOSSES, GroupRouter, routed_group_attention
 from moga_jax.sequence_parallel import ulysses
 from moga_jax.sharding import ShardingRules, constrain
 from pallas_kernels import frame_attention, shot_window_attention, window_attention
+from pallas_kernels.validation import check_int
 
 COMBINES = ("mean", "sum")
 
@@ -112,6 +113,11 @@ class MoGAAttention(nnx.Module):
       if len(stga_windows) != 2 or any(not isinstance(s, int) or s < 1 for s in stga_windows):
         raise ValueError(f"stga_windows must be None or two positive ints (rows, cols), got "
                          f"{stga_windows!r}")
+    if stga_temporal_group is not None:
+      check_int("stga_temporal_group", stga_temporal_group)
+    check_int("stga_context_frames", stga_context_frames, minimum=0)
+    if num_groups is not None:
+      check_int("num_groups", num_groups)
     self.num_heads, self.head_dim, self.num_groups = num_heads, head_dim, num_groups
     self.stga_windows, self.stga_temporal_group = stga_windows, stga_temporal_group
     self.stga_context_frames, self.frame_attention = stga_context_frames, frame_attention

@@ -82,6 +82,18 @@ def test_moga_attention_errors():
     MoGAAttention(32, 5, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="window and window_tile go together"):
     MoGAAttention(32, 4, window=(3, 3, 3), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"stga_context_frames must be >= 0, got -1"):
+    MoGAAttention(32, 4, stga_context_frames=-1, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"stga_temporal_group must be >= 1, got 0"):
+    MoGAAttention(32, 4, stga_temporal_group=0, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"stga_windows must be None or two positive ints"):
+    MoGAAttention(32, 4, stga_windows=(2, 0), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"combine must be one of"):
+    MoGAAttention(32, 4, combine="max", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"balance_loss must be one of"):
+    MoGAAttention(32, 4, balance_loss="gshard", rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match=r"num_groups must be an int"):
+    MoGAAttention(32, 4, num_groups=2.0, rngs=nnx.Rngs(0))
   attn = MoGAAttention(32, 4, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"T \* H \* W == seq \(144\), got \(4, 6, 5\)"):
     attn(_x(jax.random.key(0)), grid_shape=(4, 6, 5))
