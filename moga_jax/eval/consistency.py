@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from moga_jax.data.synthetic import COLOURS, SHAPES, _shape_mask
+from moga_jax.video_io import _check_frames
 
 __all__ = [
   "chance_levels",
@@ -52,15 +53,6 @@ _FOREGROUND_DIST = 0.4 * np.where(np.eye(len(_NAMES), dtype=bool), np.inf, _PAIR
 _AREA_PER_R2 = {"circle": math.pi, "square": 1.7**2, "triangle": 2.0}
 
 
-def _as_video(video, name: str = "video") -> np.ndarray:
-  video = np.asarray(video)
-  if video.dtype != np.uint8:
-    raise TypeError(f"{name} must be uint8, got dtype {video.dtype}")
-  if video.ndim != 4 or video.shape[-1] != 3 or 0 in video.shape:
-    raise ValueError(f"{name} must have shape [F, H, W, 3] with F, H, W > 0, got {video.shape}")
-  return video
-
-
 def _nearest(pixels: np.ndarray) -> np.ndarray:
   """Index of the nearest palette colour for float [..., 3] pixels."""
   return np.argmin(np.linalg.norm(pixels[..., None, :] - _PALETTE, axis=-1), axis=-1)
@@ -78,7 +70,7 @@ def classify_background(frame) -> str:
   Also accepts [T, H, W, 3] and then pools the votes of all T frames.
   """
   frame = np.asarray(frame)
-  frames = _as_video(frame[None] if frame.ndim == 3 else frame, "frame")
+  frames = _check_frames(frame[None] if frame.ndim == 3 else frame, "frame")
   return _NAMES[_background_index(frames)]
 
 
@@ -181,7 +173,7 @@ def classify_subject(frames, background: str, *, min_pixels: int | None = None,
   clips: shape right in 97% of decoded frames without it, 100% with it).
   """
   frames = np.asarray(frames)
-  frames = _as_video(frames[None] if frames.ndim == 3 else frames, "frames")
+  frames = _check_frames(frames[None] if frames.ndim == 3 else frames, "frames")
   if background not in COLOURS:
     raise ValueError(f"background must be one of {list(COLOURS)}, got {background!r}")
   bg_index = _NAMES.index(background)
@@ -226,7 +218,7 @@ def score_clip(video, spec) -> dict:
   the booleans background_ok, colour_ok, shape_ok, subject_ok (colour and shape), plus "later"
   (not the first shot) and "changed". The summary is that of score_videos for this one clip.
   """
-  video = _as_video(video)
+  video = _check_frames(video, "video")
   shots = _spec_shots(spec)
   if shots[-1]["end"] > video.shape[0]:
     raise ValueError(f"the spec's shots end at frame {shots[-1]['end']} but the video has only "
