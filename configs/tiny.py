@@ -27,6 +27,7 @@ def get_config() -> ConfigDict:
   c.data.fps = 8
   c.data.max_shots = 2
   c.data.caption_len = 48
+  c.data.subject_scale = 0.3  # synthetic clips: the subject's radius / the frame's smaller side
 
   c.model = ConfigDict()
   c.model.latent_factor = 4  # space-to-depth: 32x32x3 pixels -> 8x8x48 latents

@@ -104,6 +104,7 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   c.data.shots = shots
   c.data.max_shots = shots
   c.data.frames_per_shot = (frames + shots - 1) // shots  # synthetic clips only
+  c.data.subject_scale = 0.3  # synthetic clips only: the subject's radius / the smaller side
   c.data.height = c.video.get_ref("height")
   c.data.width = c.video.get_ref("width")
   c.data.fps = c.video.get_ref("fps")

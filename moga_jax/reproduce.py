@@ -80,14 +80,23 @@ def run_config(c, run: dict):
 # --- Data ----------------------------------------------------------------------------------
 
 
+def data_key(c) -> str:
+  """Everything that shapes the training clips: the data folder and every record carry it, so a
+  changed set is never read stale nor a record from another set counted as done."""
+  d = c.base.data
+  return (f"{c.train_clips}c_{d.shots}x{d.frames_per_shot}f_{d.height}x{d.width}"
+          f"_r{d.subject_scale:g}_ch{c.change_rate:g}")
+
+
 def prepare_training_data(c, workdir: Path) -> tuple[Path, Path]:
   """(prepared dataset, source folder) of the training clips, made on first use."""
   d = c.base.data
-  source = workdir / "data" / "consistency"
+  source = workdir / "data" / f"consistency_{data_key(c)}"
   if not (source / "captions.jsonl").exists():
     make_consistency_videos(source, c.train_clips, shots=d.shots,
                             frames_per_shot=d.frames_per_shot, height=d.height, width=d.width,
-                            fps=d.fps, seed=0, change_rate=c.change_rate)
+                            fps=d.fps, seed=0, change_rate=c.change_rate,
+                            subject_scale=d.subject_scale)
   data = copy.deepcopy(d)
   data.source_dir = str(source)
   return prepare_data(data, workdir), source
@@ -113,8 +122,8 @@ def validation_batch(c, source: Path) -> tuple[dict, np.ndarray]:
   specs = held_out_captions(c.eval.val_clips, shots=d.shots, seed=c.eval.seed + 1,
                             exclude=source / "captions.jsonl", frames_per_shot=d.frames_per_shot,
                             change_rate=c.change_rate)
-  clips = [render_clip(spec, height=d.height, width=d.width, rng=i) for i, spec in
-           enumerate(specs)]
+  clips = [render_clip(spec, height=d.height, width=d.width, rng=i,
+                       subject_scale=d.subject_scale) for i, spec in enumerate(specs)]
   video = np.stack([v for v, _ in clips]).astype(np.float32) / 127.5 - 1.0
   bounds = np.array([[[s["start"], s["end"]] for s in spec] for spec in specs], np.int32)
   batch = {"video": video, "captions": _captions(specs, d), "shot_bounds": bounds,
@@ -293,6 +302,7 @@ def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.nda
       "flops": flops["moga"],
       "step_s": trained["step_s"],
       "train_steps": cfg.train.steps,
+      "data": data_key(c),
       "wall_s": time.perf_counter() - start,
       "scores": scores,
       "history": trained["history"],
@@ -317,9 +327,12 @@ def reproduce(c) -> Path:
   specs, val = held_out_set(c, source), validation_batch(c, source)
   runs = [dict(r) for r in c.runs if set(r["experiments"]) & set(c.experiments)]
 
-  def done(run: dict) -> bool:  # a record from another step budget does not count
+  def done(run: dict) -> bool:  # a record from another step budget or data set does not count
     path = records_dir / f"{run_name(run)}.json"
-    return path.exists() and json.loads(path.read_text())["train_steps"] == c.train_steps
+    if not path.exists():
+      return False
+    record = json.loads(path.read_text())
+    return record["train_steps"] == c.train_steps and record.get("data") == data_key(c)
 
   if c.collect_only:
     missing = [run_name(r) for r in runs if not done(r)]

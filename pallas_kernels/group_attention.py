@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, resolve_implementation
+from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation
 from pallas_kernels.block_sparse.reference import group_attention_reference
 from pallas_kernels.metadata import group_layout
 
@@ -26,6 +26,7 @@ def group_attention(
     implementation: str | None = None,
     interpret: bool | None = None,
     tile: int | None = None,
+    backend: str | None = None,
 ) -> jax.Array:
   """Full attention inside each group of tokens; tokens of other groups are never visited.
 
@@ -48,6 +49,10 @@ def group_attention(
     tile: tokens per tile of the sorted layout (default 128, or the sequence length rounded up
       to 8 when that is shorter). Each group is padded up to whole tiles, so the cost is
       sum_g ceil(n_g / tile)^2 tile pairs.
+    backend: the platform to compile for ("cpu", "gpu" or "tpu"). None: the platform of q's
+      devices where q says (a concrete array, or under `jit(...).lower(...)` an input placed on
+      compile-only TPU devices, JAX >= 0.11), else `jax.default_backend()`. Set it to lower the
+      real TPU or GPU kernels from a CPU host (ahead-of-time compilation).
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -60,8 +65,8 @@ def group_attention(
   if tile is None:  # short sequences get a smaller tile: padding G groups to 128 would dwarf N
     tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
   tile = validation.check_positive_int("tile", tile)
-  name = resolve_implementation(implementation, interpret=interpret, seq=seq)
-  interpret = validation.check_interpret(interpret, name)
+  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq,
+                                          backend=backend)
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)
   return _sorted(q, k, v, group_ids, num_groups=num_groups, scale=scale, tile=tile,

@@ -109,12 +109,16 @@ def range_mask(key_lo: jax.Array, key_hi: jax.Array, *, tile: int, length: int) 
   count = jnp.where(used, cdiv_array(last, tile) - first_tile, 0)
   # Key side: tile u is read by the query tiles whose [first, last) meets [u * tile, (u+1) *
   # tile). Both bounds are sorted (tiles without queries, at the end, get `capacity`), so those
-  # tiles are the run between two binary searches.
+  # tiles are the run between two searches.
   first = jnp.where(used, first, capacity)
   last = jnp.where(used, last, capacity)
   edges = jnp.arange(num_tiles, dtype=jnp.int32) * tile
-  key_start = jax.vmap(lambda a: jnp.searchsorted(a, edges, side="right"))(last)
-  key_end = jax.vmap(lambda a: jnp.searchsorted(a, edges + tile, side="left"))(first)
+  # compare_all, not the default scan: XLA:TPU v6e offloads the scan's gathers to SparseCore
+  # and fails to compile it at 1,463 tiles (an internal RET_CHECK, libtpu 0.0.50.1); an
+  # [nt, nt] comparison is cheap next to the attention it plans.
+  search = lambda a, v, side: jnp.searchsorted(a, v, side=side, method="compare_all")
+  key_start = jax.vmap(lambda a: search(a, edges, "right"))(last)
+  key_end = jax.vmap(lambda a: search(a, edges + tile, "left"))(first)
   tile_len = jnp.clip(length - edges, 0, tile)
   return BlockMask(
       start=jnp.where(used, first_tile, 0).astype(jnp.int32),
@@ -125,17 +129,18 @@ def range_mask(key_lo: jax.Array, key_hi: jax.Array, *, tile: int, length: int) 
       key_count=jnp.maximum(key_end - key_start, 0).astype(jnp.int32))
 
 
-def broadcast_rows(mask: BlockMask, *, batch: int, heads: int) -> BlockMask:
-  """Metadata with 1, batch or batch * heads rows -> batch * heads rows."""
-
-  def per_head(a):
-    if a is None:
-      return None
-    a = jnp.asarray(a)
-    a = a[None] if a.shape[0] == 1 else a.reshape(batch, -1, a.shape[-1])
-    return jnp.broadcast_to(a, (batch, heads, a.shape[-1])).reshape(batch * heads, -1)
-
-  return BlockMask(*(per_head(a) for a in mask))
+def repeat_rows(mask: BlockMask, rows: int) -> BlockMask:
+  """The mask with one row per activation row: mask row i serves the `rows // mask_rows`
+  consecutive activation rows from i * rows // mask_rows, as every kernel reads it (so 1 row
+  serves all, and batch rows serve batch x heads rows laid out batch-major)."""
+  mask_rows = mask.start.shape[0]
+  if rows % mask_rows:
+    raise ValueError(f"the block mask has {mask_rows} rows, which must divide the {rows} "
+                     "activation rows")
+  if rows == mask_rows:
+    return mask
+  return BlockMask(*(None if a is None else jnp.repeat(a, rows // mask_rows, axis=0)
+                     for a in mask))
 
 
 class TileLayout(NamedTuple):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, resolve_implementation
+from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation
 from pallas_kernels.block_sparse.reference import shot_window_attention_reference
 from pallas_kernels.metadata import shot_window_layout
 
@@ -31,6 +31,7 @@ def shot_window_attention(
     implementation: str | None = None,
     interpret=None,
     tile: int | None = None,
+    backend: str | None = None,
 ) -> jax.Array:
   """Attention inside fixed spatial windows x temporal groups that never span a shot cut.
 
@@ -59,7 +60,7 @@ def shot_window_attention(
     grid_shape: (T, H, W). spatial_groups: (sh, sw), 1 <= sh <= H, 1 <= sw <= W.
     temporal_group: None (a group is a whole shot) or the most frames per group.
     context_frames: frames of each adjacent group added to the keys, >= 0.
-    scale, implementation, interpret: as in `group_attention`.
+    scale, implementation, interpret, backend: as in `group_attention`.
     tile: tokens per tile (default 128, less for short sequences).
 
   Returns:
@@ -79,8 +80,8 @@ def shot_window_attention(
   if tile is None:
     tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
   tile = validation.check_positive_int("tile", tile)
-  name = resolve_implementation(implementation, interpret=interpret, seq=seq)
-  interpret = validation.check_interpret(interpret, name)
+  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq,
+                                          backend=backend)
   static = dict(grid_shape=grid_shape, spatial_groups=spatial_groups,
                 temporal_group=temporal_group, context_frames=context_frames, scale=scale)
   if name == "reference":
@@ -99,6 +100,7 @@ def frame_attention(
     implementation: str | None = None,
     interpret=None,
     tile: int | None = None,
+    backend: str | None = None,
 ) -> jax.Array:
   """Full attention among the tokens of each latent frame (the paper's third branch).
 
@@ -111,7 +113,8 @@ def frame_attention(
   one_shot = jnp.zeros((batch, grid_shape[0]), jnp.int32)
   return shot_window_attention(q, k, v, one_shot, grid_shape=grid_shape, spatial_groups=(1, 1),
                                temporal_group=1, context_frames=0, scale=scale,
-                               implementation=implementation, interpret=interpret, tile=tile)
+                               implementation=implementation, interpret=interpret, tile=tile,
+                               backend=backend)
 
 
 _STATIC = ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "scale")

@@ -8,7 +8,7 @@ import math
 import jax
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, resolve_implementation
+from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation
 from pallas_kernels.block_sparse.reference import window_attention_reference
 from pallas_kernels.metadata import window_layout
 
@@ -24,6 +24,7 @@ def window_attention(
     scale: float | None = None,
     implementation: str | None = None,
     interpret=None,
+    backend: str | None = None,
 ) -> jax.Array:
   """Local spatiotemporal attention, STA-style: whole tiles see whole tiles.
 
@@ -38,7 +39,7 @@ def window_attention(
     grid_shape, tile, window: (t, h, w) triples of positive ints. For the Pallas kernels on
       hardware, tokens per tile (the product of `tile`) should be a multiple of 128 on TPU and
       a power of two on GPU.
-    scale, implementation, interpret: as in `group_attention`.
+    scale, implementation, interpret, backend: as in `group_attention`.
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -51,8 +52,8 @@ def window_attention(
     raise ValueError(f"grid_shape {grid_shape} holds {math.prod(grid_shape)} tokens but q has "
                      f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq")
   scale = validation.check_scale(scale, head_dim)
-  name = resolve_implementation(implementation, interpret=interpret, seq=seq)
-  interpret = validation.check_interpret(interpret, name)
+  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq,
+                                          backend=backend)
   if name == "reference":
     return _reference(q, k, v, grid_shape=grid_shape, tile=tile, window=window, scale=scale)
   return _windowed(q, k, v, grid_shape=grid_shape, tile=tile, window=window, scale=scale,

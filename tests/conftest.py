@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import os
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# With libtpu installed (the tpu-compile extra) every process that starts JAX loads it; let the
+# xdist workers share it instead of failing on its lockfile.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-from pallas_kernels import resolve_implementation
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from pallas_kernels import resolve_implementation  # noqa: E402
 
 # Max |error| allowed relative to max |reference|, keyed by input dtype.
 TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 1e-2}

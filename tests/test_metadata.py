@@ -9,9 +9,9 @@ import pytest
 
 from pallas_kernels.metadata import (
     BlockMask,
-    broadcast_rows,
     group_layout,
     pack_tiles,
+    repeat_rows,
     sorted_capacity,
     unpack_tiles,
 )
@@ -102,14 +102,17 @@ def test_pack_unpack_round_trip_and_gradients():
   np.testing.assert_allclose(grad, expected, rtol=1e-6)
 
 
-def test_broadcast_rows_over_heads():
+def test_repeat_rows_serves_batch_major_rows():
   ids = jax.random.randint(jax.random.key(8), (2, 40), 0, 3)  # shared routing, B = 2
   mask = group_layout(ids, num_groups=3, tile=8).mask
-  wide = broadcast_rows(mask, batch=2, heads=3)
+  wide = repeat_rows(mask, 6)  # 2 batch x 3 heads
   assert wide.indices is None
   for field in ("start", "count", "tile_len"):
     got = np.asarray(getattr(wide, field)).reshape(2, 3, -1)
     for h in range(3):
       np.testing.assert_array_equal(got[:, h], np.asarray(getattr(mask, field)))
   lists = BlockMask(mask.start, mask.count, mask.tile_len, indices=jnp.zeros((2, 5), jnp.int32))
-  assert broadcast_rows(lists, batch=2, heads=3).indices.shape == (6, 5)
+  assert repeat_rows(lists, 6).indices.shape == (6, 5)
+  assert repeat_rows(mask, 2) is mask
+  with pytest.raises(ValueError, match="2 rows, which must divide the 5"):
+    repeat_rows(mask, 5)

@@ -29,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from moga_jax.data.synthetic import COLOURS, DIRECTIONS, SHAPES, _caption, _render_shot
+from moga_jax.data.synthetic import (
+  COLOURS,
+  DIRECTIONS,
+  SHAPES,
+  SUBJECT_SCALE,
+  _caption,
+  _render_shot,
+  check_subject_scale,
+)
 from moga_jax.video_io import write_mp4
 from pallas_kernels.validation import check_int
 
@@ -124,6 +132,7 @@ def render_clip(
   height: int = 32,
   width: int = 32,
   rng: np.random.Generator | int = 0,
+  subject_scale: float = SUBJECT_SCALE,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Renders shot descriptions into (video uint8 [F, H, W, 3], subject mask bool [F, H, W]).
 
@@ -136,9 +145,10 @@ def render_clip(
   if not isinstance(rng, np.random.Generator):
     raise TypeError(f"rng must be a numpy Generator or an int seed, got {type(rng).__name__}")
   shots = _check_shot_specs(shots)
+  subject_scale = check_subject_scale(subject_scale)
   clips, masks = [], []
   for shot in shots:
-    clip = _render_shot(rng, shot, shot["end"] - shot["start"], height, width)
+    clip = _render_shot(rng, shot, shot["end"] - shot["start"], height, width, subject_scale)
     clips.append(clip)
     masks.append(np.any(clip != np.asarray(COLOURS[shot["background"]], np.uint8), axis=-1))
   return np.concatenate(clips), np.concatenate(masks)
@@ -187,6 +197,7 @@ def make_consistency_videos(
   fps: float = 8,
   seed: int = 0,
   change_rate: float = 0.25,
+  subject_scale: float = SUBJECT_SCALE,
 ) -> Path:
   """Writes a consistency set into out_dir and returns out_dir.
 
@@ -208,6 +219,7 @@ def make_consistency_videos(
     raise ValueError(f"fps must be a positive number, got {fps!r}")
   check_int("seed", seed, minimum=0)
   change_rate = _check_change_rate(change_rate)
+  subject_scale = check_subject_scale(subject_scale)
   out_dir = Path(out_dir)
   (out_dir / "videos").mkdir(parents=True, exist_ok=True)
   (out_dir / "masks").mkdir(parents=True, exist_ok=True)
@@ -215,7 +227,8 @@ def make_consistency_videos(
   for index in range(num_videos):
     rng = np.random.default_rng((seed, index))
     spec = _with_frames(_describe_clip(rng, shots, change_rate), frames_per_shot)
-    video, mask = render_clip(spec, height=height, width=width, rng=rng)
+    video, mask = render_clip(spec, height=height, width=width, rng=rng,
+                              subject_scale=subject_scale)
     relative = f"videos/{index:05d}.mp4"
     write_mp4(out_dir / relative, video, fps=fps)
     np.savez_compressed(out_dir / "masks" / f"{index:05d}.npz", mask=mask)

@@ -27,7 +27,8 @@ def prepare_data(cfg, workdir: Path) -> Path:
     logging.warning("making %d synthetic clips in %s", cfg.synthetic_videos, source)
     make_synthetic_videos(source, cfg.synthetic_videos, shots=cfg.shots,
                           frames_per_shot=cfg.frames_per_shot, height=cfg.height,
-                          width=cfg.width, fps=cfg.fps, seed=0)
+                          width=cfg.width, fps=cfg.fps, seed=0,
+                          subject_scale=cfg.subject_scale)
   shape = f"{frames}f_{cfg.height}x{cfg.width}_s{cfg.max_shots}_c{cfg.caption_len}"
   dataset_dir = Path(cfg.dataset_dir) if cfg.dataset_dir else source.parent / "prepared" / shape
   try:

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
 from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
-from pallas_kernels.metadata import TileLayout, broadcast_rows, pack_tiles, unpack_tiles
+from pallas_kernels.metadata import TileLayout, pack_tiles, repeat_rows, unpack_tiles
+from pallas_kernels.validation import check_interpret
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,53 @@ def resolve_implementation(
   return implementation
 
 
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def _platform_of(x) -> str | None:
+  """The platform x lives on, where x says: a concrete array's devices, or (JAX >= 0.11) the
+  abstract device of a traced value's mesh, as under `jit(f).lower(...)` with inputs placed on
+  compile-only TPU devices. None when x does not say."""
+  sharding = getattr(getattr(x, "aval", None), "sharding", None) if isinstance(
+      x, jax.core.Tracer) else getattr(x, "sharding", None)
+  device = getattr(getattr(sharding, "mesh", None), "abstract_device", None)
+  if device is not None:
+    return device.platform
+  if not isinstance(x, jax.core.Tracer):
+    devices = getattr(sharding, "device_set", None)
+    if devices:
+      return next(iter(devices)).platform
+  return None
+
+
+def target_backend(x=None, *, backend: str | None = None) -> str:
+  """The platform an op compiles for: `backend` when given, else the platform x's devices say
+  (see _platform_of), else `jax.default_backend()`. Lets a CPU host lower the real TPU or GPU
+  kernels for chips it does not have (ahead-of-time compilation for pods)."""
+  if backend is not None:
+    if backend not in PLATFORMS:
+      raise ValueError(f"backend must be None or one of {PLATFORMS}, got {backend!r}")
+    return backend
+  platform = _platform_of(x) if x is not None else None
+  if platform in PLATFORMS:
+    return platform
+  if platform == "cuda" or platform == "rocm":
+    return "gpu"
+  return jax.default_backend()
+
+
+def choose_implementation(implementation: str | None, interpret, *, x, seq: int,
+                          backend: str | None = None):
+  """(name, interpret) of the implementation an op runs on x (see resolve_implementation and
+  target_backend); interpret None becomes a bool for the target (interpret only on CPU)."""
+  backend = target_backend(x, backend=backend)
+  name = resolve_implementation(implementation, interpret=interpret, backend=backend, seq=seq)
+  interpret = check_interpret(interpret, name)
+  if interpret is None:
+    interpret = interpret_mode(None, backend)
+  return name, interpret
+
+
 def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int) -> None:
   """Shape rules of the compiled kernels (interpret mode has none)."""
   if implementation == "pallas_tpu" and tile % 8:
@@ -120,7 +168,12 @@ def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int) -> N
 
 def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
                            interpret: bool | None = None):
-  """Runs a resolved block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask."""
+  """Runs a resolved block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask
+  whose rows divide `rows` (see `repeat_rows`: mask row i serves rows // mask_rows consecutive
+  activation rows). The TPU kernels read shared rows in place (SMEM is 1 MiB); the others get
+  one row each."""
+  if implementation != "pallas_tpu":
+    mask = repeat_rows(mask, q.shape[0])
   if implementation == "xla":
     return block_sparse_attention_xla(q, k, v, mask, scale=scale)
   if not interpret_mode(interpret):
@@ -137,7 +190,7 @@ def attend_in_layout(q, k, v, layout: TileLayout, *, scale: float, implementatio
                      interpret=None):
   """[B, N, H, D] -> the layout's tiles -> block-sparse kernel -> back to [B, N, H, D]."""
   batch, _, heads, head_dim = q.shape
-  mask = broadcast_rows(layout.mask, batch=batch, heads=heads)
+  mask = layout.mask  # 1, batch or batch * heads rows: kernels share rows, never copy them
 
   def to_tiles(x):
     return pack_tiles(jnp.swapaxes(x, 1, 2), layout).reshape(batch * heads, -1, head_dim)

@@ -6,18 +6,28 @@ tile's count the index map repeats the last block, which the pipeline does not f
 `pl.when` skips the compute, so skipped tiles are neither loaded nor computed. The step axis is
 as long as the longest list (a traced grid bound, as in megablox), so routing can change every
 step without recompiling. The dk/dv kernel walks the lists from the key side (the same lists for
-symmetric masks, the mask's key-side runs for range masks, whose per-query key ranges arrive as
-[tile, 1] blocks beside the queries). Tiles should be multiples of 128 on TPU hardware.
+symmetric masks, the mask's key-side runs for range masks). Tiles should be multiples of 128 on
+TPU hardware.
+
+What the layouts are for (checked by compiling for v5e/v6e from a CPU host, see
+tests/test_tpu_compile.py):
+- The metadata is not copied per head: a mask with fewer rows than the activations (1 for a
+  static pattern, batch for routing shared by the heads) serves `rows // mask_rows` consecutive
+  rows each, so scalar prefetch stays far below the 1 MiB of SMEM at 580K tokens.
+- The log-sum-exp, the backward's delta and the per-query key ranges live lane-dense in HBM
+  ([rows, 1, L]: blocks (1, tile)), not as [rows, L, 1] (a (8, 128)-tiled layout pads that
+  128-fold: 2.7 of 3.4 GiB of temporaries at 580K); kernels turn a block into the [tile, 1]
+  column the tile maths wants with one in-register transpose.
 
 On a machine without a TPU the kernels run in Pallas interpret mode (`interpret=True`).
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
@@ -35,21 +45,45 @@ def _prefetch(mask: BlockMask):
   return (mask.start.reshape(-1), mask.count.reshape(-1), mask.tile_len.reshape(-1), indices)
 
 
-def _column(r, t, j, start_ref, count_ref, idx_ref, *, num_tiles: int, list_len: int | None):
-  """The key (or, in dk/dv, query) tile visited at step j; the last one again past the count."""
-  row_tile = r * num_tiles + t
-  j = jnp.minimum(j, jnp.maximum(count_ref[row_tile] - 1, 0))
-  if list_len is None:
-    return start_ref[row_tile] + j
-  return idx_ref[jnp.minimum(r * list_len + start_ref[row_tile] + j, idx_ref.shape[0] - 1)]
+class _Walk:
+  """Index arithmetic over the prefetched metadata for a grid of `rows` activation rows.
+
+  Activation row r reads metadata row r // share (share = rows // mask rows), so one row of
+  metadata serves every head (or every batch element too) that shares its pattern.
+  """
+
+  def __init__(self, mask: BlockMask, rows: int):
+    mask_rows, self.num_tiles = mask.start.shape
+    if rows % mask_rows:
+      raise ValueError(f"the block mask has {mask_rows} rows, which must divide the {rows} "
+                       "activation rows")
+    self.share = rows // mask_rows
+    self.list_len = None if mask.indices is None else mask.indices.shape[-1]
+
+  def meta_row(self, r):
+    # lax.div, not //: r >= 0, and floor division lowers through `sign`, which asks the host
+    # for its TPU generation and so breaks compiling for TPU from a CPU host.
+    return lax.div(r, self.share) if self.share > 1 else r
+
+  def at(self, r, t):
+    """Flat index of (row r, tile t) in the per-tile metadata."""
+    return self.meta_row(r) * self.num_tiles + t
+
+  def column(self, r, t, j, start_ref, count_ref, idx_ref):
+    """The key (or, in dk/dv, query) tile visited at step j; the last one again past the count."""
+    i = self.at(r, t)
+    j = jnp.minimum(j, jnp.maximum(count_ref[i] - 1, 0))
+    if self.list_len is None:
+      return start_ref[i] + j
+    flat = self.meta_row(r) * self.list_len + start_ref[i] + j
+    return idx_ref[jnp.minimum(flat, idx_ref.shape[0] - 1)]
 
 
-def _call(kernel, *, mask: BlockMask, in_specs, out_specs, out_shape, scratch, interpret,
-          operands):
-  rows, num_tiles = mask.start.shape
+def _call(kernel, *, mask: BlockMask, rows: int, in_specs, out_specs, out_shape, scratch,
+          interpret, operands):
   steps = jnp.maximum(jnp.max(mask.count), 1)
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=_NUM_PREFETCH, grid=(rows, num_tiles, steps), in_specs=in_specs,
+      num_scalar_prefetch=_NUM_PREFETCH, grid=(rows, mask.num_tiles, steps), in_specs=in_specs,
       out_specs=out_specs, scratch_shapes=scratch)
   return pl.pallas_call(
       kernel, grid_spec=grid_spec, out_shape=out_shape, interpret=interpret,
@@ -58,28 +92,45 @@ def _call(kernel, *, mask: BlockMask, in_specs, out_specs, out_shape, scratch, i
   )(*_prefetch(mask), *operands)
 
 
-def _specs(mask: BlockMask, tile: int, head_dim: int):
-  """BlockSpecs for tensors read at the row tile and at the visited column tile."""
-  num_tiles = mask.start.shape[1]
-  list_len = None if mask.indices is None else mask.indices.shape[-1]
-  column = functools.partial(_column, num_tiles=num_tiles, list_len=list_len)
+def _lane_dense(x):
+  """[R, L] or [R, L, 1] -> [R, 1, L]: per-token scalars as one lane-dense row per sequence."""
+  return x.reshape(x.shape[0], 1, -1)
+
+
+def _specs(walk: _Walk, tile: int, head_dim: int):
+  """BlockSpecs: activation tiles [tile, D] and lane-dense per-token rows [1, tile], read at the
+  grid's own tile (at_row) or at the tile visited at this step (at_col); `meta=True` reads a
+  per-token array that has one row per metadata row (the key ranges)."""
 
   def at_row(r, t, j, *refs):
-    return (r, t, 0)
+    return (r, t)
 
   def at_col(r, t, j, start_ref, count_ref, len_ref, idx_ref):
-    return (r, column(r, t, j, start_ref, count_ref, idx_ref), 0)
+    return (r, walk.column(r, t, j, start_ref, count_ref, idx_ref))
 
-  tiles = lambda index_map, width=head_dim: pl.BlockSpec((None, tile, width), index_map)
-  return tiles, at_row, at_col, column
+  def tiles(where):
+    return pl.BlockSpec((None, tile, head_dim), lambda *a: (*where(*a), 0))
+
+  def scalars(where, meta: bool = False):
+    def index_map(*a):
+      r, t = where(*a)
+      return (walk.meta_row(r) if meta else r, 0, t)
+    return pl.BlockSpec((None, 1, tile), index_map)
+
+  return tiles, scalars, at_row, at_col
+
+
+def _column_of(ref):
+  """A lane-dense [1, tile] block as the [tile, 1] column the tile maths takes."""
+  return ref[...].T
 
 
 def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
   rows, length, head_dim = q.shape
-  num_tiles = mask.start.shape[1]
-  tile = length // num_tiles
-  tiles, at_row, at_col, column = _specs(mask, tile, head_dim)
-  ranges = mask.range_operands()
+  walk = _Walk(mask, rows)
+  tile = length // walk.num_tiles
+  tiles, scalars, at_row, at_col = _specs(walk, tile, head_dim)
+  ranges = tuple(_lane_dense(x) for x in mask.range_operands())
 
   def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
     range_refs, (o_ref, lse_ref, m_ref, l_ref, acc_ref) = refs[:len(ranges)], refs[len(ranges):]
@@ -89,37 +140,38 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
     def _():
       m_ref[...], l_ref[...], acc_ref[...] = tile_math.init_state(tile, head_dim)
 
-    @pl.when(j < count_ref[r * num_tiles + t])
+    @pl.when(j < count_ref[walk.at(r, t)])
     def _():
-      col = column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + col], col,
-                                        tuple(ref[...] for ref in range_refs))
+      col = walk.column(r, t, j, start_ref, count_ref, idx_ref)
+      seen = tile_math.visible_in_pair(tile, len_ref[walk.at(r, col)], col,
+                                        tuple(_column_of(ref) for ref in range_refs))
       state = (m_ref[...], l_ref[...], acc_ref[...])
       m_ref[...], l_ref[...], acc_ref[...] = tile_math.attend(
           state, q_ref[...], k_ref[...], v_ref[...], seen, scale)
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
-      o_ref[...], lse_ref[...] = tile_math.finish((m_ref[...], l_ref[...], acc_ref[...]),
-                                                  o_ref.dtype)
+      out, lse = tile_math.finish((m_ref[...], l_ref[...], acc_ref[...]), o_ref.dtype)
+      o_ref[...], lse_ref[...] = out, lse.T
 
   return _call(
-      kernel, mask=mask, interpret=interpret, operands=(q, k, v, *ranges),
-      in_specs=[tiles(at_row), tiles(at_col), tiles(at_col), *[tiles(at_row, 1)] * len(ranges)],
-      out_specs=[tiles(at_row), tiles(at_row, 1)],
+      kernel, mask=mask, rows=rows, interpret=interpret, operands=(q, k, v, *ranges),
+      in_specs=[tiles(at_row), tiles(at_col), tiles(at_col),
+                *[scalars(at_row, meta=True)] * len(ranges)],
+      out_specs=[tiles(at_row), scalars(at_row)],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((rows, length, 1), _F32)],
+                 jax.ShapeDtypeStruct((rows, 1, length), _F32)],
       scratch=[pltpu.VMEM((tile, 1), _F32), pltpu.VMEM((tile, 1), _F32),
                pltpu.VMEM((tile, head_dim), _F32)])
 
 
 def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool):
-  _, length, head_dim = q.shape
-  num_tiles = mask.start.shape[1]
-  tile = length // num_tiles
-  tiles, at_row, at_col, column = _specs(mask, tile, head_dim)
-  ranges = mask.range_operands()
-  delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)
+  rows, length, head_dim = q.shape
+  walk = _Walk(mask, rows)
+  tile = length // walk.num_tiles
+  tiles, scalars, at_row, at_col = _specs(walk, tile, head_dim)
+  ranges = tuple(_lane_dense(x) for x in mask.range_operands())
+  delta = _lane_dense(jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1))
 
   def dq_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
                 delta_ref, *refs):
@@ -130,29 +182,31 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     def _():
       acc_ref[...] = jnp.zeros_like(acc_ref)
 
-    @pl.when(j < count_ref[r * num_tiles + t])
+    @pl.when(j < count_ref[walk.at(r, t)])
     def _():
-      col = column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + col], col,
-                                        tuple(ref[...] for ref in range_refs))
+      col = walk.column(r, t, j, start_ref, count_ref, idx_ref)
+      seen = tile_math.visible_in_pair(tile, len_ref[walk.at(r, col)], col,
+                                        tuple(_column_of(ref) for ref in range_refs))
       acc_ref[...] = tile_math.dq_step(
-          acc_ref[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...],
-          delta_ref[...], seen, scale)
+          acc_ref[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...], _column_of(lse_ref),
+          _column_of(delta_ref), seen, scale)
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
       dq_ref[...] = acc_ref[...].astype(dq_ref.dtype)
 
   dq = _call(
-      dq_kernel, mask=mask, interpret=interpret, operands=(q, k, v, do, lse, delta, *ranges),
+      dq_kernel, mask=mask, rows=rows, interpret=interpret,
+      operands=(q, k, v, do, lse, delta, *ranges),
       in_specs=[tiles(at_row), tiles(at_col), tiles(at_col), tiles(at_row),
-                tiles(at_row, 1), tiles(at_row, 1), *[tiles(at_row, 1)] * len(ranges)],
+                scalars(at_row), scalars(at_row), *[scalars(at_row, meta=True)] * len(ranges)],
       out_specs=tiles(at_row), out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       scratch=[pltpu.VMEM((tile, head_dim), _F32)])
 
   # Rows of this grid are key tiles; the columns they visit are the query tiles that read them.
   key_side = mask.transposed()
-  tiles, at_row, at_col, column = _specs(key_side, tile, head_dim)
+  walk = _Walk(key_side, rows)
+  tiles, scalars, at_row, at_col = _specs(walk, tile, head_dim)
 
   def dkdv_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
                   delta_ref, *refs):
@@ -164,15 +218,15 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
       dk_acc[...] = jnp.zeros_like(dk_acc)
       dv_acc[...] = jnp.zeros_like(dv_acc)
 
-    @pl.when(j < count_ref[r * num_tiles + t])
+    @pl.when(j < count_ref[walk.at(r, t)])
     def _():
-      col = column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + t], t,
-                                        tuple(ref[...] for ref in range_refs),
-                                        q_len=len_ref[r * num_tiles + col])
+      col = walk.column(r, t, j, start_ref, count_ref, idx_ref)
+      seen = tile_math.visible_in_pair(tile, len_ref[walk.at(r, t)], t,
+                                        tuple(_column_of(ref) for ref in range_refs),
+                                        q_len=len_ref[walk.at(r, col)])
       dk_acc[...], dv_acc[...] = tile_math.dkdv_step(
           (dk_acc[...], dv_acc[...]), q_ref[...], k_ref[...], v_ref[...], do_ref[...],
-          lse_ref[...], delta_ref[...], seen, scale)
+          _column_of(lse_ref), _column_of(delta_ref), seen, scale)
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
@@ -180,10 +234,10 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
       dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
   dk, dv = _call(
-      dkdv_kernel, mask=key_side, interpret=interpret,
+      dkdv_kernel, mask=key_side, rows=rows, interpret=interpret,
       operands=(q, k, v, do, lse, delta, *ranges),
       in_specs=[tiles(at_col), tiles(at_row), tiles(at_row), tiles(at_col),
-                tiles(at_col, 1), tiles(at_col, 1), *[tiles(at_col, 1)] * len(ranges)],
+                scalars(at_col), scalars(at_col), *[scalars(at_col, meta=True)] * len(ranges)],
       out_specs=[tiles(at_row), tiles(at_row)],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       scratch=[pltpu.VMEM((tile, head_dim), _F32), pltpu.VMEM((tile, head_dim), _F32)])
@@ -192,5 +246,23 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
 
 block_sparse_attention_tpu = flash_attention_vjp(_forward, _backward)
 block_sparse_attention_tpu.__doc__ = (
-    "q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask; (scale, interpret) static. "
-    "Returns q's shape and dtype.")
+    "q, k, v: [rows, num_tiles * tile, D]; mask: a BlockMask whose row count divides rows; "
+    "(scale, interpret) static. Returns q's shape and dtype.")
+
+
+def prefetch_bytes_in_hlo(hlo_text: str) -> int:
+  """The most scalar-prefetch (SMEM) bytes any one of this module's kernels takes in a compiled
+  HLO module's text: the first _NUM_PREFETCH operands of each TPU custom call."""
+  import re  # noqa: PLC0415
+
+  shapes = {}  # HLO value name -> its bytes, for s32/f32/u32 values
+  for match in re.finditer(r"%([\w.\-]+) = ([su]32|f32)\[([\d,]*)\]", hlo_text):
+    dims = [int(d) for d in match.group(3).split(",") if d]
+    shapes[match.group(1)] = 4 * (int(np.prod(dims)) if dims else 1)
+  most = 0
+  for call in re.finditer(r"custom-call\(([^)]*)\), custom_call_target=\"tpu_custom_call\"",
+                          hlo_text):
+    names = [a.strip().lstrip("%") for a in call.group(1).split(",")][:_NUM_PREFETCH]
+    names = [re.sub(r"^/\*index=\d+\*/", "", n).lstrip("%") for n in names]
+    most = max(most, sum(shapes.get(n, 0) for n in names))
+  return most
