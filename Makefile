@@ -6,14 +6,14 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
 .PHONY: env demo test test-main test-parity test-fast bench bench-demo bench-long bench-interpret \
-        bench-block bench-580k plan reproduce reproduce-smoke lint clean
+        bench-block bench-580k plan reproduce reproduce-smoke lint clean gpu-check gpu-compile tpu-compile
 
 env: $(STAMP)
 
 $(STAMP): pyproject.toml tools/pick_python.sh
 	@python="$$(tools/pick_python.sh)" && echo "make: building $(VENV) with $$python" && \
 	  "$$python" -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,tpu-compile]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,tpu-compile,gpu-compile]'
 	@$(PY) -c 'import sys, jax; print(f"make: Python {sys.version.split()[0]}, jax {jax.__version__}")'
 	@touch $(STAMP)
 
@@ -29,6 +29,23 @@ demo: $(STAMP)
 # The attention benchmark's quick preset (the demo before the model existed).
 bench-demo: $(STAMP)
 	$(PY) benchmarks/attention.py --config configs/attention_bench.py:demo
+
+# The first thing to run on a GPU machine: compiled pallas_gpu kernels vs the dense reference,
+# then their speed against cuDNN (benchmarks/gpu_check.py). CPU=1: the same on CPU, interpreted.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(if $(CPU),--cpu)
+
+# Registers, spills and shared memory of the GPU kernels compiled for sm_90a here (triton).
+gpu-compile: $(STAMP)
+	$(PY) -m moga_jax.gpu_compile --head_dim 64 --head_dim 128 \
+	  --json_out benchmarks/results/gpu_compile_sm90.json
+
+# Compile every attention branch of the big configs for TPU v5e and v6e from this host (libtpu).
+tpu-compile: $(STAMP)
+	$(PY) -m moga_jax.tpu_compile --config configs/wan14b_moga_580k.py \
+	  --json_out benchmarks/results/tpu_compile_580k.json
+	$(PY) -m moga_jax.tpu_compile --config configs/wan1_3b_moga.py:stage2 --devices 8 \
+	  --json_out benchmarks/results/tpu_compile_1_3b_stage2.json
 
 # The whole suite: the main tests, then the Wan parity tests against PyTorch references.
 test: test-main test-parity

@@ -37,7 +37,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Benchmark config file, with a preset after the colon.")
 
 
-def _time(fn, args, repeats: int) -> tuple[float, float | None]:
+def time_call(fn, args, repeats: int) -> tuple[float, float | None]:
   """Compiles fn, runs it once to warm up, returns (median seconds, temp bytes)."""
   compiled = jax.jit(fn).lower(*args).compile()
   stats = compiled.memory_analysis()
@@ -79,7 +79,7 @@ def _rows(cfg):
     if seq <= cfg.dense_max_seq:
       dense = lambda q, k, v: jax.nn.dot_product_attention(
           q, k, v, implementation=cfg.dense_implementation)
-      dense_time, temp = _time(dense, (q, k, v), cfg.repeats)
+      dense_time, temp = time_call(dense, (q, k, v), cfg.repeats)
       yield dict(seq=seq, groups=None, impl="dense", time_s=dense_time, temp_bytes=temp,
                  work_share=1.0, ideal_s=dense_time)
     for groups in cfg.group_counts:
@@ -90,7 +90,7 @@ def _rows(cfg):
           continue
         fn = lambda q, k, v, ids, impl=impl, groups=groups: group_attention(
             q, k, v, ids, num_groups=groups, implementation=impl, tile=cfg.tile)
-        seconds, temp = _time(fn, (q, k, v, ids), cfg.repeats)
+        seconds, temp = time_call(fn, (q, k, v, ids), cfg.repeats)
         yield dict(seq=seq, groups=groups, impl=impl, time_s=seconds, temp_bytes=temp,
                    work_share=share, ideal_s=None if dense_time is None else dense_time * share)
 
@@ -147,11 +147,11 @@ def _block_rows(cfg):
     if seq <= cfg.dense_max_seq:
       dense = functools.partial(jax.nn.dot_product_attention,
                                 implementation=cfg.dense_implementation)
-      dense_time, temp = _time(dense, (q, k, v), cfg.repeats)
+      dense_time, temp = time_call(dense, (q, k, v), cfg.repeats)
       yield dict(seq=seq, groups=None, impl="dense", time_s=dense_time, temp_bytes=temp,
                  work_share=1.0, ideal_s=dense_time, grid=grid)
     for name, fn in _block_branches(cfg, grid, ids, gates, shots).items():
-      seconds, temp = _time(fn, (q, k, v), cfg.repeats)
+      seconds, temp = time_call(fn, (q, k, v), cfg.repeats)
       yield dict(seq=seq, groups=cfg.block_groups, impl=name, time_s=seconds, temp_bytes=temp,
                  work_share=shares[name], grid=grid,
                  ideal_s=None if dense_time is None else dense_time * shares[name])

@@ -49,6 +49,9 @@ _MESH = flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. fsdp=8,context=
 _DEVICES = flags.DEFINE_integer("devices", None, "Device count when the mesh has a -1 axis.")
 _AOT = flags.DEFINE_bool("aot", False, "Compile the training step for a fake CPU mesh and "
                          "report XLA's per-device memory analysis.")
+_AOT_TPU = flags.DEFINE_string("aot_tpu", None, "With --aot: compile for a slice of this TPU "
+                               "generation (v5e, v5p, v6e; compile-only devices from libtpu, "
+                               "the tpu-compile extra) instead of fake CPU devices.")
 _JSON = flags.DEFINE_bool("json", False, "Print only the plan (or Table 5) as one JSON object "
                           "on stdout, no other text.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the plan (or Table 5) as JSON to "
@@ -111,10 +114,12 @@ def flops_summary(cfg, grid: tuple[int, int, int]) -> dict:
   }
 
 
-def make_plan(cfg, mesh_shape: dict[str, int], *, aot: bool = False) -> dict:
-  """Everything the planner prints, as a dict (also used by the tests)."""
+def make_plan(cfg, mesh_shape: dict[str, int], *, aot: bool = False,
+              device_list: list | None = None) -> dict:
+  """Everything the planner prints, as a dict (also used by the tests). device_list: the
+  devices to plan on (default: this process's first ones), e.g. compile-only TPU devices."""
   devices = math.prod(mesh_shape.values())
-  mesh = make_mesh(mesh_shape, devices=jax.devices()[:devices])
+  mesh = make_mesh(mesh_shape, devices=device_list or jax.devices()[:devices])
   rules = ShardingRules.from_config(cfg.sharding.rules)
   latent, grid = latent_grid(cfg)
   tokens = math.prod(grid)
@@ -153,10 +158,17 @@ def make_plan(cfg, mesh_shape: dict[str, int], *, aot: bool = False) -> dict:
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
                                sharding=jax.NamedSharding(mesh, jax.P()))
     start = time.perf_counter()
-    with jax.set_mesh(mesh):
-      compiled = step.lower(ts.state, batch, key).compile()
+    device = mesh.devices.flat[0].device_kind
+    try:
+      with jax.set_mesh(mesh):
+        compiled = step.lower(ts.state, batch, key).compile()
+    except jax.errors.JaxRuntimeError as err:  # e.g. a compile-time HBM OOM: that is the answer
+      plan["aot"] = {"device": device, "compile_seconds": round(time.perf_counter() - start, 1),
+                     "error": str(err).splitlines()[0][:400]}
+      return plan
     analysis = compiled.memory_analysis()
     plan["aot"] = {
+      "device": device,
       "compile_seconds": round(time.perf_counter() - start, 1),
       "argument_bytes": analysis.argument_size_in_bytes,
       "output_bytes": analysis.output_size_in_bytes,
@@ -183,10 +195,15 @@ def format_plan(plan: dict) -> str:
     f"  total (est.)       {gib(sum(mem.values()))}",
   ]
   lines += _format_flops(plan)
-  if "aot" in plan:
+  if "aot" in plan and "error" in plan["aot"]:
+    a = plan["aot"]
+    lines += [f"ahead-of-time compile of the training step for {a['device']} FAILED after "
+              f"{a['compile_seconds']} s: {a['error']}"]
+  elif "aot" in plan:
     a = plan["aot"]
     lines += [
-      f"ahead-of-time compile of the training step ({a['compile_seconds']} s), per device:",
+      f"ahead-of-time compile of the training step for {a['device']} "
+      f"({a['compile_seconds']} s), per device:",
       f"  arguments {gib(a['argument_bytes'])}, outputs {gib(a['output_bytes'])} "
       f"(aliased {gib(a['alias_bytes'])}), temporaries {gib(a['temp_bytes'])}",
     ]
@@ -247,13 +264,22 @@ def main(argv):
     mesh = {a: 1 for a in mesh} | parse_mesh(_MESH.value)
   fixed = math.prod(n for n in mesh.values() if n != -1)
   devices = _DEVICES.value or fixed
-  # Fake CPU devices for the mesh; must happen before jax starts its backend.
-  jax.config.update("jax_num_cpu_devices", devices)
-  if jax.device_count() < devices:
-    raise ValueError(f"the mesh needs {devices} devices; this process has {jax.device_count()}")
+  device_list = None
+  if _AOT_TPU.value:
+    if not _AOT.value:
+      raise app.UsageError("--aot_tpu goes with --aot")
+    from moga_jax.tpu_compile import tpu_devices
+
+    device_list = tpu_devices(_AOT_TPU.value, devices)
+  else:
+    # Fake CPU devices for the mesh; must happen before jax starts its backend.
+    jax.config.update("jax_num_cpu_devices", devices)
+    if jax.device_count() < devices:
+      raise ValueError(f"the mesh needs {devices} devices; this process has "
+                       f"{jax.device_count()}")
   cfg.sharding.mesh = mesh
   shape = validate_sharding(cfg, devices)
-  plan = make_plan(cfg, shape, aot=_AOT.value)
+  plan = make_plan(cfg, shape, aot=_AOT.value, device_list=device_list)
   _emit(plan, format_plan(plan))
 
 

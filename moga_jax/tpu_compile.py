@@ -10,7 +10,7 @@ with `implementation="pallas_tpu"` at the per-device shapes the training step gi
 over data x fsdp, whole sequences with num_heads / (context x tensor) heads under Ulysses), in
 bfloat16, forward and backward, and compiled by the real Mosaic and XLA:TPU compilers. Reported
 per branch: compile seconds, the scalar-prefetch metadata that must fit SMEM (1 MiB on
-v4/v5e/v5p/v6e), and XLA's HBM figures from `compiled.memory_analysis()`. Nothing is allocated.
+v5e/v5p/v6e), and XLA's HBM figures from `compiled.memory_analysis()`. Nothing is allocated.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from moga_jax.flops import clip_shots, latent_grid, shot_frames
 from moga_jax.sharding import ShardingRules, axes_size
 
 # Topology names `jax.experimental.topologies.get_topology_desc` takes for one chip.
-CHIPS = {"v4": "v4=1x1x1", "v5e": "v5e=1x1", "v5p": "v5p=1x1x1", "v6e": "v6e=1x1"}
-SMEM_BYTES = 1 << 20  # per core on v4, v5e, v5p and v6e
+# (v4 is left out: its topologies count two devices per chip.)
+CHIPS = {"v5e": "v5e=1x1", "v5p": "v5p=1x1x1", "v6e": "v6e=1x1"}
+SMEM_BYTES = 1 << 20  # per core on v5e, v5p and v6e
 BRANCHES = ("group", "stga", "frame", "window")
 
 
@@ -72,9 +73,30 @@ def attention_shapes(cfg, devices: int | None = None) -> AttentionShapes:
       shot_frames=tuple(shot_frames(grid[0], clip_shots(cfg))), branches=branches)
 
 
+def tpu_devices(chip: str, count: int) -> list:
+  """`count` compile-only devices of one TPU generation (a slice topology of that size)."""
+  from jax.experimental import topologies
+
+  if chip not in CHIPS:
+    raise ValueError(f"chip must be one of {sorted(CHIPS)}, got {chip!r}")
+  if count < 1 or count & (count - 1):
+    raise ValueError(f"a TPU slice has a power-of-two number of chips, got {count}")
+  log = count.bit_length() - 1
+  if CHIPS[chip].count("x") == 1:  # 2D tori (v5e, v6e): as square as possible
+    dims = (1 << (log // 2), 1 << (log - log // 2))
+  else:  # 3D (v5p)
+    dims = tuple(1 << (log // 3 + (i < log % 3)) for i in range(3))
+  name = f"{chip}={'x'.join(map(str, dims))}"
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  devices = topologies.get_topology_desc(name, platform="tpu").devices
+  if len(devices) != count:
+    raise ValueError(f"topology {name} has {len(devices)} devices, wanted {count}")
+  return list(devices)
+
+
 def _branch_fn(cfg, shapes: AttentionShapes, branch: str):
   """f(q, k, v, group_ids, shot_ids) -> attention output, for one branch, on the TPU kernel."""
-  import pallas_kernels as pk  # noqa: PLC0415 (keeps `--help` fast)
+  import pallas_kernels as pk
 
   a = cfg.model.attention
   kw = dict(implementation="pallas_tpu", interpret=False, backend="tpu")
@@ -98,7 +120,7 @@ def _branch_fn(cfg, shapes: AttentionShapes, branch: str):
 def _prefetch_bytes(hlo_text: str) -> int:
   """Bytes of scalar-prefetch operands over the TPU kernels of a compiled module: the largest
   one kernel needs (they run one at a time). Read from the kernels' SMEM operand shapes."""
-  from pallas_kernels.block_sparse.tpu import prefetch_bytes_in_hlo  # noqa: PLC0415
+  from pallas_kernels.block_sparse.tpu import prefetch_bytes_in_hlo
 
   return prefetch_bytes_in_hlo(hlo_text)
 
@@ -106,13 +128,7 @@ def _prefetch_bytes(hlo_text: str) -> int:
 def compile_branch(cfg, shapes: AttentionShapes, branch: str, chip: str,
                    dtype=jnp.bfloat16) -> dict:
   """Compiles forward + backward of one branch for one chip; a dict row (error on failure)."""
-  from jax.experimental import topologies  # noqa: PLC0415
-
-  # Several processes may load libtpu at once (test workers); don't fail on its lockfile.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  if chip not in CHIPS:
-    raise ValueError(f"chip must be one of {sorted(CHIPS)}, got {chip!r}")
-  devices = topologies.get_topology_desc(CHIPS[chip], platform="tpu").devices[:1]
+  devices = tpu_devices(chip, 1)
   mesh = jax.sharding.Mesh(np.array(devices), ("x",))
   placed = jax.NamedSharding(mesh, jax.P())
   b, n = shapes.batch, shapes.tokens
@@ -129,7 +145,7 @@ def compile_branch(cfg, shapes: AttentionShapes, branch: str, chip: str,
   start = time.perf_counter()
   try:
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, q, q, ids, shots).compile()
-  except Exception as err:  # noqa: BLE001 (the report says why, the caller decides)
+  except Exception as err:
     row.update(ok=False, error=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
     return row
   memory = compiled.memory_analysis()
@@ -166,7 +182,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def main(argv) -> None:
   del argv
-  from absl import flags  # noqa: PLC0415
+  from absl import flags
 
   cfg = flags.FLAGS.config
   rows = compile_config(cfg, flags.FLAGS.chip, flags.FLAGS.devices)

@@ -9,12 +9,12 @@ import os
 # xdist workers share it instead of failing on its lockfile.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-from pallas_kernels import resolve_implementation  # noqa: E402
+from pallas_kernels import resolve_implementation
 
 # Max |error| allowed relative to max |reference|, keyed by input dtype.
 TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 1e-2}

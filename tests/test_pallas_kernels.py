@@ -113,3 +113,31 @@ def test_gpu_kernels_lower_for_triton():
   window = window_layout((4, 8, 16), (1, 8, 16), (3, 1, 1))
   mask = jax.tree.map(lambda a: jnp.broadcast_to(a, (2, a.shape[-1])), window.mask)
   assert _lower_for_gpu(mask, window.capacity).count("xla.gpu.triton(") == 3
+
+
+@pytest.mark.parametrize("keys", [8, 16])
+def test_gpu_dkdv_in_key_sub_blocks_is_exact(monkeypatch, key, keys):
+  """dk/dv programs that own part of a key tile (gpu.DKDV_KEYS, 64 of 128 on hardware) give
+  the reference's gradients, for group tiles and for range masks (STGA: partial key ranges)."""
+  from pallas_kernels import shot_window_attention
+  from pallas_kernels.block_sparse import gpu
+
+  monkeypatch.setattr(gpu, "DKDV_KEYS", keys)
+  jax.clear_caches()  # traces cached at the default size would hide the sub-blocks
+  shape = (1, 4 * 6 * 6, 2, 16)
+  q, k, v = random_qkv(key, shape)
+  ids = jax.random.randint(jax.random.fold_in(key, 1), shape[:2], 0, 3)
+  shots = jnp.array([[0, 0, 1, 1]], jnp.int32)
+  ops = {
+      "groups": lambda impl, q, k, v: group_attention(
+          q, k, v, ids, num_groups=3, implementation=impl, tile=32),
+      "stga": lambda impl, q, k, v: shot_window_attention(
+          q, k, v, shots, grid_shape=(4, 6, 6), spatial_groups=(2, 2), implementation=impl,
+          tile=32),
+  }
+  for name, op in ops.items():
+    cotangent = jax.random.normal(jax.random.fold_in(key, 2), shape)
+    grads = lambda impl, op=op, ct=cotangent: jax.vjp(lambda *x: op(impl, *x), q, k, v)[1](ct)
+    for got, want in zip(grads("pallas_gpu"), grads("reference"), strict=True):
+      assert_close(got, want, jnp.float32), name
+  jax.clear_caches()

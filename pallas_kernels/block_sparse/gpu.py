@@ -1,6 +1,6 @@
 """Block-sparse attention as Pallas GPU kernels, Triton lowering (forward, dq, dk/dv).
 
-Grid (rows, query tiles); each program keeps its query tile in registers and runs a
+Grid (query tiles, rows); each program keeps its query tile in registers and runs a
 `fori_loop` whose trip count is the tile's count from the block mask, loading only the key tiles
 on its list. Unlike the Pallas `mha` kernel, which loops over every key block and masks, work
 here follows the mask. The dk/dv kernel walks the same lists from the key side (block masks are
@@ -15,6 +15,8 @@ hardware tile and head_dim must be powers of two, at least 16 (Triton block shap
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -47,27 +49,62 @@ def _columns(mask: BlockMask):
   return column
 
 
-def _call(kernel, *, mask: BlockMask, tile: int, head_dim: int, operands, row_tiled,
-          out_shape, interpret: bool):
-  """pallas_call over (rows, tiles). row_tiled[i] says whether operand i is cut to the
+@dataclasses.dataclass(frozen=True)
+class LaunchParams:
+  """Triton launch parameters of one kernel."""
+
+  num_warps: int = 4
+  num_stages: int = 2
+
+
+# Keys per dk/dv program. Measured with moga_jax.gpu_compile (Triton IR -> PTX for sm_90a,
+# ptxas -v, bf16): at 128 keys the dk/dv kernel spills at every warp / stage setting (8 warps:
+# 0.2 KB per thread at head_dim 64, 1.2 KB at 128); with 64-key programs it does not.
+DKDV_KEYS = 64
+
+
+def launch_params(kernel: str, *, tile: int, head_dim: int, dtype) -> LaunchParams:
+  """Warps and pipeline stages for `kernel` ("forward", "dq" or "dkdv") at a tile size.
+
+  From the sweep in moga_jax/gpu_compile.py (sm_90a, bf16, tile 128): at 4 warps every kernel
+  spills registers (forward 1.3 KB per thread, dq 1.5 KB at head_dim 128); at 8 warps forward
+  and dq do not. Two stages keep every kernel under the H100's 227 KiB of shared memory at
+  head_dim 128 (three take dq to 256 KiB). Small tiles (at most 64 x 64 values) need only 4.
+  """
+  del kernel, dtype
+  return LaunchParams(num_warps=8 if tile * head_dim > 64 * 64 else 4, num_stages=2)
+
+
+def _call(kernel, *, name: str, mask: BlockMask, tile: int, head_dim: int, operands,
+          row_tiled, out_shape, interpret: bool, block: int | None = None):
+  """pallas_call over (tiles, rows): query (or key) tiles first, so that the programs running
+  together read the same rows' K/V from L2. row_tiled[i] says whether operand i is cut to the
   program's own tile [tile, width] or left whole [rows, L, width] for the kernel to read the
   tiles on its list from (a pointer on GPU; no per-program copy in interpret mode either)."""
   rows, num_tiles = mask.start.shape
+  block = block or tile  # a program's own block: its tile, or (dk/dv) a sub-block of it
 
   def spec(x, own_tile: bool):
     if own_tile:
-      return pl.BlockSpec((None, tile, x.shape[-1]), lambda r, t: (r, t, 0))
+      return pl.BlockSpec((None, block, x.shape[-1]), lambda t, r: (r, t, 0))
     return pl.no_block_spec
 
   in_specs = [pl.no_block_spec] * 4 + [spec(x, own) for x, own in zip(operands, row_tiled,
                                                                   strict=True)]
-  out_specs = [pl.BlockSpec((None, tile, s.shape[-1]), lambda r, t: (r, t, 0))
+  out_specs = [pl.BlockSpec((None, block, s.shape[-1]), lambda t, r: (r, t, 0))
                for s in out_shape]
+  params = launch_params(name, tile=tile, head_dim=head_dim, dtype=operands[0].dtype)
   return pl.pallas_call(
-      kernel, grid=(rows, num_tiles), in_specs=in_specs, out_specs=out_specs,
-      out_shape=out_shape, interpret=interpret,
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+      kernel, grid=(num_tiles * tile // block, rows), in_specs=in_specs, out_specs=out_specs,
+      out_shape=out_shape, interpret=interpret, name=f"block_sparse_{name}",
+      compiler_params=plgpu.CompilerParams(num_warps=params.num_warps,
+                                           num_stages=params.num_stages),
   )(*_metadata(mask), *operands)
+
+
+def _ids():
+  """(row, tile) of this program; the grid is (tiles, rows)."""
+  return pl.program_id(1), pl.program_id(0)
 
 
 def _tile_at(ref, r, col, tile):
@@ -83,7 +120,7 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
 
   def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
     range_refs, (o_ref, lse_ref) = refs[:len(ranges)], refs[len(ranges):]
-    r, t = pl.program_id(0), pl.program_id(1)
+    r, t = _ids()
     q_tile = q_ref[...]
     own_ranges = tuple(ref[...] for ref in range_refs)
 
@@ -97,7 +134,8 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
                           tile_math.init_state(tile, head_dim))
     o_ref[...], lse_ref[...] = tile_math.finish(state, o_ref.dtype)
 
-  return _call(kernel, mask=mask, tile=tile, head_dim=head_dim, operands=(q, k, v, *ranges),
+  return _call(kernel, name="forward", mask=mask, tile=tile, head_dim=head_dim,
+               operands=(q, k, v, *ranges),
                row_tiled=(True, False, False, *(True,) * len(ranges)), interpret=interpret,
                out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                           jax.ShapeDtypeStruct((rows, length, 1), _F32)])
@@ -114,7 +152,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   def dq_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
                 delta_ref, *refs):
     range_refs, (dq_ref,) = refs[:len(ranges)], refs[len(ranges):]
-    r, t = pl.program_id(0), pl.program_id(1)
+    r, t = _ids()
     q_tile, do_tile, lse_tile, delta_tile = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
     own_ranges = tuple(ref[...] for ref in range_refs)
 
@@ -129,39 +167,46 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
                        jnp.zeros((tile, head_dim), _F32))
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
-  (dq,) = _call(dq_kernel, mask=mask, tile=tile, head_dim=head_dim,
+  (dq,) = _call(dq_kernel, name="dq", mask=mask, tile=tile, head_dim=head_dim,
                 operands=(q, k, v, do, lse, delta, *ranges),
                 row_tiled=(True, False, False, True, True, True, *(True,) * len(ranges)),
                 interpret=interpret, out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)])
 
-  # Programs own key tiles; the tiles on their lists are the query tiles that read them.
+  # Programs own `keys`-key sub-blocks of key tiles (split of them per tile: a whole 128-key
+  # tile's dk, dv and their inputs spill registers, see launch_params); the tiles on their lists
+  # are the query tiles that read that key tile.
   key_side = mask.transposed()
   column = _columns(key_side)
+  keys = min(tile, DKDV_KEYS)
+  split = tile // keys
 
   def dkdv_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
                   delta_ref, *refs):
     range_refs, (dk_ref, dv_ref) = refs[:len(ranges)], refs[len(ranges):]
-    r, t = pl.program_id(0), pl.program_id(1)
-    k_tile, v_tile, key_len = k_ref[...], v_ref[...], len_ref[r * num_tiles + t]
+    r, block = _ids()
+    t, shift = (block // split, (block % split) * keys) if split > 1 else (block, 0)
+    k_block, v_block = k_ref[...], v_ref[...]
+    key_len = jnp.clip(len_ref[r * num_tiles + t] - shift, 0, keys)
 
     def body(j, carry):
       col = column(r, t, j, start_ref, idx_ref)
       their_ranges = tuple(_tile_at(ref, r, col, tile) for ref in range_refs)
       seen = tile_math.visible_in_pair(tile, key_len, t, their_ranges,
-                                       q_len=len_ref[r * num_tiles + col])
+                                       q_len=len_ref[r * num_tiles + col], keys=keys,
+                                       key_shift=shift)
       return tile_math.dkdv_step(
-          carry, _tile_at(q_ref, r, col, tile), k_tile, v_tile, _tile_at(do_ref, r, col, tile),
+          carry, _tile_at(q_ref, r, col, tile), k_block, v_block, _tile_at(do_ref, r, col, tile),
           _tile_at(lse_ref, r, col, tile), _tile_at(delta_ref, r, col, tile), seen, scale)
 
-    zeros = jnp.zeros((tile, head_dim), _F32)
+    zeros = jnp.zeros((keys, head_dim), _F32)
     dk, dv = lax.fori_loop(0, count_ref[r * num_tiles + t], body, (zeros, zeros))
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
-  dk, dv = _call(dkdv_kernel, mask=key_side, tile=tile, head_dim=head_dim,
+  dk, dv = _call(dkdv_kernel, name="dkdv", mask=key_side, tile=tile, head_dim=head_dim,
                  operands=(q, k, v, do, lse, delta, *ranges),
                  row_tiled=(False, True, True, False, False, False, *(False,) * len(ranges)),
-                 interpret=interpret,
+                 interpret=interpret, block=keys,
                  out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                             jax.ShapeDtypeStruct(v.shape, v.dtype)])
   return dq, dk, dv

@@ -41,14 +41,18 @@ def visible(shape, key_len, *, q_len=None, key_offset=None, key_lo=None, key_hi=
   return ok
 
 
-def visible_in_pair(tile: int, key_len, key_tile, ranges=(), q_len=None):
-  """`visible` for square tiles of one row, as the kernels call it: key_tile is the key tile's
-  index in the row; ranges is () or the query tile's (key_lo, key_hi) [tile, 1]."""
+def visible_in_pair(tile: int, key_len, key_tile, ranges=(), q_len=None, *, keys=None,
+                    key_shift: int | jax.Array = 0):
+  """`visible` for the tiles of one row, as the kernels call it: key_tile is the key tile's
+  index in the row; ranges is () or the query tile's (key_lo, key_hi) [tile, 1]. A kernel that
+  takes a key tile in sub-blocks passes keys (the sub-block's size) and key_shift (its first
+  key's place in the tile); key_len then counts the sub-block's real keys."""
+  shape = (tile, tile if keys is None else keys)
   if not ranges:
-    return visible((tile, tile), key_len, q_len=q_len)
+    return visible(shape, key_len, q_len=q_len)
   lo, hi = ranges
-  return visible((tile, tile), key_len, q_len=q_len, key_offset=key_tile * tile, key_lo=lo,
-                 key_hi=hi)
+  return visible(shape, key_len, q_len=q_len, key_offset=key_tile * tile + key_shift,
+                 key_lo=lo, key_hi=hi)
 
 
 def _nt(a, b):  # a @ b.T, f32 accumulation

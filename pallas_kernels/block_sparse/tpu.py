@@ -253,7 +253,7 @@ block_sparse_attention_tpu.__doc__ = (
 def prefetch_bytes_in_hlo(hlo_text: str) -> int:
   """The most scalar-prefetch (SMEM) bytes any one of this module's kernels takes in a compiled
   HLO module's text: the first _NUM_PREFETCH operands of each TPU custom call."""
-  import re  # noqa: PLC0415
+  import re
 
   shapes = {}  # HLO value name -> its bytes, for s32/f32/u32 values
   for match in re.finditer(r"%([\w.\-]+) = ([su]32|f32)\[([\d,]*)\]", hlo_text):
