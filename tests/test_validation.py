@@ -104,3 +104,13 @@ def test_compiled_kernels_check_their_tiling(impl, tile, head_dim, match):
   with pytest.raises(ValueError, match=match):
     check_hardware_tiling(impl, tile=tile, head_dim=head_dim)
   check_hardware_tiling(impl, tile=128, head_dim=128)  # the recommended shape passes
+
+
+def test_gpu_kernels_refuse_tensors_past_32_bit_offsets():
+  """40 heads of 563,160 tokens at head_dim 128 on one GPU: 2.9e9 values per tensor."""
+  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+
+  with pytest.raises(ValueError, match=r"32-bit offsets, but they hold 2,883,379,200 values"):
+    check_hardware_tiling("pallas_gpu", tile=128, head_dim=128, elements=40 * 563_160 * 128)
+  check_hardware_tiling("pallas_gpu", tile=128, head_dim=128, elements=5 * 563_160 * 128)
+  check_hardware_tiling("pallas_tpu", tile=128, head_dim=128, elements=40 * 563_160 * 128)

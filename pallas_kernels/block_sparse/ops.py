@@ -154,12 +154,18 @@ def choose_implementation(implementation: str | None, interpret, *, x, seq: int,
   return name, interpret
 
 
-def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int) -> None:
+def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int,
+                          elements: int | None = None) -> None:
   """Shape rules of the compiled kernels (interpret mode has none)."""
   if implementation == "pallas_tpu" and tile % 8:
     raise ValueError(f"pallas_tpu needs tokens per tile to be a multiple of 8 (128 or more for "
                      f"speed), got {tile}")
   if implementation == "pallas_gpu":
+    if elements is not None and elements >= 2**31:
+      raise ValueError(
+          f"pallas_gpu addresses q, k and v with 32-bit offsets, but they hold {elements:,} "
+          "values per tensor (batch x heads x tiled tokens x head_dim >= 2**31); shard the "
+          "heads (Ulysses / tensor parallelism) or run fewer rows per call")
     for name, size in (("tokens per tile", tile), ("head_dim", head_dim)):
       if size < 16 or size & (size - 1):
         raise ValueError(f"pallas_gpu (Triton) needs {name} to be a power of two >= 16, got "
@@ -178,7 +184,7 @@ def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
     return block_sparse_attention_xla(q, k, v, mask, scale=scale)
   if not interpret_mode(interpret):
     check_hardware_tiling(implementation, tile=q.shape[1] // mask.num_tiles,
-                          head_dim=q.shape[2])
+                          head_dim=q.shape[2], elements=q.size)
   if implementation == "pallas_tpu":
     return block_sparse_attention_tpu(q, k, v, mask, scale, interpret_mode(interpret))
   if implementation == "pallas_gpu":
