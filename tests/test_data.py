@@ -324,3 +324,46 @@ def test_loader_errors(built, tmp_path):
     _loader(summary, shard_index=2, shard_count=2)
   with pytest.raises(TypeError, match="batch_size"):
     _loader(summary, batch_size=2.0)
+
+
+def test_prepare_data_keeps_sibling_sources_apart(tmp_path):
+  """Two sources in one folder (e.g. two versions of a synthetic set) get two datasets; the
+  second must not be handed the first one's prepared clips."""
+  from ml_collections import ConfigDict
+
+  from moga_jax.data.prepare import prepare_data
+  from moga_jax.data.synthetic import make_synthetic_videos
+
+  prepared = []
+  for name, seed in (("set_a", 1), ("set_b", 2)):
+    source = make_synthetic_videos(tmp_path / name, 2, frames_per_shot=2, height=16, width=16,
+                                   seed=seed)
+    cfg = ConfigDict(dict(source_dir=str(source), dataset_dir="", shots=2, max_shots=2,
+                          frames_per_shot=2, height=16, width=16, fps=8, caption_len=48,
+                          synthetic_videos=2, subject_scale=0.3))
+    prepared.append(prepare_data(cfg, tmp_path / "runs" / name))
+  assert prepared[0] != prepared[1]
+  assert "set_a" in str(prepared[0]) and "set_b" in str(prepared[1])
+
+
+@pytest.mark.parametrize(("value", "error", "match"), [
+    (0.5, ValueError, r"subject_scale must be in \(0, 0.5\).*got 0.5"),
+    (0.0, ValueError, r"subject_scale must be in \(0, 0.5\)"),
+    ("big", TypeError, r"subject_scale must be a float in \(0, 0.5\), got str"),
+    (True, TypeError, r"got bool"),
+])
+def test_subject_scale_is_checked(tmp_path, value, error, match):
+  from moga_jax.data.synthetic import make_synthetic_videos
+
+  with pytest.raises(error, match=match):
+    make_synthetic_videos(tmp_path, 1, subject_scale=value)
+
+
+def test_subject_scale_sets_the_subjects_size(tmp_path):
+  from moga_jax.data.consistency import render_clip
+
+  shots = [dict(start=0, end=2, background="red", colour="blue", shape="square",
+                direction="left")]
+  small = render_clip(shots, rng=0, subject_scale=0.15)[1].sum()
+  large = render_clip(shots, rng=0, subject_scale=0.3)[1].sum()
+  assert 3.5 < large / small < 4.5  # area ~ radius^2

@@ -15,9 +15,10 @@ def prepare_data(cfg, workdir: Path) -> Path:
   """Returns the prepared dataset folder for `cfg` (config.data), building what is missing.
 
   source_dir "" means synthetic clips in WORKDIR/../data/synthetic, made on first use. The
-  prepared array_record dataset lives in a folder named after the clip shape, so changing the
-  frames or resolution never reads a stale dataset. Clips are cut to `num_frames` where the
-  config sets it (Wan's 1 + 4k frames), else to shots x frames_per_shot.
+  prepared array_record dataset lives in a folder named after the source folder and the clip
+  shape, so changing the source, frames or resolution never reads a stale dataset. Clips are
+  cut to `num_frames` where the config sets it (Wan's 1 + 4k frames), else to shots x
+  frames_per_shot.
   """
   source = Path(cfg.source_dir) if cfg.source_dir else Path(workdir).parent / "data" / "synthetic"
   frames = cfg.get("num_frames") or cfg.shots * cfg.frames_per_shot
@@ -29,7 +30,9 @@ def prepare_data(cfg, workdir: Path) -> Path:
                           frames_per_shot=cfg.frames_per_shot, height=cfg.height,
                           width=cfg.width, fps=cfg.fps, seed=0,
                           subject_scale=cfg.subject_scale)
-  shape = f"{frames}f_{cfg.height}x{cfg.width}_s{cfg.max_shots}_c{cfg.caption_len}"
+  # Named after the source folder too: two sources side by side never share a dataset.
+  shape = (f"{source.name}_{frames}f_{cfg.height}x{cfg.width}_s{cfg.max_shots}"
+           f"_c{cfg.caption_len}")
   dataset_dir = Path(cfg.dataset_dir) if cfg.dataset_dir else source.parent / "prepared" / shape
   try:
     return find_dataset_dir(dataset_dir)
