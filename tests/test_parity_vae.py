@@ -59,6 +59,10 @@ def ours(reference):
   return fns
 
 
+# Measured 3.5e-7 to 1.4e-6 (float32, 2026-11-25); a few times that, so a real divergence fails.
+PARITY = 5e-6
+
+
 def test_encode_matches_diffusers(reference, ours):
   model, _ = reference
   encode, _, encode_normalized, _ = ours
@@ -72,9 +76,9 @@ def test_encode_matches_diffusers(reference, ours):
   got = encode(video)
   assert got.shape == (B, 1 + (T - 1) // 4, H // 8, W // 8, TINY["z_dim"])
   err = rel_err(got, want)
-  assert err < 1e-4, err
+  assert err < PARITY, err
   err = rel_err(encode_normalized(video), np.moveaxis(normalized.numpy(), 1, -1))
-  assert err < 1e-4, err
+  assert err < PARITY, err
 
 
 def test_decode_matches_diffusers(reference, ours):
@@ -94,9 +98,9 @@ def test_decode_matches_diffusers(reference, ours):
   got = decode(latents)
   assert got.shape == (B, T, H, W, 3)
   err = rel_err(got, want)
-  assert err < 1e-4, err
+  assert err < PARITY, err
   err = rel_err(decode_normalized(latents), np.moveaxis(want_normalized.numpy(), 1, -1))
-  assert err < 1e-4, err
+  assert err < PARITY, err
 
 
 def test_loading_names_missing_unexpected_and_misshaped(reference, tmp_path):
