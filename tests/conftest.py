@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import os
+import zlib
 
 # With libtpu installed (the tpu-compile extra) every process that starts JAX loads it; let the
 # xdist workers share it instead of failing on its lockfile.
@@ -19,7 +19,6 @@ from pallas_kernels import resolve_implementation
 # Max |error| allowed relative to max |reference|, keyed by input dtype.
 TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 1e-2}
 
-_seeds = itertools.count(1234)
 
 
 @pytest.fixture(autouse=True)
@@ -34,9 +33,10 @@ def _skip_kernels_this_backend_cannot_run(request):
 
 
 @pytest.fixture
-def key() -> jax.Array:
-  """A different key for every test that asks, so no two tests share inputs."""
-  return jax.random.key(next(_seeds))
+def key(request) -> jax.Array:
+  """A key from the test's own id (name and parameters): no two tests share inputs, and a
+  failure reproduces under -k, in any order and on any xdist worker."""
+  return jax.random.key(zlib.crc32(request.node.nodeid.encode()))
 
 
 def random_qkv(key, shape, dtype=jnp.float32):

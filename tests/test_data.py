@@ -266,6 +266,17 @@ def test_loader_batch_format(built):
   assert batch["num_shots"].shape == (2,) and batch["num_shots"].dtype == np.int32
 
 
+def test_loader_pixels_are_the_clips_colours_in_minus_one_to_one(built):
+  """Kills a loader that scales to [0, 1] (or forgets to scale): every frame's background, its
+  median pixel, is a palette colour c as c / 127.5 - 1, up to H.264's error."""
+  summary, _ = built
+  video = next(_loader(summary))["video"]
+  palette = np.array(list(COLOURS.values()), np.float32) / 127.5 - 1.0
+  medians = np.median(video.reshape(*video.shape[:2], -1, 3), axis=2)  # [B, F, 3]
+  nearest = np.abs(medians[..., None, :] - palette).max(-1).min(-1)
+  assert (nearest < 0.08).all(), nearest.max()
+
+
 def test_loader_resumes_exactly(built):
   summary, _ = built
   reference = _loader(summary)
