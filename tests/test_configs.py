@@ -104,6 +104,36 @@ def test_make_optimizer_applies_the_constant_schedule():
   np.testing.assert_allclose(np.asarray(model.bias[...]), moved, rtol=1e-4)
 
 
+def test_make_optimizer_clips_the_global_norm_and_decays_weights_decoupled():
+  """Two AdamW steps by hand: gradients scaled to global norm grad_clip before Adam, and
+  weight decay added to the update (lr x wd x param), not to the gradient. Kills a dropped or
+  per-leaf clip and L2-style (coupled) decay."""
+  lr, wd, clip, b1, b2, eps = 1e-2, 0.1, 1.0, 0.9, 0.999, 1e-8
+  model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+  model.kernel[...] = jnp.array([[1.0], [-2.0]])
+  model.bias[...] = jnp.array([0.5])
+  optimizer = make_optimizer(model, _train(learning_rate=lr, warmup_steps=0, weight_decay=wd,
+                                           grad_clip=clip))
+  grads = [np.array([[3.0], [4.0]]), np.array([12.0])]  # global norm 13
+  grads2 = [np.array([[-1.0], [0.5]]), np.array([0.25])]  # norm < clip: unclipped
+  params = [np.array([[1.0], [-2.0]]), np.array([0.5])]
+  mu = [np.zeros_like(p) for p in params]
+  nu = [np.zeros_like(p) for p in params]
+  for step, g in enumerate((grads, grads2), start=1):
+    norm = np.sqrt(sum((x**2).sum() for x in g))
+    g = [x * min(1.0, clip / norm) for x in g]
+    mu = [b1 * m + (1 - b1) * x for m, x in zip(mu, g, strict=True)]
+    nu = [b2 * n + (1 - b2) * x**2 for n, x in zip(nu, g, strict=True)]
+    params = [p - lr * (m / (1 - b1**step) / (np.sqrt(n / (1 - b2**step)) + eps) + wd * p)
+              for p, m, n in zip(params, mu, nu, strict=True)]
+    raw = [jnp.asarray(x / min(1.0, clip / norm), jnp.float32) for x in g]
+    grad_fn = nnx.grad(lambda m, raw=raw: jnp.sum(m.kernel[...] * raw[0])
+                       + jnp.sum(m.bias[...] * raw[1]))
+    optimizer.update(model, grad_fn(model))
+    np.testing.assert_allclose(np.asarray(model.kernel[...]), params[0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(model.bias[...]), params[1], rtol=1e-5)
+
+
 def _replace(section: ConfigDict, field: str, value) -> None:
   """Sets a field to a value of another type (ConfigDict refuses that for assignment; a config
   written in Python can still hold it)."""
