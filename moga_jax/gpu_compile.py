@@ -196,6 +196,16 @@ def kernel_reports(tile: int, head_dim: int, dtype=jnp.bfloat16, *, ranges: bool
   `gpu.LaunchParams` for every kernel, or a mapping kernel name ("forward", "dq", "dkdv") ->
   LaunchParams. The Triton IR does not depend on them, so one lowering serves every setting.
   """
+  from pallas_kernels.block_sparse.gpu import LaunchParams
+  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+
+  check_hardware_tiling("pallas_gpu", tile=tile, head_dim=head_dim)
+  if launch is not None and not isinstance(launch, LaunchParams | Mapping):
+    raise TypeError(f"launch must be None, a gpu.LaunchParams or a mapping kernel name -> "
+                    f"LaunchParams, got {type(launch).__name__}")
+  if isinstance(launch, Mapping) and set(launch) - set(KERNELS):
+    raise ValueError(f"launch names kernels {sorted(set(launch) - set(KERNELS))}; the kernels "
+                     f"are {KERNELS}")
   _triton()
   kernels = triton_kernels(tile, head_dim, dtype, ranges=ranges)
   return compile_kernels(kernels, tile, head_dim, dtype, ranges=ranges, launch=launch)

@@ -117,17 +117,11 @@ def _branch_fn(cfg, shapes: AttentionShapes, branch: str):
   raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
 
 
-def _prefetch_bytes(hlo_text: str) -> int:
-  """Bytes of scalar-prefetch operands over the TPU kernels of a compiled module: the largest
-  one kernel needs (they run one at a time). Read from the kernels' SMEM operand shapes."""
-  from pallas_kernels.block_sparse.tpu import prefetch_bytes_in_hlo
-
-  return prefetch_bytes_in_hlo(hlo_text)
-
-
 def compile_branch(cfg, shapes: AttentionShapes, branch: str, chip: str,
                    dtype=jnp.bfloat16) -> dict:
   """Compiles forward + backward of one branch for one chip; a dict row (error on failure)."""
+  from pallas_kernels.block_sparse.tpu import prefetch_bytes_in_hlo
+
   devices = tpu_devices(chip, 1)
   mesh = jax.sharding.Mesh(np.array(devices), ("x",))
   placed = jax.NamedSharding(mesh, jax.P())
@@ -151,7 +145,7 @@ def compile_branch(cfg, shapes: AttentionShapes, branch: str, chip: str,
   memory = compiled.memory_analysis()
   row.update(
       ok=True, compile_s=round(time.perf_counter() - start, 1),
-      smem_prefetch_bytes=_prefetch_bytes(compiled.as_text()),
+      smem_prefetch_bytes=prefetch_bytes_in_hlo(compiled.as_text()),
       hbm_argument_bytes=int(memory.argument_size_in_bytes),
       hbm_output_bytes=int(memory.output_size_in_bytes),
       hbm_temp_bytes=int(memory.temp_size_in_bytes))

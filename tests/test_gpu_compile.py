@@ -54,3 +54,15 @@ def test_a_missing_triton_is_named(monkeypatch):
   monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
   with pytest.raises(ImportError, match="pip install triton"):
     gpu_compile.kernel_reports(128, 64)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    (dict(tile=96, head_dim=64), ValueError, r"tokens per tile to be a power of two"),
+    (dict(tile=128, head_dim=8), ValueError, r"head_dim to be a power of two >= 16, got 8"),
+    (dict(tile=128, head_dim=64, launch=(8, 2)), TypeError, r"launch must be None, a gpu"),
+    (dict(tile=128, head_dim=64, launch={"backward": None}), ValueError,
+     r"launch names kernels \['backward'\]"),
+])
+def test_bad_arguments_are_refused_before_compiling(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    gpu_compile.kernel_reports(**kwargs)

@@ -75,3 +75,10 @@ def test_an_unknown_chip_is_refused():
   shapes = tpu_compile.attention_shapes(cfg)
   with pytest.raises(ValueError, match="chip must be one of"):
     tpu_compile.compile_branch(cfg, shapes, "group", "v9z")
+
+
+def test_a_slice_size_that_is_not_a_power_of_two_is_refused():
+  with pytest.raises(ValueError, match="power-of-two number of chips, got 6"):
+    tpu_compile.tpu_devices("v5e", 6)
+  with pytest.raises(ValueError, match="chip must be one of"):
+    tpu_compile.tpu_devices("v4", 8)

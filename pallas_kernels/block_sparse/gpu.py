@@ -63,15 +63,14 @@ class LaunchParams:
 DKDV_KEYS = 64
 
 
-def launch_params(kernel: str, *, tile: int, head_dim: int, dtype) -> LaunchParams:
-  """Warps and pipeline stages for `kernel` ("forward", "dq" or "dkdv") at a tile size.
+def launch_params(*, tile: int, head_dim: int) -> LaunchParams:
+  """Warps and pipeline stages for every kernel (forward, dq, dk/dv) at a tile size.
 
   From the sweep in moga_jax/gpu_compile.py (sm_90a, bf16, tile 128): at 4 warps every kernel
   spills registers (forward 1.3 KB per thread, dq 1.5 KB at head_dim 128); at 8 warps forward
   and dq do not. Two stages keep every kernel under the H100's 227 KiB of shared memory at
   head_dim 128 (three take dq to 256 KiB). Small tiles (at most 64 x 64 values) need only 4.
   """
-  del kernel, dtype
   return LaunchParams(num_warps=8 if tile * head_dim > 64 * 64 else 4, num_stages=2)
 
 
@@ -93,7 +92,7 @@ def _call(kernel, *, name: str, mask: BlockMask, tile: int, head_dim: int, opera
                                                                   strict=True)]
   out_specs = [pl.BlockSpec((None, block, s.shape[-1]), lambda t, r: (r, t, 0))
                for s in out_shape]
-  params = launch_params(name, tile=tile, head_dim=head_dim, dtype=operands[0].dtype)
+  params = launch_params(tile=tile, head_dim=head_dim)
   return pl.pallas_call(
       kernel, grid=(num_tiles * tile // block, rows), in_specs=in_specs, out_specs=out_specs,
       out_shape=out_shape, interpret=interpret, name=f"block_sparse_{name}",
