@@ -2,7 +2,9 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Parallel test workers (pytest-xdist); CI machines have 2 cores.
+# Parallel test workers (pytest-xdist); CI machines have 2 cores. --dist loadgroup: tests that
+# share a module fixture (a trained run, made videos, reference models) are marked
+# xdist_group and go to one worker, which builds the fixture once; the rest balance freely.
 JOBS   ?= 2
 
 .PHONY: env demo test test-main test-parity test-fast bench bench-demo bench-long bench-interpret \
@@ -51,7 +53,7 @@ tpu-compile: $(STAMP)
 test: test-main test-parity
 
 test-main: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) -q
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -q
 
 # Parity tests need torch + diffusers + transformers (the `parity` extra), never runtime
 # dependencies, so they get their own venv. Python 3.11: the CPU build of torch lies on these
@@ -68,7 +70,7 @@ $(PARITY_STAMP): pyproject.toml
 	@touch $(PARITY_STAMP)
 
 test-parity: $(PARITY_STAMP)
-	$(PARITY_VENV)/bin/python -m pytest -n $(JOBS) -q -m parity
+	$(PARITY_VENV)/bin/python -m pytest -n $(JOBS) --dist loadgroup -q -m parity
 
 # Everything but the tests marked slow, for quick local iteration.
 test-fast: $(STAMP)

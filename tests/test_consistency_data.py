@@ -43,6 +43,10 @@ FRAMES = SHOTS * FRAMES_PER_SHOT
 SHOT_KEYS = {"start", "end", "caption", "background", "colour", "shape", "direction", "changed"}
 
 
+# Module fixtures (made videos) are built once: `make test` runs xdist with --dist loadgroup.
+pytestmark = pytest.mark.xdist_group("consistency_data")
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   return make_consistency_videos(

@@ -31,6 +31,10 @@ NUM_FRAMES = SHOTS * FRAMES_PER_SHOT
 SIZE, MAX_SHOTS, CAPTION_LEN = 16, 3, 64
 
 
+# Module fixtures (made videos) are built once: `make test` runs xdist with --dist loadgroup.
+pytestmark = pytest.mark.xdist_group("data")
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
   """Six synthetic 32x32 videos, plus index entries for one corrupt and one missing file."""
@@ -275,6 +279,18 @@ def test_loader_pixels_are_the_clips_colours_in_minus_one_to_one(built):
   medians = np.median(video.reshape(*video.shape[:2], -1, 3), axis=2)  # [B, F, 3]
   nearest = np.abs(medians[..., None, :] - palette).max(-1).min(-1)
   assert (nearest < 0.08).all(), nearest.max()
+
+
+def test_loader_pixels_equal_the_mp4_decoded_directly(built, source):
+  """The loader's clip is the source mp4 decoded, cut to the clip's frames, area-resized to the
+  config's size and mapped to [-1, 1] as x / 127.5 - 1. Kills a loader that reads another clip,
+  flips or transposes frames, drops the resize or scales differently."""
+  summary, _ = built
+  batch = next(_loader(summary, include_name=True))
+  for video, name in zip(batch["video"], batch["name"], strict=True):
+    frames = read_mp4(source / name.decode())[:NUM_FRAMES]
+    want = resize_frames(frames, SIZE, SIZE).astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(video, want, rtol=0, atol=1e-6, err_msg=name.decode())
 
 
 def test_loader_resumes_exactly(built):

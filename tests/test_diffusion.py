@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from moga_jax.diffusion import euler_sample, flow_matching_loss, sample_times, shift_time
 from moga_jax.training import latent_loss_fn
@@ -85,3 +86,61 @@ def test_caption_dropout_drops_at_its_rate():
   latent_loss_fn(dit, inputs, jax.random.key(4), cfg)
   dropped = np.asarray(seen["context"][:, 0, 0, 0] == -1.0)
   assert abs(dropped.mean() - rate) < 0.03  # 4000 draws: ~4 standard deviations
+
+
+class _StubVideoModel(nnx.Module):
+  """TextToVideo's sampling interface with a velocity of +1 given any caption and -1 given the
+  empty one, so that one Euler step shows which prediction guidance took as conditional."""
+
+  def __init__(self, noise: jax.Array):
+    self.noise = nnx.Variable(noise)
+
+  def encode_text(self, captions):
+    present = (captions != 0).any(-1, keepdims=True)  # [B, S, 1]
+    return present.astype(jnp.float32)[..., None], present
+
+  def velocity(self, x, t, context, mask, frame_shot):
+    sign = jnp.where(context.max() > 0, 1.0, -1.0)
+    return sign * jnp.ones_like(x), jnp.float32(0)
+
+  def to_video(self, z):
+    return (z - self.noise[...])[..., :3]  # the distance travelled, as pixels in [-1, 1]
+
+
+def test_sample_py_guides_toward_the_prompt():
+  """Catches sample.py handing the empty caption's prediction in as the conditional one: one
+  step with guidance w moves the noise by -(v_u + w (v_c - v_u)) = -(-1 + 2 w)."""
+  import sample
+  from configs import tiny
+
+  cfg = tiny.get_config()
+  cfg.sample.steps, cfg.sample.guidance = 1, 0.75
+  d, f = cfg.data, cfg.model.latent_factor
+  noise = jax.random.normal(jax.random.key(3), (1, d.frames_per_shot, d.height // f,
+                                                d.width // f, 3 * f * f))
+  video = sample.generate(_StubVideoModel(noise), cfg, ["a red circle"], seed=3)
+  moved = -(-1.0 + 2 * 0.75)  # -0.5; swapped: -(1 - 2 w) = +0.5
+  assert np.unique(video).tolist() == [round((moved + 1) * 127.5)]
+
+
+def test_wan_pipeline_guides_toward_the_prompt(monkeypatch):
+  """Catches the Wan pipeline's guidance with prompt and negative prompt swapped: a stub DiT
+  whose velocity is the caption's value (+1 prompt, -1 negative) must move one step by
+  -(v_n + w (v_p - v_n))."""
+  from configs import wan1_3b_moga
+  from moga_jax.wan import pipeline
+
+  cfg = wan1_3b_moga.get_config()
+  cfg.sample.steps, cfg.sample.guidance = 1, 5.0
+  cfg.video.frames, cfg.video.height, cfg.video.width = 5, 32, 32
+
+  class StubDiT(nnx.Module):
+    def __call__(self, x, t, context, mask, frame_shot):
+      return context[:, 0, 0, 0].reshape(-1, 1, 1, 1, 1) * jnp.ones_like(x), jnp.float32(0)
+
+  monkeypatch.setattr(pipeline, "load_dit", lambda *a, **k: StubDiT())
+  geometry = pipeline.video_geometry(cfg, shots=1)
+  embeddings = np.stack([np.ones((4, 8), np.float32), -np.ones((4, 8), np.float32)])
+  latents = pipeline.sample_latents("unused", cfg, embeddings, geometry, seed=2)
+  noise = jax.random.normal(jax.random.key(2), (1, *geometry.latent, cfg.model.in_channels))
+  np.testing.assert_allclose(latents - noise, -(-1.0 + 5.0 * 2.0), rtol=1e-6)

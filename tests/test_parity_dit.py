@@ -24,7 +24,8 @@ from wan_reference import rel_err  # noqa: E402
 from moga_jax.dit import VideoDiT  # noqa: E402
 from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit  # noqa: E402
 
-pytestmark = pytest.mark.parity
+# One worker builds the module fixtures (reference models) once (--dist loadgroup).
+pytestmark = [pytest.mark.parity, pytest.mark.xdist_group("parity_dit")]
 
 TINY = wan_reference.DIT
 ONE_GROUP = {"num_groups": 1, "stga_windows": None, "frame_attention": False}

@@ -29,7 +29,8 @@ from moga_jax.wan.umt5 import (  # noqa: E402
 )
 from moga_jax.wan.umt5_weights import load_umt5  # noqa: E402
 
-pytestmark = pytest.mark.parity
+# One worker builds the module fixtures (reference models) once (--dist loadgroup).
+pytestmark = [pytest.mark.parity, pytest.mark.xdist_group("parity_umt5")]
 
 TINY = wan_reference.UMT5
 SENTENCES = wan_reference.SENTENCES

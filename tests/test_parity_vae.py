@@ -27,7 +27,8 @@ from wan_reference import rel_err  # noqa: E402
 from moga_jax.wan.vae import WanVAE, WanVAEConfig  # noqa: E402
 from moga_jax.wan.vae_weights import load_wan_vae  # noqa: E402
 
-pytestmark = pytest.mark.parity
+# One worker builds the module fixtures (reference models) once (--dist loadgroup).
+pytestmark = [pytest.mark.parity, pytest.mark.xdist_group("parity_vae")]
 
 TINY = wan_reference.VAE
 B, T, H, W = 2, 9, 24, 32  # H != W catches transposed spatial axes

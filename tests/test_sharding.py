@@ -34,6 +34,7 @@ def _env(devices: int | None) -> dict:
   if devices is not None:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["PYTHONPATH"] = str(ROOT)
+  env["JAX_PLATFORMS"] = "cpu"  # fake CPU devices, also on a GPU or TPU machine
   return env
 
 

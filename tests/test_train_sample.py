@@ -46,6 +46,7 @@ def trained(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("trained")  # one worker builds the module fixture once
 def test_training_writes_metrics_checkpoints_and_plots(trained):
   steps = [s for s, _ in _losses(trained)]
   assert steps == [1, 2, 3, 4, 5, 6]
@@ -56,6 +57,7 @@ def test_training_writes_metrics_checkpoints_and_plots(trained):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("trained")  # one worker builds the module fixture once
 def test_resume_after_kill_9_logs_identical_losses(trained):
   workdir = trained.parent / "crashed"
   killed = _run("train.py", "--workdir", str(workdir), "--crash_after_step=5", check=False)
@@ -66,6 +68,7 @@ def test_resume_after_kill_9_logs_identical_losses(trained):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("trained")  # one worker builds the module fixture once
 def test_sample_writes_a_decodable_two_shot_video(trained):
   output = trained / "out" / "sample.mp4"
   _run("sample.py", "--workdir", str(trained), *PROMPTS, "--output", str(output))
@@ -81,6 +84,7 @@ def test_sample_without_checkpoint_says_so(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("trained")  # one worker builds the module fixture once
 def test_sample_with_a_mismatched_config_names_the_fields(trained):
   result = _run("sample.py", "--workdir", str(trained), *PROMPTS, "--config.model.dim=64",
                 check=False)

@@ -9,8 +9,11 @@ import pytest
 
 from pallas_kernels import group_attention, resolve_implementation
 
-Q = jnp.ones((2, 10, 3, 8))
-IDS = jnp.zeros((2, 10, 3), jnp.int32)
+# Random, non-constant inputs: with constant q, k, v every grouping gives the same output, so a
+# test that compares outputs could not tell one treatment of the ids from another.
+_RNG = np.random.default_rng(0)
+Q = jnp.asarray(_RNG.normal(size=(2, 10, 3, 8)), jnp.float32)
+IDS = jnp.asarray(_RNG.integers(0, 4, size=(2, 10, 3)), jnp.int32)
 
 
 def call(q=Q, k=Q, v=Q, ids=IDS, **kw):
@@ -35,7 +38,7 @@ def call(q=Q, k=Q, v=Q, ids=IDS, **kw):
         ({"num_groups": 2.0}, TypeError, r"num_groups must be an int"),
         ({"ids": IDS.at[0, 3, 1].set(4)}, ValueError,
          r"group_ids must lie in \[0, num_groups=4\), got values in \[0, 4\]"),
-        ({"ids": IDS.at[1, 0, 0].set(-1)}, ValueError, r"got values in \[-1, 0\]"),
+        ({"ids": IDS.at[1, 0, 0].set(-1)}, ValueError, r"got values in \[-1, 3\]"),
         ({"tile": 0}, ValueError, r"tile must be >= 1"),
         ({"scale": "big"}, TypeError, r"scale must be a Python float"),
         ({"scale": float("nan")}, ValueError, r"scale must be finite"),
@@ -49,12 +52,22 @@ def test_bad_input(kwargs, error, match):
     call(**kwargs)
 
 
-def test_traced_ids_are_not_range_checked_but_stay_defined():
-  """Under jit the values are unknown: no error, and out-of-range ids are clipped."""
-  f = jax.jit(lambda ids: call(ids=ids, implementation="xla"))
-  clipped = f(IDS.at[0, 0, 0].set(9))
-  assert np.isfinite(np.asarray(clipped)).all()
-  np.testing.assert_allclose(clipped, f(IDS.at[0, 0, 0].set(3)))
+@pytest.mark.parametrize("implementation", ["xla", "reference"])
+def test_traced_ids_are_not_range_checked_but_clipped(implementation):
+  """Under jit the values are unknown: no error, and out-of-range ids are clipped into range.
+
+  Kills: ids wrapped (9 -> 1, -1 -> 3) instead of clipped (9 -> 3, -1 -> 0); with the old
+  all-ones inputs every treatment gave the same output.
+  """
+  f = jax.jit(lambda ids: call(ids=ids, implementation=implementation))
+  base = IDS.at[0, 0, 0].set(2).at[1, 5, 2].set(1)  # neither the clipped nor the wrapped group
+  high, low = base.at[0, 0, 0].set(9), base.at[1, 5, 2].set(-1)
+  for bad, clipped, wrapped in ((high, base.at[0, 0, 0].set(3), base.at[0, 0, 0].set(1)),
+                                (low, base.at[1, 5, 2].set(0), base.at[1, 5, 2].set(3))):
+    out = np.asarray(f(bad))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, f(clipped), rtol=1e-6, atol=1e-6)
+    assert np.abs(out - np.asarray(f(wrapped))).max() > 1e-3  # the inputs tell them apart
 
 
 def test_none_picks_the_backend_kernel_and_named_kernels_fail_fast():
@@ -86,8 +99,10 @@ def test_interpret_params_only_for_the_tpu_kernel():
 
 
 def test_shared_ids_accepted_as_batch_seq():
-  out = call(ids=jnp.zeros((2, 10), jnp.int32), implementation="xla", tile=4)
-  assert out.shape == Q.shape
+  shared = IDS[:, :, 0]
+  out = call(ids=shared, implementation="xla", tile=4)
+  per_head = call(ids=jnp.repeat(shared[:, :, None], 3, axis=2), implementation="xla", tile=4)
+  np.testing.assert_allclose(out, per_head, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -104,6 +119,25 @@ def test_compiled_kernels_check_their_tiling(impl, tile, head_dim, match):
   with pytest.raises(ValueError, match=match):
     check_hardware_tiling(impl, tile=tile, head_dim=head_dim)
   check_hardware_tiling(impl, tile=128, head_dim=128)  # the recommended shape passes
+
+
+def test_hardware_refusals_are_recognised_for_skipping():
+  """conftest skips (on a GPU/TPU machine) exactly the kernels' own shape refusals."""
+  from conftest import is_hardware_refusal
+
+  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+
+  for impl, kw in (("pallas_gpu", {"tile": 24, "head_dim": 64}),
+                   ("pallas_gpu", {"tile": 128, "head_dim": 8}),
+                   ("pallas_gpu", {"tile": 128, "head_dim": 128, "elements": 2**31}),
+                   ("pallas_tpu", {"tile": 100, "head_dim": 128})):
+    with pytest.raises(ValueError) as refusal:
+      check_hardware_tiling(impl, **kw)
+    assert is_hardware_refusal(refusal.value), refusal.value
+  with pytest.raises(ValueError) as other:
+    call(num_groups=0)
+  assert not is_hardware_refusal(other.value)
+  assert not is_hardware_refusal(TypeError("pallas_gpu needs a bool"))
 
 
 def test_gpu_kernels_refuse_tensors_past_32_bit_offsets():

@@ -37,7 +37,8 @@ from moga_jax.wan import converted, pipeline  # noqa: E402
 from moga_jax.wan.convert import convert  # noqa: E402
 from moga_jax.wan.dit_weights import load_wan_dit  # noqa: E402
 
-pytestmark = pytest.mark.parity
+# One worker builds the module fixtures (reference models) once (--dist loadgroup).
+pytestmark = [pytest.mark.parity, pytest.mark.xdist_group("wan_pipeline")]
 
 ROOT = Path(__file__).parents[1]
 D, U = wan_reference.DIT, wan_reference.UMT5
@@ -177,6 +178,7 @@ def test_train_py_fine_tunes_from_converted_weights(weights, tmp_path):
   assert batch["context"].shape == (4, 2, TINY["video.caption_len"], U["d_model"])
   np.testing.assert_array_equal(batch["frame_shot"], [[0, 0, 1]] * 4)  # shots of 5 + 4 frames
   assert np.abs(batch["null_context"]).max() > 0
+  _latents_equal_encoding_of_their_clips(latents, out)
 
   cfg = tiny_config(**{"video.shots": 2, "train.learning_rate": 0.0})
   model = dit_from_config(cfg.model, rngs=nnx.Rngs(7))
@@ -188,6 +190,39 @@ def test_train_py_fine_tunes_from_converted_weights(weights, tmp_path):
   for (path, a), (_, b) in zip(nnx.to_flat_state(restored[0]),
                                nnx.to_flat_state(nnx.state(want, nnx.Param)), strict=True):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
+
+
+def _latents_equal_encoding_of_their_clips(latents: Path, weights: Path) -> None:
+  """Each stored example is the converted VAE's normalised encoding of its own clip (pixels in
+  [-1, 1]) and umT5's states of its own captions, up to float16 storage. Kills: latents of
+  another clip, un-normalised latents, pixels in [0, 255] or [0, 1], captions of another clip."""
+  from moga_jax.data import decode_captions
+  from moga_jax.wan.latent_data import SUMMARY
+  from moga_jax.wan.tokenizer import encode_prompts
+  from moga_jax.wan.umt5 import prompt_embeddings
+
+  videos_dir = json.loads((latents / SUMMARY).read_text())["video_dir"]
+  clips = {np.bytes_(r["name"]).decode(): r
+           for r in map(tfds_records(videos_dir).__getitem__, range(4))}
+  vae, encoder = converted.load_vae(weights), converted.load_text_encoder(weights)
+  tokenizer = converted.load_converted_tokenizer(weights)
+  batch = next(make_loader(latents, batch_size=4, seed=0, num_epochs=1, include_name=True))
+  for i, name in enumerate(batch["name"]):
+    clip = clips[name.decode()]
+    video = jnp.asarray(clip["video"], jnp.float32)[None] / 127.5 - 1.0
+    want = np.asarray(vae.encode_normalized(video)[0])
+    assert rel_err(batch["latents"][i], want) < 2e-3, name  # float16: 2**-11 relative
+    shots = int(clip["num_shots"])
+    ids, mask = encode_prompts(tokenizer, decode_captions(clip["captions"], shots),
+                               max_len=TINY["video.caption_len"])
+    states = np.asarray(prompt_embeddings(encoder, jnp.asarray(ids), jnp.asarray(mask)))
+    assert rel_err(batch["context"][i, :shots], states) < 2e-3, name
+
+
+def tfds_records(dataset_dir: str):
+  import tensorflow_datasets as tfds
+
+  return tfds.builder_from_directory(dataset_dir).as_data_source(split="train")
 
 
 def test_sampling_is_deterministic_and_uses_the_prompts(weights):

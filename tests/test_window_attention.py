@@ -88,8 +88,8 @@ def test_window_layout_invariants():
          r"implementation='pallas_tpu' cannot run on backend 'cpu'"),
     ],
 )
-def test_bad_input(kwargs, error, match):
-  q = jnp.ones((1, 24, 2, 8))
+def test_bad_input(key, kwargs, error, match):
+  q = jax.random.normal(key, (1, 24, 2, 8))
   kw = dict(grid_shape=(2, 3, 4), tile=(1, 2, 2), window=(3, 3, 3)) | kwargs
   with pytest.raises(error, match=match):
     window_attention(q, q, q, **kw)

@@ -8,6 +8,8 @@ import os
 import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+# Fake CPU devices on any machine: on a GPU or TPU host jax would otherwise pick the one real chip.
+os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax
 import jax.numpy as jnp
