@@ -34,6 +34,7 @@ from moga_jax.config_checks import validate_config
 from moga_jax.data.captions import encode_captions
 from moga_jax.diffusion import euler_sample
 from moga_jax.model import TextToVideo
+from moga_jax.run_guard import cli_main
 from moga_jax.training import make_optimizer
 from moga_jax.wan import pipeline as wan_pipeline
 
@@ -142,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_main(main, "sample.py"))

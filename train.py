@@ -8,11 +8,18 @@ With --init (configs with a `video` section: a Wan DiT) the DiT starts from the 
 transformer, MoGA replacing its full self-attention, and trains on latents and caption states
 precomputed once with the converted VAE and umT5 (moga_jax.wan.latent_data).
 
-Makes the synthetic data on first use when the config points at none, resumes from the latest
-checkpoint in WORKDIR (the resumed run logs exactly the losses an uninterrupted run would),
-shows a progress bar, appends one JSON line per step to WORKDIR/metrics.jsonl, writes
-TensorBoard events to WORKDIR/tensorboard, checkpoints every `train.checkpoint_every` steps and
-on exit, and draws WORKDIR/loss.png at the end.
+Makes the synthetic data on first use when the config points at none, resumes from the newest
+readable checkpoint in WORKDIR (the resumed run logs exactly the losses an uninterrupted run
+would; an unreadable newer one is moved aside with a warning), shows a progress bar, appends one
+JSON line per step to WORKDIR/metrics.jsonl (fetched every `train.log_every` steps, so there is
+no host sync per step), writes TensorBoard events to WORKDIR/tensorboard, checkpoints in the
+background every `train.checkpoint_every` steps and on exit, and draws WORKDIR/loss.png.
+
+Surviving a cluster: SIGTERM (preemption) finishes the step, saves and exits 0; a non-finite
+loss or gradient norm stops with exit status 3 and a message naming the step, saving nothing
+(`train.skip_nonfinite_steps` > 0 drops up to that many such steps instead); a user error (bad
+config value, missing folder, malformed captions file) prints one line and exits 2
+(MOGA_TRACEBACK=1 shows the traceback).
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -36,6 +45,7 @@ from moga_jax.config_checks import validate_config, validate_sharding
 from moga_jax.data.pipeline import make_loader
 from moga_jax.data.prepare import prepare_data
 from moga_jax.model import dit_from_config
+from moga_jax.run_guard import Preemption, check_finite, cli_main
 from moga_jax.sharding import ShardingRules, make_mesh, process_batch_slice
 from moga_jax.training import (
   init_train_state,
@@ -53,9 +63,25 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 _INIT = flags.DEFINE_string(
     "init", None, "Converted Wan folder (python -m moga_jax.convert_wan) to fine-tune from; "
     "required by configs with a `video` section. Ignored when WORKDIR has a checkpoint.")
+# Testing aids: the faults a long run meets, made to happen at a chosen step.
 _CRASH_AFTER = flags.DEFINE_integer(
     "crash_after_step", None, "Testing aid: SIGKILL this process after that step, as a crash "
     "would, without the save-on-exit.")
+_TERM_AFTER = flags.DEFINE_integer(
+    "sigterm_after_step", None, "Testing aid: send this process SIGTERM after that step, as a "
+    "scheduler preempting it would.")
+_POISON_STEP = flags.DEFINE_integer(
+    "poison_batch_at_step", None, "Testing aid: fill that step's batch with NaN, as a corrupt "
+    "clip would.")
+
+
+class Faults(NamedTuple):
+  """Testing aids (see the flags): steps after which to crash or be preempted, and the step
+  whose batch is poisoned; None: never."""
+
+  crash_after: int | None = None
+  term_after: int | None = None
+  poison_at: int | None = None
 
 
 def data_state(loader) -> dict:
@@ -120,7 +146,19 @@ def _wan_setup(cfg, workdir: Path, init: str | None, rules: ShardingRules):
   return lambda: prepare_latents(cfg, workdir, init), build, latent_loss_fn
 
 
-def train(cfg, workdir: Path, crash_after: int | None = None, init: str | None = None) -> Path:
+def preempted(preemption: Preemption, at_fetch: bool) -> bool:
+  """Whether to save and stop now. One process stops as soon as it is signalled; several agree
+  at fetch points (a signal may reach them at different steps; all must save the same step)."""
+  if jax.process_count() == 1:
+    return preemption.requested
+  if not at_fetch:
+    return False
+  flags_ = multihost_utils.process_allgather(np.int32(preemption.requested))
+  return bool(np.asarray(flags_).max())
+
+
+def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = None) -> Path:
+  faults = faults or Faults()
   maybe_initialize_distributed(cfg)
   validate_config(cfg)
   mesh = make_mesh(validate_sharding(cfg, jax.device_count()))
@@ -146,9 +184,10 @@ def train(cfg, workdir: Path, crash_after: int | None = None, init: str | None =
                        seed=cfg.seed, shard_index=shard_index, shard_count=shard_count)
   checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   model_config = cfg.model.to_dict()
-  step = checkpoints.latest_step() or 0
-  if step:
-    state, saved = checkpoints.restore_state(state, model_config=model_config)
+  step = 0
+  resumed = checkpoints.restore_newest_readable(state, model_config=model_config)
+  if resumed is not None:
+    step, state, saved = resumed
     restore_data_state(loader, saved)
     logging.info("resumed from step %d", step)
   elif init is not None:  # Adam's moments start at zero whatever the parameters
@@ -165,35 +204,74 @@ def train(cfg, workdir: Path, crash_after: int | None = None, init: str | None =
   log = MetricsLog(workdir, step) if primary else None
   bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
              disable=not primary)
-  saved_at, last = step, time.perf_counter()
-  save = lambda: checkpoints.save(step, state, data_state=data_state(loader),
-                                  model_config=model_config)
+  t = cfg.train
+  log_every, max_skipped = t.get("log_every", 1), t.get("skip_nonfinite_steps", 0)
+  # Metrics stay on the devices until a fetch (every log_every steps, before every save and at
+  # the end): no host sync per step. A fetch checks them before anything is saved.
+  pending: list[tuple[int, dict]] = []
+  saved_at, skipped, healthy = step, 0, True
+  window = (step, time.perf_counter())
+
+  def fetch() -> None:
+    nonlocal pending, skipped, window
+    if not pending:
+      return
+    rows = [{"step": s, **{k: float(v) for k, v in m.items()}}
+            for s, m in jax.device_get(pending)]
+    pending = []
+    now = time.perf_counter()
+    rate = (rows[-1]["step"] - window[0]) / max(now - window[1], 1e-9)
+    window = (rows[-1]["step"], now)
+    skipped = check_finite(rows, skipped_so_far=skipped, max_skipped=max_skipped)
+    if log is not None:
+      for row in rows:
+        log.write(row.pop("step"), {**row, "steps_per_s": rate})
+    bar.update(len(rows))
+    bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", steps_s=f"{rate:.2f}")
+
+  def save() -> None:
+    nonlocal saved_at
+    fetch()  # raises on a non-finite step: a bad state is never written
+    checkpoints.save(step, state, data_state=data_state(loader), model_config=model_config)
+    saved_at = step
+
   try:
-    with jax.set_mesh(mesh):
-      while step < cfg.train.steps:
-        batch = to_global(next(loader))
-        state, metrics = train_step(state, batch, jax.random.fold_in(root_key, step))
+    with jax.set_mesh(mesh), Preemption() as preemption:
+      while step < t.steps:
+        batch = next(loader)
+        if step + 1 == faults.poison_at:
+          batch = {k: v * np.nan if k in ("video", "latents") else v for k, v in batch.items()}
+        state, metrics = train_step(state, to_global(batch), jax.random.fold_in(root_key, step))
         step += 1
-        metrics = {k: float(v) for k, v in metrics.items()}
-        now = time.perf_counter()
-        metrics["steps_per_s"] = 1.0 / max(now - last, 1e-9)
-        last = now
-        if log is not None:
-          log.write(step, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{metrics['steps_per_s']:.1f}")
-        if step % cfg.train.checkpoint_every == 0:
+        pending.append((step, metrics))
+        at_fetch = step % log_every == 0 or step == t.steps
+        if step % t.checkpoint_every == 0:
           save()
-          saved_at = step
-        if crash_after is not None and step >= crash_after:
+        elif at_fetch:
+          fetch()
+        if step == faults.crash_after:
+          fetch()
           os.kill(os.getpid(), signal.SIGKILL)
+        if step == faults.term_after:
+          os.kill(os.getpid(), signal.SIGTERM)
+        if preempted(preemption, at_fetch):
+          save()
+          logging.warning("preempted: saved step %d in %s", step, checkpoints.directory)
+          break
+  except KeyboardInterrupt:
+    raise  # Ctrl-C: the save below keeps what was trained (its fetch checks it first)
+  except BaseException:
+    healthy = False  # a save now could write the bad state; the newest checkpoint stays
+    raise
   finally:
     bar.close()
-    if step > saved_at:  # on exit, including Ctrl-C: nothing trained is lost
-      save()
-    checkpoints.close()
-    if log is not None:
-      log.close()
+    try:
+      if healthy and step > saved_at:  # on normal exit (and Ctrl-C below) nothing is lost
+        save()
+    finally:
+      checkpoints.close()
+      if log is not None:
+        log.close()
   if primary:
     plots.loss_curve(log.path, workdir / "loss.png")
   return workdir
@@ -202,10 +280,11 @@ def train(cfg, workdir: Path, crash_after: int | None = None, init: str | None =
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  workdir = train(_CONFIG.value, Path(_WORKDIR.value), _CRASH_AFTER.value, _INIT.value)
+  faults = Faults(_CRASH_AFTER.value, _TERM_AFTER.value, _POISON_STEP.value)
+  workdir = train(_CONFIG.value, Path(_WORKDIR.value), _INIT.value, faults)
   print(f"checkpoints: {workdir / 'checkpoints'}\nmetrics: {workdir / 'metrics.jsonl'}\n"
         f"loss curve: {workdir / 'loss.png'}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_main(main, "train.py"))

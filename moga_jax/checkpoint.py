@@ -1,22 +1,30 @@
 """Orbax checkpoints of a training run: model + optimizer state, step, data-iterator state.
 
-One directory per run, one subdirectory per saved step (the last `keep` kept). The model's
-config is saved with every step so that loading into a mismatched model fails with a message
-that names the differing fields instead of an opaque shape error.
+One directory per run, one subdirectory per saved step (the last `keep` kept), written in the
+background while training goes on. The model's config is saved with every step so that loading
+into a mismatched model fails with a message that names the differing fields instead of an
+opaque shape error. A step that cannot be read (a truncated file, a half-copied folder) is
+moved aside, never deleted, and resume falls back to the newest readable one.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 
 class ConfigMismatchError(ValueError):
-  pass
+  """The checkpoint was trained with another model config (the message names the fields)."""
+
+
+class UnreadableCheckpointError(OSError):
+  """Checkpoints exist but none of them can be read."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -45,8 +53,12 @@ def _as_state(state: Any) -> nnx.State:
 class Checkpointer:
   def __init__(self, directory: str | Path, *, keep: int = 2):
     self.directory = Path(directory).absolute()
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self._keep = keep
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=self._keep, create=True, enable_async_checkpointing=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -56,11 +68,15 @@ class Checkpointer:
 
     Every process calls this (multi-host); orbax writes each array's shards from the process
     that holds them and the JSON parts from the primary process.
+    Returns once the arrays are copied off the devices; the files are written in the
+    background (`wait` or `close` blocks until they are on disk).
     """
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_as_state(state)),
         data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave({"step": step, "model_config": model_config})))
+
+  def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def restore_state(self, state: nnx.State, *, model_config: dict, step: int | None = None
@@ -78,6 +94,50 @@ class Checkpointer:
     new_state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored.state))
     return new_state, restored.data
 
+  def restore_newest_readable(self, state: nnx.State, *, model_config: dict
+                              ) -> tuple[int, nnx.State, dict] | None:
+    """(step, state, data state) of the newest checkpoint that reads, or None without any.
+
+    A newer step that fails to read is logged as a warning and renamed STEP.unreadable-TIME
+    (kept for inspection; a later save of that step would otherwise collide with it). A model
+    config mismatch is not a damaged file and is raised as it is.
+    """
+    unreadable = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored, data = self.restore_state(state, model_config=model_config, step=step)
+      except ConfigMismatchError:
+        raise
+      except Exception as e:  # orbax raises many types for a damaged step
+        logging.warning("checkpoint %s cannot be read (%s: %s); trying an older one",
+                        self.directory / str(step), type(e).__name__, str(e)[:300])
+        unreadable.append(step)
+        continue
+      self._set_aside(unreadable)
+      return step, restored, data
+    if unreadable:
+      raise UnreadableCheckpointError(
+          f"no checkpoint in {self.directory} can be read (steps {sorted(unreadable)}); move "
+          "them away to start afresh")
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        bad = self.directory / str(step)
+        aside = bad.with_name(f"{step}.unreadable-{stamp}")
+        bad.rename(aside)
+        logging.warning("moved the unreadable checkpoint %s to %s", bad, aside)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("unreadable checkpoints set aside")
+    self._manager.close()
+    self._manager = self._open()
+
   def restore(self, state: Any, *, model_config: dict, step: int | None = None) -> dict:
     """Loads `step` (default: latest) into nnx graph nodes in place; returns the data state."""
     restored, data = self.restore_state(nnx.state(state), model_config=model_config, step=step)
@@ -85,4 +145,6 @@ class Checkpointer:
     return data
 
   def close(self) -> None:
+    """Waits for a background save to land, then releases the manager."""
+    self._manager.wait_until_finished()
     self._manager.close()

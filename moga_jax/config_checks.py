@@ -20,6 +20,7 @@ def validate_config(cfg) -> None:
   names = ["model.dim", "model.ffn_dim", "model.num_layers", "model.num_heads",
            "model.text_dim", "train.steps", "train.batch_size"]
   names += [f"{section}.{field}" for section, field in (("train", "checkpoint_every"),
+                                                         ("train", "log_every"),
                                                          ("sample", "steps"))
             if section in cfg and field in cfg[section]]
   for name in names:
@@ -58,6 +59,9 @@ def validate_config(cfg) -> None:
   weight = cfg.diffusion.get("balance_weight", 0.0)
   if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
     raise ValueError(f"config.diffusion.balance_weight must be a number >= 0, got {weight!r}")
+  skip = cfg.train.get("skip_nonfinite_steps", 0)
+  if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+    raise ValueError(f"config.train.skip_nonfinite_steps must be an int >= 0, got {skip!r}")
   schedule = cfg.train.get("schedule", "cosine")
   if schedule not in SCHEDULES:
     raise ValueError(f"config.train.schedule must be one of {SCHEDULES}, got {schedule!r}")

@@ -13,12 +13,12 @@ which the report says. Output layout: `moga_jax.wan.converted`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from moga_jax.run_guard import cli_main
 from moga_jax.wan.convert import COMPONENTS, convert
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/wan1_3b_moga.py",
@@ -33,12 +33,9 @@ _COMPONENTS = flags.DEFINE_list("components", list(COMPONENTS),
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every array at INFO
-  try:
-    convert(_SRC.value, _OUT.value, _CONFIG.value, _COMPONENTS.value)
-  except (ValueError, FileNotFoundError) as e:  # bad input: the message says it all
-    sys.exit(f"convert_wan: {e}")
+  convert(_SRC.value, _OUT.value, _CONFIG.value, _COMPONENTS.value)
   print(f"converted to {Path(_OUT.value).absolute()}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli_main(main, "convert_wan"))

@@ -64,8 +64,12 @@ class ShardingRules:
     return cls(tuple((name, _normalise(axes)) for name, axes in rules))
 
   def mesh_axes(self, logical: str | None) -> tuple[str, ...]:
+    """The mesh axes of a logical name: () when it has no rule (replicated). A name outside
+    LOGICAL_AXES is a typo in the model, not a wish to replicate, and raises."""
     if logical is None:
       return ()
+    if logical not in LOGICAL_AXES:
+      raise ValueError(f"unknown logical axis name {logical!r}; known: {', '.join(LOGICAL_AXES)}")
     for name, axes in self.rules:
       if name == logical:
         return _as_tuple(axes)

@@ -112,17 +112,30 @@ def init_train_state(cfg, mesh: jax.sharding.Mesh, rules: ShardingRules, *,
 
 def make_train_step(cfg, train_state: TrainState, loss=loss_fn):
   """step(state, batch, key) -> (state, metrics), jitted with the state's and batch's
-  shardings; the input state is donated. Call it under `jax.set_mesh(mesh)`."""
+  shardings; the input state is donated. Call it under `jax.set_mesh(mesh)`.
+
+  With config.train.skip_nonfinite_steps > 0 a step whose loss or gradient norm is not finite
+  returns the state it was given (the optimizer's step count included) and metrics["skipped"]
+  = 1; the caller decides how many such steps to tolerate (`run_guard.check_finite`)."""
   graphdef = train_state.graphdef
+  skip_bad = cfg.train.get("skip_nonfinite_steps", 0) > 0
 
   def step(state, batch, key):
+    old = jax.tree.leaves(state)  # merge shares the state's variables, which update mutates
     model, optimizer = nnx.merge(graphdef, state)
     grad_fn = nnx.value_and_grad(loss, has_aux=True)
     (value, (mse, balance)), grads = grad_fn(model, batch, key, cfg)
     optimizer.update(model, grads)
     metrics = {"loss": value, "mse": mse, "balance_loss": balance,
                "grad_norm": optax.tree.norm(grads)}
-    return nnx.state((model, optimizer)), metrics
+    new_state = nnx.state((model, optimizer))
+    if skip_bad:
+      finite = jnp.isfinite(value) & jnp.isfinite(metrics["grad_norm"])
+      leaves, tree = jax.tree.flatten(new_state)
+      new_state = jax.tree.unflatten(
+          tree, [jnp.where(finite, n, o) for n, o in zip(leaves, old, strict=True)])
+      metrics["skipped"] = 1 - finite.astype(jnp.int32)
+    return new_state, metrics
 
   replicated = NamedSharding(train_state.batch_sharding.mesh, jax.P())
   return jax.jit(step, donate_argnums=0,

@@ -104,6 +104,15 @@ def test_mesh_shape_resolution_and_errors():
     ShardingRules.from_config([("activation_length", "seq")])
 
 
+def test_a_logical_name_no_rule_knows_raises_where_the_model_uses_it():
+  """Kills silent replication of a misspelt axis: a name with no rule replicates; an unknown
+  name (a typo in the model) raises."""
+  assert RULES.spec("activation_batch", "activation_embed", None) == P(("data", "fsdp"), None, None)
+  assert ShardingRules.from_config([("activation_batch", "data")]).spec("mlp") == P(None)
+  with pytest.raises(ValueError, match="unknown logical axis name 'activation_lenght'"):
+    RULES.spec("activation_batch", "activation_lenght")
+
+
 @pytest.mark.parametrize("mesh,field,value,match", [
   ({"data": 1, "context": 8}, None, None,
    r"num_heads \(4\) must be divisible by the context axes x head axes of the mesh "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moga_jax import video_io
@@ -92,9 +94,93 @@ def test_sample_with_a_mismatched_config_names_the_fields(trained):
   assert "dim: checkpoint 32 vs config 64" in result.stderr
 
 
+def _one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+  """A user error: exit 2 and `train.py: error: ...`, no Python traceback."""
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert f"train.py: error: {message}" in result.stderr
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 def test_bad_config_fails_before_training(tmp_path):
   result = _run("train.py", "--workdir", str(tmp_path / "bad"), "--config.model.num_heads=3",
                 check=False)
-  assert result.returncode != 0
-  assert "config.model.num_heads (3) must divide config.model.dim (32)" in result.stderr
+  _one_line_error(result, "config.model.num_heads (3) must divide config.model.dim (32)")
   assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_user_errors_print_one_line(tmp_path):
+  missing = _run("train.py", "--workdir", str(tmp_path / "a"),
+                 f"--config.data.source_dir={tmp_path / 'nowhere'}", check=False)
+  _one_line_error(missing, f"config.data.source_dir {tmp_path / 'nowhere'} has no captions.jsonl")
+  source = tmp_path / "clips"
+  source.mkdir()
+  (source / "captions.jsonl").write_text('{"video": "a.mp4", "shots": [\n')
+  malformed = _run("train.py", "--workdir", str(tmp_path / "b"),
+                   f"--config.data.source_dir={source}", check=False)
+  _one_line_error(malformed, f"{source / 'captions.jsonl'}:1: not valid JSON")
+
+
+def _checkpoints(workdir: Path) -> list[str]:
+  return sorted(p.name for p in (workdir / "checkpoints").iterdir() if not p.name.startswith("."))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained")
+def test_sigterm_saves_the_step_exits_0_and_resumes_identically(trained):
+  """Preemption: SIGTERM after step 4 (a scheduler's grace period) finishes the step, saves it
+  and exits 0; the same command then continues to the losses of the uninterrupted run."""
+  workdir = trained.parent / "preempted"
+  result = _run("train.py", "--workdir", str(workdir), "--sigterm_after_step=4", check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "received SIGTERM" in result.stderr
+  assert _checkpoints(workdir) == ["3", "4"]
+  assert [s for s, _ in _losses(workdir)] == [1, 2, 3, 4]
+  _run("train.py", "--workdir", str(workdir))
+  assert _losses(workdir) == _losses(trained)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained")
+def test_non_finite_loss_stops_without_saving_then_resumes(trained):
+  """A NaN batch at step 5: exit 3 naming the step and quantity, and step 5 (or anything after
+  the last good checkpoint, 3) is never saved, not even by the save-on-exit; rerun without the
+  fault, the run resumes from 3 to the uninterrupted losses."""
+  workdir = trained.parent / "diverged"
+  result = _run("train.py", "--workdir", str(workdir), "--poison_batch_at_step=5", check=False)
+  assert result.returncode == 3, result.stderr[-3000:]
+  assert "train.py: error: step 5: non-finite loss = nan" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert _checkpoints(workdir) == ["3"]
+  _run("train.py", "--workdir", str(workdir))
+  assert _losses(workdir) == _losses(trained)
+
+
+@pytest.mark.slow
+def test_skip_nonfinite_steps_drops_the_bad_update(tmp_path):
+  """With config.train.skip_nonfinite_steps = 1 the NaN step is logged as skipped, its update
+  dropped (the next loss is finite), and the run finishes; a second bad step would stop it."""
+  workdir = tmp_path / "skipping"
+  _run("train.py", "--workdir", str(workdir), "--poison_batch_at_step=5",
+       "--config.train.skip_nonfinite_steps=1")
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["skipped"] for r in rows] == [0, 0, 0, 0, 1, 0]
+  assert np.isnan(rows[4]["loss"]) and np.isfinite(rows[5]["loss"])
+  assert _checkpoints(workdir) == ["3", "6"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained")
+def test_unreadable_latest_checkpoint_falls_back_to_an_older_one(trained):
+  """A truncated newest checkpoint (a half-finished copy): resume warns naming it, moves it
+  aside (never deletes it), restarts from step 3 and logs the uninterrupted losses."""
+  workdir = trained.parent / "truncated"
+  shutil.copytree(trained, workdir)
+  for f in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 64:
+      with f.open("r+b") as handle:
+        handle.truncate(32)
+  result = _run("train.py", "--workdir", str(workdir))
+  assert f"checkpoint {workdir / 'checkpoints' / '6'} cannot be read" in result.stderr
+  assert _losses(workdir) == _losses(trained)
+  names = _checkpoints(workdir)
+  assert names[:2] == ["3", "6"] and names[2].startswith("6.unreadable-"), names
