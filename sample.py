@@ -12,6 +12,12 @@ and Wan VAE:
   python sample.py --config configs/wan1_3b_moga.py --weights weights/wan1_3b_moga \
       --prompt "a red fox runs through snow" --output fox.mp4
 
+From a Wan run fine-tuned here (`train.py --init weights/wan1_3b_moga --workdir runs/wan`): its
+DiT (routers included) from the run, umT5 and the VAE from the converted folder:
+
+  python sample.py --config configs/wan1_3b_moga.py --weights weights/wan1_3b_moga \
+      --workdir runs/wan --prompt "a red fox runs through snow"
+
 Integrates the flow from noise with classifier-free guidance (a progress bar over steps) and
 writes the mp4 and a PNG contact sheet beside it (one row per shot, labelled with its prompt).
 """
@@ -33,7 +39,8 @@ from moga_jax.checkpoint import Checkpointer
 from moga_jax.config_checks import validate_config
 from moga_jax.data.captions import encode_captions
 from moga_jax.diffusion import euler_sample
-from moga_jax.model import TextToVideo
+from moga_jax.dit import VideoDiT
+from moga_jax.model import TextToVideo, dit_from_config
 from moga_jax.run_guard import cli_main
 from moga_jax.training import make_optimizer
 from moga_jax.wan import pipeline as wan_pipeline
@@ -49,13 +56,18 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output mp4 (default WORKDIR/sampl
 _SHEET_COLUMNS, _THUMBNAIL = 8, 160
 
 
-def load_model(cfg, workdir: Path) -> TextToVideo:
+def load_model(cfg, workdir: Path) -> TextToVideo | VideoDiT:
+  """The model of the latest checkpoint in WORKDIR: a TextToVideo, or for configs with a
+  `video` section (Wan) the fine-tuned VideoDiT, routers included."""
   checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   if checkpoints.latest_step() is None:
     raise FileNotFoundError(
         f"no checkpoint in {workdir / 'checkpoints'}: train first, e.g. "
         f"`python train.py --config configs/tiny.py --workdir {workdir}`")
-  model = TextToVideo(cfg.model, rngs=nnx.Rngs(cfg.seed))
+  if "video" in cfg:
+    model = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
+  else:
+    model = TextToVideo(cfg.model, rngs=nnx.Rngs(cfg.seed))
   optimizer = make_optimizer(model, cfg.train)  # restored with the model, then dropped
   checkpoints.restore((model, optimizer), model_config=cfg.model.to_dict())
   checkpoints.close()
@@ -115,16 +127,26 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   cfg = _CONFIG.value
-  if (_WORKDIR.value is None) == (_WEIGHTS.value is None):
-    raise app.UsageError("give exactly one of --workdir (a run trained here) or --weights (a "
-                         "converted Wan folder)")
+  wan = "video" in cfg
+  if wan and _WEIGHTS.value is None:
+    raise app.UsageError("configs with a `video` section sample a Wan DiT: give --weights (a "
+                         "converted Wan folder: umT5 and the VAE, and the DiT unless --workdir "
+                         "names a run fine-tuned from it)")
+  if not wan and _WEIGHTS.value is not None:
+    raise app.UsageError("--weights needs a Wan config (one with a `video` section, e.g. "
+                         "configs/wan1_3b_moga.py)")
+  if not wan and _WORKDIR.value is None:
+    raise app.UsageError("give --workdir, a run trained here")
   prompts = list(_PROMPTS.value)
   validate_config(cfg)
-  if _WEIGHTS.value is not None:
-    output = Path(_OUTPUT.value or "sample.mp4")
+  if wan:
+    # The DiT of a fine-tuned run (--workdir) or the converted one; umT5 and the VAE always
+    # come from the converted folder.
+    dit = load_model(cfg, Path(_WORKDIR.value)) if _WORKDIR.value else None
+    output = Path(_OUTPUT.value or (Path(_WORKDIR.value or ".") / "sample.mp4"))
     with tqdm(total=cfg.sample.steps, desc="sample", unit="step") as bar:
       video, frame_shot = wan_pipeline.generate(_WEIGHTS.value, cfg, prompts,
-                                                seed=cfg.sample.seed,
+                                                seed=cfg.sample.seed, dit=dit,
                                                 progress=lambda _: bar.update(1))
     fps = cfg.video.fps
   else:

@@ -20,6 +20,7 @@ from flax import nnx
 
 from moga_jax import config_checks
 from moga_jax.diffusion import euler_sample
+from moga_jax.dit import VideoDiT
 from moga_jax.wan.converted import (
   load_converted_tokenizer,
   load_dit,
@@ -72,11 +73,10 @@ def encode_text(weights: str | Path, cfg, prompts: Sequence[str]) -> np.ndarray:
   return np.asarray(embed.astype(jnp.float32))
 
 
-def sample_latents(weights: str | Path, cfg, embeddings: np.ndarray, geometry: VideoGeometry,
+def sample_latents(dit: VideoDiT, cfg, embeddings: np.ndarray, geometry: VideoGeometry,
                    *, seed: int, progress: Callable[[int], None] | None = None) -> jax.Array:
   """Normalised latents [1, F', H', W', C] from noise, with guidance against the last row of
   `embeddings` (the negative prompt)."""
-  dit = load_dit(weights, cfg.model, seed=cfg.seed)
   shots = embeddings.shape[0] - 1
   prompt = jnp.asarray(embeddings[:shots])
   negative = jnp.broadcast_to(jnp.asarray(embeddings[shots:]), prompt.shape)
@@ -110,11 +110,15 @@ def decode_latents(weights: str | Path, latents: jax.Array) -> np.ndarray:
 
 
 def generate(weights: str | Path, cfg, prompts: Sequence[str], *, seed: int,
-             progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """-> (uint8 video [T, H, W, 3], shot index of every frame [T])."""
+             progress: Callable[[int], None] | None = None, dit: VideoDiT | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """-> (uint8 video [T, H, W, 3], shot index of every frame [T]). umT5 and the VAE come from
+  `weights`, the DiT too unless given (a fine-tuned one: `sample.py --workdir --weights`)."""
   prompts = list(prompts)
   config_checks.validate_config(cfg)
   geometry = video_geometry(cfg, len(prompts))
   embeddings = encode_text(weights, cfg, prompts)
-  latents = sample_latents(weights, cfg, embeddings, geometry, seed=seed, progress=progress)
+  if dit is None:
+    dit = load_dit(weights, cfg.model, seed=cfg.seed)
+  latents = sample_latents(dit, cfg, embeddings, geometry, seed=seed, progress=progress)
   return decode_latents(weights, latents), geometry.pixel_shot
