@@ -44,6 +44,7 @@ from moga_jax.model import TextToVideo, dit_from_config
 from moga_jax.run_guard import cli_main
 from moga_jax.training import make_optimizer
 from moga_jax.wan import pipeline as wan_pipeline
+from moga_jax.wan.converted import with_converted_widths
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "The run's config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to load (a run trained here).")
@@ -138,6 +139,8 @@ def main(argv):
   if not wan and _WORKDIR.value is None:
     raise app.UsageError("give --workdir, a run trained here")
   prompts = list(_PROMPTS.value)
+  if wan:  # the DiT's widths are the converted checkpoint's
+    cfg = with_converted_widths(cfg, _WEIGHTS.value)
   validate_config(cfg)
   if wan:
     # The DiT of a fine-tuned run (--workdir) or the converted one; umT5 and the VAE always

@@ -54,7 +54,7 @@ from moga_jax.training import (
   make_optimizer,
   make_train_step,
 )
-from moga_jax.wan.converted import restore_dit
+from moga_jax.wan.converted import restore_dit, with_converted_widths
 from moga_jax.wan.latent_data import prepare_latents
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training config.")
@@ -160,6 +160,8 @@ def preempted(preemption: Preemption, at_fetch: bool) -> bool:
 def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = None) -> Path:
   faults = faults or Faults()
   maybe_initialize_distributed(cfg)
+  if init is not None and "video" in cfg:  # the DiT's widths are the converted checkpoint's
+    cfg = with_converted_widths(cfg, init)
   validate_config(cfg)
   mesh = make_mesh(validate_sharding(cfg, jax.device_count()))
   rules = ShardingRules.from_config(cfg.sharding.rules)

@@ -6,9 +6,12 @@
 SRC is a diffusers pipeline folder (transformer/, vae/, text_encoder/, tokenizer/; the last three
 are converted when present) or a transformer folder on its own. Only safetensors are read; a
 pickle-based file (.bin, .pt, .ckpt) is refused. Any missing, unexpected or mis-shaped tensor
-stops the conversion and is listed by name. The transformer is built from the config, so its
-widths must match it; MoGA's routers are not in Wan and are initialised from the config's seed,
-which the report says. Output layout: `moga_jax.wan.converted`.
+stops the conversion and is listed by name. The transformer's widths (dim, heads, layers, FFN,
+text width, patch) come from its own config.json, so Wan2.1-T2V 1.3B, 14B or a custom size
+converts with one config; only MoGA's settings (and the seed) come from --config, and
+`train.py --init` and `sample.py --weights` build the DiT with the recorded widths. MoGA's
+routers are not in Wan and are initialised from the config's seed, which the report says.
+Output layout: `moga_jax.wan.converted`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from moga_jax.run_guard import cli_main
 from moga_jax.wan.convert import COMPONENTS, convert
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/wan1_3b_moga.py",
-                                          "Config whose model section the DiT is built from.")
+                                          "Config whose MoGA settings the DiT is built with (its widths come from SRC).")
 _SRC = flags.DEFINE_string("src", None, "diffusers Wan folder (or its transformer/).",
                            required=True)
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)

@@ -6,6 +6,7 @@ The library behind `python -m moga_jax.convert_wan` (see there); output layout:
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -15,10 +16,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from moga_jax.model import dit_from_config
-from moga_jax.wan.converted import TOKENIZER_FILES, report_json, save_component
+from moga_jax.wan.converted import TOKENIZER_FILES, WIDTHS, report_json, save_component
 from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit
 from moga_jax.wan.tokenizer import load_tokenizer
 from moga_jax.wan.umt5_weights import load_umt5
@@ -27,10 +29,6 @@ from moga_jax.wan.weights import read_safetensors
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer")
 
-# VideoDiT keyword -> config.model key, for the widths that must agree with the source.
-_DIMS = {"in_channels": "in_channels", "dim": "dim", "ffn_dim": "ffn_dim",
-         "num_layers": "num_layers", "num_heads": "num_heads", "text_dim": "text_dim",
-         "patch": "patch", "freq_dim": "freq_dim"}
 
 
 def component_folders(src: str | Path) -> dict[str, Path]:
@@ -47,20 +45,23 @@ def component_folders(src: str | Path) -> dict[str, Path]:
   return found
 
 
-def check_dims(model: ml_collections.ConfigDict, source: dict, where: Path) -> None:
-  """Raises, naming each differing width, when the config's DiT is not the source's."""
+def with_source_widths(cfg: ml_collections.ConfigDict, source: dict, where: Path
+                       ) -> ml_collections.ConfigDict:
+  """A copy of cfg whose model widths are the source transformer's config.json (Wan 2.1 T2V
+  1.3B, 14B or any custom size); MoGA's settings and everything else stay the config's. Each
+  width that differs from the config is logged."""
   theirs = dit_kwargs_from_diffusers(source)
-  ours = {k: model.get(key) for k, key in _DIMS.items()}
-  differ = [f"{key}: {where} has {theirs[k]!r}, the config {ours[k]!r}"
-            for k, key in _DIMS.items()
-            if (tuple(ours[k]) if k == "patch" else ours[k]) != theirs[k]]
   if theirs["out_channels"] != theirs["in_channels"]:
-    differ.append(f"out_channels {theirs['out_channels']} != in_channels "
-                  f"{theirs['in_channels']}: not a text-to-video transformer")
-  if differ:
-    raise ValueError("the config's model does not have the source transformer's widths:\n  "
-                     + "\n  ".join(differ) + "\nPick the matching config (e.g. "
-                     "configs/wan1_3b_moga.py for Wan2.1-T2V-1.3B) or override config.model.*")
+    raise ValueError(f"{where}: out_channels {theirs['out_channels']} != in_channels "
+                     f"{theirs['in_channels']}: not a text-to-video transformer")
+  cfg = copy.deepcopy(cfg)
+  for key in WIDTHS:  # VideoDiT's keyword arguments and config.model's keys alike
+    value = theirs[key]
+    ours = cfg.model.get(key)
+    if (tuple(ours) if key == "patch" else ours) != value:
+      logging.warning("model.%s: %r from %s (the config says %r)", key, value, where, ours)
+    cfg.model[key] = value
+  return cfg
 
 
 def _float_dtype(tensors: dict[str, np.ndarray]):
@@ -71,7 +72,7 @@ def _float_dtype(tensors: dict[str, np.ndarray]):
 
 def convert_transformer(folder: Path, out: Path, cfg) -> str:
   source = json.loads((folder / "config.json").read_text())
-  check_dims(cfg.model, source, folder)
+  cfg = with_source_widths(cfg, source, folder)
   dit = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
   report = load_wan_dit(folder, dit)  # raises, naming tensors, unless complete
   save_component(out / "transformer", dit, meta={
@@ -133,6 +134,9 @@ def convert(src: str | Path, out: str | Path, cfg, components=COMPONENTS) -> lis
   if not todo:
     raise FileNotFoundError(f"none of {', '.join(components)} in {src}")
   out = Path(out)
+  if "transformer" in found:  # the other components are checked against these widths
+    config = json.loads((found["transformer"] / "config.json").read_text())
+    cfg = with_source_widths(cfg, config, found["transformer"])
   reports = []
   for name in todo:
     start = time.perf_counter()

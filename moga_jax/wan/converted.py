@@ -12,6 +12,7 @@ parameters differ fails with the differences by name before orbax reads a byte.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -123,6 +124,22 @@ def restore_dit(weights: str | Path, dit: VideoDiT,
       raise ValueError(f"{e}\n{differs}\nConvert again with this config (convert_wan "
                        "--config ...) or load with the one it was converted with.") from None
     raise
+
+
+# config.model keys a converted transformer fixes (its source's widths; moga_jax.wan.convert).
+WIDTHS = ("in_channels", "dim", "ffn_dim", "num_layers", "num_heads", "text_dim", "patch",
+          "freq_dim")
+
+
+def with_converted_widths(cfg: ml_collections.ConfigDict, weights: str | Path
+                          ) -> ml_collections.ConfigDict:
+  """A copy of cfg whose model widths are those the converted transformer in `weights` was
+  built with (so one config serves Wan 1.3B, 14B or a custom size); the rest is cfg's."""
+  saved = read_meta(_component(weights, "transformer"))["model_config"]
+  cfg = copy.deepcopy(cfg)
+  for key in WIDTHS:
+    cfg.model[key] = tuple(saved[key]) if key == "patch" else saved[key]
+  return cfg
 
 
 def load_dit(weights: str | Path, model_cfg: ml_collections.ConfigDict, *,
