@@ -153,7 +153,7 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   c.train.grad_clip = 1.0
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 2
-  c.train.log_every = 1  # steps between host fetches of the metrics (each fetch syncs)
+  c.train.log_every = 10  # steps between host fetches of the metrics (each fetch syncs)
   c.train.skip_nonfinite_steps = 0  # > 0: drop up to that many non-finite steps, then stop
 
   c.sharding = parallelism.sharding()
