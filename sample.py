@@ -40,9 +40,10 @@ from moga_jax.config_checks import validate_config
 from moga_jax.data.captions import encode_captions
 from moga_jax.diffusion import euler_sample
 from moga_jax.dit import VideoDiT
+from moga_jax.ema import apply_ema
 from moga_jax.model import TextToVideo, dit_from_config
 from moga_jax.run_guard import cli_main
-from moga_jax.training import make_optimizer
+from moga_jax.training import make_optimizer, optimizer_layout
 from moga_jax.wan import pipeline as wan_pipeline
 from moga_jax.wan.converted import with_converted_widths
 
@@ -69,9 +70,13 @@ def load_model(cfg, workdir: Path) -> TextToVideo | VideoDiT:
     model = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
   else:
     model = TextToVideo(cfg.model, rngs=nnx.Rngs(cfg.seed))
-  optimizer = make_optimizer(model, cfg.train)  # restored with the model, then dropped
-  checkpoints.restore((model, optimizer), model_config=cfg.model.to_dict())
+  optimizer = make_optimizer(model, cfg.train)  # restored with the model (its EMA, if any)
+  checkpoints.restore((model, optimizer), model_config=cfg.model.to_dict(),
+                      optimizer_config=optimizer_layout(cfg.train))
   checkpoints.close()
+  if apply_ema(model, optimizer):
+    logging.warning("sampling the EMA of the weights (config.train.ema_decay = %s)",
+                    cfg.train.ema_decay)
   return model
 
 

@@ -53,6 +53,7 @@ from moga_jax.training import (
   loss_fn,
   make_optimizer,
   make_train_step,
+  optimizer_layout,
 )
 from moga_jax.wan.converted import restore_dit, with_converted_widths
 from moga_jax.wan.latent_data import prepare_latents
@@ -65,8 +66,8 @@ _INIT = flags.DEFINE_string(
     "required by configs with a `video` section. Ignored when WORKDIR has a checkpoint.")
 # Testing aids: the faults a long run meets, made to happen at a chosen step.
 _CRASH_AFTER = flags.DEFINE_integer(
-    "crash_after_step", None, "Testing aid: SIGKILL this process after that step, as a crash "
-    "would, without the save-on-exit.")
+    "crash_after_step", None, "Testing aid: SIGKILL this process after that step (once the last "
+    "background save has landed), as a crash would, without the save-on-exit.")
 _TERM_AFTER = flags.DEFINE_integer(
     "sigterm_after_step", None, "Testing aid: send this process SIGTERM after that step, as a "
     "scheduler preempting it would.")
@@ -187,7 +188,9 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   model_config = cfg.model.to_dict()
   step = 0
-  resumed = checkpoints.restore_newest_readable(state, model_config=model_config)
+  optimizer_config = optimizer_layout(cfg.train)
+  resumed = checkpoints.restore_newest_readable(state, model_config=model_config,
+                                                optimizer_config=optimizer_config)
   if resumed is not None:
     step, state, saved = resumed
     restore_data_state(loader, saved)
@@ -234,7 +237,8 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   def save() -> None:
     nonlocal saved_at
     fetch()  # raises on a non-finite step: a bad state is never written
-    checkpoints.save(step, state, data_state=data_state(loader), model_config=model_config)
+    checkpoints.save(step, state, data_state=data_state(loader), model_config=model_config,
+                     optimizer_config=optimizer_config)
     saved_at = step
 
   try:
@@ -251,8 +255,9 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
           save()
         elif at_fetch:
           fetch()
-        if step == faults.crash_after:
+        if step == faults.crash_after:  # once the background save has landed
           fetch()
+          checkpoints.wait()
           os.kill(os.getpid(), signal.SIGKILL)
         if step == faults.term_after:
           os.kill(os.getpid(), signal.SIGTERM)

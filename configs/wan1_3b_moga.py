@@ -155,6 +155,8 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.log_every = 10  # steps between host fetches of the metrics (each fetch syncs)
   c.train.skip_nonfinite_steps = 0  # > 0: drop up to that many non-finite steps, then stop
+  c.train.grad_accum_steps = 1  # k > 1: one update from every k steps' gradients
+  c.train.ema_decay = 0.0  # > 0 (e.g. 0.999): keep an EMA of the weights; sampling uses it
 
   c.sharding = parallelism.sharding()
   c.distributed = parallelism.distributed()

@@ -37,12 +37,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def check_config(saved: dict, current: dict, where: str) -> None:
+def check_config(saved: dict, current: dict, where: str, what: str = "model") -> None:
   saved, current = _flatten(saved), _flatten(current)
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
   if diffs:
-    raise ConfigMismatchError(f"the checkpoint in {where} was trained with another model "
+    raise ConfigMismatchError(f"the checkpoint in {where} was trained with another {what} "
                               "config; differing fields:\n  " + "\n  ".join(diffs))
 
 
@@ -63,7 +63,8 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, *, data_state: dict, model_config: dict) -> None:
+  def save(self, step: int, state: Any, *, data_state: dict, model_config: dict,
+           optimizer_config: dict | None = None) -> None:
     """state: an nnx.State, or an nnx graph node / tuple of them (model, optimizer).
 
     Every process calls this (multi-host); orbax writes each array's shards from the process
@@ -74,27 +75,33 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_as_state(state)),
         data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave({"step": step, "model_config": model_config})))
+        meta=ocp.args.JsonSave({"step": step, "model_config": model_config,
+                                "optimizer_config": optimizer_config})))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
-  def restore_state(self, state: nnx.State, *, model_config: dict, step: int | None = None
-                    ) -> tuple[nnx.State, dict]:
+  def restore_state(self, state: nnx.State, *, model_config: dict, step: int | None = None,
+                    optimizer_config: dict | None = None) -> tuple[nnx.State, dict]:
     """Reads `step` (default: latest) into arrays shaped, typed and sharded like `state`;
-    returns (restored state, saved data state)."""
+    returns (restored state, saved data state). The model config, and the optimizer settings
+    that shape its state (EMA, accumulation) when both sides give them, must match."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     check_config(meta.meta["model_config"], model_config, str(self.directory))
+    saved_optimizer = meta.meta.get("optimizer_config")
+    if saved_optimizer is not None and optimizer_config is not None:
+      check_config(saved_optimizer, optimizer_config, str(self.directory), what="optimizer")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     new_state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored.state))
     return new_state, restored.data
 
-  def restore_newest_readable(self, state: nnx.State, *, model_config: dict
+  def restore_newest_readable(self, state: nnx.State, *, model_config: dict,
+                              optimizer_config: dict | None = None
                               ) -> tuple[int, nnx.State, dict] | None:
     """(step, state, data state) of the newest checkpoint that reads, or None without any.
 
@@ -105,7 +112,8 @@ class Checkpointer:
     unreadable = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        restored, data = self.restore_state(state, model_config=model_config, step=step)
+        restored, data = self.restore_state(state, model_config=model_config, step=step,
+                                            optimizer_config=optimizer_config)
       except ConfigMismatchError:
         raise
       except Exception as e:  # orbax raises many types for a damaged step
@@ -138,9 +146,11 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._open()
 
-  def restore(self, state: Any, *, model_config: dict, step: int | None = None) -> dict:
+  def restore(self, state: Any, *, model_config: dict, step: int | None = None,
+              optimizer_config: dict | None = None) -> dict:
     """Loads `step` (default: latest) into nnx graph nodes in place; returns the data state."""
-    restored, data = self.restore_state(nnx.state(state), model_config=model_config, step=step)
+    restored, data = self.restore_state(nnx.state(state), model_config=model_config, step=step,
+                                        optimizer_config=optimizer_config)
     nnx.update(state, restored)
     return data
 

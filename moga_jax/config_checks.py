@@ -59,6 +59,12 @@ def validate_config(cfg) -> None:
   weight = cfg.diffusion.get("balance_weight", 0.0)
   if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
     raise ValueError(f"config.diffusion.balance_weight must be a number >= 0, got {weight!r}")
+  accum = cfg.train.get("grad_accum_steps", 1)
+  if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+    raise ValueError(f"config.train.grad_accum_steps must be an int >= 1, got {accum!r}")
+  decay = cfg.train.get("ema_decay", 0.0)
+  if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= decay < 1.0:
+    raise ValueError(f"config.train.ema_decay must be in [0, 1) (0: no EMA), got {decay!r}")
   skip = cfg.train.get("skip_nonfinite_steps", 0)
   if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
     raise ValueError(f"config.train.skip_nonfinite_steps must be an int >= 0, got {skip!r}")

@@ -22,7 +22,7 @@ def loss_curve(metrics_path: Path, out_path: Path, *, window: int = 25) -> Path:
   fig, (ax_loss, ax_bal) = plt.subplots(1, 2, figsize=(10, 3.5))
   for name, color in (("loss", "tab:blue"), ("mse", "tab:green")):
     values = np.array([r[name] for r in rows])
-    ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+    ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8, label=name)
     if len(values) >= window:
       smooth = np.convolve(values, np.ones(window) / window, mode="valid")
       ax_loss.plot(steps[window - 1:], smooth, color=color, label=f"{name} ({window}-step mean)")

@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 from moga_jax.config_checks import SCHEDULES
 from moga_jax.diffusion import flow_matching_loss
 from moga_jax.dit import VideoDiT
+from moga_jax.ema import ema_of_params
 from moga_jax.model import TextToVideo, frame_shots
 from moga_jax.sharding import ShardingRules, batch_spec, state_shardings
 
@@ -43,11 +44,27 @@ def make_schedule(cfg) -> optax.Schedule:
 
 def make_optimizer(model: nnx.Module, cfg) -> nnx.Optimizer:
   """AdamW with the config's learning-rate schedule (`make_schedule`: linear warm-up, then
-  constant or cosine decay to 5%) and global-norm gradient clipping."""
+  constant or cosine decay to 5%) and global-norm gradient clipping.
+
+  Optional (train section; off by default, both saved and restored with the optimizer):
+  `ema_decay` > 0 keeps an EMA of the weights (moga_jax.ema); `grad_accum_steps` = k > 1 sums
+  k steps' gradients into one update (optax.MultiSteps: the schedule, the clipping and the EMA
+  then count updates, not steps)."""
   schedule = make_schedule(cfg)
   tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                    optax.adamw(schedule, weight_decay=cfg.weight_decay))
+  if cfg.get("ema_decay", 0.0):
+    tx = optax.chain(tx, ema_of_params(cfg.ema_decay))
+  if cfg.get("grad_accum_steps", 1) > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)
   return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def optimizer_layout(cfg) -> dict:
+  """The train-section settings that shape the optimizer's state, saved with checkpoints so
+  that resuming with others fails by name instead of inside orbax."""
+  return {"ema_decay": float(cfg.get("ema_decay", 0.0)),
+          "grad_accum_steps": int(cfg.get("grad_accum_steps", 1))}
 
 
 def loss_fn(model: TextToVideo, batch: dict, key: jax.Array, cfg):

@@ -158,6 +158,47 @@ def test_make_optimizer_clips_the_global_norm_and_decays_weights_decoupled():
     np.testing.assert_allclose(np.asarray(model.bias[...]), params[1], rtol=1e-5)
 
 
+def _linear_with_gradients(cfg: ConfigDict, gradients: list[float]):
+  """A 1x1 linear layer (weight 1) updated once per given gradient; returns its weights after
+  each update and the optimizer."""
+  model = nnx.Linear(1, 1, use_bias=False, kernel_init=nnx.initializers.ones_init(),
+                     rngs=nnx.Rngs(0))
+  optimizer = make_optimizer(model, cfg)
+  weights = []
+  for g in gradients:
+    optimizer.update(model, nnx.grad(lambda m, g=g: g * jnp.sum(m.kernel[...]))(model))
+    weights.append(float(model.kernel[0, 0]))
+  return weights, model, optimizer
+
+
+def test_gradient_accumulation_is_one_update_from_the_mean_gradient():
+  """grad_accum_steps = 2: the weight moves every second step, by the step plain AdamW takes on
+  the two gradients' mean. Kills summing instead of averaging and updating every step."""
+  grads = [0.3, 0.9, -0.4, 0.2]
+  base = _train(learning_rate=0.1, warmup_steps=0, weight_decay=0.0, grad_clip=100.0)
+  accumulated, _, _ = _linear_with_gradients(_train(**base, grad_accum_steps=2), grads)
+  plain, _, _ = _linear_with_gradients(base, [0.6, -0.1])  # the pairs' means
+  np.testing.assert_allclose(accumulated, [1.0, plain[0], plain[0], plain[1]], rtol=1e-6)
+
+
+def test_ema_of_the_weights_follows_its_formula_and_sampling_reads_it():
+  """ema_decay = d: after each update ema = d ema + (1 - d) w, from the initial weights; the
+  optimizer's state carries it (so checkpoints do) and apply_ema puts it into the model."""
+  from moga_jax.ema import apply_ema
+
+  d = 0.8
+  weights, model, optimizer = _linear_with_gradients(
+      _train(learning_rate=0.1, warmup_steps=0, weight_decay=0.0, ema_decay=d), [0.5, -1.0, 2.0])
+  ema = 1.0
+  for w in weights:
+    ema = d * ema + (1 - d) * w
+  assert abs(weights[-1] - ema) > 1e-3  # the test can tell the two apart
+  assert apply_ema(model, optimizer)
+  np.testing.assert_allclose(float(model.kernel[0, 0]), ema, rtol=1e-6)
+  plain = make_optimizer(model, _train())
+  assert not apply_ema(model, plain)
+
+
 def _replace(section: ConfigDict, field: str, value) -> None:
   """Sets a field to a value of another type (ConfigDict refuses that for assignment; a config
   written in Python can still hold it)."""

@@ -169,6 +169,27 @@ def test_skip_nonfinite_steps_drops_the_bad_update(tmp_path):
 
 
 @pytest.mark.slow
+def test_ema_and_gradient_accumulation_resume_exactly_and_sample(tmp_path):
+  """EMA and accumulation state live in the optimizer's state: killed after step 5 (between
+  the updates of steps 4 and 6) and resumed from step 3, the run logs the uninterrupted losses;
+  resuming with other optimizer settings fails by name; sample.py samples the EMA."""
+  options = ["--config.train.ema_decay=0.9", "--config.train.grad_accum_steps=2"]
+  straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+  _run("train.py", "--workdir", str(straight), *options)
+  killed = _run("train.py", "--workdir", str(crashed), *options, "--crash_after_step=5",
+                check=False)
+  assert killed.returncode == -signal.SIGKILL
+  other = _run("train.py", "--workdir", str(crashed), options[0], check=False)
+  _one_line_error(other, f"the checkpoint in {crashed / 'checkpoints'} was trained with another "
+                         "optimizer config")
+  assert "grad_accum_steps: checkpoint 2 vs config 1" in other.stderr
+  _run("train.py", "--workdir", str(crashed), *options)
+  assert _losses(crashed) == _losses(straight)
+  result = _run("sample.py", "--workdir", str(straight), *options, *PROMPTS)
+  assert "sampling the EMA of the weights" in result.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.xdist_group("trained")
 def test_unreadable_latest_checkpoint_falls_back_to_an_older_one(trained):
   """A truncated newest checkpoint (a half-finished copy): resume warns naming it, moves it

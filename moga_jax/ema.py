@@ -1,0 +1,60 @@
+"""An exponential moving average of the weights, kept in the optimizer's state.
+
+As the last link of the optimizer chain (`ema_of_params`), it sees each update and the
+parameters it applies to, so the average is saved, restored and sharded with the optimizer's
+moments and advances once per real update (under gradient accumulation, every k-th step).
+Sampling reads it back with `apply_ema`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+class EmaState(NamedTuple):
+  ema: optax.Params  # same tree as the parameters
+
+
+def ema_of_params(decay: float) -> optax.GradientTransformation:
+  """Passes updates through unchanged; keeps ema = decay * ema + (1 - decay) * new params,
+  starting from the initial parameters."""
+  if not 0.0 < decay < 1.0:
+    raise ValueError(f"the EMA decay must be in (0, 1), got {decay!r}")
+
+  def init(params):
+    return EmaState(jax.tree.map(jnp.copy, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("ema_of_params needs the parameters: call update(updates, state, params)")
+    new = optax.apply_updates(params, updates)
+    ema = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema,
+                       new)
+    return updates, EmaState(ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def find_ema(optimizer: nnx.Optimizer) -> nnx.State | None:
+  """The averaged parameters held in the optimizer's state, or None without an EMA."""
+  found = [s for s in jax.tree.leaves(optimizer.opt_state,
+                                      is_leaf=lambda s: isinstance(s, EmaState))
+           if isinstance(s, EmaState)]
+  return found[0].ema if found else None
+
+
+def apply_ema(model: nnx.Module, optimizer: nnx.Optimizer) -> bool:
+  """Replaces the model's parameters by the optimizer's EMA; False (model untouched) without
+  one."""
+  ema = find_ema(optimizer)
+  if ema is None:
+    return False
+  params = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(params, nnx.to_pure_dict(ema))
+  nnx.update(model, params)
+  return True
