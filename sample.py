@@ -38,7 +38,7 @@ from moga_jax import video_io
 from moga_jax.checkpoint import Checkpointer
 from moga_jax.config_checks import validate_config
 from moga_jax.data.captions import encode_captions
-from moga_jax.diffusion import euler_sample
+from moga_jax.diffusion import sample_flow
 from moga_jax.dit import VideoDiT
 from moga_jax.ema import apply_ema
 from moga_jax.model import TextToVideo, dit_from_config
@@ -54,6 +54,11 @@ _PROMPTS = flags.DEFINE_multi_string("prompt", None, "Caption of one shot; repea
                                      required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output mp4 (default WORKDIR/sample.mp4, or "
                               "sample.mp4 with --weights).")
+_NEGATIVE = flags.DEFINE_string(
+    "negative_prompt", None, "Wan configs: the caption guidance steers away from (default: "
+    "config.sample.negative_prompt). Seed, solver, steps, frames and size are config "
+    "overrides: --config.sample.seed=3 --config.sample.solver=euler --config.sample.steps=30 "
+    "--config.video.frames=81 --config.video.height=480 --config.video.width=832.")
 # Contact sheet: frames per shot row, and the longer side of each thumbnail in pixels.
 _SHEET_COLUMNS, _THUMBNAIL = 8, 160
 
@@ -104,8 +109,9 @@ def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.nd
     return velocity(model, x, t, ctx, mask)
 
   with tqdm(total=cfg.sample.steps, desc="sample", unit="step") as bar:
-    z = euler_sample(predict, noise, steps=cfg.sample.steps, shift=cfg.diffusion.shift,
-                     guidance=cfg.sample.guidance, progress=lambda _: bar.update(1))
+    z = sample_flow(predict, noise, solver=cfg.sample.get("solver", "euler"),
+                    steps=cfg.sample.steps, shift=cfg.diffusion.shift,
+                    guidance=cfg.sample.guidance, progress=lambda _: bar.update(1))
   video = model.to_video(z)[0]
   return np.asarray(jnp.clip((video + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
 
@@ -143,6 +149,11 @@ def main(argv):
                          "configs/wan1_3b_moga.py)")
   if not wan and _WORKDIR.value is None:
     raise app.UsageError("give --workdir, a run trained here")
+  if _NEGATIVE.value is not None:
+    if not wan:
+      raise app.UsageError("--negative_prompt needs a Wan config (the tiny model guides against "
+                           "the empty caption)")
+    cfg.sample.negative_prompt = _NEGATIVE.value
   prompts = list(_PROMPTS.value)
   if wan:  # the DiT's widths are the converted checkpoint's
     cfg = with_converted_widths(cfg, _WEIGHTS.value)

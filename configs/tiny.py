@@ -87,5 +87,6 @@ def get_config() -> ConfigDict:
   c.sample = ConfigDict()
   c.sample.steps = 30
   c.sample.guidance = 3.0
+  c.sample.solver = "euler"  # or "unipc" (Wan's multistep solver)
   c.sample.seed = 0
   return c

@@ -163,6 +163,7 @@ def get_config(stage: str = "stage1") -> ConfigDict:
 
   c.sample = ConfigDict()
   c.sample.steps = 50
+  c.sample.solver = "unipc"  # Wan's default (order 2, flow sigmas); or "euler"
   c.sample.guidance = 5.0  # Wan's default classifier-free guidance
   c.sample.negative_prompt = ""  # the unconditional branch's caption
   c.sample.seed = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 
+from moga_jax.diffusion import SOLVERS
 from moga_jax.sharding import ShardingRules, axes_size, resolve_mesh_shape
 from pallas_kernels.validation import check_int
 
@@ -68,6 +69,9 @@ def validate_config(cfg) -> None:
   skip = cfg.train.get("skip_nonfinite_steps", 0)
   if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
     raise ValueError(f"config.train.skip_nonfinite_steps must be an int >= 0, got {skip!r}")
+  solver = cfg.sample.get("solver", "euler") if "sample" in cfg else "euler"
+  if solver not in SOLVERS:
+    raise ValueError(f"config.sample.solver must be one of {SOLVERS}, got {solver!r}")
   schedule = cfg.train.get("schedule", "cosine")
   if schedule not in SCHEDULES:
     raise ValueError(f"config.train.schedule must be one of {SCHEDULES}, got {schedule!r}")

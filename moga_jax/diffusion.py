@@ -1,9 +1,10 @@
-"""Rectified flow / flow matching as in Wan: the training loss and the Euler sampler.
+"""Rectified flow / flow matching as in Wan: the training loss and the samplers.
 
 x_t = (1 - t) x_0 + t eps, the model predicts the velocity eps - x_0, and t is drawn uniformly
 then shifted, t' = s t / (1 + (s - 1) t), which spends more steps at high noise for large
 videos. Sampling integrates from t = 1 (noise) to 0 along the same shifted schedule, with
-classifier-free guidance against an empty caption.
+classifier-free guidance against an empty (or negative) caption: `sample_flow` with
+config.sample.solver "euler" (first order) or "unipc" (Wan's multistep solver, moga_jax.unipc).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from moga_jax.unipc import flow_sigmas, unipc_sample
 
 
 def shift_time(t: jax.Array, shift: float) -> jax.Array:
@@ -37,23 +40,46 @@ def sample_times(steps: int, shift: float) -> jax.Array:
   return shift_time(jnp.linspace(1.0, 0.0, steps + 1), shift)
 
 
+SOLVERS = ("euler", "unipc")  # config.sample.solver
+
+
+def guided(predict: Callable, guidance: float) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """velocity(x, t) from predict(x, t, conditional: bool) with classifier-free guidance weight
+  w: v = v_u + w (v_c - v_u); w = 1 evaluates the conditional prediction only."""
+  def velocity(x, t):
+    v = predict(x, t, True)
+    if guidance == 1.0:
+      return v
+    v_uncond = predict(x, t, False)
+    return v_uncond + guidance * (v - v_uncond)
+  return velocity
+
+
 def euler_sample(predict: Callable, noise: jax.Array, *, steps: int, shift: float,
                  guidance: float, progress: Callable[[int], None] | None = None) -> jax.Array:
   """predict(x, t, conditional: bool) -> velocity. Integrates dx/dt = v from t=1 to t=0.
 
-  guidance: classifier-free guidance weight w, v = v_u + w (v_c - v_u) (1 disables it).
-  progress(i) is called after step i (for a progress bar); the loop is a Python loop over
-  jitted steps for that reason.
+  guidance: classifier-free guidance weight (see `guided`). progress(i) is called after step i
+  (for a progress bar); the loop is a Python loop over jitted steps for that reason.
   """
   times = sample_times(steps, shift)
+  velocity = guided(predict, guidance)
   x = noise
   for i in range(steps):
-    t = jnp.full((noise.shape[0],), times[i])
-    v = predict(x, t, True)
-    if guidance != 1.0:
-      v_uncond = predict(x, t, False)
-      v = v_uncond + guidance * (v - v_uncond)
-    x = x + (times[i + 1] - times[i]) * v
+    x = x + (times[i + 1] - times[i]) * velocity(x, jnp.full((noise.shape[0],), times[i]))
     if progress is not None:
       progress(i)
   return x
+
+
+def sample_flow(predict: Callable, noise: jax.Array, *, solver: str, steps: int, shift: float,
+                guidance: float, progress: Callable[[int], None] | None = None) -> jax.Array:
+  """Noise -> data with the named solver: "euler" on `sample_times`, or "unipc" (order 2) on
+  Wan's schedule (`unipc.flow_sigmas`); one guided evaluation per step either way."""
+  if solver == "euler":
+    return euler_sample(predict, noise, steps=steps, shift=shift, guidance=guidance,
+                        progress=progress)
+  if solver == "unipc":
+    return unipc_sample(guided(predict, guidance), noise, flow_sigmas(steps, shift),
+                        progress=progress)
+  raise ValueError(f"config.sample.solver must be one of {SOLVERS}, got {solver!r}")

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from moga_jax import config_checks
-from moga_jax.diffusion import euler_sample
+from moga_jax.diffusion import sample_flow
 from moga_jax.dit import VideoDiT
 from moga_jax.wan.converted import (
   load_converted_tokenizer,
@@ -96,10 +96,9 @@ def sample_latents(dit: VideoDiT, cfg, embeddings: np.ndarray, geometry: VideoGe
     return v[:1] if batch == 1 else v[1:] + guidance * (v[:1] - v[1:])
 
   noise = jax.random.normal(jax.random.key(seed), (1, *geometry.latent, cfg.model.in_channels))
-  return euler_sample(lambda x, t, _: guided_velocity(dit, x, t, context, mask, frame_shot),
-                      noise,
-                      steps=cfg.sample.steps, shift=cfg.diffusion.shift, guidance=1.0,
-                      progress=progress)
+  return sample_flow(lambda x, t, _: guided_velocity(dit, x, t, context, mask, frame_shot),
+                     noise, solver=cfg.sample.get("solver", "unipc"), steps=cfg.sample.steps,
+                     shift=cfg.diffusion.shift, guidance=1.0, progress=progress)
 
 
 def decode_latents(weights: str | Path, latents: jax.Array) -> np.ndarray:
