@@ -35,15 +35,12 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from moga_jax import video_io
-from moga_jax.checkpoint import Checkpointer
 from moga_jax.config_checks import validate_config
 from moga_jax.data.captions import encode_captions
 from moga_jax.diffusion import sample_flow
-from moga_jax.dit import VideoDiT
-from moga_jax.ema import apply_ema
-from moga_jax.model import TextToVideo, dit_from_config
+from moga_jax.model import TextToVideo
 from moga_jax.run_guard import cli_main
-from moga_jax.training import make_optimizer, optimizer_layout
+from moga_jax.training import load_trained
 from moga_jax.wan import pipeline as wan_pipeline
 from moga_jax.wan.converted import with_converted_widths
 
@@ -61,28 +58,6 @@ _NEGATIVE = flags.DEFINE_string(
     "--config.video.frames=81 --config.video.height=480 --config.video.width=832.")
 # Contact sheet: frames per shot row, and the longer side of each thumbnail in pixels.
 _SHEET_COLUMNS, _THUMBNAIL = 8, 160
-
-
-def load_model(cfg, workdir: Path) -> TextToVideo | VideoDiT:
-  """The model of the latest checkpoint in WORKDIR: a TextToVideo, or for configs with a
-  `video` section (Wan) the fine-tuned VideoDiT, routers included."""
-  checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
-  if checkpoints.latest_step() is None:
-    raise FileNotFoundError(
-        f"no checkpoint in {workdir / 'checkpoints'}: train first, e.g. "
-        f"`python train.py --config configs/tiny.py --workdir {workdir}`")
-  if "video" in cfg:
-    model = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
-  else:
-    model = TextToVideo(cfg.model, rngs=nnx.Rngs(cfg.seed))
-  optimizer = make_optimizer(model, cfg.train)  # restored with the model (its EMA, if any)
-  checkpoints.restore((model, optimizer), model_config=cfg.model.to_dict(),
-                      optimizer_config=optimizer_layout(cfg.train))
-  checkpoints.close()
-  if apply_ema(model, optimizer):
-    logging.warning("sampling the EMA of the weights (config.train.ema_decay = %s)",
-                    cfg.train.ema_decay)
-  return model
 
 
 def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.ndarray:
@@ -161,7 +136,7 @@ def main(argv):
   if wan:
     # The DiT of a fine-tuned run (--workdir) or the converted one; umT5 and the VAE always
     # come from the converted folder.
-    dit = load_model(cfg, Path(_WORKDIR.value)) if _WORKDIR.value else None
+    dit = load_trained(cfg, _WORKDIR.value) if _WORKDIR.value else None
     output = Path(_OUTPUT.value or (Path(_WORKDIR.value or ".") / "sample.mp4"))
     with tqdm(total=cfg.sample.steps, desc="sample", unit="step") as bar:
       video, frame_shot = wan_pipeline.generate(_WEIGHTS.value, cfg, prompts,
@@ -171,7 +146,7 @@ def main(argv):
   else:
     workdir = Path(_WORKDIR.value)
     output = Path(_OUTPUT.value or workdir / "sample.mp4")
-    video = generate(load_model(cfg, workdir), cfg, prompts, seed=cfg.sample.seed)
+    video = generate(load_trained(cfg, workdir), cfg, prompts, seed=cfg.sample.seed)
     frame_shot = np.repeat(np.arange(len(prompts)), cfg.data.frames_per_shot)
     fps = cfg.data.fps
   output.parent.mkdir(parents=True, exist_ok=True)

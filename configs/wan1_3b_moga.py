@@ -29,25 +29,14 @@ Training, stage 1 from the converted Wan weights:
       --workdir runs/wan1_3b_stage1 --config.data.source_dir=my_clips
 
 Stage 2 starts from stage 1's weights. train.py's --init reads a converted folder (DiT + VAE +
-umT5 + tokenizer), not a training checkpoint, and a run resumes only from its own WORKDIR, so
-(until train.py can start from another run's checkpoint) write stage 1's DiT as a converted
-folder first: copy weights/wan1_3b_moga to weights/wan1_3b_moga_stage1 (vae/, text_encoder/ and
-tokenizer/ as they are), then replace its transformer/ with stage 1's last checkpoint:
+umT5 + tokenizer), and a run resumes only from its own WORKDIR, so export stage 1's DiT
+(routers included) and convert it back beside the original VAE, umT5 and tokenizer:
 
-  from flax import nnx
-  from configs import wan1_3b_moga
-  from moga_jax.checkpoint import Checkpointer
-  from moga_jax.model import dit_from_config
-  from moga_jax.training import make_optimizer
-  from moga_jax.wan import converted
-  cfg = wan1_3b_moga.get_config("stage1")
-  dit = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
-  opt = make_optimizer(dit, cfg.train)
-  ckpt = Checkpointer("runs/wan1_3b_stage1/checkpoints")
-  ckpt.restore((dit, opt), model_config=cfg.model.to_dict()); ckpt.close()
-  folder = "weights/wan1_3b_moga_stage1/transformer"
-  converted.save_component(folder, dit, meta=converted.read_meta(folder))
-
+  python -m moga_jax.export --config configs/wan1_3b_moga.py:stage1 \
+      --weights weights/wan1_3b_moga --workdir runs/wan1_3b_stage1 --out exported/stage1
+  python -m moga_jax.convert_wan --src exported/stage1 --out weights/wan1_3b_moga_stage1 \
+      --config configs/wan1_3b_moga.py:stage2
+  cp -r weights/wan1_3b_moga/{vae,text_encoder,tokenizer} weights/wan1_3b_moga_stage1/
   python train.py --config configs/wan1_3b_moga.py:stage2 --init weights/wan1_3b_moga_stage1 \
       --workdir runs/wan1_3b_stage2 --config.data.source_dir=my_30s_clips
 

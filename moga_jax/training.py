@@ -8,19 +8,22 @@ no host ever holds the whole unsharded model.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from moga_jax.checkpoint import Checkpointer
 from moga_jax.config_checks import SCHEDULES
 from moga_jax.diffusion import flow_matching_loss
 from moga_jax.dit import VideoDiT
-from moga_jax.ema import ema_of_params
-from moga_jax.model import TextToVideo, frame_shots
+from moga_jax.ema import apply_ema, ema_of_params
+from moga_jax.model import TextToVideo, dit_from_config, frame_shots
 from moga_jax.sharding import ShardingRules, batch_spec, state_shardings
 
 
@@ -65,6 +68,32 @@ def optimizer_layout(cfg) -> dict:
   that resuming with others fails by name instead of inside orbax."""
   return {"ema_decay": float(cfg.get("ema_decay", 0.0)),
           "grad_accum_steps": int(cfg.get("grad_accum_steps", 1))}
+
+
+def load_trained(cfg, workdir, *, use_ema: bool = True):
+  """The model of the newest checkpoint in WORKDIR/checkpoints: a TextToVideo, or for configs
+  with a `video` section (Wan) the fine-tuned VideoDiT, routers included; with use_ema the EMA
+  of its weights when the run kept one. Raises FileNotFoundError without a checkpoint."""
+  workdir = Path(workdir)
+  checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+  try:
+    if checkpoints.latest_step() is None:
+      raise FileNotFoundError(
+          f"no checkpoint in {workdir / 'checkpoints'}: train first, e.g. "
+          f"`python train.py --config configs/tiny.py --workdir {workdir}`")
+    if "video" in cfg:
+      model = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
+    else:
+      model = TextToVideo(cfg.model, rngs=nnx.Rngs(cfg.seed))
+    optimizer = make_optimizer(model, cfg.train)  # restored with the model (its EMA, if any)
+    checkpoints.restore((model, optimizer), model_config=cfg.model.to_dict(),
+                        optimizer_config=optimizer_layout(cfg.train))
+  finally:
+    checkpoints.close()
+  if use_ema and apply_ema(model, optimizer):
+    logging.warning("using the EMA of the weights (config.train.ema_decay = %s)",
+                    cfg.train.ema_decay)
+  return model
 
 
 def loss_fn(model: TextToVideo, batch: dict, key: jax.Array, cfg):

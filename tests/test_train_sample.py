@@ -186,7 +186,7 @@ def test_ema_and_gradient_accumulation_resume_exactly_and_sample(tmp_path):
   _run("train.py", "--workdir", str(crashed), *options)
   assert _losses(crashed) == _losses(straight)
   result = _run("sample.py", "--workdir", str(straight), *options, *PROMPTS)
-  assert "sampling the EMA of the weights" in result.stderr
+  assert "using the EMA of the weights" in result.stderr
 
 
 @pytest.mark.slow

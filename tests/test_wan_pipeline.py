@@ -264,6 +264,22 @@ def test_sample_py_samples_a_finetuned_run(weights, tmp_path):
   assert np.abs(videos["finetuned"] - want).mean() < 0.5
   assert np.abs(videos["finetuned"] - videos["converted"]).mean() > 5.0
 
+  # Export round trip: run -> diffusers-layout safetensors -> convert_wan -> the run's weights,
+  # routers included (loaded this time, not initialised).
+  exported = tmp_path / "exported"
+  result = subprocess.run(
+      [sys.executable, "-m", "moga_jax.export", *config, "--workdir", str(workdir),
+       "--weights", str(out), "--out", str(exported)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  back = tmp_path / "back"
+  report = convert(exported, back, cfg, ["transformer"])[0]
+  assert "initialised" not in report and "unexpected" not in report, report
+  again = converted.load_dit(back, cfg.model)
+  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(again, nnx.Param)),
+                               nnx.to_flat_state(nnx.state(dit, nnx.Param)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
+
 
 def test_sampling_is_deterministic_and_uses_the_prompts(weights):
   out, _ = weights

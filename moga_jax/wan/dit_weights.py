@@ -69,6 +69,8 @@ _BLOCK: dict[str, tuple[tuple[str, ...], str]] = {
   "norm2": (("norm3",), "norm"),  # the affine cross-attention input norm
   "ffn.net.0.proj": (("ffn", "fc1"), "linear"),
   "ffn.net.2": (("ffn", "fc2"), "linear"),
+  # Not in Wan: MoGA's router, as `moga_jax.wan.export` writes it (our extension of the names).
+  "attn1.router.proj": (("self_attn", "router", "proj"), "linear"),
 }
 
 _LEAVES: dict[tuple[str, str], tuple[str, Transform]] = {
@@ -139,6 +141,51 @@ def dit_rename(name: str) -> tuple[tuple[str | int, ...], Transform] | None:
   path, kind = target
   ours, transform = _LEAVES[kind, leaf]
   return (*prefix, *path, ours), transform
+
+
+_INVERSE: dict[Transform, Transform] = {
+  identity: identity,
+  linear_kernel: lambda x: x.T,
+  conv_kernel: lambda x: np.transpose(x, (x.ndim - 1, x.ndim - 2, *range(x.ndim - 2))),
+}
+
+
+def diffusers_names(num_layers: int) -> list[str]:
+  """Every tensor name a WanTransformer3DModel of `num_layers` blocks can hold (Wan's, plus
+  MoGA's routers)."""
+  leaves = lambda kind: [leaf for k, leaf in _LEAVES if k == kind]
+  names = ["scale_shift_table"]
+  names += [f"{module}.{leaf}" for module, (_, kind) in _TOP.items() for leaf in leaves(kind)]
+  for i in range(num_layers):
+    names.append(f"blocks.{i}.scale_shift_table")
+    names += [f"blocks.{i}.{module}.{leaf}" for module, (_, kind) in _BLOCK.items()
+              for leaf in leaves(kind)]
+  return names
+
+
+def dit_to_diffusers(dit: VideoDiT) -> dict[str, np.ndarray]:
+  """VideoDiT parameters -> diffusers WanTransformer3DModel tensors (routers included under
+  `blocks.<i>.attn1.router.proj.*`); the inverse of `load_wan_dit`."""
+  flat = {tuple(map(str, path)): np.asarray(var[...])
+          for path, var in nnx.to_flat_state(nnx.state(dit, nnx.Param))}
+  if dit.scan_layers:  # [layers, ...] -> one tensor per block
+    num_layers = next(x.shape[0] for p, x in flat.items() if p[0] == "blocks")
+    flat = {**{p: x for p, x in flat.items() if p[0] != "blocks"},
+            **{("blocks", str(i), *p[1:]): x[i] for p, x in flat.items() if p[0] == "blocks"
+               for i in range(num_layers)}}
+  else:
+    num_layers = len(dit.blocks)
+  tensors, used = {}, set()
+  for name in diffusers_names(num_layers):
+    path, transform = dit_rename(name)
+    path = tuple(map(str, path))
+    if path in flat:
+      tensors[name] = np.ascontiguousarray(_INVERSE[transform](flat[path]))
+      used.add(path)
+  left = sorted(".".join(p) for p in set(flat) - used)
+  if left:
+    raise ValueError(f"no diffusers name for these parameters: {left}")
+  return tensors
 
 
 def _is_router(name: str) -> bool:

@@ -108,6 +108,34 @@ def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
   return tensors
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str] | None = None) -> Path:
+  """Writes tensors as one .safetensors file (little-endian, names sorted), atomically."""
+  names = {np.dtype(v): k for k, v in _DTYPES.items()}
+  header: dict = {"__metadata__": metadata} if metadata else {}
+  offset, blobs = 0, []
+  for name in sorted(tensors):
+    x = np.ascontiguousarray(tensors[name])
+    if x.dtype not in names:
+      raise ValueError(f"tensor {name!r}: dtype {x.dtype} has no safetensors name")
+    blob = x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes()
+    header[name] = {"dtype": names[x.dtype], "shape": list(x.shape),
+                    "data_offsets": [offset, offset + len(blob)]}
+    offset += len(blob)
+    blobs.append(blob)
+  raw = json.dumps(header, separators=(",", ":")).encode()
+  raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+  path = Path(path)
+  partial = path.with_name(path.name + ".partial")
+  with partial.open("wb") as f:
+    f.write(len(raw).to_bytes(8, "little"))
+    f.write(raw)
+    for blob in blobs:
+      f.write(blob)
+  partial.replace(path)
+  return path
+
+
 @dataclasses.dataclass
 class WeightReport:
   """What loading found. Names are the reference's for unexpected, ours for the rest."""
