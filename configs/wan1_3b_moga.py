@@ -111,6 +111,9 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   c.model.dense_layers = ()
   c.model.scan_layers = False
   c.model.remat = False
+  # Compute dtype of the DiT's matmuls and attention: "float32" or "bfloat16" (parameters,
+  # residual stream, norms, router, softmax statistics and the loss stay float32).
+  c.model.dtype = "float32"
   c.model.attention = ConfigDict()
   c.model.attention.num_groups = 5  # the paper's M for Wan; None: no MoGA branch
   c.model.attention.top_k = 1

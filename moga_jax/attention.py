@@ -138,7 +138,8 @@ class MoGAAttention(nnx.Module):
     self.norm_q, self.norm_k = (norm(), norm()) if qk_norm else (None, None)
     self.router = None if num_groups is None else GroupRouter(
         dim, num_groups, num_heads=num_heads if per_head_router else None, top_k=top_k,
-        balance=balance_loss, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # Routing stays in float32 whatever `dtype`: its argmax and gate p(g|x) decide groups.
+        balance=balance_loss, dtype=None, param_dtype=param_dtype, rngs=rngs)
 
   @property
   def branches(self) -> tuple[str, ...]:

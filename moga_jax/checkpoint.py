@@ -37,8 +37,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+# Model-config fields that change how the model computes, not its parameters: a run trained in
+# bfloat16 samples in float32 and the other way round.
+COMPUTE_ONLY = frozenset({"dtype", "attention.implementation"})
+
+
 def check_config(saved: dict, current: dict, where: str, what: str = "model") -> None:
   saved, current = _flatten(saved), _flatten(current)
+  if what == "model":
+    saved, current = ({k: v for k, v in d.items() if k not in COMPUTE_ONLY}
+                      for d in (saved, current))
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
   if diffs:

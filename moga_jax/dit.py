@@ -51,15 +51,16 @@ def _layer_norm(dim: int, rngs: nnx.Rngs, *, affine: bool) -> nnx.LayerNorm:
 
 class DiTBlock(nnx.Module):
   def __init__(self, dim: int, ffn_dim: int, num_heads: int, *, attention: dict | None,
-               rules: ShardingRules | None = None, rngs: nnx.Rngs):
-    """attention: MoGAAttention keyword arguments, or None for dense self-attention."""
+               dtype=None, rules: ShardingRules | None = None, rngs: nnx.Rngs):
+    """attention: MoGAAttention keyword arguments, or None for dense self-attention. dtype: the
+    linears' and attention's compute dtype (None: the parameters', float32)."""
     self.norm1 = _layer_norm(dim, rngs, affine=False)
-    self.self_attn = MoGAAttention(dim, num_heads, rules=rules, rngs=rngs,
+    self.self_attn = MoGAAttention(dim, num_heads, rules=rules, rngs=rngs, dtype=dtype,
                                    **(DENSE if attention is None else attention))
     self.norm3 = _layer_norm(dim, rngs, affine=True)
-    self.cross_attn = ShotCrossAttention(dim, num_heads, rules=rules, rngs=rngs)
+    self.cross_attn = ShotCrossAttention(dim, num_heads, dtype=dtype, rules=rules, rngs=rngs)
     self.norm2 = _layer_norm(dim, rngs, affine=False)
-    self.ffn = FeedForward(dim, ffn_dim, rngs=rngs)
+    self.ffn = FeedForward(dim, ffn_dim, dtype=dtype, rngs=rngs)
     self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 6, dim)) / dim**0.5)
 
   def __call__(self, x, time6, context, context_mask, token_shot, frame_shot, grid_shape):
@@ -85,13 +86,17 @@ class VideoDiT(nnx.Module):
     rules: logical sharding rules (`moga_jax.sharding`): hidden states are kept split along the
       sequence between blocks and attention runs Ulysses-parallel when a mesh is set. None: no
       sharding annotations (one device, or the caller's own).
+    dtype: compute dtype of the matmuls and attention (e.g. bfloat16; None: float32). The
+      parameters, the residual stream, the norms' statistics, the time embedding and
+      modulation, the router, the attention softmax statistics and the returned velocity
+      stay float32.
   """
 
   def __init__(self, *, in_channels: int, out_channels: int, dim: int, ffn_dim: int,
                num_layers: int, num_heads: int, text_dim: int,
                patch: Sequence[int] = (1, 2, 2), freq_dim: int = 256,
                attention: dict | None = None, dense_layers: Sequence[int] = (),
-               scan_layers: bool = False, remat: bool = False,
+               scan_layers: bool = False, remat: bool = False, dtype=None,
                rules: ShardingRules | None = None, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"num_heads ({num_heads}) must divide the model width dim ({dim})")
@@ -101,21 +106,23 @@ class VideoDiT(nnx.Module):
     self.patch = tuple(int(p) for p in patch)
     self.out_channels, self.freq_dim = out_channels, freq_dim
     self.scan_layers, self.remat, self.rules = scan_layers, remat, rules
+    self.dtype = None if dtype is None or jnp.dtype(dtype) == jnp.float32 else jnp.dtype(dtype)
     dense = set(dense_layers)
     routed = attention is not None and attention.get("num_groups", 5) is not None
     self.moga_layers = tuple(i for i in range(num_layers) if i not in dense) if routed else ()
     self.patch_embedding = nnx.Conv(in_channels, dim, kernel_size=self.patch,
                                     strides=self.patch, padding="VALID", rngs=rngs)
     self.text_embedding = nnx.Sequential(
-        nnx.Linear(text_dim, dim, rngs=rngs), lambda x: jax.nn.gelu(x, approximate=True),
-        nnx.Linear(dim, dim, rngs=rngs))
+        nnx.Linear(text_dim, dim, dtype=self.dtype, rngs=rngs),
+        lambda x: jax.nn.gelu(x, approximate=True),
+        nnx.Linear(dim, dim, dtype=self.dtype, rngs=rngs))
     self.time_embedding = nnx.Sequential(
         nnx.Linear(freq_dim, dim, rngs=rngs), jax.nn.silu, nnx.Linear(dim, dim, rngs=rngs))
     self.time_projection = nnx.Sequential(jax.nn.silu, nnx.Linear(dim, 6 * dim, rngs=rngs))
 
     def block(rngs, dense: bool):
       return DiTBlock(dim, ffn_dim, num_heads, attention=None if dense else attention,
-                      rules=rules, rngs=rngs)
+                      dtype=self.dtype, rules=rules, rngs=rngs)
 
     if scan_layers:
       @nnx.split_rngs(splits=num_layers)
@@ -128,7 +135,7 @@ class VideoDiT(nnx.Module):
       self.blocks = nnx.List([block(rngs, i in dense) for i in range(num_layers)])
     self.head_norm = _layer_norm(dim, rngs, affine=False)
     self.head_modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 2, dim)) / dim**0.5)
-    self.head = nnx.Linear(dim, out_channels * math.prod(self.patch),
+    self.head = nnx.Linear(dim, out_channels * math.prod(self.patch), dtype=self.dtype,
                            kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
   def _embed_patches(self, latents: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
@@ -142,7 +149,9 @@ class VideoDiT(nnx.Module):
     patches = constrain(patches, self.rules, "activation_batch", "activation_length", None)
     conv = self.patch_embedding
     kernel = conv.kernel[...].reshape(-1, conv.out_features)  # [(pt, ph, pw, C), dim]
-    x = jnp.dot(patches.astype(kernel.dtype), kernel)
+    compute = self.dtype or kernel.dtype
+    x = jnp.dot(patches.astype(compute), kernel.astype(compute),
+                preferred_element_type=jnp.float32)  # the residual stream is float32
     return x + conv.bias[...] if conv.bias is not None else x
 
   def __call__(self, latents: jax.Array, t: jax.Array, context: jax.Array,
@@ -170,7 +179,7 @@ class VideoDiT(nnx.Module):
     grid_shot = jax.lax.cummax(frame_shot[:, ::pt].astype(jnp.int32), axis=1)
     time = self.time_embedding(sinusoidal_embedding(1000.0 * t, self.freq_dim))
     time6 = self.time_projection(time).reshape(b, 6, -1)
-    context = self.text_embedding(context)
+    context = self.text_embedding(context.astype(jnp.float32))
 
     def run(block, x):
       x, balance = block(x, time6, context, context_mask, token_shot, grid_shot, grid)
@@ -195,6 +204,6 @@ class VideoDiT(nnx.Module):
 
     shift, scale = jnp.split(self.head_modulation[...] + time[:, None], 2, axis=1)
     x = self.head(self.head_norm(x) * (1 + scale) + shift)
-    x = x.reshape(b, *grid, pt, ph, pw, self.out_channels)
+    x = x.astype(jnp.float32).reshape(b, *grid, pt, ph, pw, self.out_channels)
     x = jnp.transpose(x, (0, 1, 4, 2, 5, 3, 6, 7)).reshape(b, f, h, w, self.out_channels)
     return x, balance

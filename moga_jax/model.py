@@ -38,7 +38,7 @@ def dit_from_config(m: ml_collections.ConfigDict, *, rules: ShardingRules | None
       num_layers=m.num_layers, num_heads=m.num_heads, text_dim=m.text_dim,
       patch=tuple(m.patch), freq_dim=m.get("freq_dim", 256), attention=attention,
       dense_layers=tuple(m.dense_layers), scan_layers=m.scan_layers, remat=m.remat,
-      rules=rules, rngs=rngs)
+      dtype=jnp.dtype(m.get("dtype", "float32")), rules=rules, rngs=rngs)
 
 
 class TextToVideo(nnx.Module):

@@ -152,6 +152,29 @@ def test_dit_shapes_remat_and_scan(key):
   assert out_scan.shape == out.shape and bal_scan.shape == balance.shape
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(key, scan_layers):
+  """dtype=bfloat16: the same parameters (float32, also their gradients), a float32 velocity
+  within bfloat16's error of the float32 model's, and a float32 balance loss equal to it up to
+  rounding (the router runs in float32). Kills bfloat16 parameters, gradients or velocity, and
+  a dtype that never reaches the matmuls (the outputs would then be identical)."""
+  inputs = _dit_inputs(key)
+  f32 = _dit(scan_layers=scan_layers)
+  f32.head.kernel[...] = 0.02 * jax.random.normal(jax.random.key(3), f32.head.kernel.shape)
+  bf16 = _dit(scan_layers=scan_layers, dtype=jnp.bfloat16)
+  nnx.update(bf16, nnx.state(f32))
+  assert {v.dtype for v in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {jnp.dtype("float32")}
+  (want, want_balance), (got, got_balance) = f32(*inputs), bf16(*inputs)
+  assert got.dtype == jnp.float32 and got_balance.dtype == jnp.float32
+  assert_close(got, want, dtype=jnp.bfloat16)
+  assert not np.array_equal(np.asarray(got), np.asarray(want))  # bfloat16 did compute
+  assert abs(float(got_balance) - float(want_balance)) < 0.05 * abs(float(want_balance))
+  loss = lambda m: jnp.mean(m(*inputs)[0] ** 2)
+  grads = nnx.grad(loss)(bf16)
+  assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype("float32")}
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
 def test_each_shot_sees_only_its_own_caption(key):
   model = _dit()
   model.head.kernel[...] = 0.02 * jax.random.normal(jax.random.key(3), model.head.kernel.shape)
