@@ -12,26 +12,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+from train_runs import ROOT, run
 
-ROOT = Path(__file__).parents[1]
 _STEPS = flags.DEFINE_integer("steps", 200, "Training steps per run.")
 _OUT = flags.DEFINE_string("out", str(ROOT / "results" / "bf16_tiny"), "Output path stem.")
 _WINDOW = 20
-
-
-def run(workdir: Path, steps: int, dtype: str) -> list[dict]:
-  cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.py"),
-         "--workdir", str(workdir), f"--config.train.steps={steps}",
-         f"--config.model.dtype={dtype}", f"--config.train.checkpoint_every={10**9}"]
-  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def smooth(values: list[float]) -> np.ndarray:
@@ -48,7 +38,7 @@ def main(argv):
   runs = {}
   with tempfile.TemporaryDirectory() as tmp:
     for dtype in ("float32", "bfloat16"):
-      rows = run(Path(tmp) / dtype, _STEPS.value, dtype)
+      rows = run(Path(tmp) / dtype, _STEPS.value, f"--config.model.dtype={dtype}")
       runs[dtype] = {"steps_per_s": float(np.median([r["steps_per_s"] for r in rows
                                                      if r["step"] > 10])),
                      "loss": [r["loss"] for r in rows]}

@@ -13,26 +13,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+from train_runs import ROOT, run
 
-ROOT = Path(__file__).parents[1]
 _STEPS = flags.DEFINE_integer("steps", 60, "Training steps per run.")
 _LOG_EVERY = flags.DEFINE_multi_integer("log_every", [1, 10], "Fetch intervals to compare.")
 _OUT = flags.DEFINE_string("out", str(ROOT / "benchmarks/results/train_loop.json"), "JSON path.")
-
-
-def run(workdir: Path, steps: int, log_every: int) -> list[dict]:
-  cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.py"),
-         "--workdir", str(workdir), f"--config.train.steps={steps}",
-         f"--config.train.log_every={log_every}", f"--config.train.checkpoint_every={10**9}"]
-  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def main(argv):
@@ -40,7 +30,7 @@ def main(argv):
   results = []
   with tempfile.TemporaryDirectory() as tmp:
     for k in _LOG_EVERY.value:
-      rows = run(Path(tmp) / f"every{k}", _STEPS.value, k)
+      rows = run(Path(tmp) / f"every{k}", _STEPS.value, f"--config.train.log_every={k}")
       after_first = [r["steps_per_s"] for r in rows if r["step"] > max(k, 10)]
       results.append({"log_every": k, "steps": _STEPS.value,
                       "steps_per_s": float(np.median(after_first)),

@@ -155,6 +155,18 @@ def test_sample_py_writes_a_multi_shot_video_and_contact_sheet(weights, tmp_path
   assert width * TINY["video.height"] * 2 == height * TINY["video.width"] * 4
 
 
+def _run_dit(workdir: Path, cfg):
+  """The DiT of a run's latest checkpoint, read with the Checkpointer directly (not through
+  the code sample.py uses)."""
+  dit = dit_from_config(cfg.model, rngs=nnx.Rngs(7))
+  state = nnx.state((dit, make_optimizer(dit, cfg.train)))
+  checkpoints = Checkpointer(workdir / "checkpoints")
+  restored, _ = checkpoints.restore_state(state, model_config=cfg.model.to_dict())
+  checkpoints.close()
+  nnx.update(dit, restored[0])
+  return dit
+
+
 def test_train_py_fine_tunes_from_converted_weights(weights, tmp_path):
   """Two-shot synthetic clips -> latents through the converted VAE and umT5 -> 2 steps from the
   converted DiT. With learning rate 0 the checkpoint must hold the converted weights exactly."""
@@ -181,13 +193,9 @@ def test_train_py_fine_tunes_from_converted_weights(weights, tmp_path):
   _latents_equal_encoding_of_their_clips(latents, out)
 
   cfg = tiny_config(**{"video.shots": 2, "train.learning_rate": 0.0})
-  model = dit_from_config(cfg.model, rngs=nnx.Rngs(7))
-  state = nnx.state((model, make_optimizer(model, cfg.train)))
-  checkpoints = Checkpointer(workdir / "checkpoints")
-  restored, _ = checkpoints.restore_state(state, model_config=cfg.model.to_dict())
-  checkpoints.close()
+  restored = _run_dit(workdir, cfg)
   want = converted.load_dit(out, cfg.model)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(restored[0]),
+  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(restored, nnx.Param)),
                                nnx.to_flat_state(nnx.state(want, nnx.Param)), strict=True):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
 
@@ -250,12 +258,7 @@ def test_sample_py_samples_a_finetuned_run(weights, tmp_path):
     videos[name] = video_io.read_mp4(output).astype(np.float32)
 
   cfg = tiny_config(**{"video.shots": 2, "train.learning_rate": 0.05})
-  dit = dit_from_config(cfg.model, rngs=nnx.Rngs(7))
-  state = nnx.state((dit, make_optimizer(dit, cfg.train)))
-  checkpoints = Checkpointer(workdir / "checkpoints")
-  restored, _ = checkpoints.restore_state(state, model_config=cfg.model.to_dict())
-  checkpoints.close()
-  nnx.update(dit, restored[0])
+  dit = _run_dit(workdir, cfg)
   want, _ = pipeline.generate(out, cfg, prompts, seed=cfg.sample.seed, dit=dit)
   # Through the same (lossy, deterministic) H.264 encoder the run's video comes back as
   # sample.py wrote it; the converted DiT's video is far from it.
