@@ -26,20 +26,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
 from moga_jax import video_io
 from moga_jax.config_checks import validate_config
-from moga_jax.data.captions import encode_captions
-from moga_jax.diffusion import sample_flow
-from moga_jax.model import TextToVideo
 from moga_jax.run_guard import cli_main
+from moga_jax.sampling import generate
 from moga_jax.training import load_trained
 from moga_jax.wan import pipeline as wan_pipeline
 from moga_jax.wan.converted import with_converted_widths
@@ -58,37 +53,6 @@ _NEGATIVE = flags.DEFINE_string(
     "--config.video.frames=81 --config.video.height=480 --config.video.width=832.")
 # Contact sheet: frames per shot row, and the longer side of each thumbnail in pixels.
 _SHEET_COLUMNS, _THUMBNAIL = 8, 160
-
-
-def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.ndarray:
-  """uint8 video [shots * frames_per_shot, H, W, 3], shot i captioned by prompts[i]."""
-  d = cfg.data
-  if not 1 <= len(prompts) <= d.max_shots:
-    raise ValueError(f"give between 1 and config.data.max_shots = {d.max_shots} prompts, got "
-                     f"{len(prompts)}")
-  shots, per_shot = len(prompts), d.frames_per_shot
-  captions = jnp.asarray(encode_captions(prompts, rows=shots, length=d.caption_len))[None]
-  frame_shot = jnp.repeat(jnp.arange(shots, dtype=jnp.int32), per_shot)[None]
-  f = cfg.model.latent_factor
-  noise = jax.random.normal(jax.random.key(seed),
-                            (1, shots * per_shot, d.height // f, d.width // f, 3 * f * f))
-  context = model.encode_text(captions)
-  empty = model.encode_text(jnp.zeros_like(captions))
-
-  @nnx.jit
-  def velocity(model, x, t, context, mask):
-    return model.velocity(x, t, context, mask, frame_shot)[0]
-
-  def predict(x, t, conditional):
-    ctx, mask = context if conditional else empty
-    return velocity(model, x, t, ctx, mask)
-
-  with tqdm(total=cfg.sample.steps, desc="sample", unit="step") as bar:
-    z = sample_flow(predict, noise, solver=cfg.sample.get("solver", "euler"),
-                    steps=cfg.sample.steps, shift=cfg.diffusion.shift,
-                    guidance=cfg.sample.guidance, progress=lambda _: bar.update(1))
-  video = model.to_video(z)[0]
-  return np.asarray(jnp.clip((video + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
 
 
 def shot_rows(video: np.ndarray, frame_shot: np.ndarray, *, columns: int,

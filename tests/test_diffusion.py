@@ -108,17 +108,18 @@ class _StubVideoModel(nnx.Module):
 
 
 def test_sample_py_guides_toward_the_prompt():
-  """Catches sample.py handing the empty caption's prediction in as the conditional one: one
+  """Catches sample.py's sampler (moga_jax.sampling) handing the empty caption's prediction in
+  as the conditional one: one
   step with guidance w moves the noise by -(v_u + w (v_c - v_u)) = -(-1 + 2 w)."""
-  import sample
   from configs import tiny
+  from moga_jax.sampling import generate
 
   cfg = tiny.get_config()
   cfg.sample.steps, cfg.sample.guidance = 1, 0.75
   d, f = cfg.data, cfg.model.latent_factor
   noise = jax.random.normal(jax.random.key(3), (1, d.frames_per_shot, d.height // f,
                                                 d.width // f, 3 * f * f))
-  video = sample.generate(_StubVideoModel(noise), cfg, ["a red circle"], seed=3)
+  video = generate(_StubVideoModel(noise), cfg, ["a red circle"], seed=3)
   moved = -(-1.0 + 2 * 0.75)  # -0.5; swapped: -(1 - 2 w) = +0.5
   assert np.unique(video).tolist() == [round((moved + 1) * 127.5)]
 
