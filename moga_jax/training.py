@@ -167,7 +167,8 @@ def make_train_step(cfg, train_state: TrainState, loss=loss_fn):
   skip_bad = cfg.train.get("skip_nonfinite_steps", 0) > 0
 
   def step(state, batch, key):
-    old = jax.tree.leaves(state)  # merge shares the state's variables, which update mutates
+    # merge shares the state's variables, which update mutates: keep the old leaves first
+    old = jax.tree.leaves(state) if skip_bad else None
     model, optimizer = nnx.merge(graphdef, state)
     grad_fn = nnx.value_and_grad(loss, has_aux=True)
     (value, (mse, balance)), grads = grad_fn(model, batch, key, cfg)
