@@ -59,7 +59,7 @@ def _sparsity(ids: np.ndarray, num_groups: int) -> float:
 
 
 def _count_rows(cfg) -> int:
-  if cfg.preset == "block":
+  if cfg.block:
     return sum(4 + (seq <= cfg.dense_max_seq) for seq in cfg.seq_lens)
   dense = sum(seq <= cfg.dense_max_seq for seq in cfg.seq_lens)
   grouped = sum(impl != "reference" or seq <= cfg.reference_max_seq
@@ -204,14 +204,14 @@ def main(argv):
   print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} cores); batch {cfg.batch}, {cfg.heads} heads, head_dim "
         f"{cfg.head_dim}, {cfg.dtype}, tile {cfg.tile}", flush=True)
-  if cfg.preset == "block":
+  if cfg.block:
     print(f"the paper's block: M = {cfg.block_groups} (shared routing), STGA "
           f"{cfg.block_windows[0]}x{cfg.block_windows[1]} windows, frames of "
           f"{cfg.block_frame[0]}x{cfg.block_frame[1]} tokens, a shot every "
           f"{cfg.block_shot_frames} frames; G column = M; impl column = branch", flush=True)
   rows = []
   flops_per_share = 4 * cfg.batch * cfg.heads * cfg.head_dim  # x share x N^2
-  measurements = _block_rows(cfg) if cfg.preset == "block" else _rows(cfg)
+  measurements = _block_rows(cfg) if cfg.block else _rows(cfg)
   for row in tqdm(measurements, desc=f"attention benchmark ({cfg.preset})", unit="row",
                   total=_count_rows(cfg), file=sys.stdout):
     row["tflops"] = flops_per_share * row["work_share"] * row["seq"] ** 2 / row["time_s"] / 1e12

@@ -199,7 +199,8 @@ def kernel_reports(tile: int, head_dim: int, dtype=jnp.bfloat16, *, ranges: bool
   from pallas_kernels.block_sparse.gpu import LaunchParams
   from pallas_kernels.block_sparse.ops import check_hardware_tiling
 
-  check_hardware_tiling("pallas_gpu", tile=tile, head_dim=head_dim)
+  check_hardware_tiling("pallas_gpu", tile=tile, head_dim=head_dim,
+                        itemsize=jnp.dtype(dtype).itemsize)
   if launch is not None and not isinstance(launch, LaunchParams | Mapping):
     raise TypeError(f"launch must be None, a gpu.LaunchParams or a mapping kernel name -> "
                     f"LaunchParams, got {type(launch).__name__}")

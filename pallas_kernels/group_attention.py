@@ -8,11 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation
+from pallas_kernels.block_sparse.ops import (
+  attend_in_layout,
+  choose_implementation,
+  default_tile,
+)
 from pallas_kernels.block_sparse.reference import group_attention_reference
 from pallas_kernels.metadata import group_layout
-
-DEFAULT_TILE = 128
 
 
 def group_attention(
@@ -47,8 +49,9 @@ def group_attention(
       "pallas_tpu" it may also be a `pltpu.InterpretParams` (the TPU simulator, stricter and
       slower). Ignored by "xla" and "reference".
     tile: tokens per tile of the sorted layout (default 128, or the sequence length rounded up
-      to 8 when that is shorter). Each group is padded up to whole tiles, so the cost is
-      sum_g ceil(n_g / tile)^2 tile pairs.
+      to 8 when that is shorter; compiled "pallas_gpu" takes the largest power of two that fits
+      its shared memory: 64 for float32 at head_dim 128). Each group is padded up to whole
+      tiles, so the cost is sum_g ceil(n_g / tile)^2 tile pairs.
     backend: the platform to compile for ("cpu", "gpu" or "tpu"). None: the platform of q's
       devices where q says (a concrete array, or under `jit(...).lower(...)` an input placed on
       compile-only TPU devices, JAX >= 0.11), else `jax.default_backend()`. Set it to lower the
@@ -62,11 +65,13 @@ def group_attention(
   group_ids = validation.check_group_ids(
       group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups)
   scale = validation.check_scale(scale, head_dim)
-  if tile is None:  # short sequences get a smaller tile: padding G groups to 128 would dwarf N
-    tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
-  tile = validation.check_positive_int("tile", tile)
+  if tile is not None:
+    tile = validation.check_positive_int("tile", tile)
   name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq,
                                           backend=backend)
+  if tile is None:
+    tile = default_tile(seq, implementation=name, interpret=interpret, head_dim=head_dim,
+                        dtype=q.dtype)
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)
   return _sorted(q, k, v, group_ids, num_groups=num_groups, scale=scale, tile=tile,

@@ -10,11 +10,13 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation
+from pallas_kernels.block_sparse.ops import (
+  attend_in_layout,
+  choose_implementation,
+  default_tile,
+)
 from pallas_kernels.block_sparse.reference import shot_window_attention_reference
 from pallas_kernels.metadata import shot_window_layout
-
-DEFAULT_TILE = 128
 
 
 def shot_window_attention(
@@ -61,7 +63,8 @@ def shot_window_attention(
     temporal_group: None (a group is a whole shot) or the most frames per group.
     context_frames: frames of each adjacent group added to the keys, >= 0.
     scale, implementation, interpret, backend: as in `group_attention`.
-    tile: tokens per tile (default 128, less for short sequences).
+    tile: tokens per tile (default as in `group_attention`: 128, less for short sequences or
+      where the compiled GPU kernel needs it).
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -77,11 +80,13 @@ def shot_window_attention(
   context_frames = validation.check_int("context_frames", context_frames, minimum=0)
   shot_ids = validation.check_shot_ids(shot_ids, batch=batch, frames=grid_shape[0])
   scale = validation.check_scale(scale, head_dim)
-  if tile is None:
-    tile = min(DEFAULT_TILE, -(-seq // 8) * 8)
-  tile = validation.check_positive_int("tile", tile)
+  if tile is not None:
+    tile = validation.check_positive_int("tile", tile)
   name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq,
                                           backend=backend)
+  if tile is None:
+    tile = default_tile(seq, implementation=name, interpret=interpret, head_dim=head_dim,
+                        dtype=q.dtype)
   static = dict(grid_shape=grid_shape, spatial_groups=spatial_groups,
                 temporal_group=temporal_group, context_frames=context_frames, scale=scale)
   if name == "reference":

@@ -22,17 +22,27 @@ needs_triton = pytest.mark.skipif(
 @needs_triton
 @pytest.mark.slow
 @pytest.mark.parametrize("ranges", [False, True], ids=["group_mask", "range_mask"])
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_every_kernel_compiles_for_h100(head_dim, ranges):
-  rows = gpu_compile.kernel_reports(128, head_dim, jnp.bfloat16, ranges=ranges)
+@pytest.mark.parametrize(("dtype", "head_dim"), [("bfloat16", 64), ("bfloat16", 128),
+                                                 ("float32", 128)])
+def test_every_kernel_compiles_for_h100(dtype, head_dim, ranges):
+  """At the tile the ops pick by default (float32 at head_dim 128: 64 tokens)."""
+  from pallas_kernels.block_sparse.ops import default_tile
+
+  tile = default_tile(8192, implementation="pallas_gpu", interpret=False, head_dim=head_dim,
+                      dtype=dtype)
+  rows = gpu_compile.kernel_reports(tile, head_dim, jnp.dtype(dtype), ranges=ranges)
   print(f"\n{gpu_compile.format_rows(rows)}")
   assert [r["kernel"] for r in rows] == list(gpu_compile.KERNELS)
   for r in rows:
     assert 0 < r["registers"] <= gpu_compile.MAX_REGISTERS, r
     assert 0 < r["shared_bytes"] < gpu_compile.SHARED_BYTES, r
-    # Known and small: dq with range masks at head_dim 128 spills 48 B per thread (sm_90a,
-    # triton 3.9); 64-query programs only took it to 8 B at twice the K/V reads.
-    allowed = 64 if (r["kernel"], ranges, head_dim) == ("dq", True, 128) else 0
+    # Known and small: dq with range masks at head_dim 128 spills 48 B per thread in bf16
+    # (sm_90a, triton 3.9; 64-query programs only took it to 8 B at twice the K/V reads). float32
+    # (TF32 dots; not the fast path) spills up to 0.5 KiB in dk/dv and 56 B in dq at head_dim
+    # 128; 32-key dk/dv programs still spilled 128 B.
+    allowed = {("bfloat16", "dq", True, 128): 64}.get((dtype, r["kernel"], ranges, head_dim), 0)
+    if dtype == "float32":
+      allowed = {"dkdv": 640, "dq": 64}.get(r["kernel"], 0)
     assert r["spill_store_bytes"] <= allowed and r["spill_load_bytes"] <= allowed, r
 
 

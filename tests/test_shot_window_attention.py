@@ -185,7 +185,7 @@ def test_one_shot_one_window_is_full_attention(key):
         ({"spatial_groups": (2,)}, TypeError, r"spatial_groups must be a \(rows, cols\) tuple"),
         ({"temporal_group": 0}, ValueError, r"temporal_group must be >= 1, got 0"),
         ({"context_frames": -1}, ValueError, r"context_frames must be >= 0, got -1"),
-        ({"implementation": "pallas_gpu", "interpret": False}, ValueError,
+        ({"implementation": "pallas_gpu", "interpret": False, "backend": "cpu"}, ValueError,
          r"implementation='pallas_gpu' cannot run on backend 'cpu'"),
     ],
 )

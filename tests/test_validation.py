@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,7 +87,7 @@ def test_none_picks_the_backend_kernel_and_named_kernels_fail_fast():
     with pytest.raises(ValueError, match=rf"implementation='{name}' cannot run on backend "
                                          rf"'cpu': it compiles only for {platform} and "
                                          r"interpret=False was given"):
-      call(implementation=name, interpret=False)
+      call(implementation=name, interpret=False, backend="cpu")
   with pytest.raises(ValueError, match=r"cannot run on backend 'tpu': it compiles only for GPU; "
                                        r"pass interpret=True"):
     resolve_implementation("pallas_gpu", backend="tpu")
@@ -138,6 +140,65 @@ def test_hardware_refusals_are_recognised_for_skipping():
     call(num_groups=0)
   assert not is_hardware_refusal(other.value)
   assert not is_hardware_refusal(TypeError("pallas_gpu needs a bool"))
+
+
+def test_gpu_tiles_must_fit_shared_memory():
+  """float32 tiles of 128 x 128 ask for 320-384 KiB of shared memory (an H200 refused them with
+  RESOURCE_EXHAUSTED; a block may have 227 KiB): refused by name, with the tile that fits."""
+  from conftest import is_hardware_refusal
+
+  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+
+  with pytest.raises(ValueError, match=r"tile x head_dim x bytes per value <= 32768 .* got 128 x "
+                                       r"128 x 4; use tile=64") as refusal:
+    check_hardware_tiling("pallas_gpu", tile=128, head_dim=128, itemsize=4)
+  assert is_hardware_refusal(refusal.value)
+  check_hardware_tiling("pallas_gpu", tile=64, head_dim=128, itemsize=4)
+  check_hardware_tiling("pallas_gpu", tile=128, head_dim=128, itemsize=2)
+  check_hardware_tiling("pallas_gpu", tile=128, head_dim=64, itemsize=4)
+  check_hardware_tiling("pallas_tpu", tile=128, head_dim=128, itemsize=4)  # GPU-only rule
+
+
+@pytest.mark.parametrize(("seq", "impl", "interpret", "head_dim", "dtype", "tile"), [
+    (8192, "pallas_gpu", False, 128, jnp.float32, 64),  # what fits shared memory
+    (8192, "pallas_gpu", False, 128, jnp.bfloat16, 128),
+    (8192, "pallas_gpu", False, 64, jnp.float32, 128),
+    (8192, "pallas_gpu", False, 256, jnp.bfloat16, 64),
+    (100, "pallas_gpu", False, 64, jnp.bfloat16, 128),  # Triton tiles are powers of two
+    (40, "pallas_gpu", False, 64, jnp.bfloat16, 64),
+    (5, "pallas_gpu", False, 64, jnp.bfloat16, 16),
+    (8192, "pallas_gpu", True, 128, jnp.float32, 128),  # interpret mode has no shared memory
+    (100, "xla", False, 128, jnp.float32, 104),  # short sequences: rounded up to 8
+    (8192, "pallas_tpu", False, 128, jnp.float32, 128),
+])
+def test_default_tile(seq, impl, interpret, head_dim, dtype, tile):
+  from pallas_kernels.block_sparse.ops import check_hardware_tiling, default_tile
+
+  got = default_tile(seq, implementation=impl, interpret=interpret, head_dim=head_dim,
+                     dtype=dtype)
+  assert got == tile
+  if not interpret:
+    check_hardware_tiling(impl, tile=got, head_dim=head_dim, itemsize=jnp.dtype(dtype).itemsize)
+
+
+@pytest.mark.parametrize(("dtype", "tile"), [(jnp.float32, 64), (jnp.bfloat16, 128)])
+def test_ops_default_tile_fits_the_gpu_kernel(monkeypatch, dtype, tile):
+  """group_attention and shot_window_attention compiled for a GPU pick the tile that fits."""
+  # The package's names are the functions; the modules are reached by their full names.
+  group_module = importlib.import_module("pallas_kernels.group_attention")
+  shot_module = importlib.import_module("pallas_kernels.shot_window_attention")
+
+  seen = []
+  record = lambda *args, **kw: seen.append(kw["tile"])
+  monkeypatch.setattr(group_module, "_sorted", record)
+  monkeypatch.setattr(shot_module, "_shot_windows", record)
+  q = jax.random.normal(jax.random.key(0), (1, 4 * 16 * 16, 2, 128), dtype)
+  on_gpu = dict(implementation="pallas_gpu", interpret=False, backend="gpu")
+  group_module.group_attention(q, q, q, jnp.zeros(q.shape[:2], jnp.int32), num_groups=2,
+                               **on_gpu)
+  shot_module.shot_window_attention(q, q, q, jnp.zeros((1, 4), jnp.int32),
+                                    grid_shape=(4, 16, 16), **on_gpu)
+  assert seen == [tile, tile]
 
 
 def test_gpu_kernels_refuse_tensors_past_32_bit_offsets():

@@ -84,7 +84,7 @@ def test_window_layout_invariants():
         ({"grid_shape": (2, 12)}, TypeError, r"grid_shape must be a \(t, h, w\) tuple of 3 ints"),
         ({"tile": (1, 0, 2)}, ValueError, r"tile must hold positive sizes, got \(1, 0, 2\)"),
         ({"window": (1.0, 3, 3)}, TypeError, r"window must be a \(t, h, w\) tuple"),
-        ({"implementation": "pallas_tpu", "interpret": False}, ValueError,
+        ({"implementation": "pallas_tpu", "interpret": False, "backend": "cpu"}, ValueError,
          r"implementation='pallas_tpu' cannot run on backend 'cpu'"),
     ],
 )

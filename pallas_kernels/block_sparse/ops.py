@@ -154,9 +154,37 @@ def choose_implementation(implementation: str | None, interpret, *, x, seq: int,
   return name, interpret
 
 
+DEFAULT_TILE = 128
+
+# The compiled GPU kernels keep a query tile and two pipeline stages of key and value tiles in
+# shared memory, so what they ask for grows with tile x head_dim x bytes per value. At 128 x 128
+# in bfloat16 (32 KiB a tile) the three kernels ask for 145-192 KiB of the 227 KiB an H100/H200
+# block may have; the same tile in float32 asks for 320-384 KiB (moga_jax.gpu_compile for
+# sm_90a; an H200 refused it with RESOURCE_EXHAUSTED), and 64 x 128 in float32 for 160-192 KiB.
+GPU_TILE_BYTES = 128 * 128 * 2
+
+
+def _gpu_tile_limit(head_dim: int, itemsize: int) -> int:
+  """The largest power-of-two tile (>= 16) whose tile x head_dim x itemsize fits GPU_TILE_BYTES."""
+  limit = max(GPU_TILE_BYTES // (head_dim * itemsize), 16)
+  return 1 << (limit.bit_length() - 1)
+
+
+def default_tile(seq: int, *, implementation: str, interpret: bool, head_dim: int,
+                 dtype) -> int:
+  """Tokens per tile when the caller gives none: DEFAULT_TILE, less for short sequences (padding
+  every group to 128 tokens would dwarf N). The compiled GPU kernels get a power of two that
+  fits their shared memory at this head_dim and dtype (64 for float32 at head_dim 128)."""
+  if implementation == "pallas_gpu" and not interpret:
+    fits = _gpu_tile_limit(head_dim, jnp.dtype(dtype).itemsize)
+    return min(DEFAULT_TILE, fits, max(16, 1 << (seq - 1).bit_length()))
+  return min(DEFAULT_TILE, -(-seq // 8) * 8)
+
+
 def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int,
-                          elements: int | None = None) -> None:
-  """Shape rules of the compiled kernels (interpret mode has none)."""
+                          elements: int | None = None, itemsize: int | None = None) -> None:
+  """Shape rules of the compiled kernels (interpret mode has none). itemsize: bytes per value
+  of q, k and v (None: not checked)."""
   if implementation == "pallas_tpu" and tile % 8:
     raise ValueError(f"pallas_tpu needs tokens per tile to be a multiple of 8 (128 or more for "
                      f"speed), got {tile}")
@@ -170,6 +198,12 @@ def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int,
       if size < 16 or size & (size - 1):
         raise ValueError(f"pallas_gpu (Triton) needs {name} to be a power of two >= 16, got "
                          f"{size}")
+    if itemsize is not None and tile * head_dim * itemsize > GPU_TILE_BYTES:
+      raise ValueError(
+          f"pallas_gpu (Triton) needs tokens per tile x head_dim x bytes per value <= "
+          f"{GPU_TILE_BYTES} to fit its tiles in shared memory, got {tile} x {head_dim} x "
+          f"{itemsize}; use tile={_gpu_tile_limit(head_dim, itemsize)} (tile=None picks it) or "
+          "bfloat16 inputs")
 
 
 def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
@@ -184,7 +218,7 @@ def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
     return block_sparse_attention_xla(q, k, v, mask, scale=scale)
   if not interpret_mode(interpret):
     check_hardware_tiling(implementation, tile=q.shape[1] // mask.num_tiles,
-                          head_dim=q.shape[2], elements=q.size)
+                          head_dim=q.shape[2], elements=q.size, itemsize=q.dtype.itemsize)
   if implementation == "pallas_tpu":
     return block_sparse_attention_tpu(q, k, v, mask, scale, interpret_mode(interpret))
   if implementation == "pallas_gpu":
