@@ -32,7 +32,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-KERNELS = ("forward", "dq", "dkdv")  # pallas_calls block_sparse_{kernel}
+KERNELS = ("forward", "dq", "dkdv")
+_KIND_TO_KERNEL = {"fwd": "forward", "dq": "dq", "dkdv": "dkdv"}  # pallas_calls moga_*_{kind}
 CAPABILITY = 90  # H100 / H200; Triton compiles for sm_90a
 SHARED_BYTES = 227 * 1024  # the most shared memory one block may ask for on H100
 MAX_REGISTERS = 255
@@ -82,7 +83,8 @@ def _attention_fn(tile: int, ranges: bool):
     mask = make(ids).mask
 
     def loss(q, k, v):
-      out = gpu.block_sparse_attention_gpu(q, k, v, mask, q.shape[-1] ** -0.5, False)
+      out = gpu.block_sparse_attention_gpu(q, k, v, mask, q.shape[-1] ** -0.5, False,
+                                           "stga" if ranges else "group")
       return out.astype(jnp.float32).sum()
 
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
@@ -133,7 +135,7 @@ def triton_kernels(tile: int, head_dim: int, dtype=jnp.bfloat16, *,
       module = ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes)
       ttir = module.operation.get_asm(enable_debug_info=False)
     kernels.append(TritonKernel(
-        name=name.removeprefix("block_sparse_"), ttir=ttir,
+        name=_KIND_TO_KERNEL[name.rsplit("_", 1)[-1]], ttir=ttir,
         num_warps=ir.IntegerAttr(config["num_warps"]).value,
         num_stages=ir.IntegerAttr(config["num_stages"]).value))
   return kernels

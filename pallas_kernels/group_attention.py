@@ -89,4 +89,4 @@ def _sorted(q, k, v, group_ids, *, num_groups: int, scale: float, tile: int,
   rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
   layout = group_layout(rows, num_groups=num_groups, tile=tile)
   return attend_in_layout(q, k, v, layout, scale=scale, implementation=implementation,
-                          interpret=interpret)
+                          interpret=interpret, pattern="group")

@@ -132,5 +132,6 @@ def _shot_windows(q, k, v, shot_ids, *, grid_shape, spatial_groups, temporal_gro
   layout = shot_window_layout(shot_ids, grid_shape=grid_shape, spatial_groups=spatial_groups,
                               temporal_group=temporal_group, context_frames=context_frames,
                               tile=tile)
+  per_frame = (spatial_groups, temporal_group, context_frames) == ((1, 1), 1, 0)
   return attend_in_layout(q, k, v, layout, scale=scale, implementation=implementation,
-                          interpret=interpret)
+                          interpret=interpret, pattern="frame" if per_frame else "stga")

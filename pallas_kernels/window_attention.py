@@ -68,4 +68,4 @@ _reference = jax.jit(window_attention_reference,
                                              "implementation", "interpret"))
 def _windowed(q, k, v, *, grid_shape, tile, window, scale, implementation, interpret):
   return attend_in_layout(q, k, v, window_layout(grid_shape, tile, window), scale=scale,
-                          implementation=implementation, interpret=interpret)
+                          implementation=implementation, interpret=interpret, pattern="window")

@@ -48,8 +48,8 @@ def test_every_kernel_compiles_for_h100(dtype, head_dim, ranges):
 
 def test_ptxas_log_is_parsed():
   log = """ptxas info    : 11 bytes gmem
-ptxas info    : Compiling entry function 'block_sparse_dkdv' for 'sm_90a'
-ptxas info    : Function properties for block_sparse_dkdv
+ptxas info    : Compiling entry function 'moga_group_dkdv' for 'sm_90a'
+ptxas info    : Function properties for moga_group_dkdv
     1536 bytes stack frame, 2332 bytes spill stores, 2204 bytes spill loads
 ptxas info    : Used 255 registers, used 1 barriers, 1536 bytes cumulative stack size
 """

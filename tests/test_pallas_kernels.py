@@ -3,6 +3,11 @@ TPU (Mosaic) and GPU (Triton) hardware from this CPU machine."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +16,12 @@ from conftest import assert_close, random_qkv
 from jax import export
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels import group_attention
+from pallas_kernels import (
+    frame_attention,
+    group_attention,
+    shot_window_attention,
+    window_attention,
+)
 from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.ops import block_sparse_attention
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
@@ -141,3 +151,78 @@ def test_gpu_dkdv_in_key_sub_blocks_is_exact(monkeypatch, key, keys):
     for got, want in zip(grads("pallas_gpu"), grads("reference"), strict=True):
       assert_close(got, want, jnp.float32), name
   jax.clear_caches()
+
+
+_PATTERNS = {
+    "group": lambda q, **kw: group_attention(q, q, q, jnp.arange(q.shape[1])[None] % 2, num_groups=2,
+                                             **kw),
+    "stga": lambda q, **kw: shot_window_attention(q, q, q, jnp.array([[0, 0, 1, 1]]),
+                                                  grid_shape=(4, 16, 16), **kw),
+    "frame": lambda q, **kw: frame_attention(q, q, q, grid_shape=(4, 16, 16), **kw),
+    "window": lambda q, **kw: window_attention(q, q, q, grid_shape=(4, 16, 16), tile=(1, 8, 16),
+                                               window=(3, 1, 1), **kw),
+}
+
+
+@pytest.mark.parametrize(("impl", "pattern"), [("pallas_tpu", "group"), ("pallas_gpu", "stga"),
+                                               ("xla", "frame"), ("pallas_gpu", "window")])
+def test_kernels_and_stages_carry_their_names(impl, pattern):
+  """A profile names what it shows: moga_<pattern>_<fwd|dq|dkdv> on the pallas_calls (the xla
+  sweeps' scopes), moga_<pattern>/pack|attend|unpack on the stages around them."""
+  from jax._src import mesh as mesh_lib
+
+  from pallas_kernels.block_sparse.ops import ATTENTION_OUT_NAME
+
+  q = jax.ShapeDtypeStruct((1, 4 * 16 * 16, 2, 64), jnp.bfloat16)
+  platform = {"pallas_tpu": "tpu", "pallas_gpu": "cuda", "xla": "cpu"}[impl]
+  kw = dict(implementation=impl)
+  if impl != "xla":
+    kw |= dict(interpret=False, backend="gpu" if platform == "cuda" else platform)
+  op = functools.partial(_PATTERNS[pattern], **kw)
+  grad = jax.value_and_grad(lambda q: op(q).astype(jnp.float32).sum())
+  exporting = export.export(jax.jit(grad), platforms=[platform], disabled_checks=[
+      export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])
+  if platform == "cuda":
+    if not hasattr(mesh_lib, "AbstractDevice"):
+      pytest.skip("this JAX cannot target an abstract GPU")
+    h100 = mesh_lib.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None,
+                                   platform="cuda")
+    with jax.sharding.use_abstract_mesh(
+        jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
+      text = exporting(q).mlir_module()
+  else:
+    text = exporting(q).mlir_module()
+  assert set(re.findall(r"moga_[a-z]+_(?:fwd|dq|dkdv)\b", text)) == {
+      f"moga_{pattern}_{kind}" for kind in ("fwd", "dq", "dkdv")}
+  for stage in ("pack", "attend", "unpack"):
+    assert f"moga_{pattern}/{stage}" in text, stage
+  # The output carries a name a remat policy can save (names live in the jaxpr, not in HLO).
+  assert f"name={ATTENTION_OUT_NAME}" in str(jax.make_jaxpr(grad)(q))
+
+
+def test_a_remat_policy_can_keep_the_attention_output(key):
+  """save_only_these_names(ATTENTION_OUT_NAME) keeps the kernel's output as a residual of a
+  rematerialised block (and the gradients stay the same)."""
+  from jax.ad_checkpoint import print_saved_residuals
+
+  from pallas_kernels.block_sparse.ops import ATTENTION_OUT_NAME
+
+  q, k, v = random_qkv(key, (1, 64, 2, 16))
+  ids = jnp.arange(64)[None] % 3
+  block = lambda q, k, v: jnp.sin(group_attention(q, k, v, ids, num_groups=3,
+                                                  implementation="xla", tile=16)).sum()
+  policies = {"none": jax.checkpoint_policies.nothing_saveable,
+              "out": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT_NAME)}
+  grads, saved = {}, {}
+  for name, policy in policies.items():
+    remat = jax.checkpoint(block, policy=policy)
+    grads[name] = jax.grad(remat, argnums=(0, 1, 2))(q, k, v)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+      print_saved_residuals(remat, q, k, v)
+    saved[name] = printed.getvalue()
+  # One residual more: the kernel's tiled output, [batch x heads, tiled tokens, head_dim].
+  extra = set(saved["out"].splitlines()) - set(saved["none"].splitlines())
+  assert len(saved["out"].splitlines()) == len(saved["none"].splitlines()) + 1
+  assert len(extra) == 1 and re.match(r"f32\[2,\d+,16\]", extra.pop())
+  for got, want in zip(grads["out"], grads["none"], strict=True):
+    assert_close(got, want)

@@ -14,24 +14,30 @@ import jax
 
 
 def flash_attention_vjp(forward: Callable, backward: Callable) -> Callable:
-  """attention(q, k, v, mask, scale, option) with a custom VJP.
+  """attention(q, k, v, mask, scale, option, pattern="block_sparse") with a custom VJP.
 
-  forward(q, k, v, mask, scale, option) -> (out, lse)
-  backward(q, k, v, out, lse, do, mask, scale, option) -> (dq, dk, dv)
-  `scale` and `option` (a chunk size, an interpret flag) are static; the mask's integer arrays
-  get no cotangent.
+  forward(q, k, v, mask, scale, option, pattern) -> (out, lse)
+  backward(q, k, v, out, lse, do, mask, scale, option, pattern) -> (dq, dk, dv)
+  `scale`, `option` (a chunk size, an interpret flag) and `pattern` (the attention pattern's
+  name, which names the kernels: moga_<pattern>_fwd / _dq / _dkdv) are static; the mask's
+  integer arrays get no cotangent.
   """
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-  def attention(q, k, v, mask, scale, option):
-    return forward(q, k, v, mask, scale, option)[0]
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+  def attention(q, k, v, mask, scale, option, pattern="block_sparse"):
+    return forward(q, k, v, mask, scale, option, pattern)[0]
 
-  def fwd(q, k, v, mask, scale, option):
-    out, lse = forward(q, k, v, mask, scale, option)
+  def fwd(q, k, v, mask, scale, option, pattern="block_sparse"):
+    out, lse = forward(q, k, v, mask, scale, option, pattern)
     return out, (q, k, v, mask, out, lse)
 
-  def bwd(scale, option, residuals, do):
+  def bwd(scale, option, pattern, residuals, do):
     q, k, v, mask, out, lse = residuals
-    return (*backward(q, k, v, out, lse, do, mask, scale, option), None)
+    return (*backward(q, k, v, out, lse, do, mask, scale, option, pattern), None)
 
   attention.defvjp(fwd, bwd)
   return attention
+
+
+def kernel_name(pattern: str, kind: str) -> str:
+  """The name a kernel carries in HLO and in profiles: moga_<pattern>_<fwd|dq|dkdv>."""
+  return f"moga_{pattern}_{kind}"

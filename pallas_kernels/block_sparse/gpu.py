@@ -25,7 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.block_sparse import tile_math
-from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp
+from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp, kernel_name
 from pallas_kernels.metadata import BlockMask
 
 _F32 = tile_math.F32
@@ -95,7 +95,7 @@ def _call(kernel, *, name: str, mask: BlockMask, tile: int, head_dim: int, opera
   params = launch_params(tile=tile, head_dim=head_dim)
   return pl.pallas_call(
       kernel, grid=(num_tiles * tile // block, rows), in_specs=in_specs, out_specs=out_specs,
-      out_shape=out_shape, interpret=interpret, name=f"block_sparse_{name}",
+      out_shape=out_shape, interpret=interpret, name=name,
       compiler_params=plgpu.CompilerParams(num_warps=params.num_warps,
                                            num_stages=params.num_stages),
   )(*_metadata(mask), *operands)
@@ -110,7 +110,7 @@ def _tile_at(ref, r, col, tile):
   return ref[r, pl.ds(col * tile, tile), :]
 
 
-def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
+def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: str):
   rows, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
@@ -133,14 +133,16 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
                           tile_math.init_state(tile, head_dim))
     o_ref[...], lse_ref[...] = tile_math.finish(state, o_ref.dtype)
 
-  return _call(kernel, name="forward", mask=mask, tile=tile, head_dim=head_dim,
+  return _call(kernel, name=kernel_name(pattern, "fwd"), mask=mask, tile=tile,
+               head_dim=head_dim,
                operands=(q, k, v, *ranges),
                row_tiled=(True, False, False, *(True,) * len(ranges)), interpret=interpret,
                out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                           jax.ShapeDtypeStruct((rows, length, 1), _F32)])
 
 
-def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool):
+def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool,
+              pattern: str):
   _, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
@@ -166,7 +168,8 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
                        jnp.zeros((tile, head_dim), _F32))
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
-  (dq,) = _call(dq_kernel, name="dq", mask=mask, tile=tile, head_dim=head_dim,
+  (dq,) = _call(dq_kernel, name=kernel_name(pattern, "dq"), mask=mask, tile=tile,
+                head_dim=head_dim,
                 operands=(q, k, v, do, lse, delta, *ranges),
                 row_tiled=(True, False, False, True, True, True, *(True,) * len(ranges)),
                 interpret=interpret, out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)])
@@ -202,7 +205,8 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
-  dk, dv = _call(dkdv_kernel, name="dkdv", mask=key_side, tile=tile, head_dim=head_dim,
+  dk, dv = _call(dkdv_kernel, name=kernel_name(pattern, "dkdv"), mask=key_side, tile=tile,
+                 head_dim=head_dim,
                  operands=(q, k, v, do, lse, delta, *ranges),
                  row_tiled=(False, True, True, False, False, False, *(False,) * len(ranges)),
                  interpret=interpret, block=keys,
@@ -213,5 +217,6 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
 
 block_sparse_attention_gpu = flash_attention_vjp(_forward, _backward)
 block_sparse_attention_gpu.__doc__ = (
-    "q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask; (scale, interpret) static. "
+    "q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask; (scale, interpret, "
+    "pattern) static. "
     "Returns q's shape and dtype.")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
@@ -207,35 +208,48 @@ def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int,
 
 
 def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
-                           interpret: bool | None = None):
+                           interpret: bool | None = None, pattern: str = "block_sparse"):
   """Runs a resolved block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask
   whose rows divide `rows` (see `repeat_rows`: mask row i serves rows // mask_rows consecutive
   activation rows). The TPU kernels read shared rows in place (SMEM is 1 MiB); the others get
-  one row each."""
+  one row each. pattern names the kernels moga_<pattern>_fwd / _dq / _dkdv (the pallas_calls,
+  or the xla sweeps' scopes), so a profile says which attention pattern a kernel serves."""
   if implementation != "pallas_tpu":
     mask = repeat_rows(mask, q.shape[0])
   if implementation == "xla":
-    return block_sparse_attention_xla(q, k, v, mask, scale=scale)
+    return block_sparse_attention_xla(q, k, v, mask, scale=scale, pattern=pattern)
   if not interpret_mode(interpret):
     check_hardware_tiling(implementation, tile=q.shape[1] // mask.num_tiles,
                           head_dim=q.shape[2], elements=q.size, itemsize=q.dtype.itemsize)
   if implementation == "pallas_tpu":
-    return block_sparse_attention_tpu(q, k, v, mask, scale, interpret_mode(interpret))
+    return block_sparse_attention_tpu(q, k, v, mask, scale, interpret_mode(interpret), pattern)
   if implementation == "pallas_gpu":
-    return block_sparse_attention_gpu(q, k, v, mask, scale, interpret_mode(interpret))
+    return block_sparse_attention_gpu(q, k, v, mask, scale, interpret_mode(interpret), pattern)
   raise ValueError(f"no block-sparse kernel named {implementation!r}")
 
 
+# What a remat policy can keep instead of recomputing the attention kernel in the backward pass,
+# e.g. jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT_NAME).
+ATTENTION_OUT_NAME = "moga_attention_out"
+
+
 def attend_in_layout(q, k, v, layout: TileLayout, *, scale: float, implementation: str,
-                     interpret=None):
-  """[B, N, H, D] -> the layout's tiles -> block-sparse kernel -> back to [B, N, H, D]."""
+                     interpret=None, pattern: str = "block_sparse"):
+  """[B, N, H, D] -> the layout's tiles -> block-sparse kernel -> back to [B, N, H, D], each
+  stage in a named scope (moga_<pattern>/pack, /attend, /unpack) for profiles."""
   batch, _, heads, head_dim = q.shape
   mask = layout.mask  # 1, batch or batch * heads rows: kernels share rows, never copy them
 
   def to_tiles(x):
     return pack_tiles(jnp.swapaxes(x, 1, 2), layout).reshape(batch * heads, -1, head_dim)
 
-  out = block_sparse_attention(to_tiles(q), to_tiles(k), to_tiles(v), mask, scale=scale,
-                               implementation=implementation, interpret=interpret)
-  out = unpack_tiles(out.reshape(batch, heads, layout.capacity, head_dim), layout)
-  return jnp.swapaxes(out, 1, 2)
+  with jax.named_scope(f"moga_{pattern}"):
+    with jax.named_scope("pack"):
+      tiles = to_tiles(q), to_tiles(k), to_tiles(v)
+    with jax.named_scope("attend"):
+      out = block_sparse_attention(*tiles, mask, scale=scale, implementation=implementation,
+                                   interpret=interpret, pattern=pattern)
+      out = checkpoint_name(out, ATTENTION_OUT_NAME)
+    with jax.named_scope("unpack"):
+      out = unpack_tiles(out.reshape(batch, heads, layout.capacity, head_dim), layout)
+      return jnp.swapaxes(out, 1, 2)

@@ -32,7 +32,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.block_sparse import tile_math
-from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp
+from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp, kernel_name
 from pallas_kernels.metadata import BlockMask
 
 _F32 = tile_math.F32
@@ -79,14 +79,15 @@ class _Walk:
     return idx_ref[jnp.minimum(flat, idx_ref.shape[0] - 1)]
 
 
-def _call(kernel, *, mask: BlockMask, rows: int, in_specs, out_specs, out_shape, scratch,
+def _call(kernel, *, name: str, mask: BlockMask, rows: int, in_specs, out_specs, out_shape,
+          scratch,
           interpret, operands):
   steps = jnp.maximum(jnp.max(mask.count), 1)
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=_NUM_PREFETCH, grid=(rows, mask.num_tiles, steps), in_specs=in_specs,
       out_specs=out_specs, scratch_shapes=scratch)
   return pl.pallas_call(
-      kernel, grid_spec=grid_spec, out_shape=out_shape, interpret=interpret,
+      kernel, grid_spec=grid_spec, out_shape=out_shape, interpret=interpret, name=name,
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "arbitrary")),
   )(*_prefetch(mask), *operands)
@@ -125,7 +126,7 @@ def _column_of(ref):
   return ref[...].T
 
 
-def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
+def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: str):
   rows, length, head_dim = q.shape
   walk = _Walk(mask, rows)
   tile = length // walk.num_tiles
@@ -155,7 +156,7 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
       o_ref[...], lse_ref[...] = out, lse.T
 
   return _call(
-      kernel, mask=mask, rows=rows, interpret=interpret, operands=(q, k, v, *ranges),
+      kernel, name=kernel_name(pattern, "fwd"), mask=mask, rows=rows, interpret=interpret, operands=(q, k, v, *ranges),
       in_specs=[tiles(at_row), tiles(at_col), tiles(at_col),
                 *[scalars(at_row, meta=True)] * len(ranges)],
       out_specs=[tiles(at_row), scalars(at_row)],
@@ -165,7 +166,8 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool):
                pltpu.VMEM((tile, head_dim), _F32)])
 
 
-def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool):
+def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool,
+              pattern: str):
   rows, length, head_dim = q.shape
   walk = _Walk(mask, rows)
   tile = length // walk.num_tiles
@@ -196,7 +198,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
       dq_ref[...] = acc_ref[...].astype(dq_ref.dtype)
 
   dq = _call(
-      dq_kernel, mask=mask, rows=rows, interpret=interpret,
+      dq_kernel, name=kernel_name(pattern, "dq"), mask=mask, rows=rows, interpret=interpret,
       operands=(q, k, v, do, lse, delta, *ranges),
       in_specs=[tiles(at_row), tiles(at_col), tiles(at_col), tiles(at_row),
                 scalars(at_row), scalars(at_row), *[scalars(at_row, meta=True)] * len(ranges)],
@@ -234,7 +236,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
       dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
   dk, dv = _call(
-      dkdv_kernel, mask=key_side, rows=rows, interpret=interpret,
+      dkdv_kernel, name=kernel_name(pattern, "dkdv"), mask=key_side, rows=rows, interpret=interpret,
       operands=(q, k, v, do, lse, delta, *ranges),
       in_specs=[tiles(at_col), tiles(at_row), tiles(at_row), tiles(at_col),
                 scalars(at_col), scalars(at_col), *[scalars(at_col, meta=True)] * len(ranges)],
@@ -247,7 +249,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
 block_sparse_attention_tpu = flash_attention_vjp(_forward, _backward)
 block_sparse_attention_tpu.__doc__ = (
     "q, k, v: [rows, num_tiles * tile, D]; mask: a BlockMask whose row count divides rows; "
-    "(scale, interpret) static. Returns q's shape and dtype.")
+    "(scale, interpret, pattern) static. Returns q's shape and dtype.")
 
 
 def prefetch_bytes_in_hlo(hlo_text: str) -> int:
