@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -76,7 +76,6 @@ def shot_rows(video: np.ndarray, frame_shot: np.ndarray, *, columns: int,
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   cfg = _CONFIG.value
   wan = "video" in cfg
   if wan and _WEIGHTS.value is None:

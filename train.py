@@ -286,7 +286,6 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   faults = Faults(_CRASH_AFTER.value, _TERM_AFTER.value, _POISON_STEP.value)
   workdir = train(_CONFIG.value, Path(_WORKDIR.value), _INIT.value, faults)
   print(f"checkpoints: {workdir / 'checkpoints'}\nmetrics: {workdir / 'metrics.jsonl'}\n"

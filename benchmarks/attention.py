@@ -25,10 +25,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, logging
+from absl import app
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from moga_jax.cli_logging import quiet_libraries
 from pallas_kernels import frame_attention, group_attention, shot_window_attention
 from pallas_kernels.metadata import spatial_window_ids, temporal_key_frames
 
@@ -199,7 +200,7 @@ def _target(cfg, rows) -> list[str]:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # absl would log every backend jax fails to find
+  quiet_libraries()  # jax would log every backend it fails to find
   cfg = _CONFIG.value
   print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} cores); batch {cfg.batch}, {cfg.heads} heads, head_dim "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from moga_jax.run_guard import cli_main
@@ -36,7 +36,6 @@ _COMPONENTS = flags.DEFINE_list("components", list(COMPONENTS),
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every array at INFO
   convert(_SRC.value, _OUT.value, _CONFIG.value, _COMPONENTS.value)
   print(f"converted to {Path(_OUT.value).absolute()}")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from moga_jax.checkpoint import Checkpointer
@@ -72,7 +72,6 @@ def export_run(cfg, workdir: str | Path, weights: str | Path, out: str | Path, *
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   out = export_run(_CONFIG.value, _WORKDIR.value, _WEIGHTS.value, _OUT.value, use_ema=_EMA.value)
   print(f"exported to {out.absolute()}: convert back with `python -m moga_jax.convert_wan --src "
         f"{out} --out DIR`")

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from configs.reproduce import VARIANTS
 from moga_jax import reproduce_plots, video_io
+from moga_jax.cli_logging import quiet_libraries
 from moga_jax.config_checks import validate_config, validate_sharding
 from moga_jax.data.captions import encode_captions
 from moga_jax.data.consistency import held_out_captions, make_consistency_videos, render_clip
@@ -369,7 +370,7 @@ def main() -> None:
 
   def run(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
+    quiet_libraries()
     reproduce(config.value)
 
   app.run(run)

@@ -154,8 +154,8 @@ def test_gpu_dkdv_in_key_sub_blocks_is_exact(monkeypatch, key, keys):
 
 
 _PATTERNS = {
-    "group": lambda q, **kw: group_attention(q, q, q, jnp.arange(q.shape[1])[None] % 2, num_groups=2,
-                                             **kw),
+    "group": lambda q, **kw: group_attention(q, q, q, jnp.arange(q.shape[1])[None] % 2,
+                                             num_groups=2, **kw),
     "stga": lambda q, **kw: shot_window_attention(q, q, q, jnp.array([[0, 0, 1, 1]]),
                                                   grid_shape=(4, 16, 16), **kw),
     "frame": lambda q, **kw: frame_attention(q, q, q, grid_shape=(4, 16, 16), **kw),

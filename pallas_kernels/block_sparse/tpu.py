@@ -156,7 +156,8 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
       o_ref[...], lse_ref[...] = out, lse.T
 
   return _call(
-      kernel, name=kernel_name(pattern, "fwd"), mask=mask, rows=rows, interpret=interpret, operands=(q, k, v, *ranges),
+      kernel, name=kernel_name(pattern, "fwd"), mask=mask, rows=rows, interpret=interpret,
+      operands=(q, k, v, *ranges),
       in_specs=[tiles(at_row), tiles(at_col), tiles(at_col),
                 *[scalars(at_row, meta=True)] * len(ranges)],
       out_specs=[tiles(at_row), scalars(at_row)],
