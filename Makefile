@@ -49,8 +49,8 @@ tpu-compile: $(STAMP)
 	$(PY) -m moga_jax.tpu_compile --config configs/wan1_3b_moga.py:stage2 --devices 8 \
 	  --json_out benchmarks/results/tpu_compile_1_3b_stage2.json
 
-# The whole suite: the main tests, then the Wan parity tests against PyTorch references.
-test: test-main test-parity
+# The whole suite: ruff (lint + format check), the main tests, then the Wan parity tests.
+test: lint test-main test-parity
 
 test-main: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup -q
@@ -106,8 +106,10 @@ reproduce: $(STAMP)
 reproduce-smoke: $(STAMP)
 	$(PY) -m moga_jax.reproduce --config configs/reproduce.py:smoke
 
+# Lint and format check (ruff pinned in pyproject.toml); `make test` runs it first.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) $(PARITY_VENV) .pytest_cache benchmarks/results runs

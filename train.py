@@ -59,21 +59,32 @@ from moga_jax.wan.converted import restore_dit, with_converted_widths
 from moga_jax.wan.latent_data import prepare_latents
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).",
-                               required=True)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (checkpoints, metrics).", required=True
+)
 _INIT = flags.DEFINE_string(
-    "init", None, "Converted Wan folder (python -m moga_jax.convert_wan) to fine-tune from; "
-    "required by configs with a `video` section. Ignored when WORKDIR has a checkpoint.")
+  "init",
+  None,
+  "Converted Wan folder (python -m moga_jax.convert_wan) to fine-tune from; "
+  "required by configs with a `video` section. Ignored when WORKDIR has a checkpoint.",
+)
 # Testing aids: the faults a long run meets, made to happen at a chosen step.
 _CRASH_AFTER = flags.DEFINE_integer(
-    "crash_after_step", None, "Testing aid: SIGKILL this process after that step (once the last "
-    "background save has landed), as a crash would, without the save-on-exit.")
+  "crash_after_step",
+  None,
+  "Testing aid: SIGKILL this process after that step (once the last "
+  "background save has landed), as a crash would, without the save-on-exit.",
+)
 _TERM_AFTER = flags.DEFINE_integer(
-    "sigterm_after_step", None, "Testing aid: send this process SIGTERM after that step, as a "
-    "scheduler preempting it would.")
+  "sigterm_after_step",
+  None,
+  "Testing aid: send this process SIGTERM after that step, as a scheduler preempting it would.",
+)
 _POISON_STEP = flags.DEFINE_integer(
-    "poison_batch_at_step", None, "Testing aid: fill that step's batch with NaN, as a corrupt "
-    "clip would.")
+  "poison_batch_at_step",
+  None,
+  "Testing aid: fill that step's batch with NaN, as a corrupt clip would.",
+)
 
 
 class Faults(NamedTuple):
@@ -101,11 +112,17 @@ def maybe_initialize_distributed(cfg) -> None:
   if not (d.initialize or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
   jax.distributed.initialize(
-      coordinator_address=d.coordinator_address or None,
-      num_processes=d.num_processes or None,
-      process_id=None if d.process_id < 0 else d.process_id)
-  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+    coordinator_address=d.coordinator_address or None,
+    num_processes=d.num_processes or None,
+    process_id=None if d.process_id < 0 else d.process_id,
+  )
+  logging.info(
+    "process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 class MetricsLog:
@@ -115,8 +132,11 @@ class MetricsLog:
     self.path = workdir / "metrics.jsonl"
     # Steps after the checkpoint we resume from will be recomputed: drop their old lines.
     if self.path.exists():
-      lines = [ln for ln in self.path.read_text().splitlines()
-               if ln.strip() and json.loads(ln)["step"] <= resume_step]
+      lines = [
+        ln
+        for ln in self.path.read_text().splitlines()
+        if ln.strip() and json.loads(ln)["step"] <= resume_step
+      ]
       self.path.write_text("".join(ln + "\n" for ln in lines))
     self._file = self.path.open("a")
     from tensorboardX import SummaryWriter
@@ -137,8 +157,10 @@ class MetricsLog:
 def _wan_setup(cfg, workdir: Path, init: str | None, rules: ShardingRules):
   """(prepare data, build model + optimizer, loss) for a Wan DiT fine-tuned from `init`."""
   if init is None:
-    raise ValueError("configs with a `video` section train a Wan DiT on precomputed latents: "
-                     "pass --init DIR, a folder written by `python -m moga_jax.convert_wan`")
+    raise ValueError(
+      "configs with a `video` section train a Wan DiT on precomputed latents: "
+      "pass --init DIR, a folder written by `python -m moga_jax.convert_wan`"
+    )
 
   def build():
     dit = dit_from_config(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
@@ -171,8 +193,10 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   if "video" in cfg:
     prepare, build, loss = _wan_setup(cfg, workdir, init, rules)
   elif init is not None:
-    raise ValueError(f"--init {init}: only configs with a `video` section (a Wan DiT, e.g. "
-                     "configs/wan1_3b_moga.py) start from converted Wan weights")
+    raise ValueError(
+      f"--init {init}: only configs with a `video` section (a Wan DiT, e.g. "
+      "configs/wan1_3b_moga.py) start from converted Wan weights"
+    )
   else:
     prepare, build, loss = lambda: prepare_data(cfg.data, workdir), None, loss_fn
   if primary:  # one process makes the data; the others wait, then find it ready
@@ -183,14 +207,20 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   train_state = init_train_state(cfg, mesh, rules, build=build)
   state = train_state.state
   shard_index, shard_count = process_batch_slice(mesh, rules, cfg.train.batch_size)
-  loader = make_loader(dataset_dir, batch_size=cfg.train.batch_size // shard_count,
-                       seed=cfg.seed, shard_index=shard_index, shard_count=shard_count)
+  loader = make_loader(
+    dataset_dir,
+    batch_size=cfg.train.batch_size // shard_count,
+    seed=cfg.seed,
+    shard_index=shard_index,
+    shard_count=shard_count,
+  )
   checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   model_config = cfg.model.to_dict()
   step = 0
   optimizer_config = optimizer_layout(cfg.train)
-  resumed = checkpoints.restore_newest_readable(state, model_config=model_config,
-                                                optimizer_config=optimizer_config)
+  resumed = checkpoints.restore_newest_readable(
+    state, model_config=model_config, optimizer_config=optimizer_config
+  )
   if resumed is not None:
     step, state, saved = resumed
     restore_data_state(loader, saved)
@@ -204,11 +234,18 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
 
   train_step = make_train_step(cfg, train_state, loss=loss)
   to_global = lambda batch: jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(train_state.batch_sharding, x), batch)
+    lambda x: jax.make_array_from_process_local_data(train_state.batch_sharding, x), batch
+  )
   root_key = jax.random.key(cfg.seed)
   log = MetricsLog(workdir, step) if primary else None
-  bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-             disable=not primary)
+  bar = tqdm(
+    total=cfg.train.steps,
+    initial=step,
+    desc="train",
+    unit="step",
+    dynamic_ncols=True,
+    disable=not primary,
+  )
   t = cfg.train
   log_every, max_skipped = t.get("log_every", 1), t.get("skip_nonfinite_steps", 0)
   # Metrics stay on the devices until a fetch (every log_every steps, before every save and at
@@ -221,8 +258,7 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
     nonlocal pending, skipped, window
     if not pending:
       return
-    rows = [{"step": s, **{k: float(v) for k, v in m.items()}}
-            for s, m in jax.device_get(pending)]
+    rows = [{"step": s, **{k: float(v) for k, v in m.items()}} for s, m in jax.device_get(pending)]
     pending = []
     now = time.perf_counter()
     rate = (rows[-1]["step"] - window[0]) / max(now - window[1], 1e-9)
@@ -237,8 +273,13 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   def save() -> None:
     nonlocal saved_at
     fetch()  # raises on a non-finite step: a bad state is never written
-    checkpoints.save(step, state, data_state=data_state(loader), model_config=model_config,
-                     optimizer_config=optimizer_config)
+    checkpoints.save(
+      step,
+      state,
+      data_state=data_state(loader),
+      model_config=model_config,
+      optimizer_config=optimizer_config,
+    )
     saved_at = step
 
   try:
@@ -288,8 +329,10 @@ def main(argv):
   del argv
   faults = Faults(_CRASH_AFTER.value, _TERM_AFTER.value, _POISON_STEP.value)
   workdir = train(_CONFIG.value, Path(_WORKDIR.value), _INIT.value, faults)
-  print(f"checkpoints: {workdir / 'checkpoints'}\nmetrics: {workdir / 'metrics.jsonl'}\n"
-        f"loss curve: {workdir / 'loss.png'}")
+  print(
+    f"checkpoints: {workdir / 'checkpoints'}\nmetrics: {workdir / 'metrics.jsonl'}\n"
+    f"loss curve: {workdir / 'loss.png'}"
+  )
 
 
 if __name__ == "__main__":

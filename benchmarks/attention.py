@@ -34,8 +34,10 @@ from pallas_kernels import frame_attention, group_attention, shot_window_attenti
 from pallas_kernels.metadata import spatial_window_ids, temporal_key_frames
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", str(Path(__file__).parents[1] / "configs" / "attention_bench.py") + ":demo",
-    "Benchmark config file, with a preset after the colon.")
+  "config",
+  str(Path(__file__).parents[1] / "configs" / "attention_bench.py") + ":demo",
+  "Benchmark config file, with a preset after the colon.",
+)
 
 
 def time_call(fn, args, repeats: int) -> tuple[float, float | None]:
@@ -63,8 +65,11 @@ def _count_rows(cfg) -> int:
   if cfg.block:
     return sum(4 + (seq <= cfg.dense_max_seq) for seq in cfg.seq_lens)
   dense = sum(seq <= cfg.dense_max_seq for seq in cfg.seq_lens)
-  grouped = sum(impl != "reference" or seq <= cfg.reference_max_seq
-                for seq in cfg.seq_lens for impl in cfg.implementations)
+  grouped = sum(
+    impl != "reference" or seq <= cfg.reference_max_seq
+    for seq in cfg.seq_lens
+    for impl in cfg.implementations
+  )
   return dense + grouped * len(cfg.group_counts)
 
 
@@ -79,10 +84,18 @@ def _rows(cfg):
     dense_time = None
     if seq <= cfg.dense_max_seq:
       dense = lambda q, k, v: jax.nn.dot_product_attention(
-          q, k, v, implementation=cfg.dense_implementation)
+        q, k, v, implementation=cfg.dense_implementation
+      )
       dense_time, temp = time_call(dense, (q, k, v), cfg.repeats)
-      yield dict(seq=seq, groups=None, impl="dense", time_s=dense_time, temp_bytes=temp,
-                 work_share=1.0, ideal_s=dense_time)
+      yield dict(
+        seq=seq,
+        groups=None,
+        impl="dense",
+        time_s=dense_time,
+        temp_bytes=temp,
+        work_share=1.0,
+        ideal_s=dense_time,
+      )
     for groups in cfg.group_counts:
       ids = jax.random.randint(jax.random.fold_in(kid, groups), shape[:3], 0, groups)
       share = _sparsity(np.asarray(ids), groups)
@@ -90,10 +103,18 @@ def _rows(cfg):
         if impl == "reference" and seq > cfg.reference_max_seq:
           continue
         fn = lambda q, k, v, ids, impl=impl, groups=groups: group_attention(
-            q, k, v, ids, num_groups=groups, implementation=impl, tile=cfg.tile)
+          q, k, v, ids, num_groups=groups, implementation=impl, tile=cfg.tile
+        )
         seconds, temp = time_call(fn, (q, k, v, ids), cfg.repeats)
-        yield dict(seq=seq, groups=groups, impl=impl, time_s=seconds, temp_bytes=temp,
-                   work_share=share, ideal_s=None if dense_time is None else dense_time * share)
+        yield dict(
+          seq=seq,
+          groups=groups,
+          impl=impl,
+          time_s=seconds,
+          temp_bytes=temp,
+          work_share=share,
+          ideal_s=None if dense_time is None else dense_time * share,
+        )
 
 
 def _block_inputs(cfg, seq: int):
@@ -116,8 +137,9 @@ def _block_shares(cfg, grid, ids, shots) -> dict[str, float]:
   n = frames * height * width
   groups = _sparsity(np.asarray(ids)[..., None], cfg.block_groups)
   window_sizes = np.bincount(spatial_window_ids(height, width, cfg.block_windows).ravel())
-  lo, hi = (np.asarray(a) for a in temporal_key_frames(shots, temporal_group=None,
-                                                        context_frames=1))
+  lo, hi = (
+    np.asarray(a) for a in temporal_key_frames(shots, temporal_group=None, context_frames=1)
+  )
   # A token of window w sees window_sizes[w] tokens in each of hi - lo frames.
   stga = float(np.mean((hi - lo).sum(1)) * (window_sizes**2).sum() / n**2)
   frame = frames * (height * width) ** 2 / n**2
@@ -128,11 +150,13 @@ def _block_branches(cfg, grid, ids, gates, shots) -> dict:
   """The paper's three branches and their mean, as functions of (q, k, v)."""
   ops = dict(implementation=cfg.implementations[0], tile=cfg.tile)
   branches = {
-      "moga": lambda q, k, v: group_attention(q, k, v, ids, num_groups=cfg.block_groups,
-                                               **ops) * gates[..., None],
-      "stga": lambda q, k, v: shot_window_attention(q, k, v, shots, grid_shape=grid,
-                                                    spatial_groups=cfg.block_windows, **ops),
-      "frame": lambda q, k, v: frame_attention(q, k, v, grid_shape=grid, **ops),
+    "moga": lambda q, k, v: (
+      group_attention(q, k, v, ids, num_groups=cfg.block_groups, **ops) * gates[..., None]
+    ),
+    "stga": lambda q, k, v: shot_window_attention(
+      q, k, v, shots, grid_shape=grid, spatial_groups=cfg.block_windows, **ops
+    ),
+    "frame": lambda q, k, v: frame_attention(q, k, v, grid_shape=grid, **ops),
   }
   parts = tuple(branches.values())
   branches["paper"] = lambda q, k, v: sum(f(q, k, v) for f in parts) / len(parts)
@@ -146,16 +170,32 @@ def _block_rows(cfg):
     shares = _block_shares(cfg, grid, ids, shots)
     dense_time = None
     if seq <= cfg.dense_max_seq:
-      dense = functools.partial(jax.nn.dot_product_attention,
-                                implementation=cfg.dense_implementation)
+      dense = functools.partial(
+        jax.nn.dot_product_attention, implementation=cfg.dense_implementation
+      )
       dense_time, temp = time_call(dense, (q, k, v), cfg.repeats)
-      yield dict(seq=seq, groups=None, impl="dense", time_s=dense_time, temp_bytes=temp,
-                 work_share=1.0, ideal_s=dense_time, grid=grid)
+      yield dict(
+        seq=seq,
+        groups=None,
+        impl="dense",
+        time_s=dense_time,
+        temp_bytes=temp,
+        work_share=1.0,
+        ideal_s=dense_time,
+        grid=grid,
+      )
     for name, fn in _block_branches(cfg, grid, ids, gates, shots).items():
       seconds, temp = time_call(fn, (q, k, v), cfg.repeats)
-      yield dict(seq=seq, groups=cfg.block_groups, impl=name, time_s=seconds, temp_bytes=temp,
-                 work_share=shares[name], grid=grid,
-                 ideal_s=None if dense_time is None else dense_time * shares[name])
+      yield dict(
+        seq=seq,
+        groups=cfg.block_groups,
+        impl=name,
+        time_s=seconds,
+        temp_bytes=temp,
+        work_share=shares[name],
+        grid=grid,
+        ideal_s=None if dense_time is None else dense_time * shares[name],
+      )
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -163,22 +203,41 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 
 def _table(rows) -> str:
-  header = ("seq", "G", "impl", "time s", "ideal s", "ideal/time", "vs dense", "work share",
-            "TFLOP/s", "temp MiB")
+  header = (
+    "seq",
+    "G",
+    "impl",
+    "time s",
+    "ideal s",
+    "ideal/time",
+    "vs dense",
+    "work share",
+    "TFLOP/s",
+    "temp MiB",
+  )
   lines = [header]
   dense = {r["seq"]: r["time_s"] for r in rows if r["impl"] == "dense"}
   for r in rows:
     d = dense.get(r["seq"])
-    lines.append((
-        str(r["seq"]), _fmt(r["groups"], "d"), r["impl"], f"{r['time_s']:.3f}",
+    lines.append(
+      (
+        str(r["seq"]),
+        _fmt(r["groups"], "d"),
+        r["impl"],
+        f"{r['time_s']:.3f}",
         _fmt(r["ideal_s"], ".3f"),
         _fmt(None if r["ideal_s"] is None else r["ideal_s"] / r["time_s"], ".0%"),
         "-" if d is None else f"{d / r['time_s']:.2f}x",
-        f"{r['work_share']:.3f}", f"{r['tflops']:.3g}", _fmt(None if r["temp_bytes"] is None
-                                       else r["temp_bytes"] / 2**20, ".0f")))
+        f"{r['work_share']:.3f}",
+        f"{r['tflops']:.3g}",
+        _fmt(None if r["temp_bytes"] is None else r["temp_bytes"] / 2**20, ".0f"),
+      )
+    )
   widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-  out = ["| " + " | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) + " |"
-         for line in lines]
+  out = [
+    "| " + " | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) + " |"
+    for line in lines
+  ]
   out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
   return "\n".join(out)
 
@@ -187,14 +246,15 @@ def _target(cfg, rows) -> list[str]:
   """The issue's speed target: G=16 at least target_speedup x faster than G=1, same impl."""
   verdicts = []
   for impl in cfg.implementations:
-    t = {r["groups"]: r["time_s"] for r in rows if r["impl"] == impl and
-         r["seq"] == cfg.target_seq}
+    t = {r["groups"]: r["time_s"] for r in rows if r["impl"] == impl and r["seq"] == cfg.target_seq}
     if 1 in t and 16 in t:
       ratio = t[1] / t[16]
       verdict = "met" if ratio >= cfg.target_speedup else "MISSED"
-      verdicts.append(f"target {verdict}: {impl} at {cfg.target_seq} tokens, 16 groups run "
-                      f"{ratio:.1f}x faster than 1 group (target {cfg.target_speedup:g}x, "
-                      "ideal ~16x)")
+      verdicts.append(
+        f"target {verdict}: {impl} at {cfg.target_seq} tokens, 16 groups run "
+        f"{ratio:.1f}x faster than 1 group (target {cfg.target_speedup:g}x, "
+        "ideal ~16x)"
+      )
   return verdicts
 
 
@@ -202,23 +262,37 @@ def main(argv):
   del argv
   quiet_libraries()  # jax would log every backend it fails to find
   cfg = _CONFIG.value
-  print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'}, "
-        f"{os.cpu_count()} cores); batch {cfg.batch}, {cfg.heads} heads, head_dim "
-        f"{cfg.head_dim}, {cfg.dtype}, tile {cfg.tile}", flush=True)
+  print(
+    f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'}, "
+    f"{os.cpu_count()} cores); batch {cfg.batch}, {cfg.heads} heads, head_dim "
+    f"{cfg.head_dim}, {cfg.dtype}, tile {cfg.tile}",
+    flush=True,
+  )
   if cfg.block:
-    print(f"the paper's block: M = {cfg.block_groups} (shared routing), STGA "
-          f"{cfg.block_windows[0]}x{cfg.block_windows[1]} windows, frames of "
-          f"{cfg.block_frame[0]}x{cfg.block_frame[1]} tokens, a shot every "
-          f"{cfg.block_shot_frames} frames; G column = M; impl column = branch", flush=True)
+    print(
+      f"the paper's block: M = {cfg.block_groups} (shared routing), STGA "
+      f"{cfg.block_windows[0]}x{cfg.block_windows[1]} windows, frames of "
+      f"{cfg.block_frame[0]}x{cfg.block_frame[1]} tokens, a shot every "
+      f"{cfg.block_shot_frames} frames; G column = M; impl column = branch",
+      flush=True,
+    )
   rows = []
   flops_per_share = 4 * cfg.batch * cfg.heads * cfg.head_dim  # x share x N^2
   measurements = _block_rows(cfg) if cfg.block else _rows(cfg)
-  for row in tqdm(measurements, desc=f"attention benchmark ({cfg.preset})", unit="row",
-                  total=_count_rows(cfg), file=sys.stdout):
+  for row in tqdm(
+    measurements,
+    desc=f"attention benchmark ({cfg.preset})",
+    unit="row",
+    total=_count_rows(cfg),
+    file=sys.stdout,
+  ):
     row["tflops"] = flops_per_share * row["work_share"] * row["seq"] ** 2 / row["time_s"] / 1e12
     rows.append(row)
-    tqdm.write(f"  seq {row['seq']:>6}  G {_fmt(row['groups'], '>3d', '  -')}  "
-               f"{row['impl']:<9} {row['time_s']:8.3f} s", file=sys.stdout)
+    tqdm.write(
+      f"  seq {row['seq']:>6}  G {_fmt(row['groups'], '>3d', '  -')}  "
+      f"{row['impl']:<9} {row['time_s']:8.3f} s",
+      file=sys.stdout,
+    )
   print()
   print(_table(rows))
   verdicts = _target(cfg, rows)
@@ -226,10 +300,20 @@ def main(argv):
     print(line)
   out = Path(cfg.out or Path(__file__).parent / "results" / f"attention_{cfg.preset}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({
-      "config": cfg.to_dict(), "jax": jax.__version__, "backend": jax.default_backend(),
-      "cpu_count": os.cpu_count(), "rows": rows, "targets": verdicts,
-  }, indent=2, default=list))
+  out.write_text(
+    json.dumps(
+      {
+        "config": cfg.to_dict(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+        "targets": verdicts,
+      },
+      indent=2,
+      default=list,
+    )
+  )
   print(f"wrote {out}")
 
 

@@ -37,8 +37,9 @@ from pallas_kernels import group_attention, shot_window_attention, window_attent
 
 _CPU = flags.DEFINE_bool("cpu", False, "Run on CPU in Pallas interpret mode, at small sizes.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: $OUT, else benchmarks/results).")
-_PARTS = flags.DEFINE_enum("parts", "all", ["all", "check", "speed"],
-                           "Run the correctness checks, the speed table, or both.")
+_PARTS = flags.DEFINE_enum(
+  "parts", "all", ["all", "check", "speed"], "Run the correctness checks, the speed table, or both."
+)
 
 # Max |error| / max |reference|. On GPU, float32 dots may run in TF32 (10-bit mantissa).
 TOLERANCE = {"float32": {"cpu": 1e-5, "gpu": 5e-3}, "bfloat16": {"cpu": 2e-2, "gpu": 2e-2}}
@@ -69,21 +70,40 @@ def cases(small: bool, dtype: str) -> dict:
   ids = lambda g: jax.random.randint(k1, (b, n, h), 0, g)
   shots = jnp.array([[0, 0, 0, 1, 1, 2, 2, 2]] * b, jnp.int32)
   return {
-      "groups uniform (G 8, per head)": (lambda q, k, v, **kw: group_attention(
-          q, k, v, ids(8), num_groups=8, **kw), (b, n, h, d)),
-      "groups skewed (G 8)": (lambda q, k, v, **kw: group_attention(
-          q, k, v, _skewed_ids(k2, (b, n, h), 8), num_groups=8, **kw), (b, n, h, d)),
-      "many small groups (G 64)": (lambda q, k, v, **kw: group_attention(
-          q, k, v, jax.random.randint(k3, (b, n, h), 0, 64), num_groups=64, **kw),
-          (b, n, h, d)),
-      "shared routing (G 16)": (lambda q, k, v, **kw: group_attention(
-          q, k, v, jax.random.randint(k4, (b, n), 0, 16), num_groups=16, **kw), (b, n, h, d)),
-      "3D window": (lambda q, k, v, **kw: window_attention(
-          q, k, v, grid_shape=grid, tile=window_tile, window=(3, 1, 1),
-          **kw), (b, int(np.prod(grid)), h, d)),
-      "STGA (2x2, 3 shots)": (lambda q, k, v, **kw: shot_window_attention(
-          q, k, v, shots, grid_shape=grid, spatial_groups=(2, 2), **kw),
-          (b, int(np.prod(grid)), h, d)),
+    "groups uniform (G 8, per head)": (
+      lambda q, k, v, **kw: group_attention(q, k, v, ids(8), num_groups=8, **kw),
+      (b, n, h, d),
+    ),
+    "groups skewed (G 8)": (
+      lambda q, k, v, **kw: group_attention(
+        q, k, v, _skewed_ids(k2, (b, n, h), 8), num_groups=8, **kw
+      ),
+      (b, n, h, d),
+    ),
+    "many small groups (G 64)": (
+      lambda q, k, v, **kw: group_attention(
+        q, k, v, jax.random.randint(k3, (b, n, h), 0, 64), num_groups=64, **kw
+      ),
+      (b, n, h, d),
+    ),
+    "shared routing (G 16)": (
+      lambda q, k, v, **kw: group_attention(
+        q, k, v, jax.random.randint(k4, (b, n), 0, 16), num_groups=16, **kw
+      ),
+      (b, n, h, d),
+    ),
+    "3D window": (
+      lambda q, k, v, **kw: window_attention(
+        q, k, v, grid_shape=grid, tile=window_tile, window=(3, 1, 1), **kw
+      ),
+      (b, int(np.prod(grid)), h, d),
+    ),
+    "STGA (2x2, 3 shots)": (
+      lambda q, k, v, **kw: shot_window_attention(
+        q, k, v, shots, grid_shape=grid, spatial_groups=(2, 2), **kw
+      ),
+      (b, int(np.prod(grid)), h, d),
+    ),
   }
 
 
@@ -92,13 +112,13 @@ def _error(got, want) -> float:
   return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
-def _check_case(name: str, op, shape, dtype: str, seed: int, interpret: bool,
-                device: str) -> dict:
+def _check_case(name: str, op, shape, dtype: str, seed: int, interpret: bool, device: str) -> dict:
   (q, k, v), do = _inputs(jax.random.key(seed), shape, jnp.dtype(dtype))
 
   def vjp(impl):
-    run = lambda q, k, v: op(q, k, v, implementation=impl,
-                             interpret=interpret if impl != "reference" else None)
+    run = lambda q, k, v: op(
+      q, k, v, implementation=impl, interpret=interpret if impl != "reference" else None
+    )
     out, pull = jax.vjp(run, q, k, v)
     return (out, *pull(do))
 
@@ -108,10 +128,18 @@ def _check_case(name: str, op, shape, dtype: str, seed: int, interpret: bool,
   errors = [_error(g, w) for g, w in zip(got, want, strict=True)]
   finite = all(bool(np.isfinite(np.asarray(g, np.float32)).all()) for g in got)
   tolerance = TOLERANCE[dtype][device]
-  return dict(case=name, dtype=dtype, shape=list(shape), out_error=errors[0],
-              dq_error=errors[1], dk_error=errors[2], dv_error=errors[3], tolerance=tolerance,
-              ok=finite and max(errors) <= tolerance,
-              seconds=round(time.perf_counter() - start, 2))
+  return dict(
+    case=name,
+    dtype=dtype,
+    shape=list(shape),
+    out_error=errors[0],
+    dq_error=errors[1],
+    dk_error=errors[2],
+    dv_error=errors[3],
+    tolerance=tolerance,
+    ok=finite and max(errors) <= tolerance,
+    seconds=round(time.perf_counter() - start, 2),
+  )
 
 
 def check(small: bool, interpret: bool, device: str) -> list[dict]:
@@ -121,8 +149,10 @@ def check(small: bool, interpret: bool, device: str) -> list[dict]:
       row = _check_case(name, op, shape, dtype, 100 + i, interpret, device)
       rows.append(row)
       worst = max(row[f] for f in ("out_error", "dq_error", "dk_error", "dv_error"))
-      print(f"  {name:<32} {dtype:<9} max error {worst:.2e} "
-            f"{'ok' if row['ok'] else 'FAILED'}", flush=True)
+      print(
+        f"  {name:<32} {dtype:<9} max error {worst:.2e} {'ok' if row['ok'] else 'FAILED'}",
+        flush=True,
+      )
   return rows
 
 
@@ -138,10 +168,12 @@ def speed(small: bool, interpret: bool, device: str) -> list[dict]:
     # layout's argsort into the compile (seconds at 32K tokens, minutes beyond).
     ids = jax.random.randint(jax.random.key(seq + 1), (1, seq, heads), 0, groups)
     ops = {
-        "dense": lambda q, k, v, ids: jax.nn.dot_product_attention(q, k, v,
-                                                                    implementation=dense_impl),
-        "pallas_gpu": lambda q, k, v, ids: group_attention(
-            q, k, v, ids, num_groups=groups, implementation="pallas_gpu", interpret=interpret),
+      "dense": lambda q, k, v, ids: jax.nn.dot_product_attention(
+        q, k, v, implementation=dense_impl
+      ),
+      "pallas_gpu": lambda q, k, v, ids: group_attention(
+        q, k, v, ids, num_groups=groups, implementation="pallas_gpu", interpret=interpret
+      ),
     }
     for name, op in ops.items():
       for mode, fn in (("forward", op), ("forward+backward", _grads(op))):
@@ -150,21 +182,32 @@ def speed(small: bool, interpret: bool, device: str) -> list[dict]:
         except Exception as err:
           rows.append(dict(seq=seq, op=name, mode=mode, error=str(err).splitlines()[0][:200]))
           continue
-        rows.append(dict(seq=seq, op=name, mode=mode, seconds=seconds, temp_bytes=temp,
-                         groups=groups if name != "dense" else None))
+        rows.append(
+          dict(
+            seq=seq,
+            op=name,
+            mode=mode,
+            seconds=seconds,
+            temp_bytes=temp,
+            groups=groups if name != "dense" else None,
+          )
+        )
         print(f"  {seq:>7} {name:<10} {mode:<16} {seconds * 1e3:10.2f} ms", flush=True)
   return rows
 
 
 def _grads(op):
   """(q, k, v, ids) -> the gradients in q, k and v of sum(op(q, k, v, ids))."""
-  return jax.grad(lambda q, k, v, ids: op(q, k, v, ids).astype(jnp.float32).sum(),
-                  argnums=(0, 1, 2))
+  return jax.grad(
+    lambda q, k, v, ids: op(q, k, v, ids).astype(jnp.float32).sum(), argnums=(0, 1, 2)
+  )
 
 
 def speed_table(rows: list[dict]) -> str:
-  lines = ["| tokens | mode | dense ms | pallas_gpu ms | dense / pallas_gpu |",
-           "|---:|---|---:|---:|---:|"]
+  lines = [
+    "| tokens | mode | dense ms | pallas_gpu ms | dense / pallas_gpu |",
+    "|---:|---|---:|---:|---:|",
+  ]
   for seq in sorted({r["seq"] for r in rows}):
     for mode in ("forward", "forward+backward"):
       got = {r["op"]: r.get("seconds") for r in rows if r["seq"] == seq and r["mode"] == mode}
@@ -198,11 +241,21 @@ def main(argv) -> None:
     print(speed_table(timings))
   suffix = "" if _PARTS.value == "all" else f"_{_PARTS.value}"
   path = out / f"gpu_check{'_cpu' if small else ''}{suffix}.json"
-  path.write_text(json.dumps({
-      "device": jax.devices()[0].device_kind, "backend": device, "jax": jax.__version__,
-      "python": platform.python_version(), "interpret": interpret,
-      "seconds": round(time.perf_counter() - start, 1), "checks": checks, "speed": timings,
-  }, indent=1))
+  path.write_text(
+    json.dumps(
+      {
+        "device": jax.devices()[0].device_kind,
+        "backend": device,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "interpret": interpret,
+        "seconds": round(time.perf_counter() - start, 1),
+        "checks": checks,
+        "speed": timings,
+      },
+      indent=1,
+    )
+  )
   failed = [f"{r['case']} {r['dtype']}" for r in checks if not r["ok"]]
   print(f"wrote {path}; {len(checks) - len(failed)}/{len(checks)} checks passed")
   if failed:

@@ -34,11 +34,14 @@ _HEADS = flags.DEFINE_integer("heads", 4, "Attention heads.")
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Head dimension.")
 _GROUPS = flags.DEFINE_integer("groups", 32, "MoGA groups.")
 _WINDOW = flags.DEFINE_bool("window", False, "Add the 3D window branch (3x3x3 tiles of 4x4x8).")
-_PAPER = flags.DEFINE_bool("paper_block", False, "The paper's block (MoGA with shared routing + "
-                           "4x4 STGA over 8 shots + per-frame) instead of MoGA alone.")
+_PAPER = flags.DEFINE_bool(
+  "paper_block",
+  False,
+  "The paper's block (MoGA with shared routing + "
+  "4x4 STGA over 8 shots + per-frame) instead of MoGA alone.",
+)
 _IMPL = flags.DEFINE_string("implementation", None, "Attention implementation (None: best).")
-_OUT = flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/"
-                           "long_context.json).")
+_OUT = flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/long_context.json).")
 
 GiB = 2**30
 
@@ -56,8 +59,15 @@ def main(argv):
     block = dict(per_head_router=False, stga_windows=(4, 4), frame_attention=True)
   else:
     block = dict(per_head_router=True, stga_windows=None, frame_attention=False)
-  layer = MoGAAttention(dim, _HEADS.value, num_groups=_GROUPS.value,
-                        implementation=_IMPL.value, rngs=nnx.Rngs(0), **block, **window)
+  layer = MoGAAttention(
+    dim,
+    _HEADS.value,
+    num_groups=_GROUPS.value,
+    implementation=_IMPL.value,
+    rngs=nnx.Rngs(0),
+    **block,
+    **window,
+  )
   x = jax.random.normal(jax.random.key(1), (1, tokens, dim), jnp.float32)
   x.block_until_ready()
   shots = jnp.minimum(jnp.arange(grid[0]) * 8 // grid[0], 7)[None].astype(jnp.int32)
@@ -76,19 +86,31 @@ def main(argv):
 
   dense_scores = tokens * tokens * 4  # one head's float32 score matrix
   result = {
-    "tokens": tokens, "grid": grid, "heads": _HEADS.value, "head_dim": _HEAD_DIM.value,
-    "groups": _GROUPS.value, "window": _WINDOW.value, "paper_block": _PAPER.value,
-    "implementation": _IMPL.value or "default", "backend": jax.default_backend(),
-    "compile_seconds": round(compile_s, 2), "forward_seconds": round(run_s, 2),
-    "xla_temp_bytes": temp, "peak_rss_bytes": _peak_rss_bytes(),
-    "dense_one_head_scores_bytes": dense_scores, "balance_loss": float(balance),
+    "tokens": tokens,
+    "grid": grid,
+    "heads": _HEADS.value,
+    "head_dim": _HEAD_DIM.value,
+    "groups": _GROUPS.value,
+    "window": _WINDOW.value,
+    "paper_block": _PAPER.value,
+    "implementation": _IMPL.value or "default",
+    "backend": jax.default_backend(),
+    "compile_seconds": round(compile_s, 2),
+    "forward_seconds": round(run_s, 2),
+    "xla_temp_bytes": temp,
+    "peak_rss_bytes": _peak_rss_bytes(),
+    "dense_one_head_scores_bytes": dense_scores,
+    "balance_loss": float(balance),
     "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)",
     "jax": jax.__version__,
   }
   rows = [
     ("tokens", f"{tokens:,} ({' x '.join(map(str, grid))})"),
-    ("layer", f"{_HEADS.value} heads x {_HEAD_DIM.value}, G={_GROUPS.value}"
-              f"{', + window' if _WINDOW.value else ''}, {result['implementation']}"),
+    (
+      "layer",
+      f"{_HEADS.value} heads x {_HEAD_DIM.value}, G={_GROUPS.value}"
+      f"{', + window' if _WINDOW.value else ''}, {result['implementation']}",
+    ),
     ("compile", f"{compile_s:.1f} s"),
     ("forward", f"{run_s:.1f} s"),
     ("XLA temporaries", "n/a" if temp is None else f"{temp / GiB:.2f} GiB"),

@@ -39,14 +39,21 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     for dtype in ("float32", "bfloat16"):
       rows = run(Path(tmp) / dtype, _STEPS.value, f"--config.model.dtype={dtype}")
-      runs[dtype] = {"steps_per_s": float(np.median([r["steps_per_s"] for r in rows
-                                                     if r["step"] > 10])),
-                     "loss": [r["loss"] for r in rows]}
+      runs[dtype] = {
+        "steps_per_s": float(np.median([r["steps_per_s"] for r in rows if r["step"] > 10])),
+        "loss": [r["loss"] for r in rows],
+      }
   f32, bf16 = (smooth(runs[d]["loss"]) for d in ("float32", "bfloat16"))
   gap = np.abs(bf16 - f32) / f32
-  summary = {"machine": platform.platform(), "cpus": os.cpu_count(), "steps": _STEPS.value,
-             "smoothing_window": _WINDOW, "max_relative_gap_smoothed": float(gap.max()),
-             "final_relative_gap_smoothed": float(gap[-1]), "runs": runs}
+  summary = {
+    "machine": platform.platform(),
+    "cpus": os.cpu_count(),
+    "steps": _STEPS.value,
+    "smoothing_window": _WINDOW,
+    "max_relative_gap_smoothed": float(gap.max()),
+    "final_relative_gap_smoothed": float(gap[-1]),
+    "runs": runs,
+  }
   print("| dtype | steps/s (median) | final loss (20-step mean) |")
   print("|---|---:|---:|")
   for dtype, curve in (("float32", f32), ("bfloat16", bf16)):
@@ -59,8 +66,12 @@ def main(argv):
   steps = np.arange(_WINDOW, _STEPS.value + 1)
   for dtype, curve in (("float32", f32), ("bfloat16", bf16)):
     ax.plot(steps, curve, label=f"{dtype} ({runs[dtype]['steps_per_s']:.2f} steps/s)")
-  ax.set(xlabel="step", ylabel=f"loss ({_WINDOW}-step mean)", yscale="log",
-         title="tiny config, same seed: float32 vs bfloat16 compute")
+  ax.set(
+    xlabel="step",
+    ylabel=f"loss ({_WINDOW}-step mean)",
+    yscale="log",
+    title="tiny config, same seed: float32 vs bfloat16 compute",
+  )
   ax.legend()
   fig.tight_layout()
   fig.savefig(out.with_suffix(".png"), dpi=120)

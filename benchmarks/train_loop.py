@@ -32,19 +32,27 @@ def main(argv):
     for k in _LOG_EVERY.value:
       rows = run(Path(tmp) / f"every{k}", _STEPS.value, f"--config.train.log_every={k}")
       after_first = [r["steps_per_s"] for r in rows if r["step"] > max(k, 10)]
-      results.append({"log_every": k, "steps": _STEPS.value,
-                      "steps_per_s": float(np.median(after_first)),
-                      "losses": [r["loss"] for r in rows]})
+      results.append(
+        {
+          "log_every": k,
+          "steps": _STEPS.value,
+          "steps_per_s": float(np.median(after_first)),
+          "losses": [r["loss"] for r in rows],
+        }
+      )
   base = results[0]
   print("| log_every | steps/s (median, after the first window) | vs first | same losses |")
   print("|---:|---:|---:|---|")
   for r in results:
-    print(f"| {r['log_every']} | {r['steps_per_s']:.3f} | "
-          f"{r['steps_per_s'] / base['steps_per_s']:.3f} | {r['losses'] == base['losses']} |")
+    print(
+      f"| {r['log_every']} | {r['steps_per_s']:.3f} | "
+      f"{r['steps_per_s'] / base['steps_per_s']:.3f} | {r['losses'] == base['losses']} |"
+    )
   out = Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(),
-                             "runs": results}, indent=1))
+  out.write_text(
+    json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "runs": results}, indent=1)
+  )
   print(f"wrote {out}")
 
 

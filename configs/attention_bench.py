@@ -83,6 +83,7 @@ def get_config(preset: str = "demo") -> ConfigDict:
     c.dense_implementation = "cudnn"
     c.dense_max_seq = 589824
   else:
-    raise ValueError(f"unknown preset {preset!r}: use demo, full, long, interpret, gpu, block "
-                     "or gpu_block")
+    raise ValueError(
+      f"unknown preset {preset!r}: use demo, full, long, interpret, gpu, block or gpu_block"
+    )
   return c

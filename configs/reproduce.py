@@ -25,8 +25,13 @@ VARIANTS = {
 
 
 def _run(variant: str, num_groups: int | None, balance: str, seed: int, *groups: str) -> dict:
-  return {"variant": variant, "num_groups": num_groups, "balance": balance, "seed": seed,
-          "experiments": list(groups)}
+  return {
+    "variant": variant,
+    "num_groups": num_groups,
+    "balance": balance,
+    "seed": seed,
+    "experiments": list(groups),
+  }
 
 
 def get_config(preset: str = "full") -> ConfigDict:
@@ -63,10 +68,12 @@ def get_config(preset: str = "full") -> ConfigDict:
   m = c.group_counts
   runs = []
   for seed in seeds:  # the runs that decide MoGA vs STGA first: the grid spans sittings
-    runs += [_run("paper", m, "paper", seed, "fig11", "table4", "fig12"),
-             _run("stga", None, "off", seed, "fig11"),
-             _run("moga", m, "paper", seed, "fig11"),
-             _run("dense", None, "off", seed, "fig11")]
+    runs += [
+      _run("paper", m, "paper", seed, "fig11", "table4", "fig12"),
+      _run("stga", None, "off", seed, "fig11"),
+      _run("moga", m, "paper", seed, "fig11"),
+      _run("dense", None, "off", seed, "fig11"),
+    ]
   runs += [_run("paper", g, "paper", 0, "table4") for g in (1, 2, 8, 16)]
   runs += [_run("paper", m, "switch", 0, "fig12"), _run("paper", m, "off", 0, "fig12")]
   c.runs = runs
@@ -92,8 +99,11 @@ def get_config(preset: str = "full") -> ConfigDict:
     c.eval.val_clips = 2
     c.eval.sheet_rows = 2
     c.eval.val_noise_draws = 1
-    c.runs = [_run("dense", None, "off", 0, "fig11"), _run("paper", 2, "paper", 0, "fig11"),
-              _run("paper", 2, "off", 0, "fig12")]
+    c.runs = [
+      _run("dense", None, "off", 0, "fig11"),
+      _run("paper", 2, "paper", 0, "fig11"),
+      _run("paper", 2, "off", 0, "fig12"),
+    ]
   elif preset != "full":
     raise ValueError(f"configs/reproduce.py:{preset}: the preset must be 'full' or 'smoke'")
   return c

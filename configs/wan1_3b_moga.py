@@ -66,8 +66,7 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   """stage: "stage1" (also "" or None) or "stage2", the text after ':' in --config."""
   stage = stage or "stage1"
   if stage not in STAGES:
-    raise ValueError(f"configs/wan1_3b_moga.py:{stage}: the stage must be one of "
-                     f"{sorted(STAGES)}")
+    raise ValueError(f"configs/wan1_3b_moga.py:{stage}: the stage must be one of {sorted(STAGES)}")
   frames, shots, steps, warmup = STAGES[stage]
   c = ConfigDict()
   c.seed = 0  # also seeds the new MoGA routers at conversion

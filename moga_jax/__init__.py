@@ -6,12 +6,12 @@ from moga_jax.routing import GroupRouter, RouterOutput, balance_loss, routed_gro
 from pallas_kernels import group_attention, window_attention
 
 __all__ = [
-    "GroupRouter",
-    "MoGAAttention",
-    "RouterOutput",
-    "VideoDiT",
-    "balance_loss",
-    "group_attention",
-    "routed_group_attention",
-    "window_attention",
+  "GroupRouter",
+  "MoGAAttention",
+  "RouterOutput",
+  "VideoDiT",
+  "balance_loss",
+  "group_attention",
+  "routed_group_attention",
+  "window_attention",
 ]

@@ -20,15 +20,24 @@ COMBINES = ("mean", "sum")
 
 # MoGAAttention keyword arguments that turn every sparse branch off: plain dense attention with
 # the same projections (the unmodified Wan model, or blocks kept dense).
-DENSE = {"num_groups": None, "stga_windows": None, "frame_attention": False, "window": None,
-         "window_tile": None}
+DENSE = {
+  "num_groups": None,
+  "stga_windows": None,
+  "frame_attention": False,
+  "window": None,
+  "window_tile": None,
+}
 
 
 def is_dense(attention: dict | None) -> bool:
   """Whether MoGAAttention keyword arguments (None: the defaults) leave no sparse branch on."""
   kw = {} if attention is None else attention
-  return (kw.get("num_groups", 5) is None and kw.get("stga_windows", (2, 2)) is None
-          and not kw.get("frame_attention", True) and kw.get("window") is None)
+  return (
+    kw.get("num_groups", 5) is None
+    and kw.get("stga_windows", (2, 2)) is None
+    and not kw.get("frame_attention", True)
+    and kw.get("window") is None
+  )
 
 
 class MoGAAttention(nnx.Module):
@@ -70,40 +79,42 @@ class MoGAAttention(nnx.Module):
   """
 
   def __init__(
-      self,
-      dim: int,
-      num_heads: int,
-      *,
-      head_dim: int | None = None,
-      num_groups: int | None = 5,
-      top_k: int = 1,
-      per_head_router: bool = False,
-      balance_loss: str = "paper",
-      stga_windows: tuple[int, int] | None = (2, 2),
-      stga_temporal_group: int | None = None,
-      stga_context_frames: int = 1,
-      frame_attention: bool = True,
-      window: tuple[int, int, int] | None = None,
-      window_tile: tuple[int, int, int] | None = None,
-      combine: str = "mean",
-      group_tile: int | None = None,
-      qk_norm: bool = True,
-      rope_theta: float = 10000.0,
-      implementation: str | None = None,
-      interpret: bool | None = None,
-      rules: ShardingRules | None = None,
-      dtype: jnp.dtype | None = None,
-      param_dtype: jnp.dtype = jnp.float32,
-      rngs: nnx.Rngs,
+    self,
+    dim: int,
+    num_heads: int,
+    *,
+    head_dim: int | None = None,
+    num_groups: int | None = 5,
+    top_k: int = 1,
+    per_head_router: bool = False,
+    balance_loss: str = "paper",
+    stga_windows: tuple[int, int] | None = (2, 2),
+    stga_temporal_group: int | None = None,
+    stga_context_frames: int = 1,
+    frame_attention: bool = True,
+    window: tuple[int, int, int] | None = None,
+    window_tile: tuple[int, int, int] | None = None,
+    combine: str = "mean",
+    group_tile: int | None = None,
+    qk_norm: bool = True,
+    rope_theta: float = 10000.0,
+    implementation: str | None = None,
+    interpret: bool | None = None,
+    rules: ShardingRules | None = None,
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
   ):
     if head_dim is None:
       if dim % num_heads:
-        raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is "
-                         "not given")
+        raise ValueError(
+          f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is not given"
+        )
       head_dim = dim // num_heads
     if (window is None) != (window_tile is None):
-      raise ValueError(f"window and window_tile go together, got window={window!r}, "
-                       f"window_tile={window_tile!r}")
+      raise ValueError(
+        f"window and window_tile go together, got window={window!r}, window_tile={window_tile!r}"
+      )
     if combine not in COMBINES:
       raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
     if balance_loss not in BALANCE_LOSSES:
@@ -111,8 +122,9 @@ class MoGAAttention(nnx.Module):
     if stga_windows is not None:
       stga_windows = tuple(stga_windows)
       if len(stga_windows) != 2 or any(not isinstance(s, int) or s < 1 for s in stga_windows):
-        raise ValueError(f"stga_windows must be None or two positive ints (rows, cols), got "
-                         f"{stga_windows!r}")
+        raise ValueError(
+          f"stga_windows must be None or two positive ints (rows, cols), got {stga_windows!r}"
+        )
     if stga_temporal_group is not None:
       check_int("stga_temporal_group", stga_temporal_group)
     check_int("stga_context_frames", stga_context_frames, minimum=0)
@@ -131,40 +143,68 @@ class MoGAAttention(nnx.Module):
     self.rules = rules
     inner = num_heads * head_dim
     linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.q, self.k, self.v, self.o = linear(dim, inner), linear(dim, inner), linear(dim, inner), \
-        linear(inner, dim)
-    norm = lambda: nnx.RMSNorm(inner, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
-                               rngs=rngs)
+    self.q, self.k, self.v, self.o = (
+      linear(dim, inner),
+      linear(dim, inner),
+      linear(dim, inner),
+      linear(inner, dim),
+    )
+    norm = lambda: nnx.RMSNorm(inner, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm_q, self.norm_k = (norm(), norm()) if qk_norm else (None, None)
-    self.router = None if num_groups is None else GroupRouter(
-        dim, num_groups, num_heads=num_heads if per_head_router else None, top_k=top_k,
+    self.router = (
+      None
+      if num_groups is None
+      else GroupRouter(
+        dim,
+        num_groups,
+        num_heads=num_heads if per_head_router else None,
+        top_k=top_k,
         # Routing stays in float32 whatever `dtype`: its argmax and gate p(g|x) decide groups.
-        balance=balance_loss, dtype=None, param_dtype=param_dtype, rngs=rngs)
+        balance=balance_loss,
+        dtype=None,
+        param_dtype=param_dtype,
+        rngs=rngs,
+      )
+    )
 
   @property
   def branches(self) -> tuple[str, ...]:
     """The branches this block averages (or sums), in order; () means dense attention."""
-    on = (("moga", self.router is not None), ("stga", self.stga_windows is not None),
-          ("frame", self.frame_attention), ("window", self.window is not None))
+    on = (
+      ("moga", self.router is not None),
+      ("stga", self.stga_windows is not None),
+      ("frame", self.frame_attention),
+      ("window", self.window is not None),
+    )
     return tuple(name for name, enabled in on if enabled)
 
-  def __call__(self, x: jax.Array, *, grid_shape: tuple[int, int, int],
-               frame_shot: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, *, grid_shape: tuple[int, int, int], frame_shot: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     batch, seq, _ = x.shape
     grid_shape = tuple(int(g) for g in grid_shape)
     if len(grid_shape) != 3 or math.prod(grid_shape) != seq:
-      raise ValueError(f"grid_shape must be (T, H, W) with T * H * W == seq ({seq}), got "
-                       f"{grid_shape}")
+      raise ValueError(
+        f"grid_shape must be (T, H, W) with T * H * W == seq ({seq}), got {grid_shape}"
+      )
     if frame_shot is None:
       frame_shot = jnp.zeros((batch, grid_shape[0]), jnp.int32)
     elif tuple(frame_shot.shape) != (batch, grid_shape[0]):
-      raise ValueError(f"frame_shot must have shape [batch, T] = {(batch, grid_shape[0])} (the "
-                       f"shot of each latent frame), got {tuple(frame_shot.shape)}")
+      raise ValueError(
+        f"frame_shot must have shape [batch, T] = {(batch, grid_shape[0])} (the "
+        f"shot of each latent frame), got {tuple(frame_shot.shape)}"
+      )
     q, k, v = self.q(x), self.k(x), self.v(x)
     if self.norm_q is not None:
       q, k = self.norm_q(q), self.norm_k(k)
-    heads = lambda t: constrain(t.reshape(batch, seq, self.num_heads, self.head_dim), self.rules,
-                                "activation_batch", "activation_length", "activation_heads", None)
+    heads = lambda t: constrain(
+      t.reshape(batch, seq, self.num_heads, self.head_dim),
+      self.rules,
+      "activation_batch",
+      "activation_length",
+      "activation_heads",
+      None,
+    )
     angles = jnp.asarray(rope_angles(grid_shape, self.head_dim, self.rope_theta))
     q, k, v = apply_rope(heads(q), angles), apply_rope(heads(k), angles), heads(v)
 
@@ -176,9 +216,13 @@ class MoGAAttention(nnx.Module):
     routed = () if routing is None else (routing.group_ids, routing.gates)
     per_head = routing is not None and routing.group_ids.ndim == 4
     attend = functools.partial(self._attend, grid_shape=grid_shape, routed=len(routed))
-    out = ulysses(attend, self.rules, per_head=(q, k, v, *(routed if per_head else ())),
-                  per_token=() if per_head else routed,
-                  per_sample=(frame_shot.astype(jnp.int32),))
+    out = ulysses(
+      attend,
+      self.rules,
+      per_head=(q, k, v, *(routed if per_head else ())),
+      per_token=() if per_head else routed,
+      per_sample=(frame_shot.astype(jnp.int32),),
+    )
     balance = jnp.zeros((), jnp.float32) if routing is None else routing.balance_loss
     return self.o(out.reshape(batch, seq, -1)), balance
 
@@ -189,18 +233,33 @@ class MoGAAttention(nnx.Module):
     routing, frame_shot = rest[:routed], rest[routed]
     outputs = []
     if routing:
-      outputs.append(routed_group_attention(q, k, v, *routing, num_groups=self.num_groups,
-                                            tile=self.group_tile, **ops))
+      outputs.append(
+        routed_group_attention(
+          q, k, v, *routing, num_groups=self.num_groups, tile=self.group_tile, **ops
+        )
+      )
     if self.stga_windows is not None:
-      outputs.append(shot_window_attention(
-          q, k, v, frame_shot, grid_shape=grid_shape, spatial_groups=self.stga_windows,
-          temporal_group=self.stga_temporal_group, context_frames=self.stga_context_frames,
-          **ops))
+      outputs.append(
+        shot_window_attention(
+          q,
+          k,
+          v,
+          frame_shot,
+          grid_shape=grid_shape,
+          spatial_groups=self.stga_windows,
+          temporal_group=self.stga_temporal_group,
+          context_frames=self.stga_context_frames,
+          **ops,
+        )
+      )
     if self.frame_attention:
       outputs.append(frame_attention(q, k, v, grid_shape=grid_shape, **ops))
     if self.window is not None:
-      outputs.append(window_attention(q, k, v, grid_shape=grid_shape, tile=self.window_tile,
-                                      window=self.window, **ops))
+      outputs.append(
+        window_attention(
+          q, k, v, grid_shape=grid_shape, tile=self.window_tile, window=self.window, **ops
+        )
+      )
     if not outputs:
       return jax.nn.dot_product_attention(q, k, v)
     total = sum(o.astype(jnp.float32) for o in outputs)

@@ -45,13 +45,19 @@ COMPUTE_ONLY = frozenset({"dtype", "attention.implementation"})
 def check_config(saved: dict, current: dict, where: str, what: str = "model") -> None:
   saved, current = _flatten(saved), _flatten(current)
   if what == "model":
-    saved, current = ({k: v for k, v in d.items() if k not in COMPUTE_ONLY}
-                      for d in (saved, current))
-  diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
-           for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    saved, current = (
+      {k: v for k, v in d.items() if k not in COMPUTE_ONLY} for d in (saved, current)
+    )
+  diffs = [
+    f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
+    for k in sorted(set(saved) | set(current))
+    if saved.get(k) != current.get(k)
+  ]
   if diffs:
-    raise ConfigMismatchError(f"the checkpoint in {where} was trained with another {what} "
-                              "config; differing fields:\n  " + "\n  ".join(diffs))
+    raise ConfigMismatchError(
+      f"the checkpoint in {where} was trained with another {what} "
+      "config; differing fields:\n  " + "\n  ".join(diffs)
+    )
 
 
 def _as_state(state: Any) -> nnx.State:
@@ -65,14 +71,25 @@ class Checkpointer:
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-        max_to_keep=self._keep, create=True, enable_async_checkpointing=True))
+    return ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=self._keep, create=True, enable_async_checkpointing=True
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, *, data_state: dict, model_config: dict,
-           optimizer_config: dict | None = None) -> None:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    *,
+    data_state: dict,
+    model_config: dict,
+    optimizer_config: dict | None = None,
+  ) -> None:
     """state: an nnx.State, or an nnx graph node / tuple of them (model, optimizer).
 
     Every process calls this (multi-host); orbax writes each array's shards from the process
@@ -80,17 +97,28 @@ class Checkpointer:
     Returns once the arrays are copied off the devices; the files are written in the
     background (`wait` or `close` blocks until they are on disk).
     """
-    self._manager.save(step, args=ocp.args.Composite(
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(_as_state(state)),
         data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave({"step": step, "model_config": model_config,
-                                "optimizer_config": optimizer_config})))
+        meta=ocp.args.JsonSave(
+          {"step": step, "model_config": model_config, "optimizer_config": optimizer_config}
+        ),
+      ),
+    )
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
-  def restore_state(self, state: nnx.State, *, model_config: dict, step: int | None = None,
-                    optimizer_config: dict | None = None) -> tuple[nnx.State, dict]:
+  def restore_state(
+    self,
+    state: nnx.State,
+    *,
+    model_config: dict,
+    step: int | None = None,
+    optimizer_config: dict | None = None,
+  ) -> tuple[nnx.State, dict]:
     """Reads `step` (default: latest) into arrays shaped, typed and sharded like `state`;
     returns (restored state, saved data state). The model config, and the optimizer settings
     that shape its state (EMA, accumulation) when both sides give them, must match."""
@@ -103,14 +131,16 @@ class Checkpointer:
     if saved_optimizer is not None and optimizer_config is not None:
       check_config(saved_optimizer, optimizer_config, str(self.directory), what="optimizer")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
+    )
     new_state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored.state))
     return new_state, restored.data
 
-  def restore_newest_readable(self, state: nnx.State, *, model_config: dict,
-                              optimizer_config: dict | None = None
-                              ) -> tuple[int, nnx.State, dict] | None:
+  def restore_newest_readable(
+    self, state: nnx.State, *, model_config: dict, optimizer_config: dict | None = None
+  ) -> tuple[int, nnx.State, dict] | None:
     """(step, state, data state) of the newest checkpoint that reads, or None without any.
 
     A newer step that fails to read is logged as a warning and renamed STEP.unreadable-TIME
@@ -120,21 +150,27 @@ class Checkpointer:
     unreadable = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        restored, data = self.restore_state(state, model_config=model_config, step=step,
-                                            optimizer_config=optimizer_config)
+        restored, data = self.restore_state(
+          state, model_config=model_config, step=step, optimizer_config=optimizer_config
+        )
       except ConfigMismatchError:
         raise
       except Exception as e:  # orbax raises many types for a damaged step
-        logging.warning("checkpoint %s cannot be read (%s: %s); trying an older one",
-                        self.directory / str(step), type(e).__name__, str(e)[:300])
+        logging.warning(
+          "checkpoint %s cannot be read (%s: %s); trying an older one",
+          self.directory / str(step),
+          type(e).__name__,
+          str(e)[:300],
+        )
         unreadable.append(step)
         continue
       self._set_aside(unreadable)
       return step, restored, data
     if unreadable:
       raise UnreadableCheckpointError(
-          f"no checkpoint in {self.directory} can be read (steps {sorted(unreadable)}); move "
-          "them away to start afresh")
+        f"no checkpoint in {self.directory} can be read (steps {sorted(unreadable)}); move "
+        "them away to start afresh"
+      )
     return None
 
   def _set_aside(self, steps: list[int]) -> None:
@@ -154,11 +190,18 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._open()
 
-  def restore(self, state: Any, *, model_config: dict, step: int | None = None,
-              optimizer_config: dict | None = None) -> dict:
+  def restore(
+    self,
+    state: Any,
+    *,
+    model_config: dict,
+    step: int | None = None,
+    optimizer_config: dict | None = None,
+  ) -> dict:
     """Loads `step` (default: latest) into nnx graph nodes in place; returns the data state."""
-    restored, data = self.restore_state(nnx.state(state), model_config=model_config, step=step,
-                                        optimizer_config=optimizer_config)
+    restored, data = self.restore_state(
+      nnx.state(state), model_config=model_config, step=step, optimizer_config=optimizer_config
+    )
     nnx.update(state, restored)
     return data
 

@@ -14,8 +14,17 @@ import os
 
 from absl import logging
 
-CHATTY_PACKAGES = ("orbax", "jax", "jaxlib", "flax", "grain", "etils", "tensorflow_datasets",
-                   "array_record", "absl")
+CHATTY_PACKAGES = (
+  "orbax",
+  "jax",
+  "jaxlib",
+  "flax",
+  "grain",
+  "etils",
+  "tensorflow_datasets",
+  "array_record",
+  "absl",
+)
 
 
 def _package_dirs(names) -> tuple[str, ...]:

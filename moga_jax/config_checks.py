@@ -18,23 +18,38 @@ def validate_config(cfg) -> None:
   non-int count) naming the field. Configs with a `video` section (Wan-scale: pixels through
   the Wan VAE) are checked against its strides, the others against their `data` section."""
   m = cfg.model
-  names = ["model.dim", "model.ffn_dim", "model.num_layers", "model.num_heads",
-           "model.text_dim", "train.steps", "train.batch_size"]
-  names += [f"{section}.{field}" for section, field in (("train", "checkpoint_every"),
-                                                         ("train", "log_every"),
-                                                         ("sample", "steps"))
-            if section in cfg and field in cfg[section]]
+  names = [
+    "model.dim",
+    "model.ffn_dim",
+    "model.num_layers",
+    "model.num_heads",
+    "model.text_dim",
+    "train.steps",
+    "train.batch_size",
+  ]
+  names += [
+    f"{section}.{field}"
+    for section, field in (
+      ("train", "checkpoint_every"),
+      ("train", "log_every"),
+      ("sample", "steps"),
+    )
+    if section in cfg and field in cfg[section]
+  ]
   for name in names:
     section, field = name.split(".")
     _positive(name, cfg[section][field])
   grid = latent_grid(cfg)
   patch = tuple(m.patch)
   if len(patch) != 3 or any(g % p for g, p in zip(grid, patch, strict=True)):
-    raise ValueError(f"the latent grid (frames, height, width) = {grid} must be divisible by "
-                     f"config.model.patch {patch}")
+    raise ValueError(
+      f"the latent grid (frames, height, width) = {grid} must be divisible by "
+      f"config.model.patch {patch}"
+    )
   if m.dim % m.num_heads:
-    raise ValueError(f"config.model.num_heads ({m.num_heads}) must divide config.model.dim "
-                     f"({m.dim})")
+    raise ValueError(
+      f"config.model.num_heads ({m.num_heads}) must divide config.model.dim ({m.dim})"
+    )
   head_dim = m.dim // m.num_heads
   if head_dim % 2 or head_dim < 6:
     raise ValueError(f"head_dim = dim / num_heads = {head_dim} must be even and >= 6 (3D RoPE)")
@@ -42,21 +57,27 @@ def validate_config(cfg) -> None:
   if a.num_groups is not None:
     _positive("model.attention.num_groups", a.num_groups)
     if not 1 <= a.top_k <= a.num_groups:
-      raise ValueError(f"config.model.attention.top_k must be in [1, num_groups="
-                       f"{a.num_groups}], got {a.top_k}")
+      raise ValueError(
+        f"config.model.attention.top_k must be in [1, num_groups={a.num_groups}], got {a.top_k}"
+      )
   _check_block(a, tuple(g // q for g, q in zip(grid, patch, strict=True)))
   if (a.window is None) != (a.window_tile is None):
-    raise ValueError("config.model.attention.window and window_tile must both be set or both "
-                     "be None")
+    raise ValueError(
+      "config.model.attention.window and window_tile must both be set or both be None"
+    )
   if m.scan_layers and m.dense_layers and a.num_groups is not None:
-    raise ValueError("config.model.scan_layers needs identical blocks; clear "
-                     f"config.model.dense_layers ({tuple(m.dense_layers)}) to scan")
+    raise ValueError(
+      "config.model.scan_layers needs identical blocks; clear "
+      f"config.model.dense_layers ({tuple(m.dense_layers)}) to scan"
+    )
   if any(not 0 <= i < m.num_layers for i in m.dense_layers):
-    raise ValueError(f"config.model.dense_layers {tuple(m.dense_layers)} must index blocks "
-                     f"0..{m.num_layers - 1}")
+    raise ValueError(
+      f"config.model.dense_layers {tuple(m.dense_layers)} must index blocks 0..{m.num_layers - 1}"
+    )
   if not 0.0 <= cfg.diffusion.caption_dropout < 1.0:
-    raise ValueError(f"config.diffusion.caption_dropout must be in [0, 1), got "
-                     f"{cfg.diffusion.caption_dropout}")
+    raise ValueError(
+      f"config.diffusion.caption_dropout must be in [0, 1), got {cfg.diffusion.caption_dropout}"
+    )
   weight = cfg.diffusion.get("balance_weight", 0.0)
   if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
     raise ValueError(f"config.diffusion.balance_weight must be a number >= 0, got {weight!r}")
@@ -91,20 +112,29 @@ def _check_block(a, tokens: tuple[int, int, int]) -> None:
   name = "config.model.attention."
   windows = a.get("stga_windows")
   if windows is not None:
-    if (not isinstance(windows, (tuple, list)) or len(windows) != 2
-        or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1
-               for w in windows)):
-      raise ValueError(f"{name}stga_windows must be None or two positive ints (rows, columns "
-                       f"of spatial windows per latent frame), got {windows!r}")
+    if (
+      not isinstance(windows, (tuple, list))
+      or len(windows) != 2
+      or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1 for w in windows)
+    ):
+      raise ValueError(
+        f"{name}stga_windows must be None or two positive ints (rows, columns "
+        f"of spatial windows per latent frame), got {windows!r}"
+      )
     if windows[0] > tokens[1] or windows[1] > tokens[2]:
-      raise ValueError(f"{name}stga_windows {tuple(windows)} cuts each latent frame of "
-                       f"{tokens[1]}x{tokens[2]} tokens into more windows than it has rows or "
-                       "columns")
+      raise ValueError(
+        f"{name}stga_windows {tuple(windows)} cuts each latent frame of "
+        f"{tokens[1]}x{tokens[2]} tokens into more windows than it has rows or "
+        "columns"
+      )
   group = a.get("stga_temporal_group")
-  if group is not None and (isinstance(group, bool) or not isinstance(group, numbers.Integral)
-                            or group < 1):
-    raise ValueError(f"{name}stga_temporal_group must be None (a temporal group is a whole "
-                     f"shot) or a positive int (frames per group), got {group!r}")
+  if group is not None and (
+    isinstance(group, bool) or not isinstance(group, numbers.Integral) or group < 1
+  ):
+    raise ValueError(
+      f"{name}stga_temporal_group must be None (a temporal group is a whole "
+      f"shot) or a positive int (frames per group), got {group!r}"
+    )
   context = a.get("stga_context_frames", 1)
   if isinstance(context, bool) or not isinstance(context, numbers.Integral) or context < 0:
     raise ValueError(f"{name}stga_context_frames must be an int >= 0, got {context!r}")
@@ -127,20 +157,32 @@ def latent_grid(cfg) -> tuple[int, int, int]:
 def _data_grid(cfg) -> tuple[int, int, int]:
   """Latent grid of a `data` config (space-to-depth stand-in latents)."""
   d, m = cfg.data, cfg.model
-  for name in ("data.shots", "data.frames_per_shot", "data.height", "data.width",
-               "data.max_shots", "data.caption_len", "model.latent_factor"):
+  for name in (
+    "data.shots",
+    "data.frames_per_shot",
+    "data.height",
+    "data.width",
+    "data.max_shots",
+    "data.caption_len",
+    "model.latent_factor",
+  ):
     section, field = name.split(".")
     _positive(name, cfg[section][field])
   if d.shots > d.max_shots:
-    raise ValueError(f"config.data.shots ({d.shots}) must be <= config.data.max_shots "
-                     f"({d.max_shots})")
+    raise ValueError(
+      f"config.data.shots ({d.shots}) must be <= config.data.max_shots ({d.max_shots})"
+    )
   if m.caption_len != d.caption_len:
-    raise ValueError(f"config.model.caption_len ({m.caption_len}) must equal "
-                     f"config.data.caption_len ({d.caption_len})")
+    raise ValueError(
+      f"config.model.caption_len ({m.caption_len}) must equal "
+      f"config.data.caption_len ({d.caption_len})"
+    )
   f = m.latent_factor
   if d.height % f or d.width % f:
-    raise ValueError(f"config.data.height x width ({d.height}x{d.width}) must be divisible by "
-                     f"config.model.latent_factor ({f})")
+    raise ValueError(
+      f"config.data.height x width ({d.height}x{d.width}) must be divisible by "
+      f"config.model.latent_factor ({f})"
+    )
   return d.shots * d.frames_per_shot, d.height // f, d.width // f
 
 
@@ -151,14 +193,15 @@ def _video_grid(cfg) -> tuple[int, int, int]:
     _positive(f"video.{name}", v[name])
   stride = tuple(v.vae_stride)
   if len(stride) != 3 or any(not isinstance(s, int) or s < 1 for s in stride):
-    raise ValueError(f"config.video.vae_stride must be three positive ints (t, h, w), got "
-                     f"{stride}")
+    raise ValueError(f"config.video.vae_stride must be three positive ints (t, h, w), got {stride}")
   st, sh, sw = stride
   if (v.frames - 1) % st:
     raise ValueError(f"config.video.frames = {v.frames}: the Wan VAE needs 1 + {st}k frames")
   if v.height % sh or v.width % sw:
-    raise ValueError(f"config.video.height x width ({v.height}x{v.width}) must be divisible by "
-                     f"the VAE's spatial stride {sh}x{sw}")
+    raise ValueError(
+      f"config.video.height x width ({v.height}x{v.width}) must be divisible by "
+      f"the VAE's spatial stride {sh}x{sw}"
+    )
   return (v.frames - 1) // st + 1, v.height // sh, v.width // sw
 
 
@@ -170,20 +213,24 @@ def validate_sharding(cfg, device_count: int) -> dict[str, int]:
   mesh = resolve_mesh_shape(dict(s.mesh), device_count)
   rules = ShardingRules.from_config(s.rules)
   size = lambda logical: axes_size(mesh, rules.mesh_axes(logical))
-  seq, heads, batch = size("activation_length"), size("activation_heads"), \
-      size("activation_batch")
+  seq, heads, batch = size("activation_length"), size("activation_heads"), size("activation_batch")
   if m.num_heads % (seq * heads):
     raise ValueError(
-        f"config.model.num_heads ({m.num_heads}) must be divisible by the context axes x head "
-        f"axes of the mesh ({seq} x {heads} = {seq * heads}): Ulysses sequence parallelism "
-        f"splits the heads over both inside attention; mesh {mesh}")
+      f"config.model.num_heads ({m.num_heads}) must be divisible by the context axes x head "
+      f"axes of the mesh ({seq} x {heads} = {seq * heads}): Ulysses sequence parallelism "
+      f"splits the heads over both inside attention; mesh {mesh}"
+    )
   if cfg.train.batch_size % batch:
-    raise ValueError(f"config.train.batch_size ({cfg.train.batch_size}) must be divisible by the "
-                     f"batch axes of the mesh ({batch} devices); mesh {mesh}")
+    raise ValueError(
+      f"config.train.batch_size ({cfg.train.batch_size}) must be divisible by the "
+      f"batch axes of the mesh ({batch} devices); mesh {mesh}"
+    )
   tokens = _tokens(cfg)
   if tokens is not None and tokens % seq:
-    raise ValueError(f"the {tokens} video tokens per sample must be divisible by the context "
-                     f"axes of the mesh ({seq}); mesh {mesh}")
+    raise ValueError(
+      f"the {tokens} video tokens per sample must be divisible by the context "
+      f"axes of the mesh ({seq}); mesh {mesh}"
+    )
   return mesh
 
 

@@ -25,13 +25,17 @@ from moga_jax.run_guard import cli_main
 from moga_jax.wan.convert import COMPONENTS, convert
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/wan1_3b_moga.py",
-    "Config whose MoGA settings the DiT is built with (its widths come from SRC).")
-_SRC = flags.DEFINE_string("src", None, "diffusers Wan folder (or its transformer/).",
-                           required=True)
+  "config",
+  "configs/wan1_3b_moga.py",
+  "Config whose MoGA settings the DiT is built with (its widths come from SRC).",
+)
+_SRC = flags.DEFINE_string(
+  "src", None, "diffusers Wan folder (or its transformer/).", required=True
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
-_COMPONENTS = flags.DEFINE_list("components", list(COMPONENTS),
-                                "Which components to convert (those present in SRC).")
+_COMPONENTS = flags.DEFINE_list(
+  "components", list(COMPONENTS), "Which components to convert (those present in SRC)."
+)
 
 
 def main(argv):

@@ -46,17 +46,26 @@ SOLVERS = ("euler", "unipc")  # config.sample.solver
 def guided(predict: Callable, guidance: float) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """velocity(x, t) from predict(x, t, conditional: bool) with classifier-free guidance weight
   w: v = v_u + w (v_c - v_u); w = 1 evaluates the conditional prediction only."""
+
   def velocity(x, t):
     v = predict(x, t, True)
     if guidance == 1.0:
       return v
     v_uncond = predict(x, t, False)
     return v_uncond + guidance * (v - v_uncond)
+
   return velocity
 
 
-def euler_sample(predict: Callable, noise: jax.Array, *, steps: int, shift: float,
-                 guidance: float, progress: Callable[[int], None] | None = None) -> jax.Array:
+def euler_sample(
+  predict: Callable,
+  noise: jax.Array,
+  *,
+  steps: int,
+  shift: float,
+  guidance: float,
+  progress: Callable[[int], None] | None = None,
+) -> jax.Array:
   """predict(x, t, conditional: bool) -> velocity. Integrates dx/dt = v from t=1 to t=0.
 
   guidance: classifier-free guidance weight (see `guided`). progress(i) is called after step i
@@ -72,14 +81,24 @@ def euler_sample(predict: Callable, noise: jax.Array, *, steps: int, shift: floa
   return x
 
 
-def sample_flow(predict: Callable, noise: jax.Array, *, solver: str, steps: int, shift: float,
-                guidance: float, progress: Callable[[int], None] | None = None) -> jax.Array:
+def sample_flow(
+  predict: Callable,
+  noise: jax.Array,
+  *,
+  solver: str,
+  steps: int,
+  shift: float,
+  guidance: float,
+  progress: Callable[[int], None] | None = None,
+) -> jax.Array:
   """Noise -> data with the named solver: "euler" on `sample_times`, or "unipc" (order 2) on
   Wan's schedule (`unipc.flow_sigmas`); one guided evaluation per step either way."""
   if solver == "euler":
-    return euler_sample(predict, noise, steps=steps, shift=shift, guidance=guidance,
-                        progress=progress)
+    return euler_sample(
+      predict, noise, steps=steps, shift=shift, guidance=guidance, progress=progress
+    )
   if solver == "unipc":
-    return unipc_sample(guided(predict, guidance), noise, flow_sigmas(steps, shift),
-                        progress=progress)
+    return unipc_sample(
+      guided(predict, guidance), noise, flow_sigmas(steps, shift), progress=progress
+    )
   raise ValueError(f"config.sample.solver must be one of {SOLVERS}, got {solver!r}")

@@ -36,8 +36,7 @@ class _TwoPassLayerNorm(nnx.LayerNorm):
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
-    y = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True)
-                                + self.epsilon)
+    y = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.epsilon)
     if self.scale is not None:
       y = y * self.scale[...]
     if self.bias is not None:
@@ -50,13 +49,28 @@ def _layer_norm(dim: int, rngs: nnx.Rngs, *, affine: bool) -> nnx.LayerNorm:
 
 
 class DiTBlock(nnx.Module):
-  def __init__(self, dim: int, ffn_dim: int, num_heads: int, *, attention: dict | None,
-               dtype=None, rules: ShardingRules | None = None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    ffn_dim: int,
+    num_heads: int,
+    *,
+    attention: dict | None,
+    dtype=None,
+    rules: ShardingRules | None = None,
+    rngs: nnx.Rngs,
+  ):
     """attention: MoGAAttention keyword arguments, or None for dense self-attention. dtype: the
     linears' and attention's compute dtype (None: the parameters', float32)."""
     self.norm1 = _layer_norm(dim, rngs, affine=False)
-    self.self_attn = MoGAAttention(dim, num_heads, rules=rules, rngs=rngs, dtype=dtype,
-                                   **(DENSE if attention is None else attention))
+    self.self_attn = MoGAAttention(
+      dim,
+      num_heads,
+      rules=rules,
+      rngs=rngs,
+      dtype=dtype,
+      **(DENSE if attention is None else attention),
+    )
     self.norm3 = _layer_norm(dim, rngs, affine=True)
     self.cross_attn = ShotCrossAttention(dim, num_heads, dtype=dtype, rules=rules, rngs=rngs)
     self.norm2 = _layer_norm(dim, rngs, affine=False)
@@ -65,9 +79,10 @@ class DiTBlock(nnx.Module):
 
   def __call__(self, x, time6, context, context_mask, token_shot, frame_shot, grid_shape):
     mod = (self.modulation[...] + time6).astype(jnp.float32)  # [B, 6, dim]
-    shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (mod[:, i:i + 1] for i in range(6))
-    y, balance = self.self_attn(self.norm1(x) * (1 + scale_a) + shift_a, grid_shape=grid_shape,
-                                frame_shot=frame_shot)
+    shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (mod[:, i : i + 1] for i in range(6))
+    y, balance = self.self_attn(
+      self.norm1(x) * (1 + scale_a) + shift_a, grid_shape=grid_shape, frame_shot=frame_shot
+    )
     x = x + gate_a * y
     x = x + self.cross_attn(self.norm3(x), context, context_mask, token_shot)
     x = x + gate_f * self.ffn(self.norm2(x) * (1 + scale_f) + shift_f)
@@ -76,33 +91,49 @@ class DiTBlock(nnx.Module):
 
 class VideoDiT(nnx.Module):
   """Args:
-    in_channels, out_channels: latent channels. dim, ffn_dim, num_layers, num_heads: widths.
-    text_dim: width of the caption embeddings fed in (4096 for umT5-XXL).
-    patch: (t, h, w) patch of the 3D patch embedding (Wan: (1, 2, 2)).
-    attention: MoGAAttention keyword arguments for MoGA blocks, or None for dense blocks.
-    dense_layers: indices of blocks kept dense (e.g. the first one); rest use `attention`.
-    scan_layers: run the blocks with nnx.scan (all blocks must be alike); remat: rematerialise
-      each block in the backward pass (jax.checkpoint), trading compute for memory.
-    rules: logical sharding rules (`moga_jax.sharding`): hidden states are kept split along the
-      sequence between blocks and attention runs Ulysses-parallel when a mesh is set. None: no
-      sharding annotations (one device, or the caller's own).
-    dtype: compute dtype of the matmuls and attention (e.g. bfloat16; None: float32). The
-      parameters, the residual stream, the norms' statistics, the time embedding and
-      modulation, the router, the attention softmax statistics and the returned velocity
-      stay float32.
+  in_channels, out_channels: latent channels. dim, ffn_dim, num_layers, num_heads: widths.
+  text_dim: width of the caption embeddings fed in (4096 for umT5-XXL).
+  patch: (t, h, w) patch of the 3D patch embedding (Wan: (1, 2, 2)).
+  attention: MoGAAttention keyword arguments for MoGA blocks, or None for dense blocks.
+  dense_layers: indices of blocks kept dense (e.g. the first one); rest use `attention`.
+  scan_layers: run the blocks with nnx.scan (all blocks must be alike); remat: rematerialise
+    each block in the backward pass (jax.checkpoint), trading compute for memory.
+  rules: logical sharding rules (`moga_jax.sharding`): hidden states are kept split along the
+    sequence between blocks and attention runs Ulysses-parallel when a mesh is set. None: no
+    sharding annotations (one device, or the caller's own).
+  dtype: compute dtype of the matmuls and attention (e.g. bfloat16; None: float32). The
+    parameters, the residual stream, the norms' statistics, the time embedding and
+    modulation, the router, the attention softmax statistics and the returned velocity
+    stay float32.
   """
 
-  def __init__(self, *, in_channels: int, out_channels: int, dim: int, ffn_dim: int,
-               num_layers: int, num_heads: int, text_dim: int,
-               patch: Sequence[int] = (1, 2, 2), freq_dim: int = 256,
-               attention: dict | None = None, dense_layers: Sequence[int] = (),
-               scan_layers: bool = False, remat: bool = False, dtype=None,
-               rules: ShardingRules | None = None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    in_channels: int,
+    out_channels: int,
+    dim: int,
+    ffn_dim: int,
+    num_layers: int,
+    num_heads: int,
+    text_dim: int,
+    patch: Sequence[int] = (1, 2, 2),
+    freq_dim: int = 256,
+    attention: dict | None = None,
+    dense_layers: Sequence[int] = (),
+    scan_layers: bool = False,
+    remat: bool = False,
+    dtype=None,
+    rules: ShardingRules | None = None,
+    rngs: nnx.Rngs,
+  ):
     if dim % num_heads:
       raise ValueError(f"num_heads ({num_heads}) must divide the model width dim ({dim})")
     if scan_layers and dense_layers and attention is not None:
-      raise ValueError("scan_layers needs identical blocks, but dense_layers "
-                       f"{tuple(dense_layers)} differ from the MoGA blocks")
+      raise ValueError(
+        "scan_layers needs identical blocks, but dense_layers "
+        f"{tuple(dense_layers)} differ from the MoGA blocks"
+      )
     self.patch = tuple(int(p) for p in patch)
     self.out_channels, self.freq_dim = out_channels, freq_dim
     self.scan_layers, self.remat, self.rules = scan_layers, remat, rules
@@ -110,21 +141,32 @@ class VideoDiT(nnx.Module):
     dense = set(dense_layers)
     routed = attention is not None and attention.get("num_groups", 5) is not None
     self.moga_layers = tuple(i for i in range(num_layers) if i not in dense) if routed else ()
-    self.patch_embedding = nnx.Conv(in_channels, dim, kernel_size=self.patch,
-                                    strides=self.patch, padding="VALID", rngs=rngs)
+    self.patch_embedding = nnx.Conv(
+      in_channels, dim, kernel_size=self.patch, strides=self.patch, padding="VALID", rngs=rngs
+    )
     self.text_embedding = nnx.Sequential(
-        nnx.Linear(text_dim, dim, dtype=self.dtype, rngs=rngs),
-        lambda x: jax.nn.gelu(x, approximate=True),
-        nnx.Linear(dim, dim, dtype=self.dtype, rngs=rngs))
+      nnx.Linear(text_dim, dim, dtype=self.dtype, rngs=rngs),
+      lambda x: jax.nn.gelu(x, approximate=True),
+      nnx.Linear(dim, dim, dtype=self.dtype, rngs=rngs),
+    )
     self.time_embedding = nnx.Sequential(
-        nnx.Linear(freq_dim, dim, rngs=rngs), jax.nn.silu, nnx.Linear(dim, dim, rngs=rngs))
+      nnx.Linear(freq_dim, dim, rngs=rngs), jax.nn.silu, nnx.Linear(dim, dim, rngs=rngs)
+    )
     self.time_projection = nnx.Sequential(jax.nn.silu, nnx.Linear(dim, 6 * dim, rngs=rngs))
 
     def block(rngs, dense: bool):
-      return DiTBlock(dim, ffn_dim, num_heads, attention=None if dense else attention,
-                      dtype=self.dtype, rules=rules, rngs=rngs)
+      return DiTBlock(
+        dim,
+        ffn_dim,
+        num_heads,
+        attention=None if dense else attention,
+        dtype=self.dtype,
+        rules=rules,
+        rngs=rngs,
+      )
 
     if scan_layers:
+
       @nnx.split_rngs(splits=num_layers)
       @nnx.vmap(in_axes=(0,), out_axes=0)
       def stacked(rngs):
@@ -135,8 +177,13 @@ class VideoDiT(nnx.Module):
       self.blocks = nnx.List([block(rngs, i in dense) for i in range(num_layers)])
     self.head_norm = _layer_norm(dim, rngs, affine=False)
     self.head_modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 2, dim)) / dim**0.5)
-    self.head = nnx.Linear(dim, out_channels * math.prod(self.patch), dtype=self.dtype,
-                           kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+    self.head = nnx.Linear(
+      dim,
+      out_channels * math.prod(self.patch),
+      dtype=self.dtype,
+      kernel_init=nnx.initializers.zeros_init(),
+      rngs=rngs,
+    )
 
   def _embed_patches(self, latents: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
     """The strided 3D conv of the patch embedding, as patchify + matmul with the same kernel:
@@ -150,12 +197,19 @@ class VideoDiT(nnx.Module):
     conv = self.patch_embedding
     kernel = conv.kernel[...].reshape(-1, conv.out_features)  # [(pt, ph, pw, C), dim]
     compute = self.dtype or kernel.dtype
-    x = jnp.dot(patches.astype(compute), kernel.astype(compute),
-                preferred_element_type=jnp.float32)  # the residual stream is float32
+    x = jnp.dot(
+      patches.astype(compute), kernel.astype(compute), preferred_element_type=jnp.float32
+    )  # the residual stream is float32
     return x + conv.bias[...] if conv.bias is not None else x
 
-  def __call__(self, latents: jax.Array, t: jax.Array, context: jax.Array,
-               context_mask: jax.Array, frame_shot: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self,
+    latents: jax.Array,
+    t: jax.Array,
+    context: jax.Array,
+    context_mask: jax.Array,
+    frame_shot: jax.Array,
+  ) -> tuple[jax.Array, jax.Array]:
     """latents [B, F, H, W, C]; t [B] in [0, 1]; context [B, S, L, text_dim]; context_mask
     bool [B, S, L]; frame_shot int32 [B, F] (shot of each latent frame).
 
@@ -164,14 +218,17 @@ class VideoDiT(nnx.Module):
     b, f, h, w, _ = latents.shape
     pt, ph, pw = self.patch
     if f % pt or h % ph or w % pw:
-      raise ValueError(f"latent grid (F, H, W) = {(f, h, w)} must be divisible by the patch "
-                       f"{self.patch}")
+      raise ValueError(
+        f"latent grid (F, H, W) = {(f, h, w)} must be divisible by the patch {self.patch}"
+      )
     if frame_shot.shape != (b, f):
-      raise ValueError(f"frame_shot must have shape [batch, frames] = {(b, f)}, got "
-                       f"{tuple(frame_shot.shape)}")
+      raise ValueError(
+        f"frame_shot must have shape [batch, frames] = {(b, f)}, got {tuple(frame_shot.shape)}"
+      )
     grid = (f // pt, h // ph, w // pw)
-    hidden = lambda x: constrain(x, self.rules, "activation_batch", "activation_length",
-                                 "activation_embed")
+    hidden = lambda x: constrain(
+      x, self.rules, "activation_batch", "activation_length", "activation_embed"
+    )
     x = hidden(self._embed_patches(latents, grid))
     token_shot = jnp.repeat(frame_shot[:, ::pt], grid[1] * grid[2], axis=1)  # [B, N]
     # Self-attention's shots: frames outside every shot (-1, at the end) join the shot before
@@ -188,6 +245,7 @@ class VideoDiT(nnx.Module):
     if self.remat:
       run = nnx.remat(run)
     if self.scan_layers:
+
       @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
       def scan(block, x):
         return run(block, x)
@@ -199,8 +257,11 @@ class VideoDiT(nnx.Module):
         x, balance = run(block, x)
         balances.append(balance)
       balances = jnp.stack(balances)
-    balance = (jnp.mean(balances[jnp.asarray(self.moga_layers)]) if self.moga_layers
-               else jnp.zeros((), jnp.float32))
+    balance = (
+      jnp.mean(balances[jnp.asarray(self.moga_layers)])
+      if self.moga_layers
+      else jnp.zeros((), jnp.float32)
+    )
 
     shift, scale = jnp.split(self.head_modulation[...] + time[:, None], 2, axis=1)
     x = self.head(self.head_norm(x) * (1 + scale) + shift)

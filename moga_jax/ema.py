@@ -33,8 +33,7 @@ def ema_of_params(decay: float) -> optax.GradientTransformation:
     if params is None:
       raise ValueError("ema_of_params needs the parameters: call update(updates, state, params)")
     new = optax.apply_updates(params, updates)
-    ema = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema,
-                       new)
+    ema = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema, new)
     return updates, EmaState(ema)
 
   return optax.GradientTransformation(init, update)
@@ -42,9 +41,11 @@ def ema_of_params(decay: float) -> optax.GradientTransformation:
 
 def find_ema(optimizer: nnx.Optimizer) -> nnx.State | None:
   """The averaged parameters held in the optimizer's state, or None without an EMA."""
-  found = [s for s in jax.tree.leaves(optimizer.opt_state,
-                                      is_leaf=lambda s: isinstance(s, EmaState))
-           if isinstance(s, EmaState)]
+  found = [
+    s
+    for s in jax.tree.leaves(optimizer.opt_state, is_leaf=lambda s: isinstance(s, EmaState))
+    if isinstance(s, EmaState)
+  ]
   return found[0].ema if found else None
 
 

@@ -29,52 +29,80 @@ from moga_jax.wan.converted import with_converted_widths
 from moga_jax.wan.dit_weights import dit_to_diffusers
 from moga_jax.wan.weights import write_safetensors
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/wan1_3b_moga.py",
-                                          "The run's config (a Wan config).")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", "configs/wan1_3b_moga.py", "The run's config (a Wan config)."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The fine-tuned run.", required=True)
-_WEIGHTS = flags.DEFINE_string("weights", None, "The converted folder the run started from "
-                               "(its recorded widths).", required=True)
+_WEIGHTS = flags.DEFINE_string(
+  "weights", None, "The converted folder the run started from (its recorded widths).", required=True
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _EMA = flags.DEFINE_boolean("ema", True, "Export the EMA of the weights when the run kept one.")
 
 
 def diffusers_config(model) -> dict:
   """config.json of a WanTransformer3DModel with the model section's widths."""
-  return {"_class_name": "WanTransformer3DModel", "patch_size": list(model.patch),
-          "num_attention_heads": model.num_heads,
-          "attention_head_dim": model.dim // model.num_heads, "in_channels": model.in_channels,
-          "out_channels": model.in_channels, "text_dim": model.text_dim,
-          "freq_dim": model.freq_dim, "ffn_dim": model.ffn_dim, "num_layers": model.num_layers,
-          "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
-          "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": 1024}
+  return {
+    "_class_name": "WanTransformer3DModel",
+    "patch_size": list(model.patch),
+    "num_attention_heads": model.num_heads,
+    "attention_head_dim": model.dim // model.num_heads,
+    "in_channels": model.in_channels,
+    "out_channels": model.in_channels,
+    "text_dim": model.text_dim,
+    "freq_dim": model.freq_dim,
+    "ffn_dim": model.ffn_dim,
+    "num_layers": model.num_layers,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "image_dim": None,
+    "added_kv_proj_dim": None,
+    "rope_max_seq_len": 1024,
+  }
 
 
-def export_run(cfg, workdir: str | Path, weights: str | Path, out: str | Path, *,
-               use_ema: bool = True) -> Path:
+def export_run(
+  cfg, workdir: str | Path, weights: str | Path, out: str | Path, *, use_ema: bool = True
+) -> Path:
   if "video" not in cfg:
-    raise ValueError("export writes a Wan DiT: give a config with a `video` section (e.g. "
-                     "configs/wan1_3b_moga.py)")
+    raise ValueError(
+      "export writes a Wan DiT: give a config with a `video` section (e.g. configs/wan1_3b_moga.py)"
+    )
   cfg = with_converted_widths(cfg, weights)
   dit = load_trained(cfg, workdir, use_ema=use_ema)
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  write_safetensors(out / "diffusion_pytorch_model.safetensors", dit_to_diffusers(dit),
-                    metadata={"format": "pt"})
+  write_safetensors(
+    out / "diffusion_pytorch_model.safetensors", dit_to_diffusers(dit), metadata={"format": "pt"}
+  )
   (out / "config.json").write_text(json.dumps(diffusers_config(cfg.model), indent=2) + "\n")
   checkpoints = Checkpointer(Path(workdir) / "checkpoints")
   step = checkpoints.latest_step()
   checkpoints.close()
-  (out / "moga_jax_export.json").write_text(json.dumps(
-      {"run": str(Path(workdir).absolute()), "step": step, "ema": use_ema,
-       "attention": cfg.model.attention.to_dict()}, indent=1, default=list) + "\n")
+  (out / "moga_jax_export.json").write_text(
+    json.dumps(
+      {
+        "run": str(Path(workdir).absolute()),
+        "step": step,
+        "ema": use_ema,
+        "attention": cfg.model.attention.to_dict(),
+      },
+      indent=1,
+      default=list,
+    )
+    + "\n"
+  )
   return out
 
 
 def main(argv):
   del argv
   out = export_run(_CONFIG.value, _WORKDIR.value, _WEIGHTS.value, _OUT.value, use_ema=_EMA.value)
-  print(f"exported to {out.absolute()}: convert back with `python -m moga_jax.convert_wan --src "
-        f"{out} --out DIR`")
+  print(
+    f"exported to {out.absolute()}: convert back with `python -m moga_jax.convert_wan --src "
+    f"{out} --out DIR`"
+  )
 
 
 if __name__ == "__main__":

@@ -84,8 +84,9 @@ def temporal_groups(shot_lengths, max_frames: int | None) -> list[int]:
   return groups
 
 
-def stga_key_sum(grid: tuple[int, int, int], groups, windows: tuple[int, int],
-                 context_frames: int) -> int:
+def stga_key_sum(
+  grid: tuple[int, int, int], groups, windows: tuple[int, int], context_frames: int
+) -> int:
   """Sum over all queries of the keys STGA gives them: a query sees its (temporal group,
   spatial window), plus in the same window the last `context_frames` frames of the previous
   temporal group and the first ones of the next."""
@@ -99,8 +100,7 @@ def stga_key_sum(grid: tuple[int, int, int], groups, windows: tuple[int, int],
   return pairs * area2
 
 
-def attention_pairs(cfg, grid: tuple[int, int, int], shots: int | None = None
-                    ) -> dict[str, float]:
+def attention_pairs(cfg, grid: tuple[int, int, int], shots: int | None = None) -> dict[str, float]:
   """(query, key) pairs of one sample through one block with the configured attention, by
   branch; {} when no branch is configured (a dense block). `shots` defaults to the config's."""
   a, n = cfg.model.attention, math.prod(grid)
@@ -109,10 +109,13 @@ def attention_pairs(cfg, grid: tuple[int, int, int], shots: int | None = None
     k = a.get("top_k", 1)
     pairs["moga_groups"] = k * n * (k * n / a.num_groups)
   if a.get("stga_windows") is not None:
-    groups = temporal_groups(shot_frames(grid[0], clip_shots(cfg) if shots is None else shots),
-                             a.get("stga_temporal_group"))
-    pairs["stga"] = float(stga_key_sum(grid, groups, tuple(a.stga_windows),
-                                       a.get("stga_context_frames", 1)))
+    groups = temporal_groups(
+      shot_frames(grid[0], clip_shots(cfg) if shots is None else shots),
+      a.get("stga_temporal_group"),
+    )
+    pairs["stga"] = float(
+      stga_key_sum(grid, groups, tuple(a.stga_windows), a.get("stga_context_frames", 1))
+    )
   if a.get("frame_attention", False):
     pairs["frame"] = float(n * grid[1] * grid[2])
   if a.get("window") is not None:
@@ -121,8 +124,7 @@ def attention_pairs(cfg, grid: tuple[int, int, int], shots: int | None = None
   return pairs
 
 
-def model_flops(cfg, grid: tuple[int, int, int] | None = None, shots: int | None = None
-                ) -> dict:
+def model_flops(cfg, grid: tuple[int, int, int] | None = None, shots: int | None = None) -> dict:
   """Whole-model forward FLOPs of one sample (one denoising step), dense and with the
   configured attention block; see the module docstring for what is counted."""
   m, a = cfg.model, cfg.model.attention
@@ -160,12 +162,17 @@ def model_flops(cfg, grid: tuple[int, int, int] | None = None, shots: int | None
   dense = common + attention_dense
   moga = common + linear["router"] + attention_moga
   return {
-    "tokens": n, "token_grid": tuple(grid), "shots": shots,
-    "dense": dense, "moga": moga,
-    "self_attention_dense": attention_dense, "self_attention_moga": attention_moga,
+    "tokens": n,
+    "token_grid": tuple(grid),
+    "shots": shots,
+    "dense": dense,
+    "moga": moga,
+    "self_attention_dense": attention_dense,
+    "self_attention_moga": attention_moga,
     "self_attention_branches": branches,
     "attention_density": attention_moga / attention_dense,
-    "linear": linear, "cross_attention_scores": cross_scores,
+    "linear": linear,
+    "cross_attention_scores": cross_scores,
     "sparse_layers": sparse_layers,
   }
 
@@ -203,26 +210,44 @@ def table5(shot_seconds: float | None = 5.0, groups=(5, 10, 20)) -> dict:
     fixed.append((f["moga"] - branches["moga_groups"] - f["linear"]["router"]) / 1e15)
     slope.append(f["self_attention_dense"] / 1e15)
   paper = {k: list(v) for k, v in PAPER_TABLE5.items()}
-  rel = {row: [o / p - 1 for o, p in zip(vals, paper[row], strict=True)]
-         for row, vals in ours.items() if row in paper}
+  rel = {
+    row: [o / p - 1 for o, p in zip(vals, paper[row], strict=True)]
+    for row, vals in ours.items()
+    if row in paper
+  }
   x = np.array([1.0 / g for g in groups])
   cells = np.array([paper[f"M={g}"] for g in groups if f"M={g}" in paper])
-  fit = ({"b": [], "a": []} if len(cells) < 2 else
-         dict(zip(("b", "a"), map(list, np.polyfit(x[:len(cells)], cells, 1)), strict=True)))
-  return {"seconds": paper["seconds"], "frames": paper["frames"], "tokens": tokens,
-          "paper_tokens": paper["tokens"], "shots": shots_used, "shot_seconds": shot_seconds,
-          "pflops": ours, "paper_pflops": {row: paper[row] for row in ours if row in paper},
-          "relative_difference": rel, "attention_density": density,
-          "static_density": static, "fixed_pflops": fixed, "slope_pflops": slope,
-          "paper_fit": fit}
+  fit = (
+    {"b": [], "a": []}
+    if len(cells) < 2
+    else dict(zip(("b", "a"), map(list, np.polyfit(x[: len(cells)], cells, 1)), strict=True))
+  )
+  return {
+    "seconds": paper["seconds"],
+    "frames": paper["frames"],
+    "tokens": tokens,
+    "paper_tokens": paper["tokens"],
+    "shots": shots_used,
+    "shot_seconds": shot_seconds,
+    "pflops": ours,
+    "paper_pflops": {row: paper[row] for row in ours if row in paper},
+    "relative_difference": rel,
+    "attention_density": density,
+    "static_density": static,
+    "fixed_pflops": fixed,
+    "slope_pflops": slope,
+    "paper_fit": fit,
+  }
 
 
 def format_table5(t: dict) -> str:
   head = ["", *(f"{s} s" for s in t["seconds"])]
-  rows = [head,
-          ["frames", *map(str, t["frames"])],
-          ["tokens", *(f"{n:,}" for n in t["tokens"])],
-          ["shots (STGA temporal groups)", *map(str, t["shots"])]]
+  rows = [
+    head,
+    ["frames", *map(str, t["frames"])],
+    ["tokens", *(f"{n:,}" for n in t["tokens"])],
+    ["shots (STGA temporal groups)", *map(str, t["shots"])],
+  ]
   for row, vals in t["pflops"].items():
     label = "full attention" if row == "dense" else f"MoGA {row}"
     rows.append([f"{label}, ours", *(f"{v:.3g}" for v in vals)])
@@ -237,10 +262,18 @@ def format_table5(t: dict) -> str:
   if t["paper_fit"]["a"]:
     rows.append(["  a, paper (fit)", *(f"{v:.3g}" for v in t["paper_fit"]["a"])])
   widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-  lines = ["Table 5: whole-model forward PFLOPs, Wan2.1-1.3B, 480x832, one sample, one step "
-           "(MoGA rows: + 2x2 STGA + per-frame attention)"]
-  lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                      enumerate(zip(r, widths, strict=True))) for r in rows]
-  lines.append("ours: a = every FLOP that does not depend on M (linears, cross-attention, STGA, "
-               "per-frame), b = dense self-attention (router FLOPs, ~1e-4 of a, left out)")
+  lines = [
+    "Table 5: whole-model forward PFLOPs, Wan2.1-1.3B, 480x832, one sample, one step "
+    "(MoGA rows: + 2x2 STGA + per-frame attention)"
+  ]
+  lines += [
+    "  ".join(
+      c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+    )
+    for r in rows
+  ]
+  lines.append(
+    "ours: a = every FLOP that does not depend on M (linears, cross-attention, STGA, "
+    "per-frame), b = dense self-attention (router FLOPs, ~1e-4 of a, left out)"
+  )
   return "\n".join(lines)

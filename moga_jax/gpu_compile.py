@@ -39,9 +39,11 @@ SHARED_BYTES = 227 * 1024  # the most shared memory one block may ask for on H10
 MAX_REGISTERS = 255
 _DEVICE_KIND = "NVIDIA H100 80GB HBM3"
 _CUSTOM_CALL = "__gpu$xla.gpu.triton"
-_TRITON_MISSING = ("moga_jax.gpu_compile needs the `triton` package (`pip install triton`, tested "
-                   "with 3.9): it compiles the kernels' Triton IR to PTX and "
-                   "bundles the ptxas that reports registers and spills")
+_TRITON_MISSING = (
+  "moga_jax.gpu_compile needs the `triton` package (`pip install triton`, tested "
+  "with 3.9): it compiles the kernels' Triton IR to PTX and "
+  "bundles the ptxas that reports registers and spills"
+)
 
 
 class TritonKernel(NamedTuple):
@@ -71,8 +73,14 @@ def _attention_fn(tile: int, ranges: bool):
 
   if ranges:
     ids_shape = (2, 8)  # shot ids per frame
-    make = lambda ids: shot_window_layout(ids, grid_shape=(8, 16, 16), spatial_groups=(2, 2),
-                                          temporal_group=4, context_frames=1, tile=tile)
+    make = lambda ids: shot_window_layout(
+      ids,
+      grid_shape=(8, 16, 16),
+      spatial_groups=(2, 2),
+      temporal_group=4,
+      context_frames=1,
+      tile=tile,
+    )
   else:
     ids_shape = (2, 4 * tile)  # group ids per token
     make = lambda ids: group_layout(ids, num_groups=2, tile=tile)
@@ -83,8 +91,9 @@ def _attention_fn(tile: int, ranges: bool):
     mask = make(ids).mask
 
     def loss(q, k, v):
-      out = gpu.block_sparse_attention_gpu(q, k, v, mask, q.shape[-1] ** -0.5, False,
-                                           "stga" if ranges else "group")
+      out = gpu.block_sparse_attention_gpu(
+        q, k, v, mask, q.shape[-1] ** -0.5, False, "stga" if ranges else "group"
+      )
       return out.astype(jnp.float32).sum()
 
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
@@ -110,8 +119,9 @@ def _custom_calls(module) -> list:
   return found
 
 
-def triton_kernels(tile: int, head_dim: int, dtype=jnp.bfloat16, *,
-                   ranges: bool = False) -> list[TritonKernel]:
+def triton_kernels(
+  tile: int, head_dim: int, dtype=jnp.bfloat16, *, ranges: bool = False
+) -> list[TritonKernel]:
   """Lowers forward + backward of the GPU kernels for CUDA (compute capability 9.0) on this host
   and returns the Triton modules XLA would compile, with the launch parameters gpu.py chose."""
   from jax._src.lib.mlir import ir
@@ -121,8 +131,10 @@ def triton_kernels(tile: int, head_dim: int, dtype=jnp.bfloat16, *,
   q = jax.ShapeDtypeStruct((ids.shape[0], length, head_dim), dtype)
   # Pallas reads the compute capability from the device; an abstract H100 stands in for it.
   h100 = jax.sharding.AbstractDevice(device_kind=_DEVICE_KIND, num_cores=132, platform="cuda")
-  with warnings.catch_warnings(), jax.sharding.use_abstract_mesh(
-      jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
+  with (
+    warnings.catch_warnings(),
+    jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)),
+  ):
     warnings.filterwarnings("ignore", "The Pallas Triton backend is deprecated")
     lowered = jax.jit(grads).trace(q, q, q, ids).lower(lowering_platforms=("cuda",))
   kernels = []
@@ -134,15 +146,20 @@ def triton_kernels(tile: int, head_dim: int, dtype=jnp.bfloat16, *,
     with triton_lowering._new_ir_context():  # jaxlib MLIR + Triton dialect
       module = ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes)
       ttir = module.operation.get_asm(enable_debug_info=False)
-    kernels.append(TritonKernel(
-        name=_KIND_TO_KERNEL[name.rsplit("_", 1)[-1]], ttir=ttir,
+    kernels.append(
+      TritonKernel(
+        name=_KIND_TO_KERNEL[name.rsplit("_", 1)[-1]],
+        ttir=ttir,
         num_warps=ir.IntegerAttr(config["num_warps"]).value,
-        num_stages=ir.IntegerAttr(config["num_stages"]).value))
+        num_stages=ir.IntegerAttr(config["num_stages"]).value,
+      )
+    )
   return kernels
 
 
 def parse_ptxas_log(log: str) -> dict:
   """Registers, spills, stack and static shared memory of the one kernel in a `ptxas -v` log."""
+
   def first(pattern: str, default: int | None = 0) -> int | None:
     match = re.search(pattern, log)
     return int(match.group(1)) if match else default
@@ -150,15 +167,22 @@ def parse_ptxas_log(log: str) -> dict:
   registers = first(r"Used (\d+) registers", None)
   if registers is None:
     raise ValueError(f"no register count in the ptxas log:\n{log}")
-  return {"registers": registers,
-          "spill_store_bytes": first(r"(\d+) bytes spill stores"),
-          "spill_load_bytes": first(r"(\d+) bytes spill loads"),
-          "stack_bytes": first(r"(\d+) bytes stack frame"),
-          "static_smem_bytes": first(r"(\d+) bytes smem")}
+  return {
+    "registers": registers,
+    "spill_store_bytes": first(r"(\d+) bytes spill stores"),
+    "spill_load_bytes": first(r"(\d+) bytes spill loads"),
+    "stack_bytes": first(r"(\d+) bytes stack frame"),
+    "static_smem_bytes": first(r"(\d+) bytes smem"),
+  }
 
 
-def compile_kernel(kernel: TritonKernel, workdir: str | Path, *, num_warps: int | None = None,
-                   num_stages: int | None = None) -> dict:
+def compile_kernel(
+  kernel: TritonKernel,
+  workdir: str | Path,
+  *,
+  num_warps: int | None = None,
+  num_stages: int | None = None,
+) -> dict:
   """Compiles one kernel for sm_90a (Triton's passes, then ptxas) and reads `ptxas -v`."""
   triton, gpu_target, get_ptxas = _triton()
   from triton import knobs
@@ -173,24 +197,41 @@ def compile_kernel(kernel: TritonKernel, workdir: str | Path, *, num_warps: int 
   with knobs.cache.scope():
     knobs.cache.dir = str(workdir / "cache")  # a fresh cache: every compile is a real one
     compiled = triton.compile(
-        str(source), target=gpu_target("cuda", CAPABILITY, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": True})
+      str(source),
+      target=gpu_target("cuda", CAPABILITY, 32),
+      options={"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": True},
+    )
   ptx = workdir / f"{stem}.ptx"
   ptx.write_text(compiled.asm["ptx"])
   # The flags Triton's own ptxas call uses (`make_cubin`), plus -v; its log is not kept.
   result = subprocess.run(
-      [get_ptxas(CAPABILITY).path, "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{CAPABILITY}a",
-       str(ptx), "-o", str(workdir / f"{stem}.cubin")], capture_output=True, text=True,
-      check=True)
+    [
+      get_ptxas(CAPABILITY).path,
+      "-v",
+      "--regAllocOptLevel=2",
+      f"--gpu-name=sm_{CAPABILITY}a",
+      str(ptx),
+      "-o",
+      str(workdir / f"{stem}.cubin"),
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   usage = parse_ptxas_log(result.stdout + result.stderr)
-  return {"num_warps": num_warps, "num_stages": num_stages, **usage,
-          # Triton's shared memory is dynamic, asked for at launch (metadata), plus any static.
-          "shared_bytes": int(compiled.metadata.shared) + usage["static_smem_bytes"],
-          "compile_s": round(time.perf_counter() - start, 2)}
+  return {
+    "num_warps": num_warps,
+    "num_stages": num_stages,
+    **usage,
+    # Triton's shared memory is dynamic, asked for at launch (metadata), plus any static.
+    "shared_bytes": int(compiled.metadata.shared) + usage["static_smem_bytes"],
+    "compile_s": round(time.perf_counter() - start, 2),
+  }
 
 
-def kernel_reports(tile: int, head_dim: int, dtype=jnp.bfloat16, *, ranges: bool = False,
-                   launch=None) -> list[dict]:
+def kernel_reports(
+  tile: int, head_dim: int, dtype=jnp.bfloat16, *, ranges: bool = False, launch=None
+) -> list[dict]:
   """One dict per kernel (forward, dq, dkdv) compiled for H100: kernel, tile, head_dim, dtype,
   num_warps, num_stages, registers, spill_store_bytes, spill_load_bytes, shared_bytes, ...
 
@@ -201,45 +242,69 @@ def kernel_reports(tile: int, head_dim: int, dtype=jnp.bfloat16, *, ranges: bool
   from pallas_kernels.block_sparse.gpu import LaunchParams
   from pallas_kernels.block_sparse.ops import check_hardware_tiling
 
-  check_hardware_tiling("pallas_gpu", tile=tile, head_dim=head_dim,
-                        itemsize=jnp.dtype(dtype).itemsize)
+  check_hardware_tiling(
+    "pallas_gpu", tile=tile, head_dim=head_dim, itemsize=jnp.dtype(dtype).itemsize
+  )
   if launch is not None and not isinstance(launch, LaunchParams | Mapping):
-    raise TypeError(f"launch must be None, a gpu.LaunchParams or a mapping kernel name -> "
-                    f"LaunchParams, got {type(launch).__name__}")
+    raise TypeError(
+      f"launch must be None, a gpu.LaunchParams or a mapping kernel name -> "
+      f"LaunchParams, got {type(launch).__name__}"
+    )
   if isinstance(launch, Mapping) and set(launch) - set(KERNELS):
-    raise ValueError(f"launch names kernels {sorted(set(launch) - set(KERNELS))}; the kernels "
-                     f"are {KERNELS}")
+    raise ValueError(
+      f"launch names kernels {sorted(set(launch) - set(KERNELS))}; the kernels are {KERNELS}"
+    )
   _triton()
   kernels = triton_kernels(tile, head_dim, dtype, ranges=ranges)
   return compile_kernels(kernels, tile, head_dim, dtype, ranges=ranges, launch=launch)
 
 
-def compile_kernels(kernels: Sequence[TritonKernel], tile: int, head_dim: int, dtype, *,
-                    ranges: bool = False, launch=None) -> list[dict]:
+def compile_kernels(
+  kernels: Sequence[TritonKernel],
+  tile: int,
+  head_dim: int,
+  dtype,
+  *,
+  ranges: bool = False,
+  launch=None,
+) -> list[dict]:
   """`kernel_reports` for kernels already lowered by `triton_kernels`."""
   rows = []
   with tempfile.TemporaryDirectory(prefix="gpu_compile_") as workdir:
     for kernel in kernels:
       params = launch.get(kernel.name) if isinstance(launch, Mapping) else launch
-      row = {"kernel": kernel.name, "ranges": ranges, "tile": tile, "head_dim": head_dim,
-             "dtype": jnp.dtype(dtype).name}
-      row.update(compile_kernel(
-          kernel, workdir, num_warps=None if params is None else params.num_warps,
-          num_stages=None if params is None else params.num_stages))
+      row = {
+        "kernel": kernel.name,
+        "ranges": ranges,
+        "tile": tile,
+        "head_dim": head_dim,
+        "dtype": jnp.dtype(dtype).name,
+      }
+      row.update(
+        compile_kernel(
+          kernel,
+          workdir,
+          num_warps=None if params is None else params.num_warps,
+          num_stages=None if params is None else params.num_stages,
+        )
+      )
       rows.append(row)
   return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-  lines = ["| kernel | mask | tile | head_dim | dtype | warps | stages | registers "
-           "| spill stores B | spill loads B | shared KiB | compile s |",
-           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = [
+    "| kernel | mask | tile | head_dim | dtype | warps | stages | registers "
+    "| spill stores B | spill loads B | shared KiB | compile s |",
+    "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for r in rows:
     lines.append(
-        f"| {r['kernel']} | {'range' if r['ranges'] else 'group'} | {r['tile']} | "
-        f"{r['head_dim']} | {r['dtype']} | {r['num_warps']} | {r['num_stages']} | "
-        f"{r['registers']} | {r['spill_store_bytes']} | {r['spill_load_bytes']} | "
-        f"{r['shared_bytes'] / 1024:.1f} | {r['compile_s']} |")
+      f"| {r['kernel']} | {'range' if r['ranges'] else 'group'} | {r['tile']} | "
+      f"{r['head_dim']} | {r['dtype']} | {r['num_warps']} | {r['num_stages']} | "
+      f"{r['registers']} | {r['spill_store_bytes']} | {r['spill_load_bytes']} | "
+      f"{r['shared_bytes'] / 1024:.1f} | {r['compile_s']} |"
+    )
   return "\n".join(lines)
 
 
@@ -263,8 +328,9 @@ def main(argv) -> None:
           for stages in f.num_stages or [None]:
             for kernel in kernels:  # unset flags keep gpu.py's choice for that kernel
               params = LaunchParams(warps or kernel.num_warps, stages or kernel.num_stages)
-              rows += compile_kernels([kernel], tile, head_dim, f.dtype, ranges=ranges,
-                                      launch=params)
+              rows += compile_kernels(
+                [kernel], tile, head_dim, f.dtype, ranges=ranges, launch=params
+              )
   print(format_rows(rows))
   if f.json_out:
     Path(f.json_out).write_text(json.dumps(rows, indent=1))
@@ -279,7 +345,8 @@ if __name__ == "__main__":
   flags.DEFINE_multi_integer("head_dim", [64, 128], "Head dims (powers of two, at least 16).")
   flags.DEFINE_string("dtype", "bfloat16", "Activation dtype.")
   flags.DEFINE_multi_integer("num_warps", None, "Sweep these warps (default: gpu.py's choice).")
-  flags.DEFINE_multi_integer("num_stages", None,
-                             "Sweep these pipeline stages (default: gpu.py's choice).")
+  flags.DEFINE_multi_integer(
+    "num_stages", None, "Sweep these pipeline stages (default: gpu.py's choice)."
+  )
   flags.DEFINE_string("json_out", None, "Also write the rows as JSON here.")
   app.run(main)

@@ -16,8 +16,9 @@ def encode(video: jax.Array, factor: int) -> jax.Array:
   """[B, F, H, W, 3] in [-1, 1] -> [B, F, H / f, W / f, 3 f^2]."""
   b, f, h, w, c = video.shape
   if h % factor or w % factor:
-    raise ValueError(f"video height and width must be multiples of the latent factor {factor}, "
-                     f"got {h}x{w}")
+    raise ValueError(
+      f"video height and width must be multiples of the latent factor {factor}, got {h}x{w}"
+    )
   x = video.reshape(b, f, h // factor, factor, w // factor, factor, c)
   return jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6)).reshape(b, f, h // factor, w // factor, -1)
 

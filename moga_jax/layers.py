@@ -24,8 +24,7 @@ def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) ->
 class FeedForward(nnx.Module):
   """Linear -> GELU (tanh) -> Linear, as in Wan's blocks."""
 
-  def __init__(self, dim: int, hidden: int, *, dtype=None, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, dim: int, hidden: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -48,15 +47,23 @@ class ShotCrossAttention(nnx.Module):
   `sequence_parallel.local_tokens`).
   """
 
-  def __init__(self, dim: int, num_heads: int, *, query_chunk: int = 1024, dtype=None,
-               param_dtype=jnp.float32, rules: ShardingRules | None = None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    num_heads: int,
+    *,
+    query_chunk: int = 1024,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rules: ShardingRules | None = None,
+    rngs: nnx.Rngs,
+  ):
     if dim % num_heads:
       raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim})")
     self.num_heads, self.query_chunk, self.rules = num_heads, query_chunk, rules
     linear = lambda: nnx.Linear(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q, self.k, self.v, self.o = linear(), linear(), linear(), linear()
-    norm = lambda: nnx.RMSNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
-                               rngs=rngs)
+    norm = lambda: nnx.RMSNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm_q, self.norm_k = norm(), norm()
 
   def __call__(self, x, context, context_mask, token_shot):

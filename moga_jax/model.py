@@ -26,29 +26,44 @@ def frame_shots(shot_bounds: jax.Array, num_shots: jax.Array, num_frames: int) -
   return jnp.where(inside.any(axis=1), jnp.argmax(inside, axis=1), -1).astype(jnp.int32)
 
 
-def dit_from_config(m: ml_collections.ConfigDict, *, rules: ShardingRules | None = None,
-                    rngs: nnx.Rngs) -> VideoDiT:
+def dit_from_config(
+  m: ml_collections.ConfigDict, *, rules: ShardingRules | None = None, rngs: nnx.Rngs
+) -> VideoDiT:
   """The VideoDiT of a config's model section. Latent channels: `in_channels` where the config
   gives them (Wan-VAE latents), else those of the space-to-depth stand-in."""
   channels = m.in_channels if "in_channels" in m else 3 * m.latent_factor**2
   attention = _tuples(m.attention.to_dict())
   attention = None if is_dense(attention) else attention
   return VideoDiT(
-      in_channels=channels, out_channels=channels, dim=m.dim, ffn_dim=m.ffn_dim,
-      num_layers=m.num_layers, num_heads=m.num_heads, text_dim=m.text_dim,
-      patch=tuple(m.patch), freq_dim=m.get("freq_dim", 256), attention=attention,
-      dense_layers=tuple(m.dense_layers), scan_layers=m.scan_layers, remat=m.remat,
-      dtype=jnp.dtype(m.get("dtype", "float32")), rules=rules, rngs=rngs)
+    in_channels=channels,
+    out_channels=channels,
+    dim=m.dim,
+    ffn_dim=m.ffn_dim,
+    num_layers=m.num_layers,
+    num_heads=m.num_heads,
+    text_dim=m.text_dim,
+    patch=tuple(m.patch),
+    freq_dim=m.get("freq_dim", 256),
+    attention=attention,
+    dense_layers=tuple(m.dense_layers),
+    scan_layers=m.scan_layers,
+    remat=m.remat,
+    dtype=jnp.dtype(m.get("dtype", "float32")),
+    rules=rules,
+    rngs=rngs,
+  )
 
 
 class TextToVideo(nnx.Module):
   """Captions (UTF-8 bytes [B, S, L]) and noisy latents in, velocity out."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rules: ShardingRules | None = None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, cfg: ml_collections.ConfigDict, *, rules: ShardingRules | None = None, rngs: nnx.Rngs
+  ):
     self.latent_factor = cfg.latent_factor
-    self.text_encoder = ByteTextEncoder(cfg.text_dim, max_len=cfg.caption_len,
-                                        num_layers=cfg.text_layers, rngs=rngs)
+    self.text_encoder = ByteTextEncoder(
+      cfg.text_dim, max_len=cfg.caption_len, num_layers=cfg.text_layers, rngs=rngs
+    )
     self.dit = dit_from_config(cfg, rules=rules, rngs=rngs)
 
   def encode_text(self, captions: jax.Array) -> tuple[jax.Array, jax.Array]:

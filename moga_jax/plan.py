@@ -42,26 +42,47 @@ from moga_jax.model import dit_from_config
 from moga_jax.sharding import ShardingRules, make_mesh, state_shardings
 from moga_jax.training import TrainState, latent_loss_fn, make_optimizer, make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/wan14b_moga_580k.py",
-                                          "Config with video, model, train and sharding.")
-_MESH = flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. fsdp=8,context=8 (others 1); "
-                            "default: the config's sharding.mesh.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", "configs/wan14b_moga_580k.py", "Config with video, model, train and sharding."
+)
+_MESH = flags.DEFINE_string(
+  "mesh",
+  None,
+  "Mesh axis sizes, e.g. fsdp=8,context=8 (others 1); default: the config's sharding.mesh.",
+)
 _DEVICES = flags.DEFINE_integer("devices", None, "Device count when the mesh has a -1 axis.")
-_AOT = flags.DEFINE_bool("aot", False, "Compile the training step for a fake CPU mesh and "
-                         "report XLA's per-device memory analysis.")
-_AOT_TPU = flags.DEFINE_string("aot_tpu", None, "With --aot: compile for a slice of this TPU "
-                               "generation (v5e, v5p, v6e; compile-only devices from libtpu, "
-                               "the tpu-compile extra) instead of fake CPU devices.")
-_JSON = flags.DEFINE_bool("json", False, "Print only the plan (or Table 5) as one JSON object "
-                          "on stdout, no other text.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the plan (or Table 5) as JSON to "
-                                "this path.")
-_TABLE5 = flags.DEFINE_bool("table5", False, "Compute the paper's Table 5 (Wan2.1-1.3B, 480x832, "
-                            "5-30 s, dense and M = 5, 10, 20) and print it beside the paper's; "
-                            "--config and --mesh are not used.")
-_SHOT_SECONDS = flags.DEFINE_float("table5_shot_seconds", 5.0, "Table 5's shot layout: one shot "
-                                   "(= one STGA temporal group) per this many seconds of video, "
-                                   "rounded; 0: one shot per clip.")
+_AOT = flags.DEFINE_bool(
+  "aot",
+  False,
+  "Compile the training step for a fake CPU mesh and report XLA's per-device memory analysis.",
+)
+_AOT_TPU = flags.DEFINE_string(
+  "aot_tpu",
+  None,
+  "With --aot: compile for a slice of this TPU "
+  "generation (v5e, v5p, v6e; compile-only devices from libtpu, "
+  "the tpu-compile extra) instead of fake CPU devices.",
+)
+_JSON = flags.DEFINE_bool(
+  "json", False, "Print only the plan (or Table 5) as one JSON object on stdout, no other text."
+)
+_JSON_OUT = flags.DEFINE_string(
+  "json_out", None, "Also write the plan (or Table 5) as JSON to this path."
+)
+_TABLE5 = flags.DEFINE_bool(
+  "table5",
+  False,
+  "Compute the paper's Table 5 (Wan2.1-1.3B, 480x832, "
+  "5-30 s, dense and M = 5, 10, 20) and print it beside the paper's; "
+  "--config and --mesh are not used.",
+)
+_SHOT_SECONDS = flags.DEFINE_float(
+  "table5_shot_seconds",
+  5.0,
+  "Table 5's shot layout: one shot "
+  "(= one STGA temporal group) per this many seconds of video, "
+  "rounded; 0: one shot per clip.",
+)
 
 GiB = 2**30
 
@@ -73,11 +94,13 @@ def _abstract_train_state(cfg, mesh, rules) -> TrainState:
 
   graphdef, abstract = nnx.split(nnx.eval_shape(build))
   shardings = state_shardings(abstract, mesh, rules)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+  )
   from jax.sharding import NamedSharding
 
   from moga_jax.sharding import batch_spec
+
   return TrainState(graphdef, abstract, shardings, NamedSharding(mesh, batch_spec(rules)))
 
 
@@ -93,8 +116,10 @@ def _abstract_batch(cfg, latent, batch_sharding) -> dict:
 
 
 def _device_bytes(abstract) -> int:
-  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(abstract))
+  return sum(
+    math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+    for x in jax.tree.leaves(abstract)
+  )
 
 
 def flops_summary(cfg, grid: tuple[int, int, int]) -> dict:
@@ -108,14 +133,18 @@ def flops_summary(cfg, grid: tuple[int, int, int]) -> dict:
     "pflops_moga": flops["moga"] / 1e15,
     "attention_density": flops["attention_density"],
     "shot_frames": shots,
-    "stga_temporal_groups": (temporal_groups(shots, a.get("stga_temporal_group"))
-                             if a.get("stga_windows") is not None else None),
+    "stga_temporal_groups": (
+      temporal_groups(shots, a.get("stga_temporal_group"))
+      if a.get("stga_windows") is not None
+      else None
+    ),
     "flops_per_sample_forward": flops,
   }
 
 
-def make_plan(cfg, mesh_shape: dict[str, int], *, aot: bool = False,
-              device_list: list | None = None) -> dict:
+def make_plan(
+  cfg, mesh_shape: dict[str, int], *, aot: bool = False, device_list: list | None = None
+) -> dict:
   """Everything the planner prints, as a dict (also used by the tests). device_list: the
   devices to plan on (default: this process's first ones), e.g. compile-only TPU devices."""
   devices = math.prod(mesh_shape.values())
@@ -139,11 +168,18 @@ def make_plan(cfg, mesh_shape: dict[str, int], *, aot: bool = False,
   boundary = (m.num_layers if m.remat else 1) * batch_local * seq_local * m.dim * f32
   # One block's working set: q, k, v, attention out and the sorted copies for the local heads
   # over the whole sequence, plus the FFN hidden state of the local tokens.
-  block = batch_local * (7 * tokens * heads_local * head_dim
-                         + 2 * seq_local * m.ffn_dim // size("activation_mlp")) * f32
+  block = (
+    batch_local
+    * (7 * tokens * heads_local * head_dim + 2 * seq_local * m.ffn_dim // size("activation_mlp"))
+    * f32
+  )
   plan = {
-    "latent_grid": latent, "token_grid": grid, "tokens": tokens,
-    "mesh": dict(mesh.shape), "devices": devices, "parameters": n_params,
+    "latent_grid": latent,
+    "token_grid": grid,
+    "tokens": tokens,
+    "mesh": dict(mesh.shape),
+    "devices": devices,
+    "parameters": n_params,
     "per_device_bytes": {
       "params": param_bytes,
       "optimizer_state": state_bytes - param_bytes,
@@ -155,16 +191,20 @@ def make_plan(cfg, mesh_shape: dict[str, int], *, aot: bool = False,
   if aot:
     step = make_train_step(cfg, ts, loss=latent_loss_fn)
     batch = _abstract_batch(cfg, latent, ts.batch_sharding)
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
-                               sharding=jax.NamedSharding(mesh, jax.P()))
+    key = jax.ShapeDtypeStruct(
+      (), jax.random.key(0).dtype, sharding=jax.NamedSharding(mesh, jax.P())
+    )
     start = time.perf_counter()
     device = mesh.devices.flat[0].device_kind
     try:
       with jax.set_mesh(mesh):
         compiled = step.lower(ts.state, batch, key).compile()
     except jax.errors.JaxRuntimeError as err:  # e.g. a compile-time HBM OOM: that is the answer
-      plan["aot"] = {"device": device, "compile_seconds": round(time.perf_counter() - start, 1),
-                     "error": str(err).splitlines()[0][:400]}
+      plan["aot"] = {
+        "device": device,
+        "compile_seconds": round(time.perf_counter() - start, 1),
+        "error": str(err).splitlines()[0][:400],
+      }
       return plan
     analysis = compiled.memory_analysis()
     plan["aot"] = {
@@ -197,8 +237,10 @@ def format_plan(plan: dict) -> str:
   lines += _format_flops(plan)
   if "aot" in plan and "error" in plan["aot"]:
     a = plan["aot"]
-    lines += [f"ahead-of-time compile of the training step for {a['device']} FAILED after "
-              f"{a['compile_seconds']} s: {a['error']}"]
+    lines += [
+      f"ahead-of-time compile of the training step for {a['device']} FAILED after "
+      f"{a['compile_seconds']} s: {a['error']}"
+    ]
   elif "aot" in plan:
     a = plan["aot"]
     lines += [
@@ -228,8 +270,10 @@ def _format_flops(plan: dict) -> list[str]:
     f"{pf(f['cross_attention_scores'])} PFLOP",
   ]
   if plan.get("stga_temporal_groups") is not None:
-    lines.append(f"    STGA: {len(plan['shot_frames'])} shot(s) of {plan['shot_frames']} latent "
-                 f"frames (assumed equal), temporal groups {plan['stga_temporal_groups']}")
+    lines.append(
+      f"    STGA: {len(plan['shot_frames'])} shot(s) of {plan['shot_frames']} latent "
+      f"frames (assumed equal), temporal groups {plan['stga_temporal_groups']}"
+    )
   return lines
 
 
@@ -252,8 +296,10 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; --json takes no value (it prints "
-                         "the JSON), --json_out PATH writes it to a file")
+    raise app.UsageError(
+      f"unexpected arguments {argv[1:]}; --json takes no value (it prints "
+      "the JSON), --json_out PATH writes it to a file"
+    )
   if _TABLE5.value:
     t = table5(_SHOT_SECONDS.value or None)
     _emit(t, format_table5(t))
@@ -275,8 +321,7 @@ def main(argv):
     # Fake CPU devices for the mesh; must happen before jax starts its backend.
     jax.config.update("jax_num_cpu_devices", devices)
     if jax.device_count() < devices:
-      raise ValueError(f"the mesh needs {devices} devices; this process has "
-                       f"{jax.device_count()}")
+      raise ValueError(f"the mesh needs {devices} devices; this process has {jax.device_count()}")
   cfg.sharding.mesh = mesh
   shape = validate_sharding(cfg, devices)
   plan = make_plan(cfg, shape, aot=_AOT.value, device_list=device_list)

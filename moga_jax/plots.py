@@ -25,7 +25,7 @@ def loss_curve(metrics_path: Path, out_path: Path, *, window: int = 25) -> Path:
     ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8, label=name)
     if len(values) >= window:
       smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-      ax_loss.plot(steps[window - 1:], smooth, color=color, label=f"{name} ({window}-step mean)")
+      ax_loss.plot(steps[window - 1 :], smooth, color=color, label=f"{name} ({window}-step mean)")
   ax_loss.set(xlabel="step", ylabel="loss", yscale="log", title="flow-matching loss")
   ax_loss.legend()
   ax_bal.plot(steps, [r["balance_loss"] for r in rows], color="tab:orange", linewidth=0.8)

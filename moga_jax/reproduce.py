@@ -85,8 +85,10 @@ def data_key(c) -> str:
   """Everything that shapes the training clips: the data folder and every record carry it, so a
   changed set is never read stale nor a record from another set counted as done."""
   d = c.base.data
-  return (f"{c.train_clips}c_{d.shots}x{d.frames_per_shot}f_{d.height}x{d.width}"
-          f"_r{d.subject_scale:g}_ch{c.change_rate:g}")
+  return (
+    f"{c.train_clips}c_{d.shots}x{d.frames_per_shot}f_{d.height}x{d.width}"
+    f"_r{d.subject_scale:g}_ch{c.change_rate:g}"
+  )
 
 
 def prepare_training_data(c, workdir: Path) -> tuple[Path, Path]:
@@ -94,10 +96,18 @@ def prepare_training_data(c, workdir: Path) -> tuple[Path, Path]:
   d = c.base.data
   source = workdir / "data" / f"consistency_{data_key(c)}"
   if not (source / "captions.jsonl").exists():
-    make_consistency_videos(source, c.train_clips, shots=d.shots,
-                            frames_per_shot=d.frames_per_shot, height=d.height, width=d.width,
-                            fps=d.fps, seed=0, change_rate=c.change_rate,
-                            subject_scale=d.subject_scale)
+    make_consistency_videos(
+      source,
+      c.train_clips,
+      shots=d.shots,
+      frames_per_shot=d.frames_per_shot,
+      height=d.height,
+      width=d.width,
+      fps=d.fps,
+      seed=0,
+      change_rate=c.change_rate,
+      subject_scale=d.subject_scale,
+    )
   data = copy.deepcopy(d)
   data.source_dir = str(source)
   return prepare_data(data, workdir), source
@@ -106,29 +116,49 @@ def prepare_training_data(c, workdir: Path) -> tuple[Path, Path]:
 def held_out_set(c, source: Path) -> list[list[dict]]:
   """Caption sets no training clip has, from the evaluation seed."""
   d = c.base.data
-  return held_out_captions(c.eval.caption_sets, shots=d.shots, seed=c.eval.seed,
-                           exclude=source / "captions.jsonl", frames_per_shot=d.frames_per_shot,
-                           change_rate=c.change_rate)
+  return held_out_captions(
+    c.eval.caption_sets,
+    shots=d.shots,
+    seed=c.eval.seed,
+    exclude=source / "captions.jsonl",
+    frames_per_shot=d.frames_per_shot,
+    change_rate=c.change_rate,
+  )
 
 
 def _captions(specs: list[list[dict]], d) -> np.ndarray:
-  return np.stack([encode_captions([s["caption"] for s in spec], rows=d.max_shots,
-                                   length=d.caption_len) for spec in specs])
+  return np.stack(
+    [
+      encode_captions([s["caption"] for s in spec], rows=d.max_shots, length=d.caption_len)
+      for spec in specs
+    ]
+  )
 
 
 def validation_batch(c, source: Path) -> tuple[dict, np.ndarray]:
   """Held-out clips rendered from unseen caption sets (no H.264): a training-format batch and
   the subject masks [B, F, H, W]."""
   d = c.base.data
-  specs = held_out_captions(c.eval.val_clips, shots=d.shots, seed=c.eval.seed + 1,
-                            exclude=source / "captions.jsonl", frames_per_shot=d.frames_per_shot,
-                            change_rate=c.change_rate)
-  clips = [render_clip(spec, height=d.height, width=d.width, rng=i,
-                       subject_scale=d.subject_scale) for i, spec in enumerate(specs)]
+  specs = held_out_captions(
+    c.eval.val_clips,
+    shots=d.shots,
+    seed=c.eval.seed + 1,
+    exclude=source / "captions.jsonl",
+    frames_per_shot=d.frames_per_shot,
+    change_rate=c.change_rate,
+  )
+  clips = [
+    render_clip(spec, height=d.height, width=d.width, rng=i, subject_scale=d.subject_scale)
+    for i, spec in enumerate(specs)
+  ]
   video = np.stack([v for v, _ in clips]).astype(np.float32) / 127.5 - 1.0
   bounds = np.array([[[s["start"], s["end"]] for s in spec] for spec in specs], np.int32)
-  batch = {"video": video, "captions": _captions(specs, d), "shot_bounds": bounds,
-           "num_shots": np.full(len(specs), d.shots, np.int32)}
+  batch = {
+    "video": video,
+    "captions": _captions(specs, d),
+    "shot_bounds": bounds,
+    "num_shots": np.full(len(specs), d.shots, np.int32),
+  }
   return batch, np.stack([m for _, m in clips])
 
 
@@ -171,21 +201,27 @@ def routing_ids(model, batch) -> list[np.ndarray]:
   return [ids[i] for i in layers]
 
 
-def router_stats(ids_per_layer: list[np.ndarray], masks: np.ndarray, grid, num_groups: int
-                 ) -> dict:
+def router_stats(ids_per_layer: list[np.ndarray], masks: np.ndarray, grid, num_groups: int) -> dict:
   """Per layer: group fractions, balance metric M * sum F^2, mean best-group IoU with the
   subject over the clips."""
   layers = []
   for ids in ids_per_layer:
     fraction = np.bincount(ids.reshape(-1), minlength=num_groups) / ids.size
-    iou = np.nanmean([group_mask_iou(clip.reshape(grid), mask) for clip, mask in
-                      zip(ids, masks, strict=True)])
-    layers.append({"group_fractions": fraction.round(4).tolist(),
-                   "balance_metric": float(num_groups * np.sum(fraction**2)),
-                   "subject_iou": float(iou)})
-  return {"layers": layers,
-          "balance_metric": float(np.mean([r["balance_metric"] for r in layers])),
-          "subject_iou": float(np.mean([r["subject_iou"] for r in layers]))}
+    iou = np.nanmean(
+      [group_mask_iou(clip.reshape(grid), mask) for clip, mask in zip(ids, masks, strict=True)]
+    )
+    layers.append(
+      {
+        "group_fractions": fraction.round(4).tolist(),
+        "balance_metric": float(num_groups * np.sum(fraction**2)),
+        "subject_iou": float(iou),
+      }
+    )
+  return {
+    "layers": layers,
+    "balance_metric": float(np.mean([r["balance_metric"] for r in layers])),
+    "subject_iou": float(np.mean([r["subject_iou"] for r in layers])),
+  }
 
 
 # --- Training and evaluation ---------------------------------------------------------------
@@ -200,7 +236,8 @@ def train(cfg, dataset_dir: Path, c, probe) -> tuple[nnx.Module, dict]:
   loader = make_loader(dataset_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
   state, key = train_state.state, jax.random.key(cfg.seed)
   to_device = lambda batch: jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(train_state.batch_sharding, x), batch)
+    lambda x: jax.make_array_from_process_local_data(train_state.batch_sharding, x), batch
+  )
   history, started, probing = [], None, 0.0
   probe(train_state.merge()[0], 0)
   with jax.set_mesh(mesh):
@@ -227,15 +264,19 @@ def validation_loss(model, cfg, batch: dict, draws: int) -> float:
   return float(np.mean([loss(model, batch, jax.random.key(10_000 + i)) for i in range(draws)]))
 
 
-def sample_videos(model, cfg, specs: list[list[dict]], *, seed: int, steps: int,
-                  guidance: float) -> np.ndarray:
+def sample_videos(
+  model, cfg, specs: list[list[dict]], *, seed: int, steps: int, guidance: float
+) -> np.ndarray:
   """uint8 [sets, F, H, W, 3]: every caption set sampled at once (Euler, guidance)."""
   d, f = cfg.data, cfg.model.latent_factor
   captions = jnp.asarray(_captions(specs, d))
-  frame_shot = jnp.broadcast_to(jnp.repeat(jnp.arange(d.shots), d.frames_per_shot),
-                                (len(specs), d.shots * d.frames_per_shot)).astype(jnp.int32)
-  noise = jax.random.normal(jax.random.key(seed), (len(specs), d.shots * d.frames_per_shot,
-                                                   d.height // f, d.width // f, 3 * f * f))
+  frame_shot = jnp.broadcast_to(
+    jnp.repeat(jnp.arange(d.shots), d.frames_per_shot), (len(specs), d.shots * d.frames_per_shot)
+  ).astype(jnp.int32)
+  noise = jax.random.normal(
+    jax.random.key(seed),
+    (len(specs), d.shots * d.frames_per_shot, d.height // f, d.width // f, 3 * f * f),
+  )
   context, empty = model.encode_text(captions), model.encode_text(jnp.zeros_like(captions))
 
   @nnx.jit
@@ -254,16 +295,22 @@ def samples_sheet(videos: np.ndarray, specs, path: Path, zoom: int = 3) -> Path:
   """One row per sampled clip (every frame, blown up), labelled with its first caption."""
   path.parent.mkdir(parents=True, exist_ok=True)
   frames = videos.repeat(zoom, axis=2).repeat(zoom, axis=3)
-  return video_io.contact_sheet(frames.reshape(-1, *frames.shape[2:]), path,
-                                columns=videos.shape[1],
-                                labels=[spec[0]["caption"] for spec in specs[:len(videos)]])
+  return video_io.contact_sheet(
+    frames.reshape(-1, *frames.shape[2:]),
+    path,
+    columns=videos.shape[1],
+    labels=[spec[0]["caption"] for spec in specs[: len(videos)]],
+  )
 
 
 def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.ndarray]) -> dict:
   cfg = run_config(c, run)
   batch, masks = val
-  grid = (cfg.data.shots * cfg.data.frames_per_shot, cfg.data.height // cfg.model.latent_factor
-          // cfg.model.patch[1], cfg.data.width // cfg.model.latent_factor // cfg.model.patch[2])
+  grid = (
+    cfg.data.shots * cfg.data.frames_per_shot,
+    cfg.data.height // cfg.model.latent_factor // cfg.model.patch[1],
+    cfg.data.width // cfg.model.latent_factor // cfg.model.patch[2],
+  )
   m = cfg.model.attention.num_groups
   curve = []
 
@@ -271,9 +318,15 @@ def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.nda
     ids = routing_ids(model, batch)
     if ids:
       stats = router_stats(ids, masks, grid, m)
-      curve.append({"step": step, "balance_metric": stats["balance_metric"],
-                    "group_fractions": np.mean([r["group_fractions"] for r in stats["layers"]],
-                                               axis=0).round(4).tolist()})
+      curve.append(
+        {
+          "step": step,
+          "balance_metric": stats["balance_metric"],
+          "group_fractions": np.mean([r["group_fractions"] for r in stats["layers"]], axis=0)
+          .round(4)
+          .tolist(),
+        }
+      )
       if step == 0:
         curve[-1]["untrained"] = stats
 
@@ -281,11 +334,13 @@ def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.nda
   model, trained = train(cfg, dataset_dir, c, probe)
   scores = {"sample_seed": [], "consistency": [], "adherence": []}
   for seed in c.eval.sample_seeds:
-    videos = sample_videos(model, cfg, specs, seed=seed, steps=c.eval.sample_steps,
-                           guidance=c.eval.guidance)
+    videos = sample_videos(
+      model, cfg, specs, seed=seed, steps=c.eval.sample_steps, guidance=c.eval.guidance
+    )
     if seed == c.eval.sample_seeds[0]:
-      samples_sheet(videos[:c.eval.sheet_rows], specs, Path(c.workdir) / "samples" /
-                    f"{run_name(run)}.png")
+      samples_sheet(
+        videos[: c.eval.sheet_rows], specs, Path(c.workdir) / "samples" / f"{run_name(run)}.png"
+      )
     summary = score_videos(list(videos), specs)
     scores["sample_seed"].append(seed)
     scores["consistency"].append(summary["consistency"])
@@ -293,29 +348,30 @@ def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.nda
     scores.setdefault("summaries", []).append(summary)
   flops = model_flops(cfg)
   record = {
-      **{k: run[k] for k in ("variant", "num_groups", "balance", "seed", "experiments")},
-      "name": run_name(run),
-      "consistency": float(np.mean(scores["consistency"])),
-      "adherence": float(np.mean(scores["adherence"])),
-      "val_loss": validation_loss(model, cfg, batch, c.eval.val_noise_draws),
-      "attention_flops": flops["self_attention_moga"],
-      "attention_flops_dense": flops["self_attention_dense"],
-      "flops": flops["moga"],
-      "step_s": trained["step_s"],
-      "train_steps": cfg.train.steps,
-      "data": data_key(c),
-      "wall_s": time.perf_counter() - start,
-      "scores": scores,
-      "history": trained["history"],
+    **{k: run[k] for k in ("variant", "num_groups", "balance", "seed", "experiments")},
+    "name": run_name(run),
+    "consistency": float(np.mean(scores["consistency"])),
+    "adherence": float(np.mean(scores["adherence"])),
+    "val_loss": validation_loss(model, cfg, batch, c.eval.val_noise_draws),
+    "attention_flops": flops["self_attention_moga"],
+    "attention_flops_dense": flops["self_attention_dense"],
+    "flops": flops["moga"],
+    "step_s": trained["step_s"],
+    "train_steps": cfg.train.steps,
+    "data": data_key(c),
+    "wall_s": time.perf_counter() - start,
+    "scores": scores,
+    "history": trained["history"],
   }
   if m is not None:
     ids = routing_ids(model, batch)
     random_ids = [np.random.default_rng(i).integers(0, m, ids[0].shape) for i in range(len(ids))]
-    record["router"] = {"trained": router_stats(ids, masks, grid, m),
-                        "untrained": curve[0]["untrained"],
-                        "random": router_stats(random_ids, masks, grid, m),
-                        "curve": [{k: v for k, v in p.items() if k != "untrained"}
-                                  for p in curve]}
+    record["router"] = {
+      "trained": router_stats(ids, masks, grid, m),
+      "untrained": curve[0]["untrained"],
+      "random": router_stats(random_ids, masks, grid, m),
+      "curve": [{k: v for k, v in p.items() if k != "untrained"} for p in curve],
+    }
   return record
 
 
@@ -345,9 +401,11 @@ def reproduce(c) -> Path:
       continue
     record = evaluate_run(c, dict(run), dataset_dir, specs, val)
     (records_dir / f"{run_name(run)}.json").write_text(json.dumps(record, indent=1))
-    tqdm.write(f"{record['name']}: consistency {record['consistency']:.3f}, adherence "
-               f"{record['adherence']:.3f}, val loss {record['val_loss']:.4f}, "
-               f"{record['step_s']:.2f} s/step")
+    tqdm.write(
+      f"{record['name']}: consistency {record['consistency']:.3f}, adherence "
+      f"{record['adherence']:.3f}, val loss {record['val_loss']:.4f}, "
+      f"{record['step_s']:.2f} s/step"
+    )
   records = [json.loads((records_dir / f"{run_name(r)}.json").read_text()) for r in runs]
   results.mkdir(parents=True, exist_ok=True)
   out = results / "reproduction.json"
@@ -366,7 +424,8 @@ def main() -> None:
   # The flag is defined here, not at import, so that importing this module next to another
   # one with a --config flag (moga_jax.plan) works.
   config = config_flags.DEFINE_config_file(
-      "config", "configs/reproduce.py", "Reproduction config (configs/reproduce.py[:smoke]).")
+    "config", "configs/reproduce.py", "Reproduction config (configs/reproduce.py[:smoke])."
+  )
 
   def run(argv):
     del argv

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-_LABELS = {"dense": "full attention", "moga": "MoGA only", "stga": "STGA + frame only",
-           "paper": "paper's block"}
+_LABELS = {
+  "dense": "full attention",
+  "moga": "MoGA only",
+  "stga": "STGA + frame only",
+  "paper": "paper's block",
+}
 
 
 def _by(records, experiment: str, key) -> dict:
@@ -34,28 +38,35 @@ def summary_table(records) -> str:
   groups = defaultdict(list)
   for r in records:
     groups[(r["variant"], r["num_groups"], r["balance"])].append(r)
-  lines = ["| variant | M | balance | seeds | consistency | adherence | val loss | attention "
-           "GFLOP | step s | balance metric | subject IoU (trained / untrained / random) |",
-           "|---|---:|---|---:|---|---|---|---:|---:|---:|---|"]
+  lines = [
+    "| variant | M | balance | seeds | consistency | adherence | val loss | attention "
+    "GFLOP | step s | balance metric | subject IoU (trained / untrained / random) |",
+    "|---|---:|---|---:|---|---|---|---:|---:|---:|---|",
+  ]
   for (variant, m, balance), rows in groups.items():
     router = [r["router"] for r in rows if "router" in r]
     balance_metric = iou = "-"
     if router:
       balance_metric = f"{np.mean([x['trained']['balance_metric'] for x in router]):.2f}"
-      iou = " / ".join(f"{np.mean([x[k]['subject_iou'] for x in router]):.2f}"
-                       for k in ("trained", "untrained", "random"))
-    lines.append(f"| {variant} | {m or '-'} | {balance} | {len(rows)} | "
-                 f"{_fmt(rows, 'consistency')} | {_fmt(rows, 'adherence')} | "
-                 f"{_fmt(rows, 'val_loss', 4)} | "
-                 f"{rows[0]['attention_flops'] / 1e9:.2f} | "
-                 f"{np.mean([r['step_s'] for r in rows]):.2f} | {balance_metric} | {iou} |")
+      iou = " / ".join(
+        f"{np.mean([x[k]['subject_iou'] for x in router]):.2f}"
+        for k in ("trained", "untrained", "random")
+      )
+    lines.append(
+      f"| {variant} | {m or '-'} | {balance} | {len(rows)} | "
+      f"{_fmt(rows, 'consistency')} | {_fmt(rows, 'adherence')} | "
+      f"{_fmt(rows, 'val_loss', 4)} | "
+      f"{rows[0]['attention_flops'] / 1e9:.2f} | "
+      f"{np.mean([r['step_s'] for r in rows]):.2f} | {balance_metric} | {iou} |"
+    )
   return "\n".join(lines)
 
 
 def plot_all(records, out_dir: Path, experiments=("fig11", "table4", "fig12")) -> list[Path]:
   """The plots of the experiments asked for (a run tagged with several counts in each)."""
-  records = [dict(r, experiments=[e for e in r["experiments"] if e in experiments])
-             for r in records]
+  records = [
+    dict(r, experiments=[e for e in r["experiments"] if e in experiments]) for r in records
+  ]
   import matplotlib
 
   matplotlib.use("Agg")
@@ -69,9 +80,12 @@ def plot_all(records, out_dir: Path, experiments=("fig11", "table4", "fig12")) -
   if fig11:
     names = [v for v in _LABELS if v in fig11]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, field, title in zip(axes, ("consistency", "adherence", "val_loss"),
-                                ("cross-shot consistency", "caption adherence",
-                                 "validation loss"), strict=True):
+    for ax, field, title in zip(
+      axes,
+      ("consistency", "adherence", "val_loss"),
+      ("cross-shot consistency", "caption adherence", "validation loss"),
+      strict=True,
+    ):
       for i, name in enumerate(names):
         values = [r[field] for r in fig11[name]]
         ax.bar(i, np.mean(values), color="lightsteelblue", edgecolor="k")
@@ -94,12 +108,21 @@ def plot_all(records, out_dir: Path, experiments=("fig11", "table4", "fig12")) -
     ax.plot(ms, mean, "o-", label="consistency")
     for m in ms:
       ax.scatter([m] * len(table4[m]), [r["consistency"] for r in table4[m]], color="k", s=10)
-    ax.set(xscale="log", xlabel="groups M", ylabel="cross-shot consistency",
-           title="the paper's block against M")
+    ax.set(
+      xscale="log",
+      xlabel="groups M",
+      ylabel="cross-shot consistency",
+      title="the paper's block against M",
+    )
     ax.set_xticks(ms, [str(m) for m in ms])
     twin = ax.twinx()
-    twin.plot(ms, [table4[m][0]["attention_flops"] / 1e9 for m in ms], "s--", color="tab:red",
-              label="attention GFLOP")
+    twin.plot(
+      ms,
+      [table4[m][0]["attention_flops"] / 1e9 for m in ms],
+      "s--",
+      color="tab:red",
+      label="attention GFLOP",
+    )
     twin.set_ylabel("self-attention GFLOP / sample", color="tab:red")
     fig.tight_layout()
     paths.append(out_dir / "table4_groups.png")
@@ -112,20 +135,32 @@ def plot_all(records, out_dir: Path, experiments=("fig11", "table4", "fig12")) -
     fig, (ax, ax_sizes) = plt.subplots(1, 2, figsize=(11, 3.6))
     for r in fig12:
       curve = r["router"]["curve"]
-      ax.plot([p["step"] for p in curve], [p["balance_metric"] for p in curve],
-              label=f"{r['balance']} (seed {r['seed']})")
+      ax.plot(
+        [p["step"] for p in curve],
+        [p["balance_metric"] for p in curve],
+        label=f"{r['balance']} (seed {r['seed']})",
+      )
     ax.axhline(1.0, color="grey", ls="--", lw=0.8)
-    ax.set(xlabel="step", ylabel="M x sum F_i^2 (1 = balanced)",
-           title="group balance over training")
+    ax.set(
+      xlabel="step", ylabel="M x sum F_i^2 (1 = balanced)", title="group balance over training"
+    )
     ax.legend(fontsize=8)
     width = 0.8 / len(fig12)
     for i, r in enumerate(fig12):
-      fractions = np.mean([lay["group_fractions"] for lay in r["router"]["trained"]["layers"]],
-                          axis=0)
-      ax_sizes.bar(np.arange(len(fractions)) + i * width, np.sort(fractions)[::-1], width,
-                   label=f"{r['balance']} (seed {r['seed']})")
-    ax_sizes.set(xlabel="group (largest first)", ylabel="fraction of tokens",
-                 title="group sizes after training (mean over layers)")
+      fractions = np.mean(
+        [lay["group_fractions"] for lay in r["router"]["trained"]["layers"]], axis=0
+      )
+      ax_sizes.bar(
+        np.arange(len(fractions)) + i * width,
+        np.sort(fractions)[::-1],
+        width,
+        label=f"{r['balance']} (seed {r['seed']})",
+      )
+    ax_sizes.set(
+      xlabel="group (largest first)",
+      ylabel="fraction of tokens",
+      title="group sizes after training (mean over layers)",
+    )
     ax_sizes.legend(fontsize=8)
     fig.tight_layout()
     paths.append(out_dir / "fig12_balance.png")

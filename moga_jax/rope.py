@@ -19,23 +19,26 @@ def axis_dims(head_dim: int) -> tuple[int, int, int]:
   return head_dim - 2 * hw, hw, hw
 
 
-def rope_angles(grid_shape: tuple[int, int, int], head_dim: int,
-                theta: float = 10000.0) -> np.ndarray:
+def rope_angles(
+  grid_shape: tuple[int, int, int], head_dim: int, theta: float = 10000.0
+) -> np.ndarray:
   """Rotation angles [T * H * W, head_dim // 2] for raster-ordered tokens (host constant)."""
   coords = np.stack(np.meshgrid(*(np.arange(g) for g in grid_shape), indexing="ij"), -1)
   coords = coords.reshape(-1, 3).astype(np.float64)
   parts = []
   for axis, dim in enumerate(axis_dims(head_dim)):
     freqs = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)  # [dim // 2]
-    parts.append(coords[:, axis:axis + 1] * freqs[None])
+    parts.append(coords[:, axis : axis + 1] * freqs[None])
   return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
 def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
   """x: [B, N, H, D] with D even, pairs (2i, 2i+1) rotated by angles [N, D // 2]."""
   if angles.shape != (x.shape[1], x.shape[-1] // 2):
-    raise ValueError(f"angles must have shape [seq, head_dim // 2] = "
-                     f"{(x.shape[1], x.shape[-1] // 2)}, got {tuple(angles.shape)}")
+    raise ValueError(
+      f"angles must have shape [seq, head_dim // 2] = "
+      f"{(x.shape[1], x.shape[-1] // 2)}, got {tuple(angles.shape)}"
+    )
   pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
   cos, sin = jnp.cos(angles)[:, None], jnp.sin(angles)[:, None]  # [N, 1, D // 2]
   real = pairs[..., 0] * cos - pairs[..., 1] * sin

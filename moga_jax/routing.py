@@ -83,25 +83,25 @@ class GroupRouter(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      num_groups: int,
-      *,
-      num_heads: int | None = None,
-      top_k: int = 1,
-      balance: str = "paper",
-      dtype: jnp.dtype | None = None,
-      param_dtype: jnp.dtype = jnp.float32,
-      kernel_init: nnx.Initializer = _ROUTER_INIT,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    num_groups: int,
+    *,
+    num_heads: int | None = None,
+    top_k: int = 1,
+    balance: str = "paper",
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    kernel_init: nnx.Initializer = _ROUTER_INIT,
+    rngs: nnx.Rngs,
   ):
-    for name, value in (("in_features", in_features), ("num_groups", num_groups),
-                        ("top_k", top_k)):
+    for name, value in (("in_features", in_features), ("num_groups", num_groups), ("top_k", top_k)):
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     if num_heads is not None and (not isinstance(num_heads, int) or num_heads < 1):
-      raise ValueError(f"num_heads must be None (shared routing) or a positive int, got "
-                       f"{num_heads!r}")
+      raise ValueError(
+        f"num_heads must be None (shared routing) or a positive int, got {num_heads!r}"
+      )
     if top_k > num_groups:
       raise ValueError(f"top_k must be <= num_groups ({num_groups}), got {top_k}")
     if balance not in BALANCE_LOSSES:
@@ -111,15 +111,20 @@ class GroupRouter(nnx.Module):
     self.num_groups = num_groups
     self.num_heads = num_heads
     self.top_k = top_k
-    self.proj = nnx.Linear(in_features, (num_heads or 1) * num_groups, use_bias=False,
-                           dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
-                           rngs=rngs)
+    self.proj = nnx.Linear(
+      in_features,
+      (num_heads or 1) * num_groups,
+      use_bias=False,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=kernel_init,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array) -> RouterOutput:
     """x: [B, N, in_features] -> RouterOutput (logits and softmax in float32)."""
     if x.ndim != 3 or x.shape[-1] != self.in_features:
-      raise ValueError(f"x must have shape [batch, seq, {self.in_features}], got "
-                       f"{tuple(x.shape)}")
+      raise ValueError(f"x must have shape [batch, seq, {self.in_features}], got {tuple(x.shape)}")
     logits = self.proj(x).astype(jnp.float32)
     if self.num_heads is not None:
       logits = logits.reshape(*x.shape[:2], self.num_heads, self.num_groups)
@@ -134,14 +139,14 @@ class GroupRouter(nnx.Module):
 
 
 def routed_group_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    group_ids: jax.Array,
-    gates: jax.Array,
-    *,
-    num_groups: int,
-    **attention_kwargs,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  group_ids: jax.Array,
+  gates: jax.Array,
+  *,
+  num_groups: int,
+  **attention_kwargs,
 ) -> jax.Array:
   """MoGA's group branch: sum over a token's chosen groups of gate * attention in that group.
 
@@ -157,22 +162,27 @@ def routed_group_attention(
   if ids.ndim == 3:  # shared by the heads: [B, N, k] -> [B, N, 1, k]
     ids, gates = ids[:, :, None], gates[:, :, None]
   if ids.shape[:2] != (batch, seq) or ids.shape[2] not in (1, heads):
-    raise ValueError(f"group_ids must have shape [{batch}, {seq}, k] or "
-                     f"[{batch}, {seq}, {heads}, k] to match q {tuple(q.shape)}, got "
-                     f"{tuple(group_ids.shape)}")
+    raise ValueError(
+      f"group_ids must have shape [{batch}, {seq}, k] or "
+      f"[{batch}, {seq}, {heads}, k] to match q {tuple(q.shape)}, got "
+      f"{tuple(group_ids.shape)}"
+    )
   if gates.shape != ids.shape:
-    raise ValueError(f"gates must have the shape of group_ids {tuple(group_ids.shape)}, got "
-                     f"{tuple(gates.shape)}")
+    raise ValueError(
+      f"gates must have the shape of group_ids {tuple(group_ids.shape)}, got {tuple(gates.shape)}"
+    )
 
   def replicate(x):  # [B, N, H, D] -> [B, N * k, H, D], choice-major inside each token
     return jnp.broadcast_to(x[:, :, None], (batch, seq, top_k, *x.shape[2:])).reshape(
-        batch, seq * top_k, *x.shape[2:])
+      batch, seq * top_k, *x.shape[2:]
+    )
 
   flat_ids = jnp.moveaxis(ids, -1, 2).reshape(batch, seq * top_k, ids.shape[2])
   if flat_ids.shape[-1] == 1:
     flat_ids = flat_ids[..., 0]
-  out = group_attention(replicate(q), replicate(k), replicate(v), flat_ids,
-                        num_groups=num_groups, **attention_kwargs)
+  out = group_attention(
+    replicate(q), replicate(k), replicate(v), flat_ids, num_groups=num_groups, **attention_kwargs
+  )
   out = out.reshape(batch, seq, top_k, heads, head_dim)
   weights = jnp.moveaxis(gates, -1, 2)[..., None]  # [B, N, k, H or 1, 1]
   return jnp.sum(out.astype(jnp.float32) * weights, axis=2).astype(q.dtype)

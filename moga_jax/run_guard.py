@@ -24,8 +24,13 @@ GUARDED = ("loss", "grad_norm")
 
 # Errors a user causes with flags, configs and files, reported as one line. A bug raising one of
 # these during training shows its traceback with MOGA_TRACEBACK=1.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ConfigMismatchError,
-               UnreadableCheckpointError)
+USER_ERRORS = (
+  ValueError,
+  FileNotFoundError,
+  NotADirectoryError,
+  ConfigMismatchError,
+  UnreadableCheckpointError,
+)
 EXIT_USER_ERROR, EXIT_NON_FINITE = 2, 3
 
 
@@ -43,8 +48,11 @@ class Preemption:
   def _handle(self, signum, frame) -> None:
     del frame
     self.requested = True
-    print(f"\nreceived {signal.Signals(signum).name}: finishing this step, saving and exiting",
-          file=sys.stderr, flush=True)
+    print(
+      f"\nreceived {signal.Signals(signum).name}: finishing this step, saving and exiting",
+      file=sys.stderr,
+      flush=True,
+    )
 
   def __enter__(self) -> Preemption:
     if threading.current_thread() is threading.main_thread():
@@ -67,14 +75,16 @@ def check_finite(rows: list[dict], *, skipped_so_far: int, max_skipped: int) -> 
     what = " and ".join(f"{q} = {row[q]}" for q in bad)
     if not row.get("skipped"):
       raise NonFiniteError(
-          f"step {row['step']}: non-finite {what}; stopped without saving it (the newest "
-          "checkpoint is the last good state). Lower the learning rate, check the data, or set "
-          "config.train.skip_nonfinite_steps to drop a few such steps")
+        f"step {row['step']}: non-finite {what}; stopped without saving it (the newest "
+        "checkpoint is the last good state). Lower the learning rate, check the data, or set "
+        "config.train.skip_nonfinite_steps to drop a few such steps"
+      )
     skipped_so_far += 1
     if skipped_so_far > max_skipped:
       raise NonFiniteError(
-          f"step {row['step']}: non-finite {what}: {skipped_so_far} non-finite steps, more than "
-          f"config.train.skip_nonfinite_steps = {max_skipped}; stopped without saving it")
+        f"step {row['step']}: non-finite {what}: {skipped_so_far} non-finite steps, more than "
+        f"config.train.skip_nonfinite_steps = {max_skipped}; stopped without saving it"
+      )
   return skipped_so_far
 
 

@@ -21,14 +21,16 @@ def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.nd
   """uint8 video [shots * frames_per_shot, H, W, 3], shot i captioned by prompts[i]."""
   d = cfg.data
   if not 1 <= len(prompts) <= d.max_shots:
-    raise ValueError(f"give between 1 and config.data.max_shots = {d.max_shots} prompts, got "
-                     f"{len(prompts)}")
+    raise ValueError(
+      f"give between 1 and config.data.max_shots = {d.max_shots} prompts, got {len(prompts)}"
+    )
   shots, per_shot = len(prompts), d.frames_per_shot
   captions = jnp.asarray(encode_captions(prompts, rows=shots, length=d.caption_len))[None]
   frame_shot = jnp.repeat(jnp.arange(shots, dtype=jnp.int32), per_shot)[None]
   f = cfg.model.latent_factor
-  noise = jax.random.normal(jax.random.key(seed),
-                            (1, shots * per_shot, d.height // f, d.width // f, 3 * f * f))
+  noise = jax.random.normal(
+    jax.random.key(seed), (1, shots * per_shot, d.height // f, d.width // f, 3 * f * f)
+  )
   context = model.encode_text(captions)
   empty = model.encode_text(jnp.zeros_like(captions))
 
@@ -41,8 +43,14 @@ def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.nd
     return velocity(model, x, t, ctx, mask)
 
   with tqdm(total=cfg.sample.steps, desc="sample", unit="step") as bar:
-    z = sample_flow(predict, noise, solver=cfg.sample.get("solver", "euler"),
-                    steps=cfg.sample.steps, shift=cfg.diffusion.shift,
-                    guidance=cfg.sample.guidance, progress=lambda _: bar.update(1))
+    z = sample_flow(
+      predict,
+      noise,
+      solver=cfg.sample.get("solver", "euler"),
+      steps=cfg.sample.steps,
+      shift=cfg.diffusion.shift,
+      guidance=cfg.sample.guidance,
+      progress=lambda _: bar.update(1),
+    )
   video = model.to_video(z)[0]
   return np.asarray(jnp.clip((video + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))

@@ -29,8 +29,16 @@ MESH_AXES = ("data", "fsdp", "context", "tensor")
 # Logical names the model uses. Activations: a [batch, length, embed] hidden state, attention
 # [batch, length, heads, head_dim], FFN [batch, length, mlp]. Parameters: embed (model width),
 # heads (attention inner width), mlp (FFN width).
-LOGICAL_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_embed",
-                "activation_mlp", "embed", "heads", "mlp")
+LOGICAL_AXES = (
+  "activation_batch",
+  "activation_length",
+  "activation_heads",
+  "activation_embed",
+  "activation_mlp",
+  "embed",
+  "heads",
+  "mlp",
+)
 
 MeshAxes = str | tuple[str, ...] | None
 
@@ -48,15 +56,18 @@ class ShardingRules:
         raise ValueError(f"sharding rules must be (logical_name, mesh_axes) pairs, got {entry!r}")
       name, axes = entry
       if name not in LOGICAL_AXES:
-        raise ValueError(f"unknown logical axis {name!r} in the sharding rules; known: "
-                         f"{', '.join(LOGICAL_AXES)}")
+        raise ValueError(
+          f"unknown logical axis {name!r} in the sharding rules; known: {', '.join(LOGICAL_AXES)}"
+        )
       if name in seen:
         raise ValueError(f"logical axis {name!r} has two sharding rules")
       seen.add(name)
       for axis in _as_tuple(axes):
         if axis not in MESH_AXES:
-          raise ValueError(f"sharding rule {name!r} -> {axes!r} names mesh axis {axis!r}; the "
-                           f"mesh axes are {MESH_AXES}")
+          raise ValueError(
+            f"sharding rule {name!r} -> {axes!r} names mesh axis {axis!r}; the "
+            f"mesh axes are {MESH_AXES}"
+          )
 
   @classmethod
   def from_config(cls, rules: Sequence) -> ShardingRules:
@@ -106,17 +117,23 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int], device_count: int) -> dict
   shape = {a: int(mesh_shape.get(a, 1)) for a in MESH_AXES}
   free = [a for a, n in shape.items() if n == -1]
   if len(free) > 1 or any(n < 1 and n != -1 for n in shape.values()):
-    raise ValueError(f"mesh shape {shape}: each axis needs a size >= 1, and at most one may be "
-                     "-1 (all devices left)")
+    raise ValueError(
+      f"mesh shape {shape}: each axis needs a size >= 1, and at most one may be "
+      "-1 (all devices left)"
+    )
   fixed = math.prod(n for n in shape.values() if n != -1)
   if free:
     if device_count % fixed:
-      raise ValueError(f"mesh shape {shape}: the fixed axes use {fixed} devices, which does not "
-                       f"divide the {device_count} devices available")
+      raise ValueError(
+        f"mesh shape {shape}: the fixed axes use {fixed} devices, which does not "
+        f"divide the {device_count} devices available"
+      )
     shape[free[0]] = device_count // fixed
   if math.prod(shape.values()) != device_count:
-    raise ValueError(f"mesh shape {shape} uses {math.prod(shape.values())} devices but "
-                     f"{device_count} are available")
+    raise ValueError(
+      f"mesh shape {shape} uses {math.prod(shape.values())} devices but "
+      f"{device_count} are available"
+    )
   return shape
 
 
@@ -124,8 +141,12 @@ def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence | None = None) ->
   """A ('data', 'fsdp', 'context', 'tensor') mesh over `devices` (default: all), Auto axes."""
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(mesh_shape, len(devices))
-  return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES,
-                       axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  return jax.make_mesh(
+    tuple(shape[a] for a in MESH_AXES),
+    MESH_AXES,
+    axis_types=(AxisType.Auto,) * len(MESH_AXES),
+    devices=devices,
+  )
 
 
 # Parameter path (joined with '.') -> logical axes, first match wins. Tensor parallelism follows
@@ -159,8 +180,9 @@ def param_logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
   return ()
 
 
-def param_spec(path: str, shape: tuple[int, ...], mesh_shape: Mapping[str, int],
-                rules: ShardingRules) -> P:
+def param_spec(
+  path: str, shape: tuple[int, ...], mesh_shape: Mapping[str, int], rules: ShardingRules
+) -> P:
   if not shape:
     return P()
   logical = param_logical_axes(path, len(shape))
@@ -198,8 +220,9 @@ def state_shardings(state, mesh: jax.sharding.Mesh, rules: ShardingRules):
   mesh_shape = dict(mesh.shape)
 
   def one(key_path, leaf):
-    return NamedSharding(mesh, param_spec(_path_str(key_path), tuple(np.shape(leaf)),
-                                           mesh_shape, rules))
+    return NamedSharding(
+      mesh, param_spec(_path_str(key_path), tuple(np.shape(leaf)), mesh_shape, rules)
+    )
 
   return jax.tree_util.tree_map_with_path(one, state)
 
@@ -209,8 +232,9 @@ def batch_spec(rules: ShardingRules) -> P:
   return rules.spec("activation_batch")
 
 
-def process_batch_slice(mesh: jax.sharding.Mesh, rules: ShardingRules, global_batch: int
-                        ) -> tuple[int, int]:
+def process_batch_slice(
+  mesh: jax.sharding.Mesh, rules: ShardingRules, global_batch: int
+) -> tuple[int, int]:
   """(shard_index, shard_count): which 1/shard_count of each global batch this process loads.
 
   The rows a process must supply are those its devices hold under the batch sharding; processes
@@ -224,8 +248,10 @@ def process_batch_slice(mesh: jax.sharding.Mesh, rules: ShardingRules, global_ba
   start, stop = min(r[0] for r in rows), max(r[1] for r in rows)
   size = stop - start
   if global_batch % size or start % size:
-    raise ValueError(f"this process's devices hold batch rows [{start}, {stop}) of "
-                     f"{global_batch}: not one equal slice; reorder the mesh devices")
+    raise ValueError(
+      f"this process's devices hold batch rows [{start}, {stop}) of "
+      f"{global_batch}: not one equal slice; reorder the mesh devices"
+    )
   return start // size, global_batch // size
 
 

@@ -28,8 +28,9 @@ class _Layer(nnx.Module):
 
 
 class ByteTextEncoder(nnx.Module):
-  def __init__(self, dim: int, *, max_len: int, num_layers: int = 2, num_heads: int = 4,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, dim: int, *, max_len: int, num_layers: int = 2, num_heads: int = 4, rngs: nnx.Rngs
+  ):
     self.embed = nnx.Embed(256, dim, rngs=rngs)
     self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
     self.layers = nnx.List([_Layer(dim, num_heads, rngs) for _ in range(num_layers)])
@@ -39,8 +40,9 @@ class ByteTextEncoder(nnx.Module):
     """tokens: uint8/int [B, S, L] -> (embeddings [B, S, L, dim], mask bool [B, S, L])."""
     b, s, length = tokens.shape
     if length > self.pos.shape[0]:
-      raise ValueError(f"captions hold {length} tokens but the encoder was built for at most "
-                       f"{self.pos.shape[0]}")
+      raise ValueError(
+        f"captions hold {length} tokens but the encoder was built for at most {self.pos.shape[0]}"
+      )
     mask = tokens > 0
     x = self.embed(tokens.astype(jnp.int32).reshape(b * s, length)) + self.pos[:length]
     flat_mask = mask.reshape(b * s, length)

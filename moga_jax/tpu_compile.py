@@ -63,14 +63,24 @@ def attention_shapes(cfg, devices: int | None = None) -> AttentionShapes:
   size = lambda logical: axes_size(mesh, rules.mesh_axes(logical))
   m, a = cfg.model, cfg.model.attention
   _, grid = latent_grid(cfg)
-  branches = tuple(name for name, on in (
-      ("group", a.num_groups is not None), ("stga", a.stga_windows is not None),
-      ("frame", bool(a.frame_attention)), ("window", a.get("window") is not None)) if on)
+  branches = tuple(
+    name
+    for name, on in (
+      ("group", a.num_groups is not None),
+      ("stga", a.stga_windows is not None),
+      ("frame", bool(a.frame_attention)),
+      ("window", a.get("window") is not None),
+    )
+    if on
+  )
   return AttentionShapes(
-      batch=max(1, cfg.train.batch_size // size("activation_batch")),
-      heads=m.num_heads // (size("activation_length") * size("activation_heads")),
-      head_dim=m.dim // m.num_heads, grid=tuple(grid),
-      shot_frames=tuple(shot_frames(grid[0], clip_shots(cfg))), branches=branches)
+    batch=max(1, cfg.train.batch_size // size("activation_batch")),
+    heads=m.num_heads // (size("activation_length") * size("activation_heads")),
+    head_dim=m.dim // m.num_heads,
+    grid=tuple(grid),
+    shot_frames=tuple(shot_frames(grid[0], clip_shots(cfg))),
+    branches=branches,
+  )
 
 
 def tpu_devices(chip: str, count: int) -> list:
@@ -102,23 +112,32 @@ def _branch_fn(cfg, shapes: AttentionShapes, branch: str):
   kw = dict(implementation="pallas_tpu", interpret=False, backend="tpu")
   if branch == "group":
     return lambda q, k, v, ids, shots: pk.group_attention(
-        q, k, v, ids, num_groups=a.num_groups, **kw)
+      q, k, v, ids, num_groups=a.num_groups, **kw
+    )
   if branch == "stga":
     return lambda q, k, v, ids, shots: pk.shot_window_attention(
-        q, k, v, shots, grid_shape=shapes.grid, spatial_groups=tuple(a.stga_windows),
-        temporal_group=a.get("stga_temporal_group"),
-        context_frames=a.stga_context_frames, **kw)
+      q,
+      k,
+      v,
+      shots,
+      grid_shape=shapes.grid,
+      spatial_groups=tuple(a.stga_windows),
+      temporal_group=a.get("stga_temporal_group"),
+      context_frames=a.stga_context_frames,
+      **kw,
+    )
   if branch == "frame":
     return lambda q, k, v, ids, shots: pk.frame_attention(q, k, v, grid_shape=shapes.grid, **kw)
   if branch == "window":
     return lambda q, k, v, ids, shots: pk.window_attention(
-        q, k, v, grid_shape=shapes.grid, tile=tuple(a.window_tile), window=tuple(a.window),
-        **kw)
+      q, k, v, grid_shape=shapes.grid, tile=tuple(a.window_tile), window=tuple(a.window), **kw
+    )
   raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
 
 
-def compile_branch(cfg, shapes: AttentionShapes, branch: str, chip: str,
-                   dtype=jnp.bfloat16) -> dict:
+def compile_branch(
+  cfg, shapes: AttentionShapes, branch: str, chip: str, dtype=jnp.bfloat16
+) -> dict:
   """Compiles forward + backward of one branch for one chip; a dict row (error on failure)."""
   from pallas_kernels.block_sparse.tpu import prefetch_bytes_in_hlo
 
@@ -134,8 +153,15 @@ def compile_branch(cfg, shapes: AttentionShapes, branch: str, chip: str,
   def loss(q, k, v, ids, shots):
     return attend(q, k, v, ids, shots).astype(jnp.float32).sum()
 
-  row = {"chip": chip, "branch": branch, "batch": b, "heads": shapes.heads, "tokens": n,
-         "head_dim": shapes.head_dim, "dtype": jnp.dtype(dtype).name}
+  row = {
+    "chip": chip,
+    "branch": branch,
+    "batch": b,
+    "heads": shapes.heads,
+    "tokens": n,
+    "head_dim": shapes.head_dim,
+    "dtype": jnp.dtype(dtype).name,
+  }
   start = time.perf_counter()
   try:
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, q, q, ids, shots).compile()
@@ -144,31 +170,42 @@ def compile_branch(cfg, shapes: AttentionShapes, branch: str, chip: str,
     return row
   memory = compiled.memory_analysis()
   row.update(
-      ok=True, compile_s=round(time.perf_counter() - start, 1),
-      smem_prefetch_bytes=prefetch_bytes_in_hlo(compiled.as_text()),
-      hbm_argument_bytes=int(memory.argument_size_in_bytes),
-      hbm_output_bytes=int(memory.output_size_in_bytes),
-      hbm_temp_bytes=int(memory.temp_size_in_bytes))
+    ok=True,
+    compile_s=round(time.perf_counter() - start, 1),
+    smem_prefetch_bytes=prefetch_bytes_in_hlo(compiled.as_text()),
+    hbm_argument_bytes=int(memory.argument_size_in_bytes),
+    hbm_output_bytes=int(memory.output_size_in_bytes),
+    hbm_temp_bytes=int(memory.temp_size_in_bytes),
+  )
   return row
 
 
-def compile_config(cfg, chips: Sequence[str], devices: int | None = None,
-                   branches: Sequence[str] | None = None) -> list[dict]:
+def compile_config(
+  cfg, chips: Sequence[str], devices: int | None = None, branches: Sequence[str] | None = None
+) -> list[dict]:
   shapes = attention_shapes(cfg, devices)
-  return [compile_branch(cfg, shapes, branch, chip) for chip in chips
-          for branch in (branches or shapes.branches)]
+  return [
+    compile_branch(cfg, shapes, branch, chip)
+    for chip in chips
+    for branch in (branches or shapes.branches)
+  ]
 
 
 def format_rows(rows: list[dict]) -> str:
   mib = lambda n: f"{n / 2**20:,.0f}"
-  lines = ["| chip | branch | B x heads x tokens | compile s | SMEM prefetch KiB | HBM args MiB "
-           "| HBM temp MiB |", "|---|---|---|---:|---:|---:|---:|"]
+  lines = [
+    "| chip | branch | B x heads x tokens | compile s | SMEM prefetch KiB | HBM args MiB "
+    "| HBM temp MiB |",
+    "|---|---|---|---:|---:|---:|---:|",
+  ]
   for r in rows:
     shape = f"{r['batch']} x {r['heads']} x {r['tokens']:,}"
     if r["ok"]:
-      lines.append(f"| {r['chip']} | {r['branch']} | {shape} | {r['compile_s']} | "
-                   f"{r['smem_prefetch_bytes'] / 1024:,.1f} | {mib(r['hbm_argument_bytes'])} | "
-                   f"{mib(r['hbm_temp_bytes'])} |")
+      lines.append(
+        f"| {r['chip']} | {r['branch']} | {shape} | {r['compile_s']} | "
+        f"{r['smem_prefetch_bytes'] / 1024:,.1f} | {mib(r['hbm_argument_bytes'])} | "
+        f"{mib(r['hbm_temp_bytes'])} |"
+      )
     else:
       lines.append(f"| {r['chip']} | {r['branch']} | {shape} | FAILED: {r['error']} | | | |")
   return "\n".join(lines)

@@ -38,10 +38,12 @@ def make_schedule(cfg) -> optax.Schedule:
     if warmup <= 0:
       return optax.constant_schedule(lr)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
   if kind == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup, max(cfg.steps, warmup + 1), end_value=0.05 * lr)
+      0.0, lr, warmup, max(cfg.steps, warmup + 1), end_value=0.05 * lr
+    )
   raise ValueError(f"config.train.schedule must be one of {SCHEDULES}, got {kind!r}")
 
 
@@ -54,8 +56,9 @@ def make_optimizer(model: nnx.Module, cfg) -> nnx.Optimizer:
   k steps' gradients into one update (optax.MultiSteps: the schedule, the clipping and the EMA
   then count updates, not steps)."""
   schedule = make_schedule(cfg)
-  tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                   optax.adamw(schedule, weight_decay=cfg.weight_decay))
+  tx = optax.chain(
+    optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(schedule, weight_decay=cfg.weight_decay)
+  )
   if cfg.get("ema_decay", 0.0):
     tx = optax.chain(tx, ema_of_params(cfg.ema_decay))
   if cfg.get("grad_accum_steps", 1) > 1:
@@ -66,8 +69,10 @@ def make_optimizer(model: nnx.Module, cfg) -> nnx.Optimizer:
 def optimizer_layout(cfg) -> dict:
   """The train-section settings that shape the optimizer's state, saved with checkpoints so
   that resuming with others fails by name instead of inside orbax."""
-  return {"ema_decay": float(cfg.get("ema_decay", 0.0)),
-          "grad_accum_steps": int(cfg.get("grad_accum_steps", 1))}
+  return {
+    "ema_decay": float(cfg.get("ema_decay", 0.0)),
+    "grad_accum_steps": int(cfg.get("grad_accum_steps", 1)),
+  }
 
 
 def load_trained(cfg, workdir, *, use_ema: bool = True):
@@ -79,20 +84,25 @@ def load_trained(cfg, workdir, *, use_ema: bool = True):
   try:
     if checkpoints.latest_step() is None:
       raise FileNotFoundError(
-          f"no checkpoint in {workdir / 'checkpoints'}: train first, e.g. "
-          f"`python train.py --config configs/tiny.py --workdir {workdir}`")
+        f"no checkpoint in {workdir / 'checkpoints'}: train first, e.g. "
+        f"`python train.py --config configs/tiny.py --workdir {workdir}`"
+      )
     if "video" in cfg:
       model = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
     else:
       model = TextToVideo(cfg.model, rngs=nnx.Rngs(cfg.seed))
     optimizer = make_optimizer(model, cfg.train)  # restored with the model (its EMA, if any)
-    checkpoints.restore((model, optimizer), model_config=cfg.model.to_dict(),
-                        optimizer_config=optimizer_layout(cfg.train))
+    checkpoints.restore(
+      (model, optimizer),
+      model_config=cfg.model.to_dict(),
+      optimizer_config=optimizer_layout(cfg.train),
+    )
   finally:
     checkpoints.close()
   if use_ema and apply_ema(model, optimizer):
-    logging.warning("using the EMA of the weights (config.train.ema_decay = %s)",
-                    cfg.train.ema_decay)
+    logging.warning(
+      "using the EMA of the weights (config.train.ema_decay = %s)", cfg.train.ema_decay
+    )
   return model
 
 
@@ -138,13 +148,15 @@ class TrainState(NamedTuple):
     return nnx.merge(self.graphdef, self.state)
 
 
-def init_train_state(cfg, mesh: jax.sharding.Mesh, rules: ShardingRules, *,
-                     build=None) -> TrainState:
+def init_train_state(
+  cfg, mesh: jax.sharding.Mesh, rules: ShardingRules, *, build=None
+) -> TrainState:
   """Builds model and optimizer under jit straight into their shardings on `mesh`.
 
   build() -> (model, optimizer) defaults to the config's TextToVideo with AdamW.
   """
   if build is None:
+
     def build():
       model = TextToVideo(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
       return model, make_optimizer(model, cfg.train)
@@ -173,18 +185,26 @@ def make_train_step(cfg, train_state: TrainState, loss=loss_fn):
     grad_fn = nnx.value_and_grad(loss, has_aux=True)
     (value, (mse, balance)), grads = grad_fn(model, batch, key, cfg)
     optimizer.update(model, grads)
-    metrics = {"loss": value, "mse": mse, "balance_loss": balance,
-               "grad_norm": optax.tree.norm(grads)}
+    metrics = {
+      "loss": value,
+      "mse": mse,
+      "balance_loss": balance,
+      "grad_norm": optax.tree.norm(grads),
+    }
     new_state = nnx.state((model, optimizer))
     if skip_bad:
       finite = jnp.isfinite(value) & jnp.isfinite(metrics["grad_norm"])
       leaves, tree = jax.tree.flatten(new_state)
       new_state = jax.tree.unflatten(
-          tree, [jnp.where(finite, n, o) for n, o in zip(leaves, old, strict=True)])
+        tree, [jnp.where(finite, n, o) for n, o in zip(leaves, old, strict=True)]
+      )
       metrics["skipped"] = 1 - finite.astype(jnp.int32)
     return new_state, metrics
 
   replicated = NamedSharding(train_state.batch_sharding.mesh, jax.P())
-  return jax.jit(step, donate_argnums=0,
-                 in_shardings=(train_state.shardings, train_state.batch_sharding, replicated),
-                 out_shardings=(train_state.shardings, replicated))
+  return jax.jit(
+    step,
+    donate_argnums=0,
+    in_shardings=(train_state.shardings, train_state.batch_sharding, replicated),
+    out_shardings=(train_state.shardings, replicated),
+  )

@@ -35,8 +35,9 @@ def flow_sigmas(steps: int, shift: float, train_timesteps: int = 1000) -> np.nda
   return np.append(sigmas, 0.0)
 
 
-def _coefficients(lambdas: list[float], lambda_t: float, order: int
-                  ) -> tuple[float, float, list[float], np.ndarray, np.ndarray]:
+def _coefficients(
+  lambdas: list[float], lambda_t: float, order: int
+) -> tuple[float, float, list[float], np.ndarray, np.ndarray]:
   """For a step from lambdas[-1] to lambda_t through the last `order` points: (h_phi_1, B_h,
   r_k of the older points, R, b) of UniPC's linear system R rho = b."""
   h = lambda_t - lambdas[-1]
@@ -54,8 +55,15 @@ def _coefficients(lambdas: list[float], lambda_t: float, order: int
   return h_phi_1, b_h, rks[:-1], np.array(rows), np.array(b)
 
 
-def _step(x: jax.Array, history: list[tuple[float, jax.Array]], *, sigma_s: float,
-          sigma_t: float, order: int, m_t: jax.Array | None = None) -> jax.Array:
+def _step(
+  x: jax.Array,
+  history: list[tuple[float, jax.Array]],
+  *,
+  sigma_s: float,
+  sigma_t: float,
+  order: int,
+  m_t: jax.Array | None = None,
+) -> jax.Array:
   """From x at sigma_s (history[-1] is its (lambda, data prediction); older points before) to
   sigma_t: the predictor, or with m_t (the data prediction at the predicted point) the
   corrector."""
@@ -73,14 +81,20 @@ def _step(x: jax.Array, history: list[tuple[float, jax.Array]], *, sigma_s: floa
     rhos = [0.5] if order == 2 else np.linalg.solve(r[:-1, :-1], b[:-1])
     return x_t - (alpha_t * b_h) * sum(float(rho) * d for rho, d in zip(rhos, diffs, strict=True))
   rhos = [0.5] if order == 1 else np.linalg.solve(r, b)  # UniC: the new point as well
-  correction = sum((float(rho) * d for rho, d in zip(rhos[:-1], diffs, strict=True)),
-                   start=jnp.zeros_like(x))
+  correction = sum(
+    (float(rho) * d for rho, d in zip(rhos[:-1], diffs, strict=True)), start=jnp.zeros_like(x)
+  )
   return x_t - (alpha_t * b_h) * (correction + float(rhos[-1]) * (m_t - m0))
 
 
-def unipc_sample(velocity: Callable[[jax.Array, jax.Array], jax.Array], noise: jax.Array,
-                 sigmas: np.ndarray, *, order: int = 2,
-                 progress: Callable[[int], None] | None = None) -> jax.Array:
+def unipc_sample(
+  velocity: Callable[[jax.Array, jax.Array], jax.Array],
+  noise: jax.Array,
+  sigmas: np.ndarray,
+  *,
+  order: int = 2,
+  progress: Callable[[int], None] | None = None,
+) -> jax.Array:
   """Integrates from `noise` at sigmas[0] to sigmas[-1] = 0 with UniPC of the given order.
 
   velocity(x, t) -> v (guidance already applied), t a [batch] array of sigmas; one evaluation
@@ -90,8 +104,10 @@ def unipc_sample(velocity: Callable[[jax.Array, jax.Array], jax.Array], noise: j
   if order < 1:
     raise ValueError(f"order must be >= 1, got {order}")
   if len(sigmas) < 2 or sigmas[-1] != 0.0 or not 0.0 < sigmas[0] < 1.0:
-    raise ValueError("sigmas must run from below 1 down to a final 0 (see flow_sigmas), got "
-                     f"{sigmas[:3]}...{sigmas[-2:]}")
+    raise ValueError(
+      "sigmas must run from below 1 down to a final 0 (see flow_sigmas), got "
+      f"{sigmas[:3]}...{sigmas[-2:]}"
+    )
   steps = len(sigmas) - 1
   x, history = noise, []
   previous: tuple[jax.Array, int] | None = None  # (x before the last predictor, its order)
@@ -99,8 +115,7 @@ def unipc_sample(velocity: Callable[[jax.Array, jax.Array], jax.Array], noise: j
     s = sigmas[i]
     m = x - s * velocity(x, jnp.full((x.shape[0],), s, x.dtype))
     if previous is not None:  # correct the point the model was just evaluated at
-      x = _step(previous[0], history, sigma_s=sigmas[i - 1], sigma_t=s, order=previous[1],
-                m_t=m)
+      x = _step(previous[0], history, sigma_s=sigmas[i - 1], sigma_t=s, order=previous[1], m_t=m)
     history = [*history, (math.log(1.0 - s) - math.log(s), m)][-order:]
     this_order = min(order, steps - i, len(history))
     previous = (x, this_order)

@@ -14,13 +14,7 @@ import imageio.v2 as iio
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = [
-  "VideoReadError",
-  "contact_sheet",
-  "read_mp4",
-  "resize_frames",
-  "write_mp4",
-]
+__all__ = ["VideoReadError", "contact_sheet", "read_mp4", "resize_frames", "write_mp4"]
 
 
 class VideoReadError(OSError):
@@ -65,8 +59,15 @@ def write_mp4(path: str | os.PathLike, frames, fps: float = 8, *, quality: float
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   with iio.get_writer(
-    path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-    macro_block_size=1, quality=quality, ffmpeg_log_level="error",
+    path,
+    format="FFMPEG",
+    mode="I",
+    fps=fps,
+    codec="libx264",
+    pixelformat="yuv420p",
+    macro_block_size=1,
+    quality=quality,
+    ffmpeg_log_level="error",
   ) as writer:
     for frame in frames:
       writer.append_data(frame)
@@ -157,16 +158,17 @@ def _draw_row_labels(image: Image.Image, labels: Sequence[str], row_height: int)
   draw = ImageDraw.Draw(image)
   for row, text in enumerate(labels):
     # A dark outline keeps the text readable on any background colour.
-    draw.text((2, row * row_height + 1), str(text), fill=(255, 255, 255), stroke_width=1,
-              stroke_fill=(0, 0, 0))
+    draw.text(
+      (2, row * row_height + 1),
+      str(text),
+      fill=(255, 255, 255),
+      stroke_width=1,
+      stroke_fill=(0, 0, 0),
+    )
 
 
 def contact_sheet(
-  frames,
-  path: str | os.PathLike,
-  *,
-  columns: int = 8,
-  labels: Sequence[str] | None = None,
+  frames, path: str | os.PathLike, *, columns: int = 8, labels: Sequence[str] | None = None
 ) -> Path:
   """Writes frames as a PNG grid (row-major, `columns` wide, black padding) and returns the path.
 

@@ -7,14 +7,14 @@ from pallas_kernels.shot_window_attention import frame_attention, shot_window_at
 from pallas_kernels.window_attention import window_attention
 
 __all__ = [
-    "IMPLEMENTATIONS",
-    "TileLayout",
-    "frame_attention",
-    "group_attention",
-    "group_layout",
-    "pack_tiles",
-    "resolve_implementation",
-    "shot_window_attention",
-    "unpack_tiles",
-    "window_attention",
+  "IMPLEMENTATIONS",
+  "TileLayout",
+  "frame_attention",
+  "group_attention",
+  "group_layout",
+  "pack_tiles",
+  "resolve_implementation",
+  "shot_window_attention",
+  "unpack_tiles",
+  "window_attention",
 ]

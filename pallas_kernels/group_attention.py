@@ -8,27 +8,23 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import (
-  attend_in_layout,
-  choose_implementation,
-  default_tile,
-)
+from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation, default_tile
 from pallas_kernels.block_sparse.reference import group_attention_reference
 from pallas_kernels.metadata import group_layout
 
 
 def group_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    group_ids: jax.Array,
-    *,
-    num_groups: int,
-    scale: float | None = None,
-    implementation: str | None = None,
-    interpret: bool | None = None,
-    tile: int | None = None,
-    backend: str | None = None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  group_ids: jax.Array,
+  *,
+  num_groups: int,
+  scale: float | None = None,
+  implementation: str | None = None,
+  interpret: bool | None = None,
+  tile: int | None = None,
+  backend: str | None = None,
 ) -> jax.Array:
   """Full attention inside each group of tokens; tokens of other groups are never visited.
 
@@ -63,30 +59,50 @@ def group_attention(
   batch, seq, heads, head_dim = validation.check_qkv(q, k, v)
   num_groups = validation.check_positive_int("num_groups", num_groups)
   group_ids = validation.check_group_ids(
-      group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups)
+    group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups
+  )
   scale = validation.check_scale(scale, head_dim)
   if tile is not None:
     tile = validation.check_positive_int("tile", tile)
-  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq,
-                                          backend=backend)
+  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq, backend=backend)
   if tile is None:
-    tile = default_tile(seq, implementation=name, interpret=interpret, head_dim=head_dim,
-                        dtype=q.dtype)
+    tile = default_tile(
+      seq, implementation=name, interpret=interpret, head_dim=head_dim, dtype=q.dtype
+    )
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)
-  return _sorted(q, k, v, group_ids, num_groups=num_groups, scale=scale, tile=tile,
-                 implementation=name, interpret=interpret)
+  return _sorted(
+    q,
+    k,
+    v,
+    group_ids,
+    num_groups=num_groups,
+    scale=scale,
+    tile=tile,
+    implementation=name,
+    interpret=interpret,
+  )
 
 
 _reference = jax.jit(group_attention_reference, static_argnames=("scale",))
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("num_groups", "scale", "tile", "implementation", "interpret"))
-def _sorted(q, k, v, group_ids, *, num_groups: int, scale: float, tile: int,
-            implementation: str, interpret):
+@functools.partial(
+  jax.jit, static_argnames=("num_groups", "scale", "tile", "implementation", "interpret")
+)
+def _sorted(
+  q, k, v, group_ids, *, num_groups: int, scale: float, tile: int, implementation: str, interpret
+):
   """Sort by group, run the block-sparse kernel over the group tiles, unsort."""
   rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
   layout = group_layout(rows, num_groups=num_groups, tile=tile)
-  return attend_in_layout(q, k, v, layout, scale=scale, implementation=implementation,
-                          interpret=interpret, pattern="group")
+  return attend_in_layout(
+    q,
+    k,
+    v,
+    layout,
+    scale=scale,
+    implementation=implementation,
+    interpret=interpret,
+    pattern="group",
+  )

@@ -121,12 +121,14 @@ def range_mask(key_lo: jax.Array, key_hi: jax.Array, *, tile: int, length: int) 
   key_end = jax.vmap(lambda a: search(a, edges + tile, "left"))(first)
   tile_len = jnp.clip(length - edges, 0, tile)
   return BlockMask(
-      start=jnp.where(used, first_tile, 0).astype(jnp.int32),
-      count=count.astype(jnp.int32),
-      tile_len=jnp.broadcast_to(tile_len, (rows, num_tiles)).astype(jnp.int32),
-      key_lo=lo, key_hi=hi,
-      key_start=key_start.astype(jnp.int32),
-      key_count=jnp.maximum(key_end - key_start, 0).astype(jnp.int32))
+    start=jnp.where(used, first_tile, 0).astype(jnp.int32),
+    count=count.astype(jnp.int32),
+    tile_len=jnp.broadcast_to(tile_len, (rows, num_tiles)).astype(jnp.int32),
+    key_lo=lo,
+    key_hi=hi,
+    key_start=key_start.astype(jnp.int32),
+    key_count=jnp.maximum(key_end - key_start, 0).astype(jnp.int32),
+  )
 
 
 def repeat_rows(mask: BlockMask, rows: int) -> BlockMask:
@@ -135,12 +137,12 @@ def repeat_rows(mask: BlockMask, rows: int) -> BlockMask:
   serves all, and batch rows serve batch x heads rows laid out batch-major)."""
   mask_rows = mask.start.shape[0]
   if rows % mask_rows:
-    raise ValueError(f"the block mask has {mask_rows} rows, which must divide the {rows} "
-                     "activation rows")
+    raise ValueError(
+      f"the block mask has {mask_rows} rows, which must divide the {rows} activation rows"
+    )
   if rows == mask_rows:
     return mask
-  return BlockMask(*(None if a is None else jnp.repeat(a, rows // mask_rows, axis=0)
-                     for a in mask))
+  return BlockMask(*(None if a is None else jnp.repeat(a, rows // mask_rows, axis=0) for a in mask))
 
 
 class TileLayout(NamedTuple):
@@ -201,10 +203,9 @@ def group_layout(group_ids: jax.Array, *, num_groups: int, tile: int) -> TileLay
   take = lambda a: jnp.take_along_axis(a, owner, axis=-1)
   group_end = take(padded_start) + take(counts)
   mask = BlockMask(
-      start=jnp.where(in_use, take(padded_start) // tile, 0).astype(jnp.int32),
-      count=jnp.where(in_use, take(padded) // tile, 0).astype(jnp.int32),
-      tile_len=jnp.where(in_use, jnp.clip(group_end - tile_first_slot, 0, tile), 0)
-      .astype(jnp.int32),
+    start=jnp.where(in_use, take(padded_start) // tile, 0).astype(jnp.int32),
+    count=jnp.where(in_use, take(padded) // tile, 0).astype(jnp.int32),
+    tile_len=jnp.where(in_use, jnp.clip(group_end - tile_first_slot, 0, tile), 0).astype(jnp.int32),
   )
   return TileLayout(src, slot, mask)
 
@@ -213,8 +214,9 @@ def _exclusive_cumsum(x: jax.Array) -> jax.Array:
   return jnp.cumsum(x, axis=-1) - x
 
 
-def window_layout(grid_shape: tuple[int, int, int], tile: tuple[int, int, int],
-                  window: tuple[int, int, int]) -> TileLayout:
+def window_layout(
+  grid_shape: tuple[int, int, int], tile: tuple[int, int, int], window: tuple[int, int, int]
+) -> TileLayout:
   """Host-built layout of a raster-ordered (T, H, W) token grid cut into 3D tiles.
 
   Tile coordinates are (t // tile[0], h // tile[1], w // tile[2]); a tile visits every tile
@@ -250,8 +252,12 @@ def _window_layout(grid_shape, tile, window):
   count = near.sum(axis=1)
   start = np.cumsum(count) - count
   indices = np.nonzero(near)[1]  # row-major: each tile's neighbours in ascending tile order
-  mask = BlockMask(start[None].astype(np.int32), count[None].astype(np.int32),
-                   tile_len[None].astype(np.int32), indices[None].astype(np.int32))
+  mask = BlockMask(
+    start[None].astype(np.int32),
+    count[None].astype(np.int32),
+    tile_len[None].astype(np.int32),
+    indices[None].astype(np.int32),
+  )
   return src[None], slot[None], mask
 
 
@@ -289,16 +295,19 @@ def _with_transpose(gather, transpose, doc: str):
   def op(x: jax.Array, layout: TileLayout) -> jax.Array:
     return gather(x, layout)
 
-  op.defvjp(lambda x, layout: (gather(x, layout), layout),
-            lambda layout, g: (transpose(g, layout), None))
+  op.defvjp(
+    lambda x, layout: (gather(x, layout), layout), lambda layout, g: (transpose(g, layout), None)
+  )
   op.__doc__ = doc
   return op
 
 
 pack_tiles = _with_transpose(
-    _pack, _unpack, "[B, H, N, D] in sequence order -> [B, H, L, D] sorted and padded.")
+  _pack, _unpack, "[B, H, N, D] in sequence order -> [B, H, L, D] sorted and padded."
+)
 unpack_tiles = _with_transpose(
-    _unpack, _pack, "[B, H, L, D] sorted and padded -> [B, H, N, D] in sequence order.")
+  _unpack, _pack, "[B, H, L, D] sorted and padded -> [B, H, N, D] in sequence order."
+)
 
 
 # --- STGA and per-frame attention: key ranges after a static reordering -------------------
@@ -331,14 +340,15 @@ def spatial_window_ids(height: int, width: int, spatial_groups: tuple[int, int])
 
 
 @functools.lru_cache(maxsize=64)
-def shot_window_order(grid_shape: tuple[int, int, int], spatial_groups: tuple[int, int],
-                      tile: int) -> ShotWindowOrder:
+def shot_window_order(
+  grid_shape: tuple[int, int, int], spatial_groups: tuple[int, int], tile: int
+) -> ShotWindowOrder:
   frames, height, width = grid_shape
   n = frames * height * width
   capacity = cdiv(n, tile) * tile
   window = np.tile(spatial_window_ids(height, width, spatial_groups).reshape(-1), frames)
   order = np.argsort(window, kind="stable")  # window-major, raster order inside a window
-  per_frame = np.bincount(window[:height * width], minlength=math.prod(spatial_groups))
+  per_frame = np.bincount(window[: height * width], minlength=math.prod(spatial_groups))
   base = frames * (np.cumsum(per_frame) - per_frame)
   src = np.full(capacity, n, np.int32)
   src[:n] = order
@@ -347,12 +357,14 @@ def shot_window_order(grid_shape: tuple[int, int, int], spatial_groups: tuple[in
   pad = capacity - n
   token_frame = np.arange(n) // (height * width)
   fill = lambda a: np.concatenate([a[order], np.zeros(pad, np.int32)]).astype(np.int32)
-  return ShotWindowOrder(src[None], slot[None], fill(token_frame), fill(base[window]),
-                         fill(per_frame[window]))
+  return ShotWindowOrder(
+    src[None], slot[None], fill(token_frame), fill(base[window]), fill(per_frame[window])
+  )
 
 
-def temporal_key_frames(shot_ids: jax.Array, *, temporal_group: int | None,
-                        context_frames: int) -> tuple[jax.Array, jax.Array]:
+def temporal_key_frames(
+  shot_ids: jax.Array, *, temporal_group: int | None, context_frames: int
+) -> tuple[jax.Array, jax.Array]:
   """[lo, hi) latent frames whose keys frame t's queries see: [B, T] each (on device).
 
   Temporal groups are the maximal runs of equal shot ids, cut into pieces of `temporal_group`
@@ -362,8 +374,9 @@ def temporal_key_frames(shot_ids: jax.Array, *, temporal_group: int | None,
   """
   _, frames = shot_ids.shape
   t = jnp.arange(frames, dtype=jnp.int32)[None]
-  change = jnp.concatenate([jnp.ones_like(shot_ids[:, :1], bool),
-                            shot_ids[:, 1:] != shot_ids[:, :-1]], axis=1)
+  change = jnp.concatenate(
+    [jnp.ones_like(shot_ids[:, :1], bool), shot_ids[:, 1:] != shot_ids[:, :-1]], axis=1
+  )
   new_group = change
   if temporal_group is not None:
     run_start = jax.lax.cummax(jnp.where(change, t, 0), axis=1)
@@ -374,16 +387,22 @@ def temporal_key_frames(shot_ids: jax.Array, *, temporal_group: int | None,
   group_end = jax.lax.cummin(starts_after, axis=1, reverse=True)
   previous_start = jnp.take_along_axis(group_start, jnp.maximum(group_start - 1, 0), axis=1)
   next_end = jnp.take_along_axis(group_end, jnp.minimum(group_end, frames - 1), axis=1)
-  lo = jnp.where(group_start > 0, jnp.maximum(group_start - context_frames, previous_start),
-                 group_start)
-  hi = jnp.where(group_end < frames, jnp.minimum(group_end + context_frames, next_end),
-                 group_end)
+  lo = jnp.where(
+    group_start > 0, jnp.maximum(group_start - context_frames, previous_start), group_start
+  )
+  hi = jnp.where(group_end < frames, jnp.minimum(group_end + context_frames, next_end), group_end)
   return lo, hi
 
 
-def shot_window_layout(shot_ids: jax.Array, *, grid_shape: tuple[int, int, int],
-                       spatial_groups: tuple[int, int], temporal_group: int | None,
-                       context_frames: int, tile: int) -> TileLayout:
+def shot_window_layout(
+  shot_ids: jax.Array,
+  *,
+  grid_shape: tuple[int, int, int],
+  spatial_groups: tuple[int, int],
+  temporal_group: int | None,
+  context_frames: int,
+  tile: int,
+) -> TileLayout:
   """The layout of STGA (and, with 1x1 windows and one-frame groups, per-frame attention).
 
   After the static (window, t, h, w) order, the keys of every query are one contiguous run of
@@ -392,8 +411,9 @@ def shot_window_layout(shot_ids: jax.Array, *, grid_shape: tuple[int, int, int],
   element, shared by the heads.
   """
   order = shot_window_order(tuple(grid_shape), tuple(spatial_groups), tile)
-  lo_frame, hi_frame = temporal_key_frames(shot_ids, temporal_group=temporal_group,
-                                           context_frames=context_frames)
+  lo_frame, hi_frame = temporal_key_frames(
+    shot_ids, temporal_group=temporal_group, context_frames=context_frames
+  )
   frame, base, size = (jnp.asarray(a) for a in order[2:])
   key_lo = base + lo_frame[:, frame] * size  # [B, L]; padding slots: size 0 -> empty
   key_hi = base + hi_frame[:, frame] * size

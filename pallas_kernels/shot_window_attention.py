@@ -10,30 +10,26 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import (
-  attend_in_layout,
-  choose_implementation,
-  default_tile,
-)
+from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation, default_tile
 from pallas_kernels.block_sparse.reference import shot_window_attention_reference
 from pallas_kernels.metadata import shot_window_layout
 
 
 def shot_window_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    shot_ids: jax.Array,
-    *,
-    grid_shape: tuple[int, int, int],
-    spatial_groups: tuple[int, int] = (2, 2),
-    temporal_group: int | None = None,
-    context_frames: int = 1,
-    scale: float | None = None,
-    implementation: str | None = None,
-    interpret=None,
-    tile: int | None = None,
-    backend: str | None = None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  shot_ids: jax.Array,
+  *,
+  grid_shape: tuple[int, int, int],
+  spatial_groups: tuple[int, int] = (2, 2),
+  temporal_group: int | None = None,
+  context_frames: int = 1,
+  scale: float | None = None,
+  implementation: str | None = None,
+  interpret=None,
+  tile: int | None = None,
+  backend: str | None = None,
 ) -> jax.Array:
   """Attention inside fixed spatial windows x temporal groups that never span a shot cut.
 
@@ -72,8 +68,10 @@ def shot_window_attention(
   batch, seq, _, head_dim = validation.check_qkv(q, k, v)
   grid_shape = validation.check_int_triple("grid_shape", grid_shape)
   if math.prod(grid_shape) != seq:
-    raise ValueError(f"grid_shape {grid_shape} holds {math.prod(grid_shape)} tokens but q has "
-                     f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq")
+    raise ValueError(
+      f"grid_shape {grid_shape} holds {math.prod(grid_shape)} tokens but q has "
+      f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq"
+    )
   spatial_groups = validation.check_spatial_groups(spatial_groups, grid_shape)
   if temporal_group is not None:
     temporal_group = validation.check_positive_int("temporal_group", temporal_group)
@@ -82,30 +80,36 @@ def shot_window_attention(
   scale = validation.check_scale(scale, head_dim)
   if tile is not None:
     tile = validation.check_positive_int("tile", tile)
-  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq,
-                                          backend=backend)
+  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq, backend=backend)
   if tile is None:
-    tile = default_tile(seq, implementation=name, interpret=interpret, head_dim=head_dim,
-                        dtype=q.dtype)
-  static = dict(grid_shape=grid_shape, spatial_groups=spatial_groups,
-                temporal_group=temporal_group, context_frames=context_frames, scale=scale)
+    tile = default_tile(
+      seq, implementation=name, interpret=interpret, head_dim=head_dim, dtype=q.dtype
+    )
+  static = dict(
+    grid_shape=grid_shape,
+    spatial_groups=spatial_groups,
+    temporal_group=temporal_group,
+    context_frames=context_frames,
+    scale=scale,
+  )
   if name == "reference":
     return _reference(q, k, v, shot_ids, **static)
-  return _shot_windows(q, k, v, shot_ids, tile=tile, implementation=name, interpret=interpret,
-                       **static)
+  return _shot_windows(
+    q, k, v, shot_ids, tile=tile, implementation=name, interpret=interpret, **static
+  )
 
 
 def frame_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    grid_shape: tuple[int, int, int],
-    scale: float | None = None,
-    implementation: str | None = None,
-    interpret=None,
-    tile: int | None = None,
-    backend: str | None = None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  grid_shape: tuple[int, int, int],
+  scale: float | None = None,
+  implementation: str | None = None,
+  interpret=None,
+  tile: int | None = None,
+  backend: str | None = None,
 ) -> jax.Array:
   """Full attention among the tokens of each latent frame (the paper's third branch).
 
@@ -116,10 +120,21 @@ def frame_attention(
   batch = validation.check_qkv(q, k, v)[0]
   grid_shape = validation.check_int_triple("grid_shape", grid_shape)
   one_shot = jnp.zeros((batch, grid_shape[0]), jnp.int32)
-  return shot_window_attention(q, k, v, one_shot, grid_shape=grid_shape, spatial_groups=(1, 1),
-                               temporal_group=1, context_frames=0, scale=scale,
-                               implementation=implementation, interpret=interpret, tile=tile,
-                               backend=backend)
+  return shot_window_attention(
+    q,
+    k,
+    v,
+    one_shot,
+    grid_shape=grid_shape,
+    spatial_groups=(1, 1),
+    temporal_group=1,
+    context_frames=0,
+    scale=scale,
+    implementation=implementation,
+    interpret=interpret,
+    tile=tile,
+    backend=backend,
+  )
 
 
 _STATIC = ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "scale")
@@ -127,11 +142,37 @@ _reference = jax.jit(shot_window_attention_reference, static_argnames=_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "tile", "implementation", "interpret"))
-def _shot_windows(q, k, v, shot_ids, *, grid_shape, spatial_groups, temporal_group,
-                  context_frames, scale, tile, implementation, interpret):
-  layout = shot_window_layout(shot_ids, grid_shape=grid_shape, spatial_groups=spatial_groups,
-                              temporal_group=temporal_group, context_frames=context_frames,
-                              tile=tile)
+def _shot_windows(
+  q,
+  k,
+  v,
+  shot_ids,
+  *,
+  grid_shape,
+  spatial_groups,
+  temporal_group,
+  context_frames,
+  scale,
+  tile,
+  implementation,
+  interpret,
+):
+  layout = shot_window_layout(
+    shot_ids,
+    grid_shape=grid_shape,
+    spatial_groups=spatial_groups,
+    temporal_group=temporal_group,
+    context_frames=context_frames,
+    tile=tile,
+  )
   per_frame = (spatial_groups, temporal_group, context_frames) == ((1, 1), 1, 0)
-  return attend_in_layout(q, k, v, layout, scale=scale, implementation=implementation,
-                          interpret=interpret, pattern="frame" if per_frame else "stga")
+  return attend_in_layout(
+    q,
+    k,
+    v,
+    layout,
+    scale=scale,
+    implementation=implementation,
+    interpret=interpret,
+    pattern="frame" if per_frame else "stga",
+  )

@@ -15,8 +15,10 @@ def check_qkv(q, k, v) -> tuple[int, int, int, int]:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
       raise TypeError(f"{name} must be an array, got {type(x).__name__}")
     if x.ndim != 4:
-      raise ValueError(f"{name} must have shape [batch, seq, heads, head_dim], got shape "
-                       f"{tuple(x.shape)} ({x.ndim} dims, need 4)")
+      raise ValueError(
+        f"{name} must have shape [batch, seq, heads, head_dim], got shape "
+        f"{tuple(x.shape)} ({x.ndim} dims, need 4)"
+      )
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
   for name, x in (("k", k), ("v", v)):
@@ -69,21 +71,26 @@ def check_group_ids(group_ids, *, batch: int, seq: int, heads: int, num_groups: 
     group_ids = group_ids[..., None]
   elif shape != (batch, seq, heads):
     raise ValueError(
-        f"group_ids must have shape [batch, seq, heads] = {(batch, seq, heads)} (per-head "
-        f"routing) or [batch, seq] = {(batch, seq)} (shared by the heads), got {shape}")
+      f"group_ids must have shape [batch, seq, heads] = {(batch, seq, heads)} (per-head "
+      f"routing) or [batch, seq] = {(batch, seq)} (shared by the heads), got {shape}"
+    )
   if not isinstance(group_ids, jax.core.Tracer):
     values = np.asarray(group_ids)
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= num_groups:
-      raise ValueError(f"group_ids must lie in [0, num_groups={num_groups}), got values in "
-                       f"[{low}, {high}]")
+      raise ValueError(
+        f"group_ids must lie in [0, num_groups={num_groups}), got values in [{low}, {high}]"
+      )
   return jnp.clip(group_ids.astype(jnp.int32), 0, num_groups - 1)
 
 
 def check_int_triple(name: str, value) -> tuple[int, int, int]:
   """A (t, h, w) triple of positive ints."""
-  if (not isinstance(value, (tuple, list)) or len(value) != 3
-      or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value)):
+  if (
+    not isinstance(value, (tuple, list))
+    or len(value) != 3
+    or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value)
+  ):
     raise TypeError(f"{name} must be a (t, h, w) tuple of 3 ints, got {value!r}")
   if min(value) < 1:
     raise ValueError(f"{name} must hold positive sizes, got {tuple(value)}")
@@ -98,23 +105,31 @@ def check_interpret(interpret, implementation: str):
 
   if isinstance(interpret, pltpu.InterpretParams):
     if implementation != "pallas_tpu":
-      raise ValueError(f"interpret=pltpu.InterpretParams(...) applies to implementation="
-                       f"'pallas_tpu' only, got implementation={implementation!r}")
+      raise ValueError(
+        f"interpret=pltpu.InterpretParams(...) applies to implementation="
+        f"'pallas_tpu' only, got implementation={implementation!r}"
+      )
     return interpret
-  raise TypeError(f"interpret must be None, a bool or pltpu.InterpretParams, got "
-                  f"{type(interpret).__name__}")
+  raise TypeError(
+    f"interpret must be None, a bool or pltpu.InterpretParams, got {type(interpret).__name__}"
+  )
 
 
 def check_spatial_groups(value, grid_shape: tuple[int, int, int]) -> tuple[int, int]:
   """(sh, sw) windows per frame: positive ints with sh <= H and sw <= W."""
-  if (not isinstance(value, (tuple, list)) or len(value) != 2
-      or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value)):
+  if (
+    not isinstance(value, (tuple, list))
+    or len(value) != 2
+    or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value)
+  ):
     raise TypeError(f"spatial_groups must be a (rows, cols) tuple of 2 ints, got {value!r}")
   _, height, width = grid_shape
   sh, sw = (int(x) for x in value)
   if not (1 <= sh <= height and 1 <= sw <= width):
-    raise ValueError(f"spatial_groups must be positive and at most the frame's (H, W) = "
-                     f"{(height, width)} tokens, got {(sh, sw)}")
+    raise ValueError(
+      f"spatial_groups must be positive and at most the frame's (H, W) = "
+      f"{(height, width)} tokens, got {(sh, sw)}"
+    )
   return sh, sw
 
 
@@ -125,13 +140,17 @@ def check_shot_ids(shot_ids, *, batch: int, frames: int) -> jax.Array:
   if not jnp.issubdtype(shot_ids.dtype, jnp.integer):
     raise ValueError(f"shot_ids must have an integer dtype (int32), got {shot_ids.dtype}")
   if tuple(shot_ids.shape) != (batch, frames):
-    raise ValueError(f"shot_ids must have shape [batch, frames] = {(batch, frames)} (the shot "
-                     f"of each latent frame), got {tuple(shot_ids.shape)}")
+    raise ValueError(
+      f"shot_ids must have shape [batch, frames] = {(batch, frames)} (the shot "
+      f"of each latent frame), got {tuple(shot_ids.shape)}"
+    )
   if not isinstance(shot_ids, jax.core.Tracer):
     steps = np.diff(np.asarray(shot_ids), axis=1)
     if (steps < 0).any():
       b, t = np.argwhere(steps < 0)[0]
-      raise ValueError(f"shot_ids must be non-decreasing along the frames; batch element {b} "
-                       f"goes from {int(shot_ids[b, t])} to {int(shot_ids[b, t + 1])} at frame "
-                       f"{t + 1}")
+      raise ValueError(
+        f"shot_ids must be non-decreasing along the frames; batch element {b} "
+        f"goes from {int(shot_ids[b, t])} to {int(shot_ids[b, t + 1])} at frame "
+        f"{t + 1}"
+      )
   return jnp.asarray(shot_ids, jnp.int32)

@@ -14,17 +14,17 @@ from pallas_kernels.metadata import window_layout
 
 
 def window_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    *,
-    grid_shape: tuple[int, int, int],
-    tile: tuple[int, int, int],
-    window: tuple[int, int, int],
-    scale: float | None = None,
-    implementation: str | None = None,
-    interpret=None,
-    backend: str | None = None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  grid_shape: tuple[int, int, int],
+  tile: tuple[int, int, int],
+  window: tuple[int, int, int],
+  scale: float | None = None,
+  implementation: str | None = None,
+  interpret=None,
+  backend: str | None = None,
 ) -> jax.Array:
   """Local spatiotemporal attention, STA-style: whole tiles see whole tiles.
 
@@ -49,23 +49,43 @@ def window_attention(
   tile = validation.check_int_triple("tile", tile)
   window = validation.check_int_triple("window", window)
   if math.prod(grid_shape) != seq:
-    raise ValueError(f"grid_shape {grid_shape} holds {math.prod(grid_shape)} tokens but q has "
-                     f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq")
+    raise ValueError(
+      f"grid_shape {grid_shape} holds {math.prod(grid_shape)} tokens but q has "
+      f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq"
+    )
   scale = validation.check_scale(scale, head_dim)
-  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq,
-                                          backend=backend)
+  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq, backend=backend)
   if name == "reference":
     return _reference(q, k, v, grid_shape=grid_shape, tile=tile, window=window, scale=scale)
-  return _windowed(q, k, v, grid_shape=grid_shape, tile=tile, window=window, scale=scale,
-                   implementation=name, interpret=interpret)
+  return _windowed(
+    q,
+    k,
+    v,
+    grid_shape=grid_shape,
+    tile=tile,
+    window=window,
+    scale=scale,
+    implementation=name,
+    interpret=interpret,
+  )
 
 
-_reference = jax.jit(window_attention_reference,
-                     static_argnames=("grid_shape", "tile", "window", "scale"))
+_reference = jax.jit(
+  window_attention_reference, static_argnames=("grid_shape", "tile", "window", "scale")
+)
 
 
-@functools.partial(jax.jit, static_argnames=("grid_shape", "tile", "window", "scale",
-                                             "implementation", "interpret"))
+@functools.partial(
+  jax.jit, static_argnames=("grid_shape", "tile", "window", "scale", "implementation", "interpret")
+)
 def _windowed(q, k, v, *, grid_shape, tile, window, scale, implementation, interpret):
-  return attend_in_layout(q, k, v, window_layout(grid_shape, tile, window), scale=scale,
-                          implementation=implementation, interpret=interpret, pattern="window")
+  return attend_in_layout(
+    q,
+    k,
+    v,
+    window_layout(grid_shape, tile, window),
+    scale=scale,
+    implementation=implementation,
+    interpret=interpret,
+    pattern="window",
+  )

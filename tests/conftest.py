@@ -32,7 +32,6 @@ def tolerance(dtype) -> float:
   return TOLERANCE[dtype]
 
 
-
 @pytest.fixture(autouse=True)
 def _skip_kernels_this_backend_cannot_run(request):
   """On CPU every kernel runs interpreted; on a GPU (TPU) machine the TPU (GPU) one is skipped."""
@@ -59,11 +58,18 @@ def pytest_runtest_makereport(item, call):
   with the refusal as the reason, not failed; on CPU (interpret mode) it still fails."""
   outcome = yield
   report = outcome.get_result()
-  if (call.when == "call" and call.excinfo is not None and jax.default_backend() != "cpu"
-      and is_hardware_refusal(call.excinfo.value)):
+  if (
+    call.when == "call"
+    and call.excinfo is not None
+    and jax.default_backend() != "cpu"
+    and is_hardware_refusal(call.excinfo.value)
+  ):
     report.outcome = "skipped"
-    report.longrepr = (str(item.path), item.location[1] or 0,
-                       f"Skipped: {jax.default_backend()}: {call.excinfo.value}")
+    report.longrepr = (
+      str(item.path),
+      item.location[1] or 0,
+      f"Skipped: {jax.default_backend()}: {call.excinfo.value}",
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -95,8 +101,9 @@ def assert_close(actual, expected, dtype=jnp.float32, what="output"):
   actual = np.asarray(jnp.asarray(actual, jnp.float32))
   expected = np.asarray(jnp.asarray(expected, jnp.float32))
   assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-  assert np.isfinite(actual).all(), f"{what}: {np.size(actual) - np.isfinite(actual).sum()} " \
-                                    "non-finite elements"
+  assert np.isfinite(actual).all(), (
+    f"{what}: {np.size(actual) - np.isfinite(actual).sum()} non-finite elements"
+  )
   scale = max(float(np.abs(expected).max()), 1e-6)
   err = float(np.abs(actual - expected).max()) / scale
   assert err < tolerance(dtype), f"{what}: relative error {err:.3g}"

@@ -34,12 +34,25 @@ def test_gpu_block_preset_runs_on_cpu_at_tiny_size(tmp_path):
   """The preset the H200 ran, with the xla kernels and 2 frames of 32 x 32 tokens."""
   out = tmp_path / "block.json"
   done = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "attention.py"),
-       "--config", str(ROOT / "configs" / "attention_bench.py") + ":gpu_block",
-       "--config.implementations=('xla',)", "--config.dense_implementation=xla",
-       "--config.dtype=float32", "--config.head_dim=16", "--config.heads=2",
-       "--config.seq_lens=(2048,)", "--config.repeats=1", f"--config.out={out}"],
-      capture_output=True, text=True, cwd=ROOT, timeout=300)
+    [
+      sys.executable,
+      str(ROOT / "benchmarks" / "attention.py"),
+      "--config",
+      str(ROOT / "configs" / "attention_bench.py") + ":gpu_block",
+      "--config.implementations=('xla',)",
+      "--config.dense_implementation=xla",
+      "--config.dtype=float32",
+      "--config.head_dim=16",
+      "--config.heads=2",
+      "--config.seq_lens=(2048,)",
+      "--config.repeats=1",
+      f"--config.out={out}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
   rows = json.loads(out.read_text())["rows"]
   assert [r["impl"] for r in rows] == ["dense", "moga", "stga", "frame", "paper"]

@@ -44,7 +44,8 @@ def test_a_program_honours_verbosity(tmp_path):
   """A cli_main program: INFO from its own code shows by default and goes at --verbosity=-1;
   INFO logged from inside orbax's package shows only at --verbosity=1."""
   program = tmp_path / "program.py"
-  program.write_text(textwrap.dedent("""
+  program.write_text(
+    textwrap.dedent("""
       from absl import app, logging
       import orbax.checkpoint as inside_orbax
       from moga_jax.run_guard import cli_main
@@ -56,12 +57,17 @@ def test_a_program_honours_verbosity(tmp_path):
              {"logging": logging})
 
       app.run(cli_main(main, "program"))
-  """))
+  """)
+  )
   lines = {}
   for flag in ("--verbosity=-1", "--verbosity=0", "--verbosity=1"):
-    done = subprocess.run([sys.executable, str(program), flag], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    done = subprocess.run(
+      [sys.executable, str(program), flag], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines[flag] = ("our line" in done.stderr, "orbax line" in done.stderr)
-  assert lines == {"--verbosity=-1": (False, False), "--verbosity=0": (True, False),
-                   "--verbosity=1": (True, True)}
+  assert lines == {
+    "--verbosity=-1": (False, False),
+    "--verbosity=0": (True, False),
+    "--verbosity=1": (True, True),
+  }

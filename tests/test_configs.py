@@ -30,8 +30,7 @@ def test_wan1_3b_stages_follow_the_paper():
   assert one.model.to_dict() == two.model.to_dict()  # stage 2 loads stage 1's weights
   for c in (one, two):
     a = c.model.attention
-    assert (a.num_groups, a.top_k, tuple(a.stga_windows), a.frame_attention) == (5, 1, (2, 2),
-                                                                                  True)
+    assert (a.num_groups, a.top_k, tuple(a.stga_windows), a.frame_attention) == (5, 1, (2, 2), True)
     assert a.per_head_router is False and a.balance_loss == "paper" and a.window is None
     assert a.combine == "mean" and a.stga_context_frames == 1
     assert c.diffusion.balance_weight == 0.1
@@ -54,21 +53,27 @@ def test_580k_config_is_the_papers_minute_long_block():
   c = wan14b_moga_580k.get_config()
   a = c.model.attention
   assert (a.num_groups, tuple(a.stga_windows), a.frame_attention, a.per_head_router) == (
-      20, (4, 4), True, False)
+    20,
+    (4, 4),
+    True,
+    False,
+  )
   assert a.window is None and a.window_tile is None and a.balance_loss == "paper"
   assert c.diffusion.balance_weight == 0.1
   validate_config(c)
 
 
-@pytest.mark.parametrize(("config", "message"), [
+@pytest.mark.parametrize(
+  ("config", "message"),
+  [
     ("wan1_3b_moga.py", "pass --init DIR"),
     ("wan1_3b_moga.py:stage2", "pass --init DIR"),
     ("wan1_3b.py", "pass --init DIR"),
     # 64 devices' mesh on this one: refused by name before anything is built.
     ("wan14b_moga_580k.py", "uses 64 devices but 1 are available"),
-])
-def test_every_wan_config_reaches_train_py_and_fails_with_a_named_error(config, message,
-                                                                         tmp_path):
+  ],
+)
+def test_every_wan_config_reaches_train_py_and_fails_with_a_named_error(config, message, tmp_path):
   """Each config has every section train.py reads (the 580K one once lacked data, sample and
   checkpoint_every and died in a bare AttributeError): without converted weights (or devices)
   it stops with one named line, exit 2. tests/test_wan_pipeline.py trains them with --init."""
@@ -76,17 +81,35 @@ def test_every_wan_config_reaches_train_py_and_fails_with_a_named_error(config, 
   import sys
 
   result = subprocess.run(
-      [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs' / config}",
-       "--workdir", str(tmp_path / "run")],
-      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    [
+      sys.executable,
+      str(ROOT / "train.py"),
+      f"--config={ROOT / 'configs' / config}",
+      "--workdir",
+      str(tmp_path / "run"),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 2, result.stderr[-3000:]
   assert "train.py: error:" in result.stderr and message in result.stderr, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
 
 
 def _train(**overrides) -> ConfigDict:
-  cfg = ConfigDict({"steps": 100, "learning_rate": 1e-3, "warmup_steps": 10,
-                    "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "constant"})
+  cfg = ConfigDict(
+    {
+      "steps": 100,
+      "learning_rate": 1e-3,
+      "warmup_steps": 10,
+      "weight_decay": 0.0,
+      "grad_clip": 1.0,
+      "schedule": "constant",
+    }
+  )
   cfg.update(overrides)
   return cfg
 
@@ -109,8 +132,11 @@ def test_cosine_schedule_is_the_default():
 
 
 def test_bad_schedule_is_refused():
-  with pytest.raises(ValueError, match=r"config.train.schedule must be one of \('constant', "
-                                       r"'cosine'\), got 'linear'"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.train.schedule must be one of \('constant', "
+    r"'cosine'\), got 'linear'",
+  ):
     make_schedule(_train(schedule="linear"))
 
 
@@ -136,8 +162,9 @@ def test_make_optimizer_clips_the_global_norm_and_decays_weights_decoupled():
   model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
   model.kernel[...] = jnp.array([[1.0], [-2.0]])
   model.bias[...] = jnp.array([0.5])
-  optimizer = make_optimizer(model, _train(learning_rate=lr, warmup_steps=0, weight_decay=wd,
-                                           grad_clip=clip))
+  optimizer = make_optimizer(
+    model, _train(learning_rate=lr, warmup_steps=0, weight_decay=wd, grad_clip=clip)
+  )
   grads = [np.array([[3.0], [4.0]]), np.array([12.0])]  # global norm 13
   grads2 = [np.array([[-1.0], [0.5]]), np.array([0.25])]  # norm < clip: unclipped
   params = [np.array([[1.0], [-2.0]]), np.array([0.5])]
@@ -148,11 +175,14 @@ def test_make_optimizer_clips_the_global_norm_and_decays_weights_decoupled():
     g = [x * min(1.0, clip / norm) for x in g]
     mu = [b1 * m + (1 - b1) * x for m, x in zip(mu, g, strict=True)]
     nu = [b2 * n + (1 - b2) * x**2 for n, x in zip(nu, g, strict=True)]
-    params = [p - lr * (m / (1 - b1**step) / (np.sqrt(n / (1 - b2**step)) + eps) + wd * p)
-              for p, m, n in zip(params, mu, nu, strict=True)]
+    params = [
+      p - lr * (m / (1 - b1**step) / (np.sqrt(n / (1 - b2**step)) + eps) + wd * p)
+      for p, m, n in zip(params, mu, nu, strict=True)
+    ]
     raw = [jnp.asarray(x / min(1.0, clip / norm), jnp.float32) for x in g]
-    grad_fn = nnx.grad(lambda m, raw=raw: jnp.sum(m.kernel[...] * raw[0])
-                       + jnp.sum(m.bias[...] * raw[1]))
+    grad_fn = nnx.grad(
+      lambda m, raw=raw: jnp.sum(m.kernel[...] * raw[0]) + jnp.sum(m.bias[...] * raw[1])
+    )
     optimizer.update(model, grad_fn(model))
     np.testing.assert_allclose(np.asarray(model.kernel[...]), params[0], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(model.bias[...]), params[1], rtol=1e-5)
@@ -161,8 +191,9 @@ def test_make_optimizer_clips_the_global_norm_and_decays_weights_decoupled():
 def _linear_with_gradients(cfg: ConfigDict, gradients: list[float]):
   """A 1x1 linear layer (weight 1) updated once per given gradient; returns its weights after
   each update and the optimizer."""
-  model = nnx.Linear(1, 1, use_bias=False, kernel_init=nnx.initializers.ones_init(),
-                     rngs=nnx.Rngs(0))
+  model = nnx.Linear(
+    1, 1, use_bias=False, kernel_init=nnx.initializers.ones_init(), rngs=nnx.Rngs(0)
+  )
   optimizer = make_optimizer(model, cfg)
   weights = []
   for g in gradients:
@@ -188,7 +219,8 @@ def test_ema_of_the_weights_follows_its_formula_and_sampling_reads_it():
 
   d = 0.8
   weights, model, optimizer = _linear_with_gradients(
-      _train(learning_rate=0.1, warmup_steps=0, weight_decay=0.0, ema_decay=d), [0.5, -1.0, 2.0])
+    _train(learning_rate=0.1, warmup_steps=0, weight_decay=0.0, ema_decay=d), [0.5, -1.0, 2.0]
+  )
   ema = 1.0
   for w in weights:
     ema = d * ema + (1 - d) * w
@@ -206,24 +238,43 @@ def _replace(section: ConfigDict, field: str, value) -> None:
   section[field] = value
 
 
-@pytest.mark.parametrize("field, value, match", [
-  ("stga_windows", (2,), r"config.model.attention.stga_windows must be None or two positive "
-                         r"ints"),
-  ("stga_windows", (0, 2), r"config.model.attention.stga_windows must be None or two positive"),
-  ("stga_windows", (2.0, 2), r"config.model.attention.stga_windows must be None or two"),
-  ("stga_windows", (31, 2), r"config.model.attention.stga_windows \(31, 2\) cuts each latent "
-                            r"frame of 30x52 tokens into more windows"),
-  ("stga_temporal_group", 0, r"config.model.attention.stga_temporal_group must be None"),
-  ("stga_temporal_group", 2.5, r"config.model.attention.stga_temporal_group must be None"),
-  ("stga_context_frames", -1, r"config.model.attention.stga_context_frames must be an int >= 0"),
-  ("stga_context_frames", None, r"config.model.attention.stga_context_frames must be an int"),
-  ("frame_attention", 1, r"config.model.attention.frame_attention must be True or False"),
-  ("per_head_router", "no", r"config.model.attention.per_head_router must be True or False"),
-  ("combine", "max", r"config.model.attention.combine must be one of \('mean', 'sum'\), got "
-                     r"'max'"),
-  ("balance_loss", "l2", r"config.model.attention.balance_loss must be one of \('paper', "
-                         r"'switch'\)"),
-])
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
+    (
+      "stga_windows",
+      (2,),
+      r"config.model.attention.stga_windows must be None or two positive "
+      r"ints",
+    ),
+    ("stga_windows", (0, 2), r"config.model.attention.stga_windows must be None or two positive"),
+    ("stga_windows", (2.0, 2), r"config.model.attention.stga_windows must be None or two"),
+    (
+      "stga_windows",
+      (31, 2),
+      r"config.model.attention.stga_windows \(31, 2\) cuts each latent "
+      r"frame of 30x52 tokens into more windows",
+    ),
+    ("stga_temporal_group", 0, r"config.model.attention.stga_temporal_group must be None"),
+    ("stga_temporal_group", 2.5, r"config.model.attention.stga_temporal_group must be None"),
+    ("stga_context_frames", -1, r"config.model.attention.stga_context_frames must be an int >= 0"),
+    ("stga_context_frames", None, r"config.model.attention.stga_context_frames must be an int"),
+    ("frame_attention", 1, r"config.model.attention.frame_attention must be True or False"),
+    ("per_head_router", "no", r"config.model.attention.per_head_router must be True or False"),
+    (
+      "combine",
+      "max",
+      r"config.model.attention.combine must be one of \('mean', 'sum'\), got "
+      r"'max'",
+    ),
+    (
+      "balance_loss",
+      "l2",
+      r"config.model.attention.balance_loss must be one of \('paper', "
+      r"'switch'\)",
+    ),
+  ],
+)
 def test_bad_attention_fields_name_the_field(field, value, match):
   cfg = wan1_3b_moga.get_config()
   _replace(cfg.model.attention, field, value)
@@ -231,11 +282,19 @@ def test_bad_attention_fields_name_the_field(field, value, match):
     validate_config(cfg)
 
 
-@pytest.mark.parametrize("section, field, value, match", [
-  ("train", "schedule", "linear", r"config.train.schedule must be one of \('constant', "
-                                  r"'cosine'\), got 'linear'"),
-  ("diffusion", "balance_weight", -0.1, r"config.diffusion.balance_weight must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+  "section, field, value, match",
+  [
+    (
+      "train",
+      "schedule",
+      "linear",
+      r"config.train.schedule must be one of \('constant', "
+      r"'cosine'\), got 'linear'",
+    ),
+    ("diffusion", "balance_weight", -0.1, r"config.diffusion.balance_weight must be a number >= 0"),
+  ],
+)
 def test_bad_training_fields_name_the_field(section, field, value, match):
   cfg = wan1_3b_moga.get_config()
   cfg[section][field] = value
@@ -252,7 +311,13 @@ def test_good_attention_variants_pass():
   _replace(a, "stga_temporal_group", 8)
   a.combine, a.balance_loss, a.frame_attention = "sum", "switch", False
   validate_config(cfg)
-  for name in ("stga_windows", "stga_temporal_group", "stga_context_frames", "frame_attention",
-               "combine", "balance_loss"):
+  for name in (
+    "stga_windows",
+    "stga_temporal_group",
+    "stga_context_frames",
+    "frame_attention",
+    "combine",
+    "balance_loss",
+  ):
     del a[name]  # configs without the new fields (block defaults) still validate
   validate_config(cfg)

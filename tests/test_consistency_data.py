@@ -50,8 +50,13 @@ pytestmark = pytest.mark.xdist_group("consistency_data")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   return make_consistency_videos(
-    tmp_path_factory.mktemp("consistency"), NUM_VIDEOS, shots=SHOTS,
-    frames_per_shot=FRAMES_PER_SHOT, height=SIZE, width=SIZE, seed=SEED,
+    tmp_path_factory.mktemp("consistency"),
+    NUM_VIDEOS,
+    shots=SHOTS,
+    frames_per_shot=FRAMES_PER_SHOT,
+    height=SIZE,
+    width=SIZE,
+    seed=SEED,
   )
 
 
@@ -76,7 +81,8 @@ def test_files_and_formats(dataset, subjects, decoded):
   names = [f"videos/{i:05d}.mp4" for i in range(NUM_VIDEOS)]
   assert sorted(p.name for p in (dataset / "videos").iterdir()) == [n[7:] for n in names]
   assert sorted(p.name for p in (dataset / "masks").iterdir()) == [
-    f"{i:05d}.npz" for i in range(NUM_VIDEOS)]
+    f"{i:05d}.npz" for i in range(NUM_VIDEOS)
+  ]
   # captions.jsonl: exactly synthetic.py's format, which the data builder's index reader takes.
   lines = (dataset / "captions.jsonl").read_text(encoding="utf-8").splitlines()
   assert len(lines) == NUM_VIDEOS
@@ -85,7 +91,8 @@ def test_files_and_formats(dataset, subjects, decoded):
     assert set(entry) == {"video", "shots"} and entry["video"] == name
     assert [set(s) for s in entry["shots"]] == [{"start", "end", "caption"}] * SHOTS
     assert [(s["start"], s["end"]) for s in entry["shots"]] == [
-      (i * FRAMES_PER_SHOT, (i + 1) * FRAMES_PER_SHOT) for i in range(SHOTS)]
+      (i * FRAMES_PER_SHOT, (i + 1) * FRAMES_PER_SHOT) for i in range(SHOTS)
+    ]
     assert subject["video"] == name
     assert [s["caption"] for s in subject["shots"]] == [s["caption"] for s in entry["shots"]]
   index = read_index(dataset)
@@ -111,8 +118,10 @@ def test_caption_rules(subjects):
     shots = subject["shots"]
     first = shots[0]
     assert not first["changed"]
-    assert first["caption"] == (f"a {first['colour']} {first['shape']} moving "
-                                f"{first['direction']} on a {first['background']} background")
+    assert first["caption"] == (
+      f"a {first['colour']} {first['shape']} moving "
+      f"{first['direction']} on a {first['background']} background"
+    )
     assert first["background"] != first["colour"]
     assert sum(s["changed"] for s in shots) <= 1
     changed_clips += any(s["changed"] for s in shots)
@@ -126,12 +135,14 @@ def test_caption_rules(subjects):
         # Names the new subject, which differs from the old one in colour and shape.
         assert shot["caption"] == (
           f"a different object, a {shot['colour']} {shot['shape']}, moving "
-          f"{shot['direction']} on a {shot['background']} background")
+          f"{shot['direction']} on a {shot['background']} background"
+        )
         assert shot["colour"] != before["colour"] and shot["shape"] != before["shape"]
       else:
         # Never names the subject: the only colour word is the background's, no shape word.
-        assert shot["caption"] == (f"the same object, now moving {shot['direction']} on a "
-                                   f"{shot['background']} background")
+        assert shot["caption"] == (
+          f"the same object, now moving {shot['direction']} on a {shot['background']} background"
+        )
         assert (shot["colour"], shot["shape"]) == (before["colour"], before["shape"])
         assert words & palette == {shot["background"]} and not words & shapes
     assert caption_shots(shots) == [s["caption"] for s in shots]
@@ -142,8 +153,9 @@ def test_caption_rules(subjects):
 
 def test_change_rate_only_decides_which_clips_change(tmp_path, subjects):
   never = read_subjects(make_consistency_videos(tmp_path / "never", 8, seed=SEED, change_rate=0))
-  always = read_subjects(make_consistency_videos(tmp_path / "always", 8, seed=SEED,
-                                                 change_rate=1.0))
+  always = read_subjects(
+    make_consistency_videos(tmp_path / "always", 8, seed=SEED, change_rate=1.0)
+  )
   assert not any(s["changed"] for clip in never for s in clip["shots"])
   assert all(any(s["changed"] for s in clip["shots"]) for clip in always)
   # The clips that do not change are the same whatever change_rate is.
@@ -156,7 +168,8 @@ def test_clip_depends_only_on_seed_and_index(tmp_path, dataset, subjects, decode
   small = make_consistency_videos(tmp_path / "small", 3, shots=SHOTS, seed=SEED)
   assert read_subjects(small) == subjects[:3]
   assert (small / "captions.jsonl").read_text().splitlines() == (
-    dataset / "captions.jsonl").read_text().splitlines()[:3]
+    dataset / "captions.jsonl"
+  ).read_text().splitlines()[:3]
   for i in range(3):
     assert np.array_equal(read_mask(small, i), read_mask(dataset, i))
     assert np.array_equal(read_mp4(small / f"videos/{i:05d}.mp4"), decoded[i])
@@ -170,7 +183,7 @@ def _grow(mask: np.ndarray, r: int) -> np.ndarray:
   out = np.zeros_like(mask)
   for dy in range(2 * r + 1):
     for dx in range(2 * r + 1):
-      out |= padded[:, dy:dy + mask.shape[1], dx:dx + mask.shape[2]]
+      out |= padded[:, dy : dy + mask.shape[1], dx : dx + mask.shape[2]]
   return out
 
 
@@ -180,7 +193,8 @@ def test_masks_match_the_rendered_subject(dataset, subjects, decoded):
   for i, (subject, video) in enumerate(zip(subjects, decoded, strict=True)):
     mask = read_mask(dataset, i)
     nearest = np.argmin(
-      np.linalg.norm(video.astype(np.float32)[..., None, :] - palette, axis=-1), axis=-1)
+      np.linalg.norm(video.astype(np.float32)[..., None, :] - palette, axis=-1), axis=-1
+    )
     # H.264 keeps colour at half resolution, so only the 1-pixel rim of the shape is blurred:
     # inside it every decoded pixel is the subject's colour, outside it the background's.
     inside, outside = ~_grow(~mask, 1), ~_grow(mask, 1)
@@ -209,19 +223,22 @@ def test_render_clip_reproduces_a_spec(subjects):
     render_clip(subjects[0]["shots"][1:])
 
 
-@pytest.mark.parametrize("kwargs, error, name", [
-  (dict(num_videos=0), ValueError, "num_videos"),
-  (dict(num_videos=2.0), TypeError, "num_videos"),
-  (dict(shots=1), ValueError, "shots"),
-  (dict(frames_per_shot=0), ValueError, "frames_per_shot"),
-  (dict(height=33), ValueError, "height"),
-  (dict(width=4), ValueError, "width"),
-  (dict(fps=0), ValueError, "fps"),
-  (dict(seed=-1), ValueError, "seed"),
-  (dict(change_rate=1.5), ValueError, "change_rate"),
-  (dict(change_rate=-0.1), ValueError, "change_rate"),
-  (dict(change_rate="0.5"), TypeError, "change_rate"),
-])
+@pytest.mark.parametrize(
+  "kwargs, error, name",
+  [
+    (dict(num_videos=0), ValueError, "num_videos"),
+    (dict(num_videos=2.0), TypeError, "num_videos"),
+    (dict(shots=1), ValueError, "shots"),
+    (dict(frames_per_shot=0), ValueError, "frames_per_shot"),
+    (dict(height=33), ValueError, "height"),
+    (dict(width=4), ValueError, "width"),
+    (dict(fps=0), ValueError, "fps"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(change_rate=1.5), ValueError, "change_rate"),
+    (dict(change_rate=-0.1), ValueError, "change_rate"),
+    (dict(change_rate="0.5"), TypeError, "change_rate"),
+  ],
+)
 def test_bad_arguments_raise(tmp_path, kwargs, error, name):
   args = {"num_videos": 1, **kwargs}
   num_videos = args.pop("num_videos")
@@ -239,15 +256,17 @@ def test_held_out_captions(dataset, subjects):
   for spec in sets:
     assert [set(s) for s in spec] == [SHOT_KEYS] * SHOTS
     assert [(s["start"], s["end"]) for s in spec] == [
-      (i * FRAMES_PER_SHOT, (i + 1) * FRAMES_PER_SHOT) for i in range(SHOTS)]
+      (i * FRAMES_PER_SHOT, (i + 1) * FRAMES_PER_SHOT) for i in range(SHOTS)
+    ]
     assert caption_shots(spec) == [s["caption"] for s in spec]
   # Deterministic; a folder and a set of caption tuples work as exclude too.
   assert held_out_captions(64, shots=SHOTS, seed=SEED, exclude=dataset) == sets
   assert held_out_captions(64, shots=SHOTS, seed=SEED, exclude=training) == sets
   # A training clip's caption sequence is never drawn, even when it would be the first pick.
   first = held_out_captions(1, shots=SHOTS, seed=3)[0]
-  skipped = held_out_captions(1, shots=SHOTS, seed=3,
-                              exclude={tuple(s["caption"] for s in first)})[0]
+  skipped = held_out_captions(1, shots=SHOTS, seed=3, exclude={tuple(s["caption"] for s in first)})[
+    0
+  ]
   assert skipped != first
   assert len(held_out_captions(2, shots=4, seed=0)[0]) == 4
   with pytest.raises(ValueError, match="exclude"):
@@ -268,9 +287,9 @@ def _blur_and_noise(video: np.ndarray, sigma: float, noise: float, seed: int) ->
   frames = video.astype(np.float32)
   _, height, width, _ = frames.shape
   padded = np.pad(frames, ((0, 0), (3, 3), (0, 0), (0, 0)), mode="edge")
-  frames = sum(k * padded[:, i:i + height] for i, k in enumerate(kernel))
+  frames = sum(k * padded[:, i : i + height] for i, k in enumerate(kernel))
   padded = np.pad(frames, ((0, 0), (0, 0), (3, 3), (0, 0)), mode="edge")
-  frames = sum(k * padded[:, :, i:i + width] for i, k in enumerate(kernel))
+  frames = sum(k * padded[:, :, i : i + width] for i, k in enumerate(kernel))
   frames = frames + np.random.default_rng(seed).normal(0.0, noise, frames.shape)
   return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
 
@@ -281,8 +300,16 @@ def test_real_clips_score_near_one(decoded, subjects):
   assert scores["num_later_shots"] == NUM_VIDEOS * (SHOTS - 1)
   assert scores["num_kept_shots"] + scores["num_changed_shots"] == scores["num_later_shots"]
   assert scores["num_changed_shots"] > 0 and scores["num_missing_subjects"] == 0
-  for key in ("consistency", "consistency_colour", "consistency_shape", "consistency_kept",
-              "consistency_changed", "self_consistency", "first_subject", "adherence"):
+  for key in (
+    "consistency",
+    "consistency_colour",
+    "consistency_shape",
+    "consistency_kept",
+    "consistency_changed",
+    "self_consistency",
+    "first_subject",
+    "adherence",
+  ):
     assert scores[key] >= 0.95, (key, scores)
 
 
@@ -316,8 +343,11 @@ def test_random_subjects_score_near_chance(tmp_path, subjects):
   assert chance["consistency_colour"] == pytest.approx(1 / (len(COLOURS) - 1))
   assert chance["consistency_shape"] == pytest.approx(1 / len(SHAPES))
   assert chance["consistency"] == pytest.approx(1 / 15)
-  for key, band in (("consistency", 0.1), ("consistency_colour", 0.15),
-                    ("consistency_shape", 0.18)):
+  for key, band in (
+    ("consistency", 0.1),
+    ("consistency_colour", 0.15),
+    ("consistency_shape", 0.18),
+  ):
     assert abs(scores[key] - chance[key]) <= band, (key, scores[key], chance[key])
   assert scores["first_subject"] >= 0.95 and scores["adherence"] >= 0.95
 
@@ -327,16 +357,23 @@ def test_classifiers_on_simple_frames():
   frame[:] = COLOURS["blue"]
   assert classify_background(frame) == "blue"
   assert classify_subject(frame[None].repeat(4, 0), "blue") is None  # nothing but background
-  shot = {"start": 0, "end": 4, "background": "blue", "colour": "yellow", "shape": "triangle",
-          "direction": "up"}
+  shot = {
+    "start": 0,
+    "end": 4,
+    "background": "blue",
+    "colour": "yellow",
+    "shape": "triangle",
+    "direction": "up",
+  }
   video, _ = render_clip([shot], rng=0)
   assert classify_background(video[0]) == "blue"
   assert classify_subject(video, "blue") == ("yellow", "triangle")
   # A model's colours are never exact: a uniform shift of 25 levels changes nothing.
   shifted = np.clip(video.astype(int) + 25, 0, 255).astype(np.uint8)
   assert classify_subject(shifted, classify_background(shifted[0])) == ("yellow", "triangle")
-  scores = score_clip(np.concatenate([video, frame[None].repeat(4, 0)]),
-                      [shot, {**shot, "start": 4, "end": 8}])
+  scores = score_clip(
+    np.concatenate([video, frame[None].repeat(4, 0)]), [shot, {**shot, "start": 4, "end": 8}]
+  )
   assert scores["num_missing_subjects"] == 1 and scores["consistency"] == 0.0
   assert scores["shots"][1]["subject_pred"] is None and scores["self_consistency"] == 0.0
   with pytest.raises(ValueError, match="frames"):

@@ -39,12 +39,19 @@ pytestmark = pytest.mark.xdist_group("data")
 def source(tmp_path_factory):
   """Six synthetic 32x32 videos, plus index entries for one corrupt and one missing file."""
   out = make_synthetic_videos(
-    tmp_path_factory.mktemp("source"), NUM_VIDEOS, shots=SHOTS, frames_per_shot=FRAMES_PER_SHOT,
-    height=32, width=32, seed=7,
+    tmp_path_factory.mktemp("source"),
+    NUM_VIDEOS,
+    shots=SHOTS,
+    frames_per_shot=FRAMES_PER_SHOT,
+    height=32,
+    width=32,
+    seed=7,
   )
   (out / "videos" / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(2048))
-  bad = [{"video": f"videos/{n}.mp4", "shots": [{"start": 0, "end": 8, "caption": "x"}]}
-         for n in ("corrupt", "missing")]
+  bad = [
+    {"video": f"videos/{n}.mp4", "shots": [{"start": 0, "end": 8, "caption": "x"}]}
+    for n in ("corrupt", "missing")
+  ]
   with (out / "captions.jsonl").open("a") as f:
     f.writelines(json.dumps(entry) + "\n" for entry in bad)
   return out
@@ -56,8 +63,13 @@ def built(source, tmp_path_factory):
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     summary = build_dataset(
-      source, tmp_path_factory.mktemp("data"), num_frames=NUM_FRAMES, height=SIZE, width=SIZE,
-      max_shots=MAX_SHOTS, caption_len=CAPTION_LEN,
+      source,
+      tmp_path_factory.mktemp("data"),
+      num_frames=NUM_FRAMES,
+      height=SIZE,
+      width=SIZE,
+      max_shots=MAX_SHOTS,
+      caption_len=CAPTION_LEN,
     )
   return summary, [w for w in caught if issubclass(w.category, SkippedVideoWarning)]
 
@@ -138,13 +150,15 @@ def test_synthetic_videos_structure_and_visible_cut(source):
       assert words[7] in COLOURS and words[1] != words[7]
       backgrounds.append(words[7])
       # The background covers most pixels, so the per-frame median is its colour.
-      median = np.median(video[shot.start:shot.end].reshape(shot.end - shot.start, -1, 3), 1)
+      median = np.median(video[shot.start : shot.end].reshape(shot.end - shot.start, -1, 3), 1)
       assert np.abs(median - COLOURS[words[7]]).max() <= 24
     assert backgrounds[0] != backgrounds[1]
     means = video.reshape(NUM_FRAMES, -1, 3).mean(1)
     jumps = np.abs(np.diff(means, axis=0)).sum(-1)
-    assert jumps[FRAMES_PER_SHOT - 1] > 40 and jumps[FRAMES_PER_SHOT - 1] > 3 * np.delete(
-      jumps, FRAMES_PER_SHOT - 1).max()
+    assert (
+      jumps[FRAMES_PER_SHOT - 1] > 40
+      and jumps[FRAMES_PER_SHOT - 1] > 3 * np.delete(jumps, FRAMES_PER_SHOT - 1).max()
+    )
 
 
 def test_synthetic_videos_are_deterministic(tmp_path):
@@ -243,8 +257,9 @@ def test_builder_clips_shots_reuses_and_refuses_other_sources(source, tmp_path):
 
 
 def test_builder_fails_clearly_when_every_video_is_unusable(source, tmp_path):
-  with warnings.catch_warnings(record=True) as caught, pytest.raises(
-    ValueError, match="no usable videos"
+  with (
+    warnings.catch_warnings(record=True) as caught,
+    pytest.raises(ValueError, match="no usable videos"),
   ):
     warnings.simplefilter("always")
     build_dataset(source, tmp_path, num_frames=NUM_FRAMES + 1, height=SIZE, width=SIZE)
@@ -315,8 +330,13 @@ def test_loader_epochs_and_shards(built):
   names = [n for b in one_epoch for n in b["name"]]
   assert len(names) == len(set(names)) == NUM_VIDEOS
   shards = [
-    [n for b in _loader(summary, batch_size=1, num_epochs=1, include_name=True, shard_index=i,
-                        shard_count=2) for n in b["name"]]
+    [
+      n
+      for b in _loader(
+        summary, batch_size=1, num_epochs=1, include_name=True, shard_index=i, shard_count=2
+      )
+      for n in b["name"]
+    ]
     for i in range(2)
   ]
   assert len(shards[0]) == len(shards[1]) == NUM_VIDEOS // 2
@@ -329,8 +349,12 @@ def test_loader_shards_make_up_the_same_global_batches(built):
   a single process with batch b * count reads, so losses do not depend on the process count."""
   summary, _ = built
   whole = list(_loader(summary, batch_size=4, num_epochs=2, include_name=True))
-  parts = [list(_loader(summary, batch_size=2, num_epochs=2, include_name=True,
-                        shard_index=i, shard_count=2)) for i in range(2)]
+  parts = [
+    list(
+      _loader(summary, batch_size=2, num_epochs=2, include_name=True, shard_index=i, shard_count=2)
+    )
+    for i in range(2)
+  ]
   assert len(whole) == len(parts[0]) == len(parts[1]) == 2 * NUM_VIDEOS // 4
   for step, batch in enumerate(whole):
     for key in batch:
@@ -363,22 +387,38 @@ def test_prepare_data_keeps_sibling_sources_apart(tmp_path):
 
   prepared = []
   for name, seed in (("set_a", 1), ("set_b", 2)):
-    source = make_synthetic_videos(tmp_path / name, 2, frames_per_shot=2, height=16, width=16,
-                                   seed=seed)
-    cfg = ConfigDict(dict(source_dir=str(source), dataset_dir="", shots=2, max_shots=2,
-                          frames_per_shot=2, height=16, width=16, fps=8, caption_len=48,
-                          synthetic_videos=2, subject_scale=0.3))
+    source = make_synthetic_videos(
+      tmp_path / name, 2, frames_per_shot=2, height=16, width=16, seed=seed
+    )
+    cfg = ConfigDict(
+      dict(
+        source_dir=str(source),
+        dataset_dir="",
+        shots=2,
+        max_shots=2,
+        frames_per_shot=2,
+        height=16,
+        width=16,
+        fps=8,
+        caption_len=48,
+        synthetic_videos=2,
+        subject_scale=0.3,
+      )
+    )
     prepared.append(prepare_data(cfg, tmp_path / "runs" / name))
   assert prepared[0] != prepared[1]
   assert "set_a" in str(prepared[0]) and "set_b" in str(prepared[1])
 
 
-@pytest.mark.parametrize(("value", "error", "match"), [
+@pytest.mark.parametrize(
+  ("value", "error", "match"),
+  [
     (0.5, ValueError, r"subject_scale must be in \(0, 0.5\).*got 0.5"),
     (0.0, ValueError, r"subject_scale must be in \(0, 0.5\)"),
     ("big", TypeError, r"subject_scale must be a float in \(0, 0.5\), got str"),
     (True, TypeError, r"got bool"),
-])
+  ],
+)
 def test_subject_scale_is_checked(tmp_path, value, error, match):
   from moga_jax.data.synthetic import make_synthetic_videos
 
@@ -389,8 +429,7 @@ def test_subject_scale_is_checked(tmp_path, value, error, match):
 def test_subject_scale_sets_the_subjects_size(tmp_path):
   from moga_jax.data.consistency import render_clip
 
-  shots = [dict(start=0, end=2, background="red", colour="blue", shape="square",
-                direction="left")]
+  shots = [dict(start=0, end=2, background="red", colour="blue", shape="square", direction="left")]
   small = render_clip(shots, rng=0, subject_scale=0.15)[1].sum()
   large = render_clip(shots, rng=0, subject_scale=0.3)[1].sum()
   assert 3.5 < large / small < 4.5  # area ~ radius^2

@@ -50,8 +50,9 @@ def test_euler_recovers_x0_from_the_exact_velocity_field(steps):
   np.testing.assert_allclose(out, x0, atol=1e-5)
   # A state-dependent field: v(x, t) = (x - x0) / t is exact everywhere on the paths to x0.
   field = lambda x, t, conditional: (x - x0) / t.reshape(-1, 1, 1, 1, 1)
-  np.testing.assert_allclose(euler_sample(field, noise, steps=steps, shift=1.0, guidance=1.0),
-                             x0, atol=1e-5)
+  np.testing.assert_allclose(
+    euler_sample(field, noise, steps=steps, shift=1.0, guidance=1.0), x0, atol=1e-5
+  )
 
 
 def test_guidance_is_uncond_plus_w_times_the_difference():
@@ -68,8 +69,9 @@ def test_caption_dropout_drops_at_its_rate():
   """Catches dropout that keeps at the rate instead of dropping at it (>= vs <): with rate 0.3
   about 30% of the samples get the null caption."""
   batch, rate = 4000, 0.3
-  cfg = ml_collections.ConfigDict({"diffusion": {"caption_dropout": rate, "shift": 1.0,
-                                                "balance_weight": 0.1}})
+  cfg = ml_collections.ConfigDict(
+    {"diffusion": {"caption_dropout": rate, "shift": 1.0, "balance_weight": 0.1}}
+  )
   seen = {}
 
   def dit(x_t, t, context, mask, frame_shot):
@@ -77,11 +79,11 @@ def test_caption_dropout_drops_at_its_rate():
     return jnp.zeros_like(x_t), jnp.float32(0)
 
   inputs = {
-      "latents": jnp.zeros((batch, 1, 1, 1, 1)),
-      "context": jnp.ones((batch, 1, 2, 3)),
-      "context_mask": jnp.ones((batch, 1, 2), bool),
-      "frame_shot": jnp.zeros((batch, 1), jnp.int32),
-      "null_context": jnp.full((batch, 2, 3), -1.0),
+    "latents": jnp.zeros((batch, 1, 1, 1, 1)),
+    "context": jnp.ones((batch, 1, 2, 3)),
+    "context_mask": jnp.ones((batch, 1, 2), bool),
+    "frame_shot": jnp.zeros((batch, 1), jnp.int32),
+    "null_context": jnp.full((batch, 2, 3), -1.0),
   }
   latent_loss_fn(dit, inputs, jax.random.key(4), cfg)
   dropped = np.asarray(seen["context"][:, 0, 0, 0] == -1.0)
@@ -117,8 +119,9 @@ def test_sample_py_guides_toward_the_prompt():
   cfg = tiny.get_config()
   cfg.sample.steps, cfg.sample.guidance = 1, 0.75
   d, f = cfg.data, cfg.model.latent_factor
-  noise = jax.random.normal(jax.random.key(3), (1, d.frames_per_shot, d.height // f,
-                                                d.width // f, 3 * f * f))
+  noise = jax.random.normal(
+    jax.random.key(3), (1, d.frames_per_shot, d.height // f, d.width // f, 3 * f * f)
+  )
   video = generate(_StubVideoModel(noise), cfg, ["a red circle"], seed=3)
   moved = -(-1.0 + 2 * 0.75)  # -0.5; swapped: -(1 - 2 w) = +0.5
   assert np.unique(video).tolist() == [round((moved + 1) * 127.5)]
@@ -177,15 +180,23 @@ def test_unipc_beats_euler_on_gaussian_data():
     return (x - x0) / t
 
   exact = mu + jnp.sqrt(s2) * noise
-  error = {solver: float(jnp.abs(sample_flow(predict, noise, solver=solver, steps=16,
-                                             shift=3.0, guidance=1.0) - exact).max())
-           for solver in ("euler", "unipc")}
+  error = {
+    solver: float(
+      jnp.abs(
+        sample_flow(predict, noise, solver=solver, steps=16, shift=3.0, guidance=1.0) - exact
+      ).max()
+    )
+    for solver in ("euler", "unipc")
+  }
   assert error["unipc"] < error["euler"] / 2.2, error
 
 
 def test_sample_flow_refuses_an_unknown_solver():
   from moga_jax.diffusion import sample_flow
 
-  with pytest.raises(ValueError, match=r"config.sample.solver must be one of \('euler', "
-                                       r"'unipc'\), got 'dpm'"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.sample.solver must be one of \('euler', "
+    r"'unipc'\), got 'dpm'",
+  ):
     sample_flow(lambda x, t, c: x, _x0(), solver="dpm", steps=2, shift=1.0, guidance=1.0)

@@ -23,12 +23,20 @@ def _model(scan: bool, seed: int):
 
 
 def _params(dit) -> dict[str, np.ndarray]:
-  flat = {".".join(map(str, p)): np.asarray(v[...])
-          for p, v in nnx.to_flat_state(nnx.state(dit, nnx.Param))}
+  flat = {
+    ".".join(map(str, p)): np.asarray(v[...])
+    for p, v in nnx.to_flat_state(nnx.state(dit, nnx.Param))
+  }
   if dit.scan_layers:  # compare per block
-    flat = {**{k: x for k, x in flat.items() if not k.startswith("blocks.")},
-            **{f"blocks.{i}.{k[len('blocks.'):]}": x[i] for k, x in flat.items()
-               if k.startswith("blocks.") for i in range(x.shape[0])}}
+    flat = {
+      **{k: x for k, x in flat.items() if not k.startswith("blocks.")},
+      **{
+        f"blocks.{i}.{k[len('blocks.') :]}": x[i]
+        for k, x in flat.items()
+        if k.startswith("blocks.")
+        for i in range(x.shape[0])
+      },
+    }
   return flat
 
 

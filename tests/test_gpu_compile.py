@@ -15,21 +15,23 @@ import pytest
 from moga_jax import gpu_compile
 
 needs_triton = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None,
-    reason="triton is not installed (pip install triton)")
+  importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton)"
+)
 
 
 @needs_triton
 @pytest.mark.slow
 @pytest.mark.parametrize("ranges", [False, True], ids=["group_mask", "range_mask"])
-@pytest.mark.parametrize(("dtype", "head_dim"), [("bfloat16", 64), ("bfloat16", 128),
-                                                 ("float32", 128)])
+@pytest.mark.parametrize(
+  ("dtype", "head_dim"), [("bfloat16", 64), ("bfloat16", 128), ("float32", 128)]
+)
 def test_every_kernel_compiles_for_h100(dtype, head_dim, ranges):
   """At the tile the ops pick by default (float32 at head_dim 128: 64 tokens)."""
   from pallas_kernels.block_sparse.ops import default_tile
 
-  tile = default_tile(8192, implementation="pallas_gpu", interpret=False, head_dim=head_dim,
-                      dtype=dtype)
+  tile = default_tile(
+    8192, implementation="pallas_gpu", interpret=False, head_dim=head_dim, dtype=dtype
+  )
   rows = gpu_compile.kernel_reports(tile, head_dim, jnp.dtype(dtype), ranges=ranges)
   print(f"\n{gpu_compile.format_rows(rows)}")
   assert [r["kernel"] for r in rows] == list(gpu_compile.KERNELS)
@@ -54,8 +56,12 @@ ptxas info    : Function properties for moga_group_dkdv
 ptxas info    : Used 255 registers, used 1 barriers, 1536 bytes cumulative stack size
 """
   assert gpu_compile.parse_ptxas_log(log) == {
-      "registers": 255, "spill_store_bytes": 2332, "spill_load_bytes": 2204,
-      "stack_bytes": 1536, "static_smem_bytes": 0}
+    "registers": 255,
+    "spill_store_bytes": 2332,
+    "spill_load_bytes": 2204,
+    "stack_bytes": 1536,
+    "static_smem_bytes": 0,
+  }
   with pytest.raises(ValueError, match="no register count"):
     gpu_compile.parse_ptxas_log("ptxas fatal   : Unresolved extern function")
 
@@ -66,13 +72,19 @@ def test_a_missing_triton_is_named(monkeypatch):
     gpu_compile.kernel_reports(128, 64)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
+@pytest.mark.parametrize(
+  ("kwargs", "error", "match"),
+  [
     (dict(tile=96, head_dim=64), ValueError, r"tokens per tile to be a power of two"),
     (dict(tile=128, head_dim=8), ValueError, r"head_dim to be a power of two >= 16, got 8"),
     (dict(tile=128, head_dim=64, launch=(8, 2)), TypeError, r"launch must be None, a gpu"),
-    (dict(tile=128, head_dim=64, launch={"backward": None}), ValueError,
-     r"launch names kernels \['backward'\]"),
-])
+    (
+      dict(tile=128, head_dim=64, launch={"backward": None}),
+      ValueError,
+      r"launch names kernels \['backward'\]",
+    ),
+  ],
+)
 def test_bad_arguments_are_refused_before_compiling(kwargs, error, match):
   with pytest.raises(error, match=match):
     gpu_compile.kernel_reports(**kwargs)

@@ -33,8 +33,7 @@ def _loss(impl, ids, num_groups, **kw):
 def _check(q, k, v, ids, num_groups, impl, dtype=jnp.float32, grads=True, **kw):
   out = group_attention(q, k, v, ids, num_groups=num_groups, implementation=impl, **kw)
   ref_kw = {"scale": kw["scale"]} if "scale" in kw else {}
-  ref = group_attention(q, k, v, ids, num_groups=num_groups, implementation="reference",
-                        **ref_kw)
+  ref = group_attention(q, k, v, ids, num_groups=num_groups, implementation="reference", **ref_kw)
   assert out.dtype == q.dtype and out.shape == q.shape
   assert_close(out, ref, dtype, "out")
   if grads:
@@ -47,16 +46,17 @@ def _check(q, k, v, ids, num_groups, impl, dtype=jnp.float32, grads=True, **kw):
 
 @pytest.mark.parametrize("impl", FAST_IMPLEMENTATIONS)
 @pytest.mark.parametrize(
-    ("batch", "seq", "heads", "head_dim", "num_groups", "tile", "shared"),
-    [
-        (2, 203, 3, 16, 5, 16, False),  # seq not a multiple of the tile, per-head ids
-        (1, 150, 4, 8, 3, 32, True),  # ids shared by the heads
-        (2, 64, 2, 32, 4, 64, False),  # one tile per group at most
-        (1, 97, 1, 16, 40, 8, False),  # more groups than tokens per group: many singletons
-    ],
+  ("batch", "seq", "heads", "head_dim", "num_groups", "tile", "shared"),
+  [
+    (2, 203, 3, 16, 5, 16, False),  # seq not a multiple of the tile, per-head ids
+    (1, 150, 4, 8, 3, 32, True),  # ids shared by the heads
+    (2, 64, 2, 32, 4, 64, False),  # one tile per group at most
+    (1, 97, 1, 16, 40, 8, False),  # more groups than tokens per group: many singletons
+  ],
 )
-def test_matches_reference_random_groups(key, impl, batch, seq, heads, head_dim, num_groups,
-                                         tile, shared):
+def test_matches_reference_random_groups(
+  key, impl, batch, seq, heads, head_dim, num_groups, tile, shared
+):
   k1, k2 = jax.random.split(key)
   q, k, v = random_qkv(k1, (batch, seq, heads, head_dim))
   ids_shape = (batch, seq) if shared else (batch, seq, heads)
@@ -66,14 +66,14 @@ def test_matches_reference_random_groups(key, impl, batch, seq, heads, head_dim,
 
 @pytest.mark.parametrize("impl", FAST_IMPLEMENTATIONS)
 @pytest.mark.parametrize(
-    "sizes",
-    [
-        [120],  # one group holding every token
-        [0, 57, 0, 0, 63],  # empty groups around real ones
-        [1, 1, 1, 1, 100, 1],  # singletons beside a large group
-        [90, 3, 17, 1, 9],  # skewed sizes
-        [33, 0, 31, 32, 1],  # sizes straddling the tile
-    ],
+  "sizes",
+  [
+    [120],  # one group holding every token
+    [0, 57, 0, 0, 63],  # empty groups around real ones
+    [1, 1, 1, 1, 100, 1],  # singletons beside a large group
+    [90, 3, 17, 1, 9],  # skewed sizes
+    [33, 0, 31, 32, 1],  # sizes straddling the tile
+  ],
 )
 def test_matches_reference_chosen_group_sizes(key, impl, sizes):
   k1, k2 = jax.random.split(key)

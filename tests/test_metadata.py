@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 
 from pallas_kernels.metadata import (
-    BlockMask,
-    group_layout,
-    pack_tiles,
-    repeat_rows,
-    sorted_capacity,
-    unpack_tiles,
+  BlockMask,
+  group_layout,
+  pack_tiles,
+  repeat_rows,
+  sorted_capacity,
+  unpack_tiles,
 )
 
 
 def _check_layout(ids: np.ndarray, num_groups: int, tile: int):
-  layout = jax.tree.map(np.asarray, group_layout(jnp.asarray(ids), num_groups=num_groups,
-                                                 tile=tile))
+  layout = jax.tree.map(
+    np.asarray, group_layout(jnp.asarray(ids), num_groups=num_groups, tile=tile)
+  )
   rows, n = ids.shape
   capacity = sorted_capacity(n, num_groups, tile)
   assert layout.src.shape == (rows, capacity) and layout.slot.shape == (rows, n)
@@ -32,7 +33,7 @@ def _check_layout(ids: np.ndarray, num_groups: int, tile: int):
     real = src[src < n]
     np.testing.assert_array_equal(real, np.argsort(ids[r], kind="stable"))
     for t in range(capacity // tile):
-      tokens = src[t * tile:(t + 1) * tile]
+      tokens = src[t * tile : (t + 1) * tile]
       tokens = tokens[tokens < n]
       start, count = layout.mask.start[r, t], layout.mask.count[r, t]
       length = layout.mask.tile_len[r, t]
@@ -41,21 +42,21 @@ def _check_layout(ids: np.ndarray, num_groups: int, tile: int):
         assert count == 0
         continue
       # Real tokens first, then padding.
-      assert np.all(src[t * tile:t * tile + length] < n)
-      assert np.all(src[t * tile + length:(t + 1) * tile] == n)
+      assert np.all(src[t * tile : t * tile + length] < n)
+      assert np.all(src[t * tile + length : (t + 1) * tile] == n)
       groups = set(ids[r, tokens].tolist())
       assert len(groups) == 1, f"tile {t} mixes groups {groups}"
       g = groups.pop()
       members = np.flatnonzero(ids[r] == g)
       assert count == -(-members.size // tile) and start * tile <= t * tile
       assert t < start + count
-      run = src[start * tile:(start + count) * tile]
+      run = src[start * tile : (start + count) * tile]
       np.testing.assert_array_equal(np.sort(run[run < n]), members)  # the run is the group
 
 
 @pytest.mark.parametrize(
-    ("rows", "n", "num_groups", "tile"),
-    [(3, 50, 4, 8), (1, 37, 1, 16), (2, 10, 30, 4), (2, 64, 8, 64), (1, 1, 3, 8)],
+  ("rows", "n", "num_groups", "tile"),
+  [(3, 50, 4, 8), (1, 37, 1, 16), (2, 10, 30, 4), (2, 64, 8, 64), (1, 1, 3, 8)],
 )
 def test_layout_invariants_random(rows, n, num_groups, tile):
   rng = np.random.default_rng(rows * 1000 + n)
@@ -89,9 +90,11 @@ def test_pack_unpack_round_trip_and_gradients():
 
   w = jax.random.normal(jax.random.key(5), packed.shape)
   grad = jax.grad(lambda x: jnp.sum(pack_tiles(x, layout) * w))(x)
-  want = jax.grad(lambda x: jnp.sum(
-      jnp.take_along_axis(x, layout.src.reshape(2, 1, -1, 1), axis=2, mode="fill",
-                          fill_value=0) * w))(x)
+  want = jax.grad(
+    lambda x: jnp.sum(
+      jnp.take_along_axis(x, layout.src.reshape(2, 1, -1, 1), axis=2, mode="fill", fill_value=0) * w
+    )
+  )(x)
   np.testing.assert_allclose(grad, want, rtol=1e-6)
   y = jax.random.normal(jax.random.key(6), packed.shape)
   w2 = jax.random.normal(jax.random.key(7), x.shape)

@@ -40,11 +40,13 @@ def test_paper_block_in_closed_form(key):
   so the paper's block is o((2 * full + per_frame) / 3) = (2 * dense + frame_only) / 3 (the
   output projection is affine and the weights sum to 1)."""
   paper, both_full, frame_only, dense = _sharing_projections(
-      MoGAAttention(32, 4, num_groups=1, stga_windows=(1, 1), rngs=nnx.Rngs(1)),
-      MoGAAttention(32, 4, num_groups=1, stga_windows=(1, 1), frame_attention=False,
-                    rngs=nnx.Rngs(2)),
-      MoGAAttention(32, 4, **(DENSE | {"frame_attention": True}), rngs=nnx.Rngs(3)),
-      MoGAAttention(32, 4, **DENSE, rngs=nnx.Rngs(4)))
+    MoGAAttention(32, 4, num_groups=1, stga_windows=(1, 1), rngs=nnx.Rngs(1)),
+    MoGAAttention(
+      32, 4, num_groups=1, stga_windows=(1, 1), frame_attention=False, rngs=nnx.Rngs(2)
+    ),
+    MoGAAttention(32, 4, **(DENSE | {"frame_attention": True}), rngs=nnx.Rngs(3)),
+    MoGAAttention(32, 4, **DENSE, rngs=nnx.Rngs(4)),
+  )
   assert paper.branches == ("moga", "stga", "frame") and dense.branches == ()
   x, shots = _x(key), jnp.zeros((2, GRID[0]), jnp.int32)
   out, balance = paper(x, grid_shape=GRID, frame_shot=shots)
@@ -54,8 +56,7 @@ def test_paper_block_in_closed_form(key):
   assert_close(out, (2 * full + frame) / 3)
   np.testing.assert_allclose(balance, 1.0, rtol=1e-6)  # one group, gate 1: eq. 8 gives 1
   assert float(zero) == 0.0
-  summed = MoGAAttention(32, 4, num_groups=1, stga_windows=(1, 1), combine="sum",
-                         rngs=nnx.Rngs(5))
+  summed = MoGAAttention(32, 4, num_groups=1, stga_windows=(1, 1), combine="sum", rngs=nnx.Rngs(5))
   _sharing_projections(paper, summed)
   bias = paper.o.bias[...]
   assert_close(summed(x, grid_shape=GRID)[0] - bias, 3 * (out - bias))
@@ -63,8 +64,14 @@ def test_paper_block_in_closed_form(key):
 
 @pytest.mark.parametrize("window", [None, (3, 3, 3)])
 def test_moga_attention_shapes_and_router_gradient(key, window):
-  attn = MoGAAttention(32, 4, num_groups=3, window=window,
-                       window_tile=None if window is None else (1, 3, 3), rngs=nnx.Rngs(0))
+  attn = MoGAAttention(
+    32,
+    4,
+    num_groups=3,
+    window=window,
+    window_tile=None if window is None else (1, 3, 3),
+    rngs=nnx.Rngs(0),
+  )
   x = _x(key)
   out, balance = attn(x, grid_shape=GRID)
   assert out.shape == x.shape and balance.shape == ()
@@ -123,8 +130,17 @@ def test_frame_shots():
 
 
 def _dit(**kw):
-  args = dict(in_channels=12, out_channels=12, dim=32, ffn_dim=64, num_layers=2, num_heads=4,
-              text_dim=16, attention=dict(num_groups=3), rngs=nnx.Rngs(0))
+  args = dict(
+    in_channels=12,
+    out_channels=12,
+    dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    num_heads=4,
+    text_dim=16,
+    attention=dict(num_groups=3),
+    rngs=nnx.Rngs(0),
+  )
   return VideoDiT(**(args | kw))
 
 
@@ -189,10 +205,12 @@ def test_each_shot_sees_only_its_own_caption(key):
   assert float(jnp.abs(changed - base)[:, 2:].max()) > 0
   one_layer = _dit(attention=None, num_layers=1, patch=(1, 1, 1))
   one_layer.head.kernel[...] = 0.02 * jax.random.normal(
-      jax.random.key(4), one_layer.head.kernel.shape)
+    jax.random.key(4), one_layer.head.kernel.shape
+  )
   # With self-attention disabled (zero output projection), tokens of shot 0 cannot see shot 1.
   one_layer.blocks[0].self_attn.o.kernel[...] = jnp.zeros_like(
-      one_layer.blocks[0].self_attn.o.kernel[...])
+    one_layer.blocks[0].self_attn.o.kernel[...]
+  )
   a = one_layer(x, t, context, mask, frame_shot)[0]
   b = one_layer(x, t, context.at[:, 1].add(1.0), mask, frame_shot)[0]
   np.testing.assert_array_equal(a[:, :2], b[:, :2])
@@ -214,8 +232,13 @@ def test_chunked_shot_attention_equals_the_per_shot_loop(key, query_chunk):
   kq, kk, kv, ks = jax.random.split(key, 4)
   q = jax.random.normal(kq, (2, 50, 3, 8))
   k, v = (jax.random.normal(s, (2, 3, 5, 3, 8)) for s in (kk, kv))
-  mask = jnp.array([[[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]],
-                    [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]]], bool)
+  mask = jnp.array(
+    [
+      [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]],
+      [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]],
+    ],
+    bool,
+  )
   token_shot = jax.random.randint(ks, (2, 50), -1, 3)  # -1: outside every shot
   attend = lambda q, k, v: shot_attention(q, token_shot, k, v, mask, query_chunk=query_chunk)
   want = lambda q, k, v: _per_shot_reference(q, token_shot, k, v, mask)
@@ -229,8 +252,11 @@ def test_chunked_shot_attention_equals_the_per_shot_loop(key, query_chunk):
 
 def test_dit_rejects_bad_shapes(key):
   x, t, context, mask, frame_shot = _dit_inputs(key)
-  with pytest.raises(ValueError, match=r"latent grid \(F, H, W\) = \(4, 4, 5\) must be "
-                                       r"divisible by the patch \(1, 2, 2\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"latent grid \(F, H, W\) = \(4, 4, 5\) must be "
+    r"divisible by the patch \(1, 2, 2\)",
+  ):
     _dit()(x[:, :, :, :5], t, context, mask, frame_shot)
   with pytest.raises(ValueError, match=r"frame_shot must have shape \[batch, frames\]"):
     _dit()(x, t, context, mask, frame_shot[:, :3])
@@ -247,16 +273,20 @@ def _tiny_config():
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "match"),
-    [
-        ("model.num_heads", 3, r"config.model.num_heads \(3\) must divide config.model.dim"),
-        ("model.patch", (1, 3, 3), r"latent grid \(frames, height, width\) = \(16, 8, 8\) "
-                                   r"must be divisible by config.model.patch \(1, 3, 3\)"),
-        ("data.height", 30, r"must be divisible by config.model.latent_factor \(4\)"),
-        ("train.steps", 0, r"config.train.steps must be >= 1, got 0"),
-        ("model.dense_layers", (7,), r"must index blocks 0..1"),
-        ("data.shots", 3, r"config.data.shots \(3\) must be <= config.data.max_shots \(2\)"),
-    ],
+  ("field", "value", "match"),
+  [
+    ("model.num_heads", 3, r"config.model.num_heads \(3\) must divide config.model.dim"),
+    (
+      "model.patch",
+      (1, 3, 3),
+      r"latent grid \(frames, height, width\) = \(16, 8, 8\) "
+      r"must be divisible by config.model.patch \(1, 3, 3\)",
+    ),
+    ("data.height", 30, r"must be divisible by config.model.latent_factor \(4\)"),
+    ("train.steps", 0, r"config.train.steps must be >= 1, got 0"),
+    ("model.dense_layers", (7,), r"must index blocks 0..1"),
+    ("data.shots", 3, r"config.data.shots \(3\) must be <= config.data.max_shots \(2\)"),
+  ],
 )
 def test_bad_config_values(field, value, match):
   cfg = _tiny_config()
@@ -277,11 +307,14 @@ def test_loss_falls_on_a_fixed_batch():
   # Two flat-coloured shots per clip: easy structure a few dozen steps can start to fit.
   colours = rng.uniform(-1, 1, (4, 2, 1, 1, 1, 3)).astype(np.float32)
   video = np.repeat(np.broadcast_to(colours, (4, 2, 1, 32, 32, 3)), 8, axis=2).reshape(
-      4, 16, 32, 32, 3)
-  batch = {"video": jnp.asarray(video),
-           "captions": jnp.asarray(rng.integers(97, 122, (4, 2, 48)), jnp.uint8),
-           "shot_bounds": jnp.asarray([[[0, 8], [8, 16]]] * 4, jnp.int32),
-           "num_shots": jnp.full((4,), 2, jnp.int32)}
+    4, 16, 32, 32, 3
+  )
+  batch = {
+    "video": jnp.asarray(video),
+    "captions": jnp.asarray(rng.integers(97, 122, (4, 2, 48)), jnp.uint8),
+    "shot_bounds": jnp.asarray([[[0, 8], [8, 16]]] * 4, jnp.int32),
+    "num_shots": jnp.full((4,), 2, jnp.int32),
+  }
   losses = []
   with jax.set_mesh(mesh):
     for i in range(40):
@@ -293,10 +326,7 @@ def test_loss_falls_on_a_fixed_batch():
 def _oracle(attn: MoGAAttention, x, grid, shots, *, branches):
   """The paper's block assembled from dense masked attention: the module's own projections,
   norms and RoPE, then each branch as an explicit [N, N] mask, gate x MoGA, mean, o."""
-  from pallas_kernels.block_sparse.reference import (
-    masked_attention_reference,
-    shot_window_visible,
-  )
+  from pallas_kernels.block_sparse.reference import masked_attention_reference, shot_window_visible
 
   b, n, _ = x.shape
   heads = lambda t: t.reshape(b, n, attn.num_heads, attn.head_dim)
@@ -304,7 +334,7 @@ def _oracle(attn: MoGAAttention, x, grid, shots, *, branches):
   q = apply_rope(heads(attn.norm_q(attn.q(x))), angles)
   k = apply_rope(heads(attn.norm_k(attn.k(x))), angles)
   v = heads(attn.v(x))
-  scale = attn.head_dim ** -0.5
+  scale = attn.head_dim**-0.5
   outs = []
   if "moga" in branches:
     routing = attn.router(x)
@@ -312,14 +342,19 @@ def _oracle(attn: MoGAAttention, x, grid, shots, *, branches):
     same = (ids[:, :, None] == ids[:, None, :])[:, None]
     outs.append(masked_attention_reference(q, k, v, same, scale=scale) * gate[..., None, None])
   if "stga" in branches:
-    seen = shot_window_visible(shots, grid_shape=grid, spatial_groups=attn.stga_windows,
-                               temporal_group=attn.stga_temporal_group,
-                               context_frames=attn.stga_context_frames)
+    seen = shot_window_visible(
+      shots,
+      grid_shape=grid,
+      spatial_groups=attn.stga_windows,
+      temporal_group=attn.stga_temporal_group,
+      context_frames=attn.stga_context_frames,
+    )
     outs.append(masked_attention_reference(q, k, v, seen, scale=scale))
   if "frame" in branches:
     frame = np.repeat(np.arange(grid[0]), grid[1] * grid[2])
-    outs.append(masked_attention_reference(q, k, v, jnp.asarray(frame[:, None] == frame[None]),
-                                           scale=scale))
+    outs.append(
+      masked_attention_reference(q, k, v, jnp.asarray(frame[:, None] == frame[None]), scale=scale)
+    )
   return attn.o((sum(outs) / len(outs)).reshape(b, n, -1))
 
 
@@ -329,13 +364,19 @@ def test_module_values_against_a_dense_masked_oracle(key, branches):
   against dense masked attention. Catches the gate replaced by ones, a branch attending with
   the queries as keys, and any STGA mask error."""
   grid, shots = (5, 4, 6), jnp.array([[0, 0, 1, 1, 2], [0, 1, 1, 1, 1]], jnp.int32)
-  attn = MoGAAttention(32, 4, num_groups=3 if "moga" in branches else None,
-                       stga_windows=(2, 2) if "stga" in branches else None,
-                       frame_attention="frame" in branches, implementation="xla",
-                       rngs=nnx.Rngs(7))
+  attn = MoGAAttention(
+    32,
+    4,
+    num_groups=3 if "moga" in branches else None,
+    stga_windows=(2, 2) if "stga" in branches else None,
+    frame_attention="frame" in branches,
+    implementation="xla",
+    rngs=nnx.Rngs(7),
+  )
   if attn.router is not None:  # a sharper router than the init: gates well away from 1/3
-    attn.router.proj.kernel[...] = 2.0 * jax.random.normal(jax.random.key(8),
-                                                            attn.router.proj.kernel.shape)
+    attn.router.proj.kernel[...] = 2.0 * jax.random.normal(
+      jax.random.key(8), attn.router.proj.kernel.shape
+    )
   x = jax.random.normal(key, (2, 120, 32))
   out, _ = attn(x, grid_shape=grid, frame_shot=shots)
   assert_close(out, _oracle(attn, x, grid, shots, branches=branches))
@@ -349,8 +390,9 @@ def test_router_learns_through_the_gate_alone(key):
   and a small step against it lowers the task loss (ids unchanged). Catches a gate of ones."""
   grid = (4, 4, 4)
   attn = MoGAAttention(32, 4, num_groups=3, implementation="xla", rngs=nnx.Rngs(3))
-  attn.router.proj.kernel[...] = 0.5 * jax.random.normal(jax.random.key(8),
-                                                          attn.router.proj.kernel.shape)
+  attn.router.proj.kernel[...] = 0.5 * jax.random.normal(
+    jax.random.key(8), attn.router.proj.kernel.shape
+  )
   x = jax.random.normal(key, (1, 64, 32))
   target = jax.random.normal(jax.random.key(9), (1, 64, 32))
   loss = lambda attn: jnp.mean((attn(x, grid_shape=grid)[0] - target) ** 2)

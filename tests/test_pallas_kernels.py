@@ -16,12 +16,7 @@ from conftest import assert_close, random_qkv
 from jax import export
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels import (
-    frame_attention,
-    group_attention,
-    shot_window_attention,
-    window_attention,
-)
+from pallas_kernels import frame_attention, group_attention, shot_window_attention, window_attention
 from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.ops import block_sparse_attention
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
@@ -56,8 +51,9 @@ def test_tpu_kernel_on_the_tpu_simulator(key):
 
   def loss(impl, interpret=None):
     def f(q, k, v):
-      out = group_attention(q, k, v, ids, num_groups=3, implementation=impl, tile=8,
-                            interpret=interpret)
+      out = group_attention(
+        q, k, v, ids, num_groups=3, implementation=impl, tile=8, interpret=interpret
+      )
       return jnp.sum(jnp.sin(out)), out
 
     return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)
@@ -74,8 +70,9 @@ def _lower_for_tpu(mask, length):
   spec = jax.ShapeDtypeStruct((2, length, 128), jnp.bfloat16)
 
   def f(q, k, v):
-    loss = lambda q, k, v: block_sparse_attention_tpu(q, k, v, mask, 0.1, False).astype(
-        jnp.float32).sum()
+    loss = lambda q, k, v: (
+      block_sparse_attention_tpu(q, k, v, mask, 0.1, False).astype(jnp.float32).sum()
+    )
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   return export.export(jax.jit(f), platforms=["tpu"])(spec, spec, spec).mlir_module()
@@ -99,18 +96,21 @@ def _lower_for_gpu(mask, length):
 
   if not hasattr(mesh_lib, "AbstractDevice"):
     pytest.skip("this JAX cannot target an abstract GPU")
-  device = mesh_lib.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None,
-                                   platform="cuda")
+  device = mesh_lib.AbstractDevice(
+    device_kind="NVIDIA H100 80GB HBM3", num_cores=None, platform="cuda"
+  )
   spec = jax.ShapeDtypeStruct((2, length, 128), jnp.bfloat16)
 
   def f(q, k, v):
-    loss = lambda q, k, v: block_sparse_attention_gpu(q, k, v, mask, 0.1, False).astype(
-        jnp.float32).sum()
+    loss = lambda q, k, v: (
+      block_sparse_attention_gpu(q, k, v, mask, 0.1, False).astype(jnp.float32).sum()
+    )
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   unchecked = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
   with jax.sharding.use_abstract_mesh(
-      jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)):
+    jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+  ):
     exported = export.export(jax.jit(f), platforms=["cuda"], disabled_checks=unchecked)
     return exported(spec, spec, spec).mlir_module()
 
@@ -139,11 +139,12 @@ def test_gpu_dkdv_in_key_sub_blocks_is_exact(monkeypatch, key, keys):
   ids = jax.random.randint(jax.random.fold_in(key, 1), shape[:2], 0, 3)
   shots = jnp.array([[0, 0, 1, 1]], jnp.int32)
   ops = {
-      "groups": lambda impl, q, k, v: group_attention(
-          q, k, v, ids, num_groups=3, implementation=impl, tile=32),
-      "stga": lambda impl, q, k, v: shot_window_attention(
-          q, k, v, shots, grid_shape=(4, 6, 6), spatial_groups=(2, 2), implementation=impl,
-          tile=32),
+    "groups": lambda impl, q, k, v: group_attention(
+      q, k, v, ids, num_groups=3, implementation=impl, tile=32
+    ),
+    "stga": lambda impl, q, k, v: shot_window_attention(
+      q, k, v, shots, grid_shape=(4, 6, 6), spatial_groups=(2, 2), implementation=impl, tile=32
+    ),
   }
   for name, op in ops.items():
     cotangent = jax.random.normal(jax.random.fold_in(key, 2), shape)
@@ -154,18 +155,23 @@ def test_gpu_dkdv_in_key_sub_blocks_is_exact(monkeypatch, key, keys):
 
 
 _PATTERNS = {
-    "group": lambda q, **kw: group_attention(q, q, q, jnp.arange(q.shape[1])[None] % 2,
-                                             num_groups=2, **kw),
-    "stga": lambda q, **kw: shot_window_attention(q, q, q, jnp.array([[0, 0, 1, 1]]),
-                                                  grid_shape=(4, 16, 16), **kw),
-    "frame": lambda q, **kw: frame_attention(q, q, q, grid_shape=(4, 16, 16), **kw),
-    "window": lambda q, **kw: window_attention(q, q, q, grid_shape=(4, 16, 16), tile=(1, 8, 16),
-                                               window=(3, 1, 1), **kw),
+  "group": lambda q, **kw: group_attention(
+    q, q, q, jnp.arange(q.shape[1])[None] % 2, num_groups=2, **kw
+  ),
+  "stga": lambda q, **kw: shot_window_attention(
+    q, q, q, jnp.array([[0, 0, 1, 1]]), grid_shape=(4, 16, 16), **kw
+  ),
+  "frame": lambda q, **kw: frame_attention(q, q, q, grid_shape=(4, 16, 16), **kw),
+  "window": lambda q, **kw: window_attention(
+    q, q, q, grid_shape=(4, 16, 16), tile=(1, 8, 16), window=(3, 1, 1), **kw
+  ),
 }
 
 
-@pytest.mark.parametrize(("impl", "pattern"), [("pallas_tpu", "group"), ("pallas_gpu", "stga"),
-                                               ("xla", "frame"), ("pallas_gpu", "window")])
+@pytest.mark.parametrize(
+  ("impl", "pattern"),
+  [("pallas_tpu", "group"), ("pallas_gpu", "stga"), ("xla", "frame"), ("pallas_gpu", "window")],
+)
 def test_kernels_and_stages_carry_their_names(impl, pattern):
   """A profile names what it shows: moga_<pattern>_<fwd|dq|dkdv> on the pallas_calls (the xla
   sweeps' scopes), moga_<pattern>/pack|attend|unpack on the stages around them."""
@@ -180,20 +186,26 @@ def test_kernels_and_stages_carry_their_names(impl, pattern):
     kw |= dict(interpret=False, backend="gpu" if platform == "cuda" else platform)
   op = functools.partial(_PATTERNS[pattern], **kw)
   grad = jax.value_and_grad(lambda q: op(q).astype(jnp.float32).sum())
-  exporting = export.export(jax.jit(grad), platforms=[platform], disabled_checks=[
-      export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])
+  exporting = export.export(
+    jax.jit(grad),
+    platforms=[platform],
+    disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+  )
   if platform == "cuda":
     if not hasattr(mesh_lib, "AbstractDevice"):
       pytest.skip("this JAX cannot target an abstract GPU")
-    h100 = mesh_lib.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None,
-                                   platform="cuda")
+    h100 = mesh_lib.AbstractDevice(
+      device_kind="NVIDIA H100 80GB HBM3", num_cores=None, platform="cuda"
+    )
     with jax.sharding.use_abstract_mesh(
-        jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
+      jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)
+    ):
       text = exporting(q).mlir_module()
   else:
     text = exporting(q).mlir_module()
   assert set(re.findall(r"moga_[a-z]+_(?:fwd|dq|dkdv)\b", text)) == {
-      f"moga_{pattern}_{kind}" for kind in ("fwd", "dq", "dkdv")}
+    f"moga_{pattern}_{kind}" for kind in ("fwd", "dq", "dkdv")
+  }
   for stage in ("pack", "attend", "unpack"):
     assert f"moga_{pattern}/{stage}" in text, stage
   # The output carries a name a remat policy can save (names live in the jaxpr, not in HLO).
@@ -209,10 +221,13 @@ def test_a_remat_policy_can_keep_the_attention_output(key):
 
   q, k, v = random_qkv(key, (1, 64, 2, 16))
   ids = jnp.arange(64)[None] % 3
-  block = lambda q, k, v: jnp.sin(group_attention(q, k, v, ids, num_groups=3,
-                                                  implementation="xla", tile=16)).sum()
-  policies = {"none": jax.checkpoint_policies.nothing_saveable,
-              "out": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT_NAME)}
+  block = lambda q, k, v: jnp.sin(
+    group_attention(q, k, v, ids, num_groups=3, implementation="xla", tile=16)
+  ).sum()
+  policies = {
+    "none": jax.checkpoint_policies.nothing_saveable,
+    "out": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT_NAME),
+  }
   grads, saved = {}, {}
   for name, policy in policies.items():
     remat = jax.checkpoint(block, policy=policy)

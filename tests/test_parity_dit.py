@@ -54,27 +54,39 @@ def _reference_output(model, latents, t, context):
   # VideoDiT scales t by 1000 in float32; feed diffusers the very same timestep.
   timestep = np.float32(1000.0) * t
   with torch.no_grad():
-    out = model(torch.from_numpy(latents), torch.from_numpy(timestep),
-                torch.from_numpy(context), return_dict=False)[0]
+    out = model(
+      torch.from_numpy(latents),
+      torch.from_numpy(timestep),
+      torch.from_numpy(context),
+      return_dict=False,
+    )[0]
   return np.moveaxis(out.numpy(), 1, -1)
 
 
 def _ours(dit, latents, t, context):
   b, _, f = latents.shape[:3]
-  out, balance = dit(jnp.asarray(np.moveaxis(latents, 1, -1)), jnp.asarray(t),
-                     jnp.asarray(context)[:, None], jnp.ones((b, 1, context.shape[1]), bool),
-                     jnp.zeros((b, f), jnp.int32))
+  out, balance = dit(
+    jnp.asarray(np.moveaxis(latents, 1, -1)),
+    jnp.asarray(t),
+    jnp.asarray(context)[:, None],
+    jnp.ones((b, 1, context.shape[1]), bool),
+    jnp.zeros((b, f), jnp.int32),
+  )
   return np.asarray(out), float(balance)
 
 
 ROUTERS = ["blocks.0.self_attn.router.proj.kernel", "blocks.1.self_attn.router.proj.kernel"]
 
 
-@pytest.mark.parametrize("kwargs, routers", [
-  (dict(attention=None), []),
-  (dict(attention=ONE_GROUP), ROUTERS),  # MoGA alone, one group with gate 1: dense attention
-  (dict(attention=ONE_GROUP, scan_layers=True), ["blocks.self_attn.router.proj.kernel"]),
-], ids=["dense", "moga_1group", "moga_1group_scanned"])
+@pytest.mark.parametrize(
+  "kwargs, routers",
+  [
+    (dict(attention=None), []),
+    (dict(attention=ONE_GROUP), ROUTERS),  # MoGA alone, one group with gate 1: dense attention
+    (dict(attention=ONE_GROUP, scan_layers=True), ["blocks.self_attn.router.proj.kernel"]),
+  ],
+  ids=["dense", "moga_1group", "moga_1group_scanned"],
+)
 def test_matches_diffusers(reference, inputs, kwargs, routers):
   model, config, folder = reference
   dit = VideoDiT(**dit_kwargs_from_diffusers(config), **kwargs, rngs=nnx.Rngs(1))
@@ -124,16 +136,19 @@ def test_weight_problems_are_reported_by_name(reference, tmp_path):
     load_wan_dit(tmp_path, dit)
 
 
-@pytest.mark.parametrize("change, message", [
-  (dict(image_dim=1280, added_kv_proj_dim=32), "image conditioning"),
-  (dict(added_kv_proj_dim=32), "added_kv_proj_dim"),
-  (dict(pos_embed_seq_len=514), "pos_embed_seq_len"),
-  (dict(qk_norm="rms_norm"), "qk_norm"),
-  (dict(cross_attn_norm=False), "cross_attn_norm"),
-  (dict(eps=1e-5), "eps"),
-  (dict(window_size=(4, 4)), "window_size"),
-  (dict(_class_name="WanVACETransformer3DModel"), "WanVACETransformer3DModel"),
-])
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    (dict(image_dim=1280, added_kv_proj_dim=32), "image conditioning"),
+    (dict(added_kv_proj_dim=32), "added_kv_proj_dim"),
+    (dict(pos_embed_seq_len=514), "pos_embed_seq_len"),
+    (dict(qk_norm="rms_norm"), "qk_norm"),
+    (dict(cross_attn_norm=False), "cross_attn_norm"),
+    (dict(eps=1e-5), "eps"),
+    (dict(window_size=(4, 4)), "window_size"),
+    (dict(_class_name="WanVACETransformer3DModel"), "WanVACETransformer3DModel"),
+  ],
+)
 def test_unsupported_configs_are_refused(reference, change, message):
   with pytest.raises(ValueError, match=message):
     dit_kwargs_from_diffusers(reference[1] | change)
@@ -149,5 +164,13 @@ def test_defaults_are_diffusers_defaults():
   defaults = {k: p.default for k, p in params.items() if k != "self"}
   assert dit_kwargs_from_diffusers({}) == dit_kwargs_from_diffusers(defaults)
   assert dit_kwargs_from_diffusers({}) == dict(
-      in_channels=16, out_channels=16, dim=5120, ffn_dim=13824, num_layers=40, num_heads=40,
-      text_dim=4096, patch=(1, 2, 2), freq_dim=256)
+    in_channels=16,
+    out_channels=16,
+    dim=5120,
+    ffn_dim=13824,
+    num_layers=40,
+    num_heads=40,
+    text_dim=4096,
+    patch=(1, 2, 2),
+    freq_dim=256,
+  )

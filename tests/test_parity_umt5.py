@@ -22,11 +22,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from wan_reference import rel_err  # noqa: E402
 
 from moga_jax.wan.tokenizer import clean_prompt, encode_prompts, load_tokenizer  # noqa: E402
-from moga_jax.wan.umt5 import (  # noqa: E402
-  UMT5Config,
-  prompt_embeddings,
-  relative_position_buckets,
-)
+from moga_jax.wan.umt5 import UMT5Config, prompt_embeddings, relative_position_buckets  # noqa: E402
 from moga_jax.wan.umt5_weights import load_umt5  # noqa: E402
 
 # One worker builds the module fixtures (reference models) once (--dist loadgroup).
@@ -66,11 +62,20 @@ def tokenizer_dirs(tmp_path_factory):
   shutil.copytree(root / "saved", legacy)
   spec = json.loads((legacy / "tokenizer.json").read_text())
   assert spec["normalizer"]["type"] == "Precompiled"
-  spec["normalizer"] = {"type": "Sequence", "normalizers": [
-      spec["normalizer"], {"type": "Strip", "strip_left": False, "strip_right": True},
-      {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "▁"}]}
-  spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always",
-                           "split": True}
+  spec["normalizer"] = {
+    "type": "Sequence",
+    "normalizers": [
+      spec["normalizer"],
+      {"type": "Strip", "strip_left": False, "strip_right": True},
+      {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "▁"},
+    ],
+  }
+  spec["pre_tokenizer"] = {
+    "type": "Metaspace",
+    "replacement": "▁",
+    "prepend_scheme": "always",
+    "split": True,
+  }
   (legacy / "tokenizer.json").write_text(json.dumps(spec))
   return {"saved": root / "saved", "legacy": legacy, "spm_only": root / "spm"}
 
@@ -81,9 +86,10 @@ def test_buckets_match_transformers():
 
   offsets = np.arange(-1100, 1101)
   for buckets, distance in ((32, 128), (64, 256), (16, 64), (8, 20), (32, 50)):
-    attn = UMT5Attention(TorchConfig(relative_attention_num_buckets=buckets,
-                                     relative_attention_max_distance=distance),
-                         has_relative_attention_bias=True)
+    attn = UMT5Attention(
+      TorchConfig(relative_attention_num_buckets=buckets, relative_attention_max_distance=distance),
+      has_relative_attention_bias=True,
+    )
     want = attn._relative_position_bucket(torch.from_numpy(offsets)).numpy()
     got = relative_position_buckets(offsets, buckets, distance)
     bad = np.flatnonzero(got != want)
@@ -127,9 +133,15 @@ def test_tokenizer_matches_transformers(tokenizer_dirs, layout):
   folder = tokenizer_dirs[layout]
   assert [clean_prompt(p) for p in PROMPTS] == [prompt_clean(p) for p in PROMPTS]
   hf = AutoTokenizer.from_pretrained(folder)
-  want = hf([prompt_clean(p) for p in PROMPTS], padding="max_length", max_length=512,
-            truncation=True, add_special_tokens=True, return_attention_mask=True,
-            return_tensors="np")
+  want = hf(
+    [prompt_clean(p) for p in PROMPTS],
+    padding="max_length",
+    max_length=512,
+    truncation=True,
+    add_special_tokens=True,
+    return_attention_mask=True,
+    return_tensors="np",
+  )
   ids, mask = encode_prompts(load_tokenizer(folder), PROMPTS, 512)
   assert ids.dtype == np.int32 and mask.dtype == np.bool_ and ids.shape == (len(PROMPTS), 512)
   np.testing.assert_array_equal(ids, want["input_ids"])
@@ -145,11 +157,15 @@ def test_prompt_embeddings_match_diffusers(reference, tokenizer_dirs):
 
   model, folder = reference
   tok_dir = tokenizer_dirs["saved"]
-  pipe = types.SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(tok_dir),
-                               text_encoder=model, _execution_device=torch.device("cpu"))
+  pipe = types.SimpleNamespace(
+    tokenizer=AutoTokenizer.from_pretrained(tok_dir),
+    text_encoder=model,
+    _execution_device=torch.device("cpu"),
+  )
   with torch.no_grad():
-    want = WanPipeline._get_t5_prompt_embeds(pipe, PROMPTS, max_sequence_length=96,
-                                             dtype=torch.float32).numpy()
+    want = WanPipeline._get_t5_prompt_embeds(
+      pipe, PROMPTS, max_sequence_length=96, dtype=torch.float32
+    ).numpy()
   encoder, _ = load_umt5(folder)
   ids, mask = encode_prompts(load_tokenizer(tok_dir), PROMPTS, 96)
   got = np.asarray(prompt_embeddings(encoder, jnp.asarray(ids), jnp.asarray(mask)))
@@ -180,20 +196,35 @@ def _embed_twice(t):
 def test_tied_embedding_under_either_name(reference, tmp_path, edit):
   model, folder = reference
   encoder, _ = load_umt5(_broken_copy(folder, tmp_path / edit.__name__, edit))
-  np.testing.assert_array_equal(np.asarray(encoder.embed.embedding[...]),
-                                model.shared.weight.detach().numpy())
+  np.testing.assert_array_equal(
+    np.asarray(encoder.embed.embedding[...]), model.shared.weight.detach().numpy()
+  )
 
 
-@pytest.mark.parametrize("case, edit, named", [
-  ("missing", lambda t: t.pop("encoder.block.1.layer.1.DenseReluDense.wi_1.weight"),
-   "layers.1.ffn.wi_1.kernel"),
-  ("unexpected", lambda t: t.update({"encoder.block.0.layer.0.SelfAttention.qq.weight":
-                                     np.zeros((4, 4), np.float32)}),
-   "encoder.block.0.layer.0.SelfAttention.qq.weight"),
-  ("mis-shaped", lambda t: t.update({"encoder.block.0.layer.0.SelfAttention.q.weight":
-                                     np.zeros((16, 32), np.float32)}),
-   "layers.0.attn.q.kernel"),
-])
+@pytest.mark.parametrize(
+  "case, edit, named",
+  [
+    (
+      "missing",
+      lambda t: t.pop("encoder.block.1.layer.1.DenseReluDense.wi_1.weight"),
+      "layers.1.ffn.wi_1.kernel",
+    ),
+    (
+      "unexpected",
+      lambda t: t.update(
+        {"encoder.block.0.layer.0.SelfAttention.qq.weight": np.zeros((4, 4), np.float32)}
+      ),
+      "encoder.block.0.layer.0.SelfAttention.qq.weight",
+    ),
+    (
+      "mis-shaped",
+      lambda t: t.update(
+        {"encoder.block.0.layer.0.SelfAttention.q.weight": np.zeros((16, 32), np.float32)}
+      ),
+      "layers.0.attn.q.kernel",
+    ),
+  ],
+)
 def test_weight_errors_name_the_tensor(reference, tmp_path, case, edit, named):
   broken = _broken_copy(reference[1], tmp_path / case, edit)
   with pytest.raises(ValueError, match=case) as info:

@@ -91,7 +91,8 @@ def test_decode_matches_diffusers(reference, ours):
     want = model.decode(to_torch_layout(latents)).sample
     stats = lambda v: torch.tensor(v).view(1, -1, 1, 1, 1)
     scaled = to_torch_layout(latents) / (1.0 / stats(TINY["latents_std"])) + stats(
-        TINY["latents_mean"])
+      TINY["latents_mean"]
+    )
     want_normalized = model.decode(scaled).sample
   want = np.moveaxis(want.numpy(), 1, -1)
   # Most values must lie inside diffusers' clamp to [-1, 1], or the comparison would be hollow.
@@ -123,9 +124,11 @@ def test_loading_names_missing_unexpected_and_misshaped(reference, tmp_path):
 def test_config_refuses_wan22_and_unknown_fields(reference, tmp_path):
   raw = json.loads((reference[1] / "config.json").read_text())
   assert WanVAEConfig.from_json(reference[1]).dim_mult == tuple(TINY["dim_mult"])
-  for change, needle in (({"is_residual": True, "patch_size": 2, "in_channels": 12}, "Wan 2.2"),
-                         ({"clip_output": True}, "clip_output"),
-                         ({"dropout": 0.1}, "dropout")):
+  for change, needle in (
+    ({"is_residual": True, "patch_size": 2, "in_channels": 12}, "Wan 2.2"),
+    ({"clip_output": True}, "clip_output"),
+    ({"dropout": 0.1}, "dropout"),
+  ):
     (tmp_path / "config.json").write_text(json.dumps(raw | change))
     with pytest.raises(ValueError, match=needle):
       WanVAEConfig.from_json(tmp_path)
@@ -161,8 +164,10 @@ def test_memory_does_not_grow_with_frames(method):
   config = WanVAEConfig(**TINY)
   graph, state = nnx.split(nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0))))
   fn = jax.jit(lambda s, x: getattr(nnx.merge(graph, s), method)(x))
-  shape = {"encode": lambda t: (1, t, 32, 32, 3),
-           "decode": lambda t: (1, 1 + (t - 1) // 4, 4, 4, config.z_dim)}[method]
+  shape = {
+    "encode": lambda t: (1, t, 32, 32, 3),
+    "decode": lambda t: (1, 1 + (t - 1) // 4, 4, 4, config.z_dim),
+  }[method]
   temp9, io9 = _compiled_sizes(fn, state, shape(9))
   temp17, io17 = _compiled_sizes(fn, state, shape(17))
   assert temp17 - temp9 <= (io17 - io9) + 0.05 * temp9, (temp9, temp17, io9, io17)

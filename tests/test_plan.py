@@ -60,10 +60,12 @@ def test_the_papers_block_counts_every_branch():
   assert b["frame"] == pytest.approx(layers * per_pair * n * 30 * 52)
   assert set(b) == {"moga_groups", "stga", "frame"}
   assert f["self_attention_moga"] == pytest.approx(sum(b.values()))
-  assert f["attention_density"] == pytest.approx(f["self_attention_moga"]
-                                                 / f["self_attention_dense"])
+  assert f["attention_density"] == pytest.approx(
+    f["self_attention_moga"] / f["self_attention_dense"]
+  )
   assert f["moga"] - f["dense"] == pytest.approx(
-      f["self_attention_moga"] - f["self_attention_dense"] + f["linear"]["router"])
+    f["self_attention_moga"] - f["self_attention_dense"] + f["linear"]["router"]
+  )
   assert f["linear"]["router"] == layers * 2.0 * n * 1536 * 5  # one routing shared by heads
 
 
@@ -88,10 +90,18 @@ def _stga_pairs_brute_force(grid, shot_of_frame, windows, temporal_group, contex
     group.append((shot_of_frame[i], piece))
   ids = {g: k for k, g in enumerate(dict.fromkeys(group))}
   group = np.array([ids[g] for g in group])
-  rows = np.concatenate([np.full(n, i) for i, n in enumerate(
-      [len(x) for x in np.array_split(np.arange(h), windows[0])])])
-  cols = np.concatenate([np.full(n, i) for i, n in enumerate(
-      [len(x) for x in np.array_split(np.arange(w), windows[1])])])
+  rows = np.concatenate(
+    [
+      np.full(n, i)
+      for i, n in enumerate([len(x) for x in np.array_split(np.arange(h), windows[0])])
+    ]
+  )
+  cols = np.concatenate(
+    [
+      np.full(n, i)
+      for i, n in enumerate([len(x) for x in np.array_split(np.arange(w), windows[1])])
+    ]
+  )
   frame, row, col = (a.ravel() for a in np.meshgrid(np.arange(t), rows, cols, indexing="ij"))
   g = group[frame]
   same_window = (row[:, None] == row[None]) & (col[:, None] == col[None])
@@ -107,15 +117,17 @@ def _stga_pairs_brute_force(grid, shot_of_frame, windows, temporal_group, contex
   return int((allowed & same_window).sum())
 
 
-@pytest.mark.parametrize("grid, shots, windows, temporal_group, context", [
-  ((6, 4, 6), 1, (2, 2), None, 1),
-  ((7, 5, 6), 3, (2, 3), None, 1),  # uneven shots and windows (rows 3 + 2)
-  ((9, 4, 4), 2, (4, 4), 2, 1),  # shots cut into 2-frame groups (a 1-frame remainder)
-  ((8, 4, 4), 2, (1, 2), None, 2),
-  ((8, 2, 2), 4, (1, 1), 3, 0),
-])
-def test_stga_key_count_matches_an_explicit_mask(grid, shots, windows, temporal_group,
-                                                  context):
+@pytest.mark.parametrize(
+  "grid, shots, windows, temporal_group, context",
+  [
+    ((6, 4, 6), 1, (2, 2), None, 1),
+    ((7, 5, 6), 3, (2, 3), None, 1),  # uneven shots and windows (rows 3 + 2)
+    ((9, 4, 4), 2, (4, 4), 2, 1),  # shots cut into 2-frame groups (a 1-frame remainder)
+    ((8, 4, 4), 2, (1, 2), None, 2),
+    ((8, 2, 2), 4, (1, 1), 3, 0),
+  ],
+)
+def test_stga_key_count_matches_an_explicit_mask(grid, shots, windows, temporal_group, context):
   lengths = shot_frames(grid[0], shots)
   shot_of_frame = np.repeat(np.arange(len(lengths)), lengths)
   groups = temporal_groups(lengths, temporal_group)
@@ -141,7 +153,8 @@ def test_table5_has_every_cell_and_tracks_the_paper_at_30s():
   for i in range(5):
     assert t["pflops"]["M=5"][i] > t["pflops"]["M=10"][i] > t["pflops"]["M=20"][i]
     assert t["pflops"]["M=10"][i] == pytest.approx(
-        t["fixed_pflops"][i] + t["slope_pflops"][i] / 10, rel=1e-3)
+      t["fixed_pflops"][i] + t["slope_pflops"][i] / 10, rel=1e-3
+    )
   text = format_table5(t)
   assert "6.94" in text and "MoGA M=20, paper" in text
   one_shot = table5(shot_seconds=None)
@@ -152,9 +165,23 @@ def test_table5_has_every_cell_and_tracks_the_paper_at_30s():
 def test_plan_json_prints_one_object_for_the_30s_wan_config(tmp_path):
   out = tmp_path / "plan.json"
   result = subprocess.run(
-      [sys.executable, "-m", "moga_jax.plan", "--config",
-       str(ROOT / "configs" / "wan1_3b_moga.py") + ":stage2", "--json", "--json_out", str(out)],
-      cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=300, check=False)
+    [
+      sys.executable,
+      "-m",
+      "moga_jax.plan",
+      "--config",
+      str(ROOT / "configs" / "wan1_3b_moga.py") + ":stage2",
+      "--json",
+      "--json_out",
+      str(out),
+    ],
+    cwd=ROOT,
+    env=_clean_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stdout + result.stderr[-4000:]
   plan = json.loads(result.stdout)  # stdout is the JSON object and nothing else
   assert plan["tokens"] == 187_200
@@ -166,8 +193,14 @@ def test_plan_json_prints_one_object_for_the_30s_wan_config(tmp_path):
 
 def test_table5_cli_json():
   result = subprocess.run(
-      [sys.executable, "-m", "moga_jax.plan", "--table5", "--json"],
-      cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=300, check=False)
+    [sys.executable, "-m", "moga_jax.plan", "--table5", "--json"],
+    cwd=ROOT,
+    env=_clean_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   t = json.loads(result.stdout)
   assert set(t["pflops"]) == set(TABLE5_ROWS) and t["tokens"][-1] == 187_200
@@ -206,12 +239,20 @@ def test_parse_mesh_errors():
 
 
 REDUCED = [
-  "--config.model.dim=128", "--config.model.ffn_dim=256", "--config.model.num_layers=2",
-  "--config.model.num_heads=8", "--config.model.text_dim=32", "--config.video.frames=17",
-  "--config.video.height=128", "--config.video.width=128", "--config.video.shots=2",
-  "--config.video.caption_len=8", "--config.train.batch_size=2",
+  "--config.model.dim=128",
+  "--config.model.ffn_dim=256",
+  "--config.model.num_layers=2",
+  "--config.model.num_heads=8",
+  "--config.model.text_dim=32",
+  "--config.video.frames=17",
+  "--config.video.height=128",
+  "--config.video.width=128",
+  "--config.video.shots=2",
+  "--config.video.caption_len=8",
+  "--config.train.batch_size=2",
   # 5 x 8 x 8 tokens: 4 MoGA groups, 2x2 STGA windows of 4x4 tokens over 2 shots, per-frame.
-  "--config.model.attention.num_groups=4", "--config.model.attention.stga_windows=(2,2)",
+  "--config.model.attention.num_groups=4",
+  "--config.model.attention.stga_windows=(2,2)",
 ]
 
 
@@ -221,22 +262,40 @@ def test_plan_aot_compiles_the_train_step_on_a_fake_mesh(tmp_path):
   step lowers and compiles, and each device's arguments are a fraction of the whole state."""
   out = tmp_path / "plan.json"
   result = subprocess.run(
-      [sys.executable, "-m", "moga_jax.plan", "--config",
-       str(ROOT / "configs" / "wan14b_moga_580k.py"), "--mesh", "fsdp=2,context=4", "--aot",
-       "--json_out", str(out), *REDUCED],
-      cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=600, check=False)
+    [
+      sys.executable,
+      "-m",
+      "moga_jax.plan",
+      "--config",
+      str(ROOT / "configs" / "wan14b_moga_580k.py"),
+      "--mesh",
+      "fsdp=2,context=4",
+      "--aot",
+      "--json_out",
+      str(out),
+      *REDUCED,
+    ],
+    cwd=ROOT,
+    env=_clean_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stdout + result.stderr[-4000:]
   assert "ahead-of-time compile of the training step" in result.stdout
   plan = json.loads(out.read_text())
   assert plan["devices"] == 8 and plan["tokens"] == 5 * 8 * 8
   assert plan["shot_frames"] == [3, 2]
   assert set(plan["flops_per_sample_forward"]["self_attention_branches"]) == {
-      "moga_groups", "stga", "frame"}
+    "moga_groups",
+    "stga",
+    "frame",
+  }
   aot, mem = plan["aot"], plan["per_device_bytes"]
   assert aot["temp_bytes"] > 0
   state = mem["params"] + mem["optimizer_state"]
   assert aot["argument_bytes"] >= state  # this device's shards of state + batch
   whole_state = 3 * plan["parameters"] * 4
   assert state < whole_state / 4  # sharded 8 ways (some small tensors replicated)
-  assert math.isclose(plan["pflops_dense"] * 1e15,
-                      plan["flops_per_sample_forward"]["dense"])
+  assert math.isclose(plan["pflops_dense"] * 1e15, plan["flops_per_sample_forward"]["dense"])

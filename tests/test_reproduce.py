@@ -10,13 +10,27 @@ from configs import reproduce as reproduce_config
 from moga_jax.attention import is_dense
 from moga_jax.reproduce import reproduce, run_config
 
-REQUIRED = ("variant", "num_groups", "balance", "seed", "consistency", "adherence", "val_loss",
-            "attention_flops", "wall_s")
+REQUIRED = (
+  "variant",
+  "num_groups",
+  "balance",
+  "seed",
+  "consistency",
+  "adherence",
+  "val_loss",
+  "attention_flops",
+  "wall_s",
+)
 
 
 def _run(variant, groups, balance="paper"):
-  return {"variant": variant, "num_groups": groups, "balance": balance, "seed": 3,
-          "experiments": ["fig11"]}
+  return {
+    "variant": variant,
+    "num_groups": groups,
+    "balance": balance,
+    "seed": 3,
+    "experiments": ["fig11"],
+  }
 
 
 def test_run_configs_set_the_variants_branches():

@@ -38,8 +38,10 @@ def test_switch_balance_loss_uniform_is_one_and_collapse_tends_to_num_groups():
   np.testing.assert_allclose(balance_loss(uniform, even_ids, "switch"), 1.0, rtol=1e-6)
   # Per-head routing: averaged over heads.
   np.testing.assert_allclose(
-      balance_loss(jnp.full((2, 64, 3, g), 1.0 / g), jnp.zeros((2, 64, 3, 1), jnp.int32),
-                   "switch"), 1.0, rtol=1e-6)
+    balance_loss(jnp.full((2, 64, 3, g), 1.0 / g), jnp.zeros((2, 64, 3, 1), jnp.int32), "switch"),
+    1.0,
+    rtol=1e-6,
+  )
   losses = []
   for confidence in (0.5, 0.9, 0.999):
     probs = jnp.full((2, 64, g), (1 - confidence) / (g - 1)).at[..., 0].set(confidence)
@@ -56,8 +58,7 @@ def test_paper_balance_loss_values():
   even_ids = (jnp.arange(2 * 64).reshape(2, 64, 1) % g).astype(jnp.int32)
   one_hot = jax.nn.one_hot(even_ids[..., 0], g)
   np.testing.assert_allclose(balance_loss(one_hot, even_ids), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(balance_loss(jnp.full((2, 64, g), 1 / g), even_ids), 1 / g,
-                             rtol=1e-6)
+  np.testing.assert_allclose(balance_loss(jnp.full((2, 64, g), 1 / g), even_ids), 1 / g, rtol=1e-6)
   probs = jnp.full((2, 64, g), 0.1).at[..., 0].set(0.7)
   collapsed = jnp.zeros((2, 64, 1), jnp.int32)
   np.testing.assert_allclose(balance_loss(probs, collapsed), g * 0.7, rtol=1e-6)
@@ -67,8 +68,7 @@ def test_paper_balance_loss_values():
   fraction, paper_p = np.array([2 / 3, 1 / 3]), np.array([(0.9 + 0.6) / 3, 0.8 / 3])
   switch_p = np.array([(0.9 + 0.6 + 0.2) / 3, (0.1 + 0.4 + 0.8) / 3])
   np.testing.assert_allclose(balance_loss(probs, ids), 2 * fraction @ paper_p, rtol=1e-6)
-  np.testing.assert_allclose(balance_loss(probs, ids, "switch"), 2 * fraction @ switch_p,
-                             rtol=1e-6)
+  np.testing.assert_allclose(balance_loss(probs, ids, "switch"), 2 * fraction @ switch_p, rtol=1e-6)
   with pytest.raises(ValueError, match="balance loss form must be one of"):
     balance_loss(probs, ids, "gshard")
 
@@ -112,8 +112,9 @@ def _topk_reference(q, k, v, ids, gates, scale):
   out = 0.0
   for c in range(ids.shape[-1]):
     chosen = jnp.moveaxis(ids[..., c], -1, 1)  # [b, h, n]
-    mask = jnp.take_along_axis(jnp.moveaxis(member, 2, 1)[:, :, None, :, :],
-                               chosen[:, :, :, None, None], axis=-1)[..., 0]  # [b, h, q, k]
+    mask = jnp.take_along_axis(
+      jnp.moveaxis(member, 2, 1)[:, :, None, :, :], chosen[:, :, :, None, None], axis=-1
+    )[..., 0]  # [b, h, q, k]
     p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)
     out = out + jnp.einsum("bhqk,bkhd->bqhd", p, v) * gates[..., c][..., None]
   return out
@@ -125,9 +126,10 @@ def test_routed_group_attention_matches_dense_oracle(key, num_heads, top_k):
   q, k, v = random_qkv(k1, (2, 40, 2, 8))
   router = GroupRouter(16, 4, num_heads=num_heads, top_k=top_k, rngs=nnx.Rngs(3))
   routing = router(jax.random.normal(k2, (2, 40, 16)))
-  out = routed_group_attention(q, k, v, routing.group_ids, routing.gates, num_groups=4,
-                               implementation="xla", tile=8)
-  want = _topk_reference(q, k, v, routing.group_ids, routing.gates, 8 ** -0.5)
+  out = routed_group_attention(
+    q, k, v, routing.group_ids, routing.gates, num_groups=4, implementation="xla", tile=8
+  )
+  want = _topk_reference(q, k, v, routing.group_ids, routing.gates, 8**-0.5)
   assert_close(out, want)
   if top_k == 1:  # top-1 is the gate times plain group attention
     ids = routing.group_ids[..., 0]
@@ -144,9 +146,10 @@ def test_gate_carries_gradient_into_the_router(key):
 
   def loss(router):
     routing = router(x)
-    out = routed_group_attention(q, k, v, routing.group_ids, routing.gates, num_groups=3,
-                                 implementation="xla", tile=8)
-    return jnp.sum(out ** 2)
+    out = routed_group_attention(
+      q, k, v, routing.group_ids, routing.gates, num_groups=3, implementation="xla", tile=8
+    )
+    return jnp.sum(out**2)
 
   grads = nnx.grad(loss)(router)
   assert float(jnp.abs(grads.proj.kernel[...]).max()) > 0

@@ -17,8 +17,14 @@ IMPLEMENTATIONS = ("xla", "pallas_tpu", "pallas_gpu")
 def test_group_attention_inside_shard_map_equals_unsharded():
   """One process checks every implementation (one jax start-up instead of three)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  result = subprocess.run([sys.executable, str(SCRIPT), *IMPLEMENTATIONS], capture_output=True,
-                          text=True, env=env, timeout=900, check=False)
+  result = subprocess.run(
+    [sys.executable, str(SCRIPT), *IMPLEMENTATIONS],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=900,
+    check=False,
+  )
   assert result.returncode == 0, result.stdout + result.stderr[-4000:]
   for impl in IMPLEMENTATIONS:
     assert f"{impl}: sharded == unsharded" in result.stdout, result.stdout

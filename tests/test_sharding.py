@@ -18,12 +18,7 @@ import pytest
 
 from configs import tiny
 from moga_jax.config_checks import validate_sharding
-from moga_jax.sharding import (
-  ShardingRules,
-  param_logical_axes,
-  param_spec,
-  resolve_mesh_shape,
-)
+from moga_jax.sharding import ShardingRules, param_logical_axes, param_spec, resolve_mesh_shape
 
 ROOT = Path(__file__).parents[1]
 P = __import__("jax").P
@@ -39,13 +34,20 @@ def _env(devices: int | None) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mesh,routing", [("data=2,context=4", "per_head"),
-                                          ("fsdp=2,context=2,tensor=2", "shared")])
+@pytest.mark.parametrize(
+  "mesh,routing", [("data=2,context=4", "per_head"), ("fsdp=2,context=2,tensor=2", "shared")]
+)
 def test_sharded_model_equals_unsharded_on_a_mesh(mesh, routing):
   """Forward, gradients and one train step on 8 fake devices == one device."""
   script = ROOT / "tests" / "scripts" / "sharded_model.py"
-  result = subprocess.run([sys.executable, str(script), mesh, routing], capture_output=True,
-                          text=True, env=_env(None), timeout=900, check=False)
+  result = subprocess.run(
+    [sys.executable, str(script), mesh, routing],
+    capture_output=True,
+    text=True,
+    env=_env(None),
+    timeout=900,
+    check=False,
+  )
   assert result.returncode == 0, result.stdout + result.stderr[-4000:]
   assert f"{mesh} {routing}: sharded == unsharded" in result.stdout
 
@@ -54,22 +56,29 @@ RULES = ShardingRules.from_config(tiny.get_config().sharding.rules)
 MESH = {"data": 2, "fsdp": 2, "context": 2, "tensor": 2}
 
 
-@pytest.mark.parametrize("path,shape,spec", [
-  ("dit.blocks.0.self_attn.q.kernel", (64, 64), P(("fsdp", "context"), "tensor")),
-  ("dit.blocks.0.self_attn.o.kernel", (64, 64), P("tensor", ("fsdp", "context"))),
-  ("dit.blocks.0.ffn.fc1.kernel", (64, 256), P(("fsdp", "context"), "tensor")),
-  ("dit.blocks.0.modulation", (1, 6, 64), P(None, None, None)),
-  # Scanned blocks carry a leading layer axis, left unsharded.
-  ("dit.blocks.self_attn.q.kernel", (4, 64, 64), P(None, ("fsdp", "context"), "tensor")),
-  # Optimizer moments shard like their parameter (matched by the path's end).
-  ("1.opt_state.0.mu.dit.blocks.0.ffn.fc2.kernel", (256, 64), P("tensor", ("fsdp", "context"))),
-  # Unmatched: FSDP on the largest dim it divides; scalars replicated.
-  ("dit.patch_embedding.kernel", (1, 2, 2, 48, 64), P(None, None, None, None, ("fsdp", "context"))),
-  ("text_encoder.embed.embedding", (258, 64), P(None, ("fsdp", "context"))),
-  ("1.opt_state.0.count", (), P()),
-  # A dim the mesh axes do not divide stays replicated.
-  ("dit.blocks.0.self_attn.q.kernel", (64, 3), P(("fsdp", "context"), None)),
-])
+@pytest.mark.parametrize(
+  "path,shape,spec",
+  [
+    ("dit.blocks.0.self_attn.q.kernel", (64, 64), P(("fsdp", "context"), "tensor")),
+    ("dit.blocks.0.self_attn.o.kernel", (64, 64), P("tensor", ("fsdp", "context"))),
+    ("dit.blocks.0.ffn.fc1.kernel", (64, 256), P(("fsdp", "context"), "tensor")),
+    ("dit.blocks.0.modulation", (1, 6, 64), P(None, None, None)),
+    # Scanned blocks carry a leading layer axis, left unsharded.
+    ("dit.blocks.self_attn.q.kernel", (4, 64, 64), P(None, ("fsdp", "context"), "tensor")),
+    # Optimizer moments shard like their parameter (matched by the path's end).
+    ("1.opt_state.0.mu.dit.blocks.0.ffn.fc2.kernel", (256, 64), P("tensor", ("fsdp", "context"))),
+    # Unmatched: FSDP on the largest dim it divides; scalars replicated.
+    (
+      "dit.patch_embedding.kernel",
+      (1, 2, 2, 48, 64),
+      P(None, None, None, None, ("fsdp", "context")),
+    ),
+    ("text_encoder.embed.embedding", (258, 64), P(None, ("fsdp", "context"))),
+    ("1.opt_state.0.count", (), P()),
+    # A dim the mesh axes do not divide stays replicated.
+    ("dit.blocks.0.self_attn.q.kernel", (64, 3), P(("fsdp", "context"), None)),
+  ],
+)
 def test_param_mesh_shardings_by_path(path, shape, spec):
   assert param_spec(path, shape, MESH, RULES) == spec
 
@@ -78,6 +87,7 @@ def test_every_tiny_model_parameter_gets_logical_axes_or_fsdp():
   from flax import nnx
 
   from moga_jax.model import TextToVideo
+
   model = nnx.eval_shape(lambda: TextToVideo(tiny.get_config().model, rngs=nnx.Rngs(0)))
   ruled = 0
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -90,8 +100,12 @@ def test_every_tiny_model_parameter_gets_logical_axes_or_fsdp():
 
 
 def test_mesh_shape_resolution_and_errors():
-  assert resolve_mesh_shape({"data": -1, "context": 4}, 8) == \
-      {"data": 2, "fsdp": 1, "context": 4, "tensor": 1}
+  assert resolve_mesh_shape({"data": -1, "context": 4}, 8) == {
+    "data": 2,
+    "fsdp": 1,
+    "context": 4,
+    "tensor": 1,
+  }
   with pytest.raises(ValueError, match="at most one may be -1"):
     resolve_mesh_shape({"data": -1, "fsdp": -1}, 8)
   with pytest.raises(ValueError, match="uses 6 devices but 8 are available"):
@@ -113,15 +127,26 @@ def test_a_logical_name_no_rule_knows_raises_where_the_model_uses_it():
     RULES.spec("activation_batch", "activation_lenght")
 
 
-@pytest.mark.parametrize("mesh,field,value,match", [
-  ({"data": 1, "context": 8}, None, None,
-   r"num_heads \(4\) must be divisible by the context axes x head axes of the mesh "
-   r"\(8 x 1 = 8\): Ulysses"),
-  ({"data": 1, "context": 2, "tensor": 4}, None, None, r"\(2 x 4 = 8\)"),
-  ({"data": 8}, ("train", "batch_size"), 12,
-   r"batch_size \(12\) must be divisible by the batch axes of the mesh \(8 devices\)"),
-  ({"data": 2, "context": 4}, ("model", "num_heads"), 8, None),  # fine
-])
+@pytest.mark.parametrize(
+  "mesh,field,value,match",
+  [
+    (
+      {"data": 1, "context": 8},
+      None,
+      None,
+      r"num_heads \(4\) must be divisible by the context axes x head axes of the mesh "
+      r"\(8 x 1 = 8\): Ulysses",
+    ),
+    ({"data": 1, "context": 2, "tensor": 4}, None, None, r"\(2 x 4 = 8\)"),
+    (
+      {"data": 8},
+      ("train", "batch_size"),
+      12,
+      r"batch_size \(12\) must be divisible by the batch axes of the mesh \(8 devices\)",
+    ),
+    ({"data": 2, "context": 4}, ("model", "num_heads"), 8, None),  # fine
+  ],
+)
 def test_sharding_validator_rejects_what_the_mesh_cannot_split(mesh, field, value, match):
   cfg = tiny.get_config()
   cfg.sharding.mesh = {"data": 1, "fsdp": 1, "context": 1, "tensor": 1, **mesh}
@@ -141,30 +166,52 @@ def _free_port() -> int:
 
 
 SMALL = [
-  "--config", str(ROOT / "configs" / "tiny.py"),
-  "--config.data.synthetic_videos=16", "--config.train.batch_size=4",
-  "--config.model.dim=64", "--config.model.ffn_dim=96", "--config.model.num_layers=2",
-  "--config.model.text_dim=16", "--config.train.warmup_steps=1",
-  "--config.train.checkpoint_every=2", "--config.sharding.mesh.data=2",
+  "--config",
+  str(ROOT / "configs" / "tiny.py"),
+  "--config.data.synthetic_videos=16",
+  "--config.train.batch_size=4",
+  "--config.model.dim=64",
+  "--config.model.ffn_dim=96",
+  "--config.model.num_layers=2",
+  "--config.model.text_dim=16",
+  "--config.train.warmup_steps=1",
+  "--config.train.checkpoint_every=2",
+  "--config.sharding.mesh.data=2",
   "--config.sharding.mesh.context=4",
 ]
 
 
 def _train(workdir: Path, steps: int, processes: int) -> None:
   """train.py on 8 CPU devices: one process with 8, or `processes` with 8 / processes each."""
-  base = [sys.executable, str(ROOT / "train.py"), *SMALL, f"--config.train.steps={steps}",
-          "--workdir", str(workdir)]
+  base = [
+    sys.executable,
+    str(ROOT / "train.py"),
+    *SMALL,
+    f"--config.train.steps={steps}",
+    "--workdir",
+    str(workdir),
+  ]
   if processes == 1:
     runs = [base]
   else:
     port = _free_port()
-    runs = [[*base, "--config.distributed.initialize=True",
-             f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-             f"--config.distributed.num_processes={processes}",
-             f"--config.distributed.process_id={i}"] for i in range(processes)]
+    runs = [
+      [
+        *base,
+        "--config.distributed.initialize=True",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        f"--config.distributed.num_processes={processes}",
+        f"--config.distributed.process_id={i}",
+      ]
+      for i in range(processes)
+    ]
   env = _env(8 // processes)
-  procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for cmd in runs]
+  procs = [
+    subprocess.Popen(
+      cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for cmd in runs
+  ]
   outputs = [p.communicate(timeout=900)[0] for p in procs]
   for i, (p, out) in enumerate(zip(procs, outputs, strict=True)):
     assert p.returncode == 0, f"process {i} of {processes} failed:\n{out[-4000:]}"
@@ -182,10 +229,12 @@ def test_distributed_two_processes_match_one_process(tmp_path):
   batch, and orbax writes and restores the checkpoint from both."""
   _train(tmp_path / "single", steps=3, processes=1)
   _train(tmp_path / "multi", steps=2, processes=2)
-  assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()
-                if p.name.isdigit()) == ["2"]
+  assert sorted(
+    p.name for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()
+  ) == ["2"]
   _train(tmp_path / "multi", steps=3, processes=2)  # resumes from step 2 in both processes
   single, multi = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
   assert sorted(multi) == [1, 2, 3]
-  np.testing.assert_allclose([multi[s] for s in (1, 2, 3)], [single[s] for s in (1, 2, 3)],
-                             rtol=2e-5)
+  np.testing.assert_allclose(
+    [multi[s] for s in (1, 2, 3)], [single[s] for s in (1, 2, 3)], rtol=2e-5
+  )

@@ -22,8 +22,9 @@ def random_shots(key, batch: int, frames: int, layout: str) -> jax.Array:
   if layout == "singletons":
     return jnp.broadcast_to(jnp.arange(frames, dtype=jnp.int32), (batch, frames))
   cuts = jax.random.bernoulli(key, 0.4, (batch, frames - 1))  # shots of 1, 2, ... frames
-  return jnp.concatenate([jnp.zeros((batch, 1), jnp.int32),
-                          jnp.cumsum(cuts, axis=1, dtype=jnp.int32)], axis=1)
+  return jnp.concatenate(
+    [jnp.zeros((batch, 1), jnp.int32), jnp.cumsum(cuts, axis=1, dtype=jnp.int32)], axis=1
+  )
 
 
 def _loss(impl, shots, **kw):
@@ -37,24 +38,29 @@ def _loss(impl, shots, **kw):
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize(
-    ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "layout", "dtype"),
-    [
-        ((7, 5, 6), (2, 2), None, 1, "random", jnp.float32),  # odd grid, uneven windows
-        ((6, 4, 4), (2, 2), None, 1, "singletons", jnp.float32),  # many one-frame shots
-        ((5, 3, 5), (1, 2), None, 2, "random", jnp.float32),  # shots shorter than the context
-        ((8, 2, 3), (2, 3), 3, 1, "random", jnp.float32),  # temporal groups inside shots
-        ((4, 4, 4), (2, 2), 2, 0, "one", jnp.float32),  # one shot, no context
-        ((6, 4, 6), (2, 2), None, 1, "random", jnp.bfloat16),
-    ],
+  ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "layout", "dtype"),
+  [
+    ((7, 5, 6), (2, 2), None, 1, "random", jnp.float32),  # odd grid, uneven windows
+    ((6, 4, 4), (2, 2), None, 1, "singletons", jnp.float32),  # many one-frame shots
+    ((5, 3, 5), (1, 2), None, 2, "random", jnp.float32),  # shots shorter than the context
+    ((8, 2, 3), (2, 3), 3, 1, "random", jnp.float32),  # temporal groups inside shots
+    ((4, 4, 4), (2, 2), 2, 0, "one", jnp.float32),  # one shot, no context
+    ((6, 4, 6), (2, 2), None, 1, "random", jnp.bfloat16),
+  ],
 )
-def test_matches_reference(key, impl, grid_shape, spatial_groups, temporal_group,
-                           context_frames, layout, dtype):
+def test_matches_reference(
+  key, impl, grid_shape, spatial_groups, temporal_group, context_frames, layout, dtype
+):
   k_shots, k_qkv = jax.random.split(key)
   seq = int(np.prod(grid_shape))
   q, k, v = random_qkv(k_qkv, (2, seq, 2, 8), dtype)
   shots = random_shots(k_shots, 2, grid_shape[0], layout)
-  kw = dict(grid_shape=grid_shape, spatial_groups=spatial_groups, temporal_group=temporal_group,
-            context_frames=context_frames)
+  kw = dict(
+    grid_shape=grid_shape,
+    spatial_groups=spatial_groups,
+    temporal_group=temporal_group,
+    context_frames=context_frames,
+  )
   out = shot_window_attention(q, k, v, shots, implementation=impl, tile=16, **kw)
   ref = shot_window_attention(q, k, v, shots, implementation="reference", **kw)
   assert out.dtype == dtype
@@ -69,16 +75,20 @@ def test_reference_on_a_worked_example():
   """Shots [0 0 1 1 1 2], one context frame: frame 2 (first of shot 1) sees the last frame of
   shot 0, all of shot 1 and the first frame of shot 2; 1x1 windows so frames are tokens."""
   shots = jnp.array([[0, 0, 1, 1, 1, 2]])
-  seen = shot_window_visible(shots, grid_shape=(6, 1, 1), spatial_groups=(1, 1),
-                             temporal_group=None, context_frames=1)[0, 0]
-  expected = np.array([
+  seen = shot_window_visible(
+    shots, grid_shape=(6, 1, 1), spatial_groups=(1, 1), temporal_group=None, context_frames=1
+  )[0, 0]
+  expected = np.array(
+    [
       [1, 1, 1, 0, 0, 0],
       [1, 1, 1, 0, 0, 0],
       [0, 1, 1, 1, 1, 1],
       [0, 1, 1, 1, 1, 1],
       [0, 1, 1, 1, 1, 1],
       [0, 0, 0, 0, 1, 1],
-  ], bool)
+    ],
+    bool,
+  )
   np.testing.assert_array_equal(np.asarray(seen), expected)
   lo, hi = temporal_key_frames(shots, temporal_group=None, context_frames=1)
   np.testing.assert_array_equal(lo[0], [0, 0, 1, 1, 1, 4])
@@ -94,14 +104,26 @@ def test_layout_ranges_equal_the_definition(seed):
   temporal_group = [None, 1, 2, 3][seed % 4]
   context = int(rng.integers(0, 3))
   shots = random_shots(jax.random.key(seed), 3, grid[0], "random")
-  layout = shot_window_layout(shots, grid_shape=grid, spatial_groups=groups,
-                              temporal_group=temporal_group, context_frames=context, tile=8)
+  layout = shot_window_layout(
+    shots,
+    grid_shape=grid,
+    spatial_groups=groups,
+    temporal_group=temporal_group,
+    context_frames=context,
+    tile=8,
+  )
   slot = np.asarray(layout.slot[0])
   lo, hi = np.asarray(layout.mask.key_lo), np.asarray(layout.mask.key_hi)
-  sees = (slot[None, None, :] >= lo[:, slot][:, :, None]) & \
-         (slot[None, None, :] < hi[:, slot][:, :, None])
-  want = shot_window_visible(shots, grid_shape=grid, spatial_groups=groups,
-                             temporal_group=temporal_group, context_frames=context)[:, 0]
+  sees = (slot[None, None, :] >= lo[:, slot][:, :, None]) & (
+    slot[None, None, :] < hi[:, slot][:, :, None]
+  )
+  want = shot_window_visible(
+    shots,
+    grid_shape=grid,
+    spatial_groups=groups,
+    temporal_group=temporal_group,
+    context_frames=context,
+  )[:, 0]
   np.testing.assert_array_equal(sees, np.asarray(want))
 
 
@@ -144,8 +166,14 @@ def test_cost_follows_the_windows_not_n_squared():
   """At 16 frames of 16x16 tokens, one shot of 4-frame groups and 2x2 windows visit a small
   fraction of the dense tile pairs."""
   shots = jnp.zeros((1, 16), jnp.int32)
-  layout = shot_window_layout(shots, grid_shape=(16, 16, 16), spatial_groups=(2, 2),
-                              temporal_group=4, context_frames=1, tile=64)
+  layout = shot_window_layout(
+    shots,
+    grid_shape=(16, 16, 16),
+    spatial_groups=(2, 2),
+    temporal_group=4,
+    context_frames=1,
+    tile=64,
+  )
   pairs = int(layout.mask.count.sum())
   tiles = layout.mask.num_tiles
   # each window-frame is 64 tokens = 1 tile; a query tile sees 4 + up to 2 context frames
@@ -158,36 +186,56 @@ def test_frame_attention_is_attention_within_each_frame(key, impl):
   q, k, v = random_qkv(key, (2, 60, 2, 8))
   out = frame_attention(q, k, v, grid_shape=grid, implementation=impl, tile=16)
   per_frame = lambda x: x.reshape(2, 3, 20, 2, 8)
-  dense = jax.vmap(lambda a, b, c: jax.nn.dot_product_attention(a, b, c), in_axes=1,
-                   out_axes=1)(per_frame(q), per_frame(k), per_frame(v))
+  dense = jax.vmap(lambda a, b, c: jax.nn.dot_product_attention(a, b, c), in_axes=1, out_axes=1)(
+    per_frame(q), per_frame(k), per_frame(v)
+  )
   assert_close(out, dense.reshape(out.shape))
 
 
 def test_one_shot_one_window_is_full_attention(key):
   q, k, v = random_qkv(key, (1, 4 * 3 * 3, 2, 8))
-  out = shot_window_attention(q, k, v, jnp.zeros((1, 4), jnp.int32), grid_shape=(4, 3, 3),
-                              spatial_groups=(1, 1), implementation="xla")
+  out = shot_window_attention(
+    q,
+    k,
+    v,
+    jnp.zeros((1, 4), jnp.int32),
+    grid_shape=(4, 3, 3),
+    spatial_groups=(1, 1),
+    implementation="xla",
+  )
   assert_close(out, jax.nn.dot_product_attention(q, k, v, implementation="xla"))
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error", "match"),
-    [
-        ({"shot_ids": jnp.array([[0, 1, 0]])}, ValueError,
-         r"shot_ids must be non-decreasing along the frames; batch element 0 goes from 1 to 0 "
-         r"at frame 2"),
-        ({"shot_ids": jnp.zeros((1, 4), jnp.int32)}, ValueError,
-         r"shot_ids must have shape \[batch, frames\] = \(1, 3\)"),
-        ({"shot_ids": jnp.zeros((1, 3))}, ValueError, r"shot_ids must have an integer dtype"),
-        ({"grid_shape": (3, 2, 5)}, ValueError, r"grid_shape \(3, 2, 5\) holds 30 tokens"),
-        ({"spatial_groups": (3, 1)}, ValueError,
-         r"spatial_groups must be positive and at most the frame's \(H, W\) = \(2, 4\)"),
-        ({"spatial_groups": (2,)}, TypeError, r"spatial_groups must be a \(rows, cols\) tuple"),
-        ({"temporal_group": 0}, ValueError, r"temporal_group must be >= 1, got 0"),
-        ({"context_frames": -1}, ValueError, r"context_frames must be >= 0, got -1"),
-        ({"implementation": "pallas_gpu", "interpret": False, "backend": "cpu"}, ValueError,
-         r"implementation='pallas_gpu' cannot run on backend 'cpu'"),
-    ],
+  ("kwargs", "error", "match"),
+  [
+    (
+      {"shot_ids": jnp.array([[0, 1, 0]])},
+      ValueError,
+      r"shot_ids must be non-decreasing along the frames; batch element 0 goes from 1 to 0 "
+      r"at frame 2",
+    ),
+    (
+      {"shot_ids": jnp.zeros((1, 4), jnp.int32)},
+      ValueError,
+      r"shot_ids must have shape \[batch, frames\] = \(1, 3\)",
+    ),
+    ({"shot_ids": jnp.zeros((1, 3))}, ValueError, r"shot_ids must have an integer dtype"),
+    ({"grid_shape": (3, 2, 5)}, ValueError, r"grid_shape \(3, 2, 5\) holds 30 tokens"),
+    (
+      {"spatial_groups": (3, 1)},
+      ValueError,
+      r"spatial_groups must be positive and at most the frame's \(H, W\) = \(2, 4\)",
+    ),
+    ({"spatial_groups": (2,)}, TypeError, r"spatial_groups must be a \(rows, cols\) tuple"),
+    ({"temporal_group": 0}, ValueError, r"temporal_group must be >= 1, got 0"),
+    ({"context_frames": -1}, ValueError, r"context_frames must be >= 0, got -1"),
+    (
+      {"implementation": "pallas_gpu", "interpret": False, "backend": "cpu"},
+      ValueError,
+      r"implementation='pallas_gpu' cannot run on backend 'cpu'",
+    ),
+  ],
 )
 def test_bad_input(kwargs, error, match):
   q = jax.random.normal(jax.random.key(3), (1, 24, 2, 8))

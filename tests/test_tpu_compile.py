@@ -14,17 +14,18 @@ from configs import reproduce, tiny, wan1_3b_moga, wan14b_moga_580k
 from moga_jax import tpu_compile
 
 needs_libtpu = pytest.mark.skipif(
-    importlib.util.find_spec("libtpu") is None,
-    reason="libtpu is not installed (pip install -e '.[tpu-compile]')")
+  importlib.util.find_spec("libtpu") is None,
+  reason="libtpu is not installed (pip install -e '.[tpu-compile]')",
+)
 
 # HBM per chip: v5e 16 GiB, v6e 32 GiB.
 HBM_BYTES = {"v5e": 16 << 30, "v6e": 32 << 30}
 CONFIGS = {
-    "tiny": tiny.get_config,
-    "reproduce": lambda: reproduce.get_config().base,
-    "wan1_3b_moga:stage1": lambda: wan1_3b_moga.get_config("stage1"),
-    "wan1_3b_moga:stage2": lambda: wan1_3b_moga.get_config("stage2"),
-    "wan14b_moga_580k": wan14b_moga_580k.get_config,
+  "tiny": tiny.get_config,
+  "reproduce": lambda: reproduce.get_config().base,
+  "wan1_3b_moga:stage1": lambda: wan1_3b_moga.get_config("stage1"),
+  "wan1_3b_moga:stage2": lambda: wan1_3b_moga.get_config("stage2"),
+  "wan14b_moga_580k": wan14b_moga_580k.get_config,
 }
 
 

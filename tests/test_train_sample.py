@@ -16,19 +16,36 @@ from moga_jax import video_io
 
 ROOT = Path(__file__).parents[1]
 TINY = [
-    "--config", str(ROOT / "configs" / "tiny.py"),
-    "--config.data.synthetic_videos=6", "--config.train.batch_size=2",
-    "--config.model.dim=32", "--config.model.ffn_dim=64", "--config.model.num_layers=2",
-    "--config.model.text_dim=16", "--config.train.warmup_steps=2",
-    "--config.train.steps=6", "--config.train.checkpoint_every=3", "--config.sample.steps=3",
+  "--config",
+  str(ROOT / "configs" / "tiny.py"),
+  "--config.data.synthetic_videos=6",
+  "--config.train.batch_size=2",
+  "--config.model.dim=32",
+  "--config.model.ffn_dim=64",
+  "--config.model.num_layers=2",
+  "--config.model.text_dim=16",
+  "--config.train.warmup_steps=2",
+  "--config.train.steps=6",
+  "--config.train.checkpoint_every=3",
+  "--config.sample.steps=3",
 ]
-PROMPTS = ["--prompt", "a red circle moving right on a blue background",
-           "--prompt", "a cyan square moving up on a yellow background"]
+PROMPTS = [
+  "--prompt",
+  "a red circle moving right on a blue background",
+  "--prompt",
+  "a cyan square moving up on a yellow background",
+]
 
 
 def _run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-  result = subprocess.run([sys.executable, str(ROOT / script), *TINY, *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, check=False)
+  result = subprocess.run(
+    [sys.executable, str(ROOT / script), *TINY, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   if check and result.returncode != 0:
     raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
   return result
@@ -52,8 +69,10 @@ def trained(tmp_path_factory) -> Path:
 def test_training_writes_metrics_checkpoints_and_plots(trained):
   steps = [s for s, _ in _losses(trained)]
   assert steps == [1, 2, 3, 4, 5, 6]
-  assert sorted(p.name for p in (trained / "checkpoints").iterdir() if p.name.isdigit()) == \
-      ["3", "6"]
+  assert sorted(p.name for p in (trained / "checkpoints").iterdir() if p.name.isdigit()) == [
+    "3",
+    "6",
+  ]
   assert (trained / "loss.png").stat().st_size > 0
   assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -88,8 +107,9 @@ def test_sample_without_checkpoint_says_so(tmp_path):
 @pytest.mark.slow
 @pytest.mark.xdist_group("trained")  # one worker builds the module fixture once
 def test_sample_with_a_mismatched_config_names_the_fields(trained):
-  result = _run("sample.py", "--workdir", str(trained), *PROMPTS, "--config.model.dim=64",
-                check=False)
+  result = _run(
+    "sample.py", "--workdir", str(trained), *PROMPTS, "--config.model.dim=64", check=False
+  )
   assert result.returncode != 0
   assert "dim: checkpoint 32 vs config 64" in result.stderr
 
@@ -102,21 +122,28 @@ def _one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
 
 
 def test_bad_config_fails_before_training(tmp_path):
-  result = _run("train.py", "--workdir", str(tmp_path / "bad"), "--config.model.num_heads=3",
-                check=False)
+  result = _run(
+    "train.py", "--workdir", str(tmp_path / "bad"), "--config.model.num_heads=3", check=False
+  )
   _one_line_error(result, "config.model.num_heads (3) must divide config.model.dim (32)")
   assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
 def test_user_errors_print_one_line(tmp_path):
-  missing = _run("train.py", "--workdir", str(tmp_path / "a"),
-                 f"--config.data.source_dir={tmp_path / 'nowhere'}", check=False)
+  missing = _run(
+    "train.py",
+    "--workdir",
+    str(tmp_path / "a"),
+    f"--config.data.source_dir={tmp_path / 'nowhere'}",
+    check=False,
+  )
   _one_line_error(missing, f"config.data.source_dir {tmp_path / 'nowhere'} has no captions.jsonl")
   source = tmp_path / "clips"
   source.mkdir()
   (source / "captions.jsonl").write_text('{"video": "a.mp4", "shots": [\n')
-  malformed = _run("train.py", "--workdir", str(tmp_path / "b"),
-                   f"--config.data.source_dir={source}", check=False)
+  malformed = _run(
+    "train.py", "--workdir", str(tmp_path / "b"), f"--config.data.source_dir={source}", check=False
+  )
   _one_line_error(malformed, f"{source / 'captions.jsonl'}:1: not valid JSON")
 
 
@@ -160,8 +187,13 @@ def test_skip_nonfinite_steps_drops_the_bad_update(tmp_path):
   """With config.train.skip_nonfinite_steps = 1 the NaN step is logged as skipped, its update
   dropped (the next loss is finite), and the run finishes; a second bad step would stop it."""
   workdir = tmp_path / "skipping"
-  _run("train.py", "--workdir", str(workdir), "--poison_batch_at_step=5",
-       "--config.train.skip_nonfinite_steps=1")
+  _run(
+    "train.py",
+    "--workdir",
+    str(workdir),
+    "--poison_batch_at_step=5",
+    "--config.train.skip_nonfinite_steps=1",
+  )
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["skipped"] for r in rows] == [0, 0, 0, 0, 1, 0]
   assert np.isnan(rows[4]["loss"]) and np.isfinite(rows[5]["loss"])
@@ -176,12 +208,14 @@ def test_ema_and_gradient_accumulation_resume_exactly_and_sample(tmp_path):
   options = ["--config.train.ema_decay=0.9", "--config.train.grad_accum_steps=2"]
   straight, crashed = tmp_path / "straight", tmp_path / "crashed"
   _run("train.py", "--workdir", str(straight), *options)
-  killed = _run("train.py", "--workdir", str(crashed), *options, "--crash_after_step=5",
-                check=False)
+  killed = _run(
+    "train.py", "--workdir", str(crashed), *options, "--crash_after_step=5", check=False
+  )
   assert killed.returncode == -signal.SIGKILL
   other = _run("train.py", "--workdir", str(crashed), options[0], check=False)
-  _one_line_error(other, f"the checkpoint in {crashed / 'checkpoints'} was trained with another "
-                         "optimizer config")
+  _one_line_error(
+    other, f"the checkpoint in {crashed / 'checkpoints'} was trained with another optimizer config"
+  )
   assert "grad_accum_steps: checkpoint 2 vs config 1" in other.stderr
   _run("train.py", "--workdir", str(crashed), *options)
   assert _losses(crashed) == _losses(straight)

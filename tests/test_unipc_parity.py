@@ -17,14 +17,19 @@ pytestmark = pytest.mark.parity
 
 def _scheduler(steps: int, shift: float, order: int):
   scheduler = schedulers.UniPCMultistepScheduler(
-      prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
-      num_train_timesteps=1000, solver_order=order)
+    prediction_type="flow_prediction",
+    use_flow_sigmas=True,
+    flow_shift=shift,
+    num_train_timesteps=1000,
+    solver_order=order,
+  )
   scheduler.set_timesteps(steps)
   return scheduler
 
 
-@pytest.mark.parametrize(("steps", "shift", "order"),
-                         [(10, 3.0, 2), (7, 5.0, 2), (6, 1.0, 1), (12, 3.0, 3), (2, 3.0, 2)])
+@pytest.mark.parametrize(
+  ("steps", "shift", "order"), [(10, 3.0, 2), (7, 5.0, 2), (6, 1.0, 1), (12, 3.0, 3), (2, 3.0, 2)]
+)
 def test_unipc_matches_diffusers(steps, shift, order):
   scheduler = _scheduler(steps, shift, order)
   sigmas = flow_sigmas(steps, shift)
@@ -39,6 +44,7 @@ def test_unipc_matches_diffusers(steps, shift, order):
   for i, t in enumerate(scheduler.timesteps):
     v = velocity(x.numpy(), float(scheduler.sigmas[i])).astype(np.float32)
     x = scheduler.step(torch.from_numpy(v), t, x).prev_sample
-  ours = unipc_sample(lambda x, t: velocity(x, t[:, None, None]), jnp.asarray(noise), sigmas,
-                      order=order)
+  ours = unipc_sample(
+    lambda x, t: velocity(x, t[:, None, None]), jnp.asarray(noise), sigmas, order=order
+  )
   assert np.abs(np.asarray(ours) - x.numpy()).max() < 5e-6 * np.abs(x.numpy()).max()

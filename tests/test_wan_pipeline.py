@@ -45,13 +45,21 @@ D, U = wan_reference.DIT, wan_reference.UMT5
 # configs/wan1_3b_moga.py shrunk to the tiny components: 9 frames of 32x48 are a 3x4x6 latent,
 # 3x2x3 tokens; the paper's block with 2 MoGA groups (2x2 STGA windows split 2x3 unevenly).
 TINY = {
-    "model.dim": D["num_attention_heads"] * D["attention_head_dim"],
-    "model.ffn_dim": D["ffn_dim"], "model.num_layers": D["num_layers"],
-    "model.num_heads": D["num_attention_heads"], "model.text_dim": U["d_model"],
-    "model.freq_dim": D["freq_dim"], "model.in_channels": wan_reference.VAE["z_dim"],
-    "model.attention.num_groups": 2,
-    "video.frames": 9, "video.height": 32, "video.width": 48, "video.caption_len": 16,
-    "sample.steps": 3, "sample.text_encoder_dtype": "float32", "train.batch_size": 1,
+  "model.dim": D["num_attention_heads"] * D["attention_head_dim"],
+  "model.ffn_dim": D["ffn_dim"],
+  "model.num_layers": D["num_layers"],
+  "model.num_heads": D["num_attention_heads"],
+  "model.text_dim": U["d_model"],
+  "model.freq_dim": D["freq_dim"],
+  "model.in_channels": wan_reference.VAE["z_dim"],
+  "model.attention.num_groups": 2,
+  "video.frames": 9,
+  "video.height": 32,
+  "video.width": 48,
+  "video.caption_len": 16,
+  "sample.steps": 3,
+  "sample.text_encoder_dtype": "float32",
+  "train.batch_size": 1,
 }
 
 
@@ -99,8 +107,10 @@ def test_conversion_reports_every_component_and_the_new_routers(weights):
   assert len(routers) == D["num_layers"], transformer
   meta = converted.read_meta(out / "transformer")
   assert meta["report"]["initialised"] == routers
-  assert sorted(p.name for p in (out / "tokenizer").iterdir()) == ["tokenizer.json",
-                                                                     "tokenizer_config.json"]
+  assert sorted(p.name for p in (out / "tokenizer").iterdir()) == [
+    "tokenizer.json",
+    "tokenizer_config.json",
+  ]
 
 
 def test_converted_dit_equals_direct_load_and_diffusers(reference, weights):
@@ -110,14 +120,21 @@ def test_converted_dit_equals_direct_load_and_diffusers(reference, weights):
   dit = converted.load_dit(out, cfg.model, seed=cfg.seed)
   direct = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
   load_wan_dit(source / "transformer", direct)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(dit, nnx.Param)),
-                               nnx.to_flat_state(nnx.state(direct, nnx.Param)), strict=True):
+  for (path, a), (_, b) in zip(
+    nnx.to_flat_state(nnx.state(dit, nnx.Param)),
+    nnx.to_flat_state(nnx.state(direct, nnx.Param)),
+    strict=True,
+  ):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
 
   # MoGA alone with one group is dense attention: the converted model is Wan's.
-  one_group = tiny_config(**{"model.attention.num_groups": 1,
-                             "model.attention.stga_windows": None,
-                             "model.attention.frame_attention": False})
+  one_group = tiny_config(
+    **{
+      "model.attention.num_groups": 1,
+      "model.attention.stga_windows": None,
+      "model.attention.frame_attention": False,
+    }
+  )
   with pytest.raises(ValueError, match="router"):  # the routers now have 1 output, not 2
     converted.load_dit(out, one_group.model)
   dit1 = dit_from_config(one_group.model, rngs=nnx.Rngs(0))
@@ -128,11 +145,19 @@ def test_converted_dit_equals_direct_load_and_diffusers(reference, weights):
   context = rng.standard_normal((1, 5, U["d_model"]), np.float32)
   t = np.array([0.4], np.float32)
   with torch.no_grad():
-    want = model(torch.from_numpy(latents), torch.from_numpy(1000.0 * t),
-                 torch.from_numpy(context), return_dict=False)[0].numpy()
-  got, _ = dit1(jnp.asarray(np.moveaxis(latents, 1, -1)), jnp.asarray(t),
-                jnp.asarray(context)[:, None], jnp.ones((1, 1, 5), bool),
-                jnp.zeros((1, 3), jnp.int32))
+    want = model(
+      torch.from_numpy(latents),
+      torch.from_numpy(1000.0 * t),
+      torch.from_numpy(context),
+      return_dict=False,
+    )[0].numpy()
+  got, _ = dit1(
+    jnp.asarray(np.moveaxis(latents, 1, -1)),
+    jnp.asarray(t),
+    jnp.asarray(context)[:, None],
+    jnp.ones((1, 1, 5), bool),
+    jnp.zeros((1, 3), jnp.int32),
+  )
   assert rel_err(got, np.moveaxis(want, 1, -1)) < 1e-4
 
 
@@ -140,10 +165,27 @@ def test_sample_py_writes_a_multi_shot_video_and_contact_sheet(weights, tmp_path
   out, _ = weights
   output = tmp_path / "clip.mp4"
   result = subprocess.run(
-      [sys.executable, str(ROOT / "sample.py"), "--config", str(ROOT / "configs/wan1_3b_moga.py"),
-       *_flags(TINY), "--weights", str(out), "--output", str(output),
-       "--prompt", "A cat walks across a sunny garden.", "--prompt", "Waves crash at sunset."],
-      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    [
+      sys.executable,
+      str(ROOT / "sample.py"),
+      "--config",
+      str(ROOT / "configs/wan1_3b_moga.py"),
+      *_flags(TINY),
+      "--weights",
+      str(out),
+      "--output",
+      str(output),
+      "--prompt",
+      "A cat walks across a sunny garden.",
+      "--prompt",
+      "Waves crash at sunset.",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "2 shots" in result.stdout
   video = video_io.read_mp4(output)
@@ -172,12 +214,35 @@ def test_train_py_fine_tunes_from_converted_weights(weights, tmp_path):
   converted DiT. With learning rate 0 the checkpoint must hold the converted weights exactly."""
   out, _ = weights
   workdir = tmp_path / "runs" / "wan"
-  run = dict(TINY, **{"video.shots": 2, "data.synthetic_videos": 4, "train.batch_size": 2,
-                      "train.steps": 2, "train.warmup_steps": 1, "train.learning_rate": 0.0})
+  run = dict(
+    TINY,
+    **{
+      "video.shots": 2,
+      "data.synthetic_videos": 4,
+      "train.batch_size": 2,
+      "train.steps": 2,
+      "train.warmup_steps": 1,
+      "train.learning_rate": 0.0,
+    },
+  )
   result = subprocess.run(
-      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/wan1_3b_moga.py"),
-       *_flags(run), "--init", str(out), "--workdir", str(workdir)],
-      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    [
+      sys.executable,
+      str(ROOT / "train.py"),
+      "--config",
+      str(ROOT / "configs/wan1_3b_moga.py"),
+      *_flags(run),
+      "--init",
+      str(out),
+      "--workdir",
+      str(workdir),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   losses = [json.loads(line)["loss"] for line in lines]
@@ -195,8 +260,11 @@ def test_train_py_fine_tunes_from_converted_weights(weights, tmp_path):
   cfg = tiny_config(**{"video.shots": 2, "train.learning_rate": 0.0})
   restored = _run_dit(workdir, cfg)
   want = converted.load_dit(out, cfg.model)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(restored, nnx.Param)),
-                               nnx.to_flat_state(nnx.state(want, nnx.Param)), strict=True):
+  for (path, a), (_, b) in zip(
+    nnx.to_flat_state(nnx.state(restored, nnx.Param)),
+    nnx.to_flat_state(nnx.state(want, nnx.Param)),
+    strict=True,
+  ):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
 
 
@@ -210,8 +278,9 @@ def _latents_equal_encoding_of_their_clips(latents: Path, weights: Path) -> None
   from moga_jax.wan.umt5 import prompt_embeddings
 
   videos_dir = json.loads((latents / SUMMARY).read_text())["video_dir"]
-  clips = {np.bytes_(r["name"]).decode(): r
-           for r in map(tfds_records(videos_dir).__getitem__, range(4))}
+  clips = {
+    np.bytes_(r["name"]).decode(): r for r in map(tfds_records(videos_dir).__getitem__, range(4))
+  }
   vae, encoder = converted.load_vae(weights), converted.load_text_encoder(weights)
   tokenizer = converted.load_converted_tokenizer(weights)
   batch = next(make_loader(latents, batch_size=4, seed=0, num_epochs=1, include_name=True))
@@ -221,8 +290,9 @@ def _latents_equal_encoding_of_their_clips(latents: Path, weights: Path) -> None
     want = np.asarray(vae.encode_normalized(video)[0])
     assert rel_err(batch["latents"][i], want) < 2e-3, name  # float16: 2**-11 relative
     shots = int(clip["num_shots"])
-    ids, mask = encode_prompts(tokenizer, decode_captions(clip["captions"], shots),
-                               max_len=TINY["video.caption_len"])
+    ids, mask = encode_prompts(
+      tokenizer, decode_captions(clip["captions"], shots), max_len=TINY["video.caption_len"]
+    )
     states = np.asarray(prompt_embeddings(encoder, jnp.asarray(ids), jnp.asarray(mask)))
     assert rel_err(batch["context"][i, :shots], states) < 2e-3, name
 
@@ -239,21 +309,57 @@ def test_sample_py_samples_a_finetuned_run(weights, tmp_path):
   one, with umT5 and the VAE of the converted folder."""
   out, _ = weights
   workdir = tmp_path / "runs" / "finetuned"
-  run = dict(TINY, **{"video.shots": 2, "data.synthetic_videos": 2, "train.batch_size": 2,
-                      "train.steps": 2, "train.warmup_steps": 1, "train.learning_rate": 0.05})
+  run = dict(
+    TINY,
+    **{
+      "video.shots": 2,
+      "data.synthetic_videos": 2,
+      "train.batch_size": 2,
+      "train.steps": 2,
+      "train.warmup_steps": 1,
+      "train.learning_rate": 0.05,
+    },
+  )
   config = ["--config", str(ROOT / "configs/wan1_3b_moga.py"), *_flags(run)]
-  train = subprocess.run([sys.executable, str(ROOT / "train.py"), *config, "--init", str(out),
-                          "--workdir", str(workdir)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  train = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "train.py"),
+      *config,
+      "--init",
+      str(out),
+      "--workdir",
+      str(workdir),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert train.returncode == 0, train.stderr[-3000:]
   prompts = ["a red kite", "a blue boat"]
   videos = {}
   for name, extra in (("finetuned", ["--workdir", str(workdir)]), ("converted", [])):
     output = tmp_path / f"{name}.mp4"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), *config, "--weights", str(out), *extra,
-         *(a for p in prompts for a in ("--prompt", p)), "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+      [
+        sys.executable,
+        str(ROOT / "sample.py"),
+        *config,
+        "--weights",
+        str(out),
+        *extra,
+        *(a for p in prompts for a in ("--prompt", p)),
+        "--output",
+        str(output),
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     videos[name] = video_io.read_mp4(output).astype(np.float32)
 
@@ -271,16 +377,34 @@ def test_sample_py_samples_a_finetuned_run(weights, tmp_path):
   # routers included (loaded this time, not initialised).
   exported = tmp_path / "exported"
   result = subprocess.run(
-      [sys.executable, "-m", "moga_jax.export", *config, "--workdir", str(workdir),
-       "--weights", str(out), "--out", str(exported)],
-      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    [
+      sys.executable,
+      "-m",
+      "moga_jax.export",
+      *config,
+      "--workdir",
+      str(workdir),
+      "--weights",
+      str(out),
+      "--out",
+      str(exported),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   back = tmp_path / "back"
   report = convert(exported, back, cfg, ["transformer"])[0]
   assert "initialised" not in report and "unexpected" not in report, report
   again = converted.load_dit(back, cfg.model)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(again, nnx.Param)),
-                               nnx.to_flat_state(nnx.state(dit, nnx.Param)), strict=True):
+  for (path, a), (_, b) in zip(
+    nnx.to_flat_state(nnx.state(again, nnx.Param)),
+    nnx.to_flat_state(nnx.state(dit, nnx.Param)),
+    strict=True,
+  ):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
 
 
@@ -303,9 +427,14 @@ def test_conversion_takes_the_widths_from_the_checkpoint(source, tmp_path):
   convert(source, out, cfg, ["transformer"])
   recorded = converted.read_meta(out / "transformer")["model_config"]
   sized = converted.with_converted_widths(cfg, out)
-  want = {"dim": D["num_attention_heads"] * D["attention_head_dim"], "ffn_dim": D["ffn_dim"],
-          "num_layers": D["num_layers"], "num_heads": D["num_attention_heads"],
-          "text_dim": U["d_model"], "freq_dim": D["freq_dim"]}
+  want = {
+    "dim": D["num_attention_heads"] * D["attention_head_dim"],
+    "ffn_dim": D["ffn_dim"],
+    "num_layers": D["num_layers"],
+    "num_heads": D["num_attention_heads"],
+    "text_dim": U["d_model"],
+    "freq_dim": D["freq_dim"],
+  }
   for key, value in want.items():
     assert recorded[key] == value and sized.model[key] == value, key
   # MoGA's settings: the config's.
@@ -331,11 +460,19 @@ def test_dense_wan_config_converts_and_computes_what_diffusers_does(reference, t
   context = rng.standard_normal((1, 5, U["d_model"]), np.float32)
   t = np.array([0.7], np.float32)
   with torch.no_grad():
-    want = models["transformer"](torch.from_numpy(latents), torch.from_numpy(1000.0 * t),
-                                 torch.from_numpy(context), return_dict=False)[0].numpy()
-  got, _ = dit(jnp.asarray(np.moveaxis(latents, 1, -1)), jnp.asarray(t),
-               jnp.asarray(context)[:, None], jnp.ones((1, 1, 5), bool),
-               jnp.zeros((1, 3), jnp.int32))
+    want = models["transformer"](
+      torch.from_numpy(latents),
+      torch.from_numpy(1000.0 * t),
+      torch.from_numpy(context),
+      return_dict=False,
+    )[0].numpy()
+  got, _ = dit(
+    jnp.asarray(np.moveaxis(latents, 1, -1)),
+    jnp.asarray(t),
+    jnp.asarray(context)[:, None],
+    jnp.ones((1, 1, 5), bool),
+    jnp.zeros((1, 3), jnp.int32),
+  )
   assert rel_err(got, np.moveaxis(want, 1, -1)) < 5e-6
 
 

@@ -56,8 +56,9 @@ def test_memory_is_linear_in_sequence_not_quadratic():
   def loss(q, k, v, ids):
     return group_attention(q, k, v, ids, num_groups=8, implementation="xla").sum()
 
-  compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(
-      spec, spec, spec, ids).compile()
+  compiled = (
+    jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(spec, spec, spec, ids).compile()
+  )
   stats = compiled.memory_analysis()
   if stats is None:
     pytest.skip("this backend reports no memory analysis")

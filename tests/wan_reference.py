@@ -14,18 +14,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DIT = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
-           out_channels=4, text_dim=24, freq_dim=32, ffn_dim=64, num_layers=2)
-VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-           temperal_downsample=[False, True, True], latents_mean=[0.3, -0.5, 0.1, 1.2],
-           latents_std=[1.7, 0.6, 2.3, 1.1])
-UMT5 = dict(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=32, relative_attention_max_distance=128)
+DIT = dict(
+  patch_size=(1, 2, 2),
+  num_attention_heads=2,
+  attention_head_dim=16,
+  in_channels=4,
+  out_channels=4,
+  text_dim=24,
+  freq_dim=32,
+  ffn_dim=64,
+  num_layers=2,
+)
+VAE = dict(
+  base_dim=8,
+  z_dim=4,
+  dim_mult=[1, 2, 2, 2],
+  num_res_blocks=1,
+  attn_scales=[],
+  temperal_downsample=[False, True, True],
+  latents_mean=[0.3, -0.5, 0.1, 1.2],
+  latents_std=[1.7, 0.6, 2.3, 1.1],
+)
+UMT5 = dict(
+  vocab_size=300,
+  d_model=32,
+  d_kv=8,
+  d_ff=64,
+  num_layers=2,
+  num_heads=4,
+  relative_attention_num_buckets=32,
+  relative_attention_max_distance=128,
+)
 
 SENTENCES = [
-  "A cat walks across a sunny garden, slowly.", "Ein Hund läuft über die grüne Wiese.",
-  "Le chat dort sur le canapé rouge.", "Waves crash on a rocky shore at sunset.",
-  "一只猫在花园里散步。", "The camera pans over a city at night; neon lights flicker.",
+  "A cat walks across a sunny garden, slowly.",
+  "Ein Hund läuft über die grüne Wiese.",
+  "Le chat dort sur le canapé rouge.",
+  "Waves crash on a rocky shore at sunset.",
+  "一只猫在花园里散步。",
+  "The camera pans over a city at night; neon lights flicker.",
 ]
 
 
@@ -98,9 +125,19 @@ def save_tokenizer(folder: Path, spm_folder: Path | None = None) -> Path:
 
   model = io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(SENTENCES * 20), model_writer=model, vocab_size=120,
-      model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-      character_coverage=1.0, normalization_rule_name="nmt_nfkc", minloglevel=2)
+    sentence_iterator=iter(SENTENCES * 20),
+    model_writer=model,
+    vocab_size=120,
+    model_type="unigram",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    hard_vocab_limit=False,
+    character_coverage=1.0,
+    normalization_rule_name="nmt_nfkc",
+    minloglevel=2,
+  )
   spm_folder = spm_folder or folder.with_name(folder.name + "_spm")
   spm_folder.mkdir(parents=True, exist_ok=True)
   (spm_folder / "spiece.model").write_bytes(model.getvalue())
@@ -112,8 +149,15 @@ def save_pipeline(root: Path) -> dict:
   """A diffusers-layout Wan 2.1 T2V folder whose parts fit together (the DiT reads the umT5's
   width and the VAE's latent channels); returns the torch models by component."""
   root.mkdir(parents=True, exist_ok=True)
-  models = {"transformer": save_dit(root / "transformer", text_dim=UMT5["d_model"],
-                                    in_channels=VAE["z_dim"], out_channels=VAE["z_dim"]),
-            "vae": save_vae(root / "vae"), "text_encoder": save_umt5(root / "text_encoder")}
+  models = {
+    "transformer": save_dit(
+      root / "transformer",
+      text_dim=UMT5["d_model"],
+      in_channels=VAE["z_dim"],
+      out_channels=VAE["z_dim"],
+    ),
+    "vae": save_vae(root / "vae"),
+    "text_encoder": save_umt5(root / "text_encoder"),
+  }
   save_tokenizer(root / "tokenizer")
   return models

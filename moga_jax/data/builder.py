@@ -93,7 +93,7 @@ def make_example(
   if not 0 < len(shots) <= max_shots:
     raise ValueError(f"shots must hold 1..{max_shots} shots, got {len(shots)}")
   bounds = np.zeros((max_shots, 2), np.int32)
-  bounds[:len(shots)] = [(s.start, s.end) for s in shots]
+  bounds[: len(shots)] = [(s.start, s.end) for s in shots]
   return {
     "video": resize_frames(frames, height, width),
     "captions": encode_captions([s.caption for s in shots], rows=max_shots, length=caption_len),
@@ -121,7 +121,7 @@ class MultiShotVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES: ClassVar[dict[str, str]] = {
-    "1.0.0": "First version: clip, resize, byte captions, shot bounds.",
+    "1.0.0": "First version: clip, resize, byte captions, shot bounds."
   }
   # tfds looks for a checksums file next to the builder's code through code_path, whose lookup
   # for a class outside tensorflow_datasets imports `importlib_resources` (not a dependency).
@@ -143,15 +143,19 @@ class MultiShotVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return tfds.core.DatasetInfo(
       builder=self,
       description="Captioned multi-shot video clips (uint8 frames, UTF-8 caption bytes).",
-      features=tfds.features.FeaturesDict({
-        "video": tfds.features.Tensor(
-          shape=(c.num_frames, c.height, c.width, 3), dtype=np.uint8, encoding=raw),
-        "captions": tfds.features.Tensor(
-          shape=(c.max_shots, c.caption_len), dtype=np.uint8, encoding=raw),
-        "shot_bounds": tfds.features.Tensor(shape=(c.max_shots, 2), dtype=np.int32),
-        "num_shots": tfds.features.Tensor(shape=(), dtype=np.int32),
-        "name": tfds.features.Tensor(shape=(), dtype=np.str_),
-      }),
+      features=tfds.features.FeaturesDict(
+        {
+          "video": tfds.features.Tensor(
+            shape=(c.num_frames, c.height, c.width, 3), dtype=np.uint8, encoding=raw
+          ),
+          "captions": tfds.features.Tensor(
+            shape=(c.max_shots, c.caption_len), dtype=np.uint8, encoding=raw
+          ),
+          "shot_bounds": tfds.features.Tensor(shape=(c.max_shots, 2), dtype=np.int32),
+          "num_shots": tfds.features.Tensor(shape=(), dtype=np.int32),
+          "name": tfds.features.Tensor(shape=(), dtype=np.str_),
+        }
+      ),
       # Keep the index order on disk; readers shuffle with their own seed.
       disable_shuffling=True,
     )
@@ -192,12 +196,21 @@ class MultiShotVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.dropped_shots.append(entry.video)
         warnings.warn(
           f"video {entry.video}: keeping the first {c.max_shots} of {len(shots)} shots",
-          SkippedVideoWarning, stacklevel=1,
+          SkippedVideoWarning,
+          stacklevel=1,
         )
-        shots = shots[:c.max_shots]
-      yield entry.video, make_example(
-        frames, shots, name=entry.video, height=c.height, width=c.width,
-        max_shots=c.max_shots, caption_len=c.caption_len,
+        shots = shots[: c.max_shots]
+      yield (
+        entry.video,
+        make_example(
+          frames,
+          shots,
+          name=entry.video,
+          height=c.height,
+          width=c.width,
+          max_shots=c.max_shots,
+          caption_len=c.caption_len,
+        ),
       )
 
   def _download_and_prepare(self, dl_manager, download_config=None):
@@ -220,8 +233,14 @@ class MultiShotVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     listed = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
     detail = f" ({listed}; see {SUMMARY_FILENAME})" if names else ""
     level = logging.WARNING if names else logging.INFO
-    _log.log(level, "built %s: %s examples, skipped %d videos%s", self.name,
-             summary["examples"], len(names), detail)
+    _log.log(
+      level,
+      "built %s: %s examples, skipped %d videos%s",
+      self.name,
+      summary["examples"],
+      len(names),
+      detail,
+    )
 
   def _summary(self) -> dict:
     c = self.builder_config
@@ -229,8 +248,12 @@ class MultiShotVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {
       "source_dir": str(Path(c.source_dir).resolve()),
       "config": {
-        "name": c.name, "num_frames": c.num_frames, "height": c.height, "width": c.width,
-        "max_shots": c.max_shots, "caption_len": c.caption_len,
+        "name": c.name,
+        "num_frames": c.num_frames,
+        "height": c.height,
+        "width": c.width,
+        "max_shots": c.max_shots,
+        "caption_len": c.caption_len,
         "validation_fraction": c.validation_fraction,
       },
       "examples": examples,
@@ -264,8 +287,13 @@ def build_dataset(
   if not source_dir.is_dir():
     raise ValueError(f"source_dir must be an existing folder, got {source_dir}")
   config = MultiShotConfig(
-    source_dir=str(source_dir), num_frames=num_frames, height=height, width=width,
-    max_shots=max_shots, caption_len=caption_len, validation_fraction=validation_fraction,
+    source_dir=str(source_dir),
+    num_frames=num_frames,
+    height=height,
+    width=width,
+    max_shots=max_shots,
+    caption_len=caption_len,
+    validation_fraction=validation_fraction,
   )
   builder = MultiShotVideos(config=config, data_dir=data_dir)
   dataset_dir = Path(builder.data_dir)
@@ -277,8 +305,11 @@ def build_dataset(
         f"{dataset_dir} was built from {summary['source_dir']}, not {source_dir.resolve()}; "
         "pass overwrite=True or another data_dir"
       )
-  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  mode = (
+    tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+    if overwrite
+    else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  )
   builder.download_and_prepare(
     file_format="array_record",
     download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode),

@@ -29,7 +29,7 @@ def encode_captions(captions: Sequence[str], *, rows: int, length: int) -> np.nd
     data = text.encode("utf-8")[:length].decode("utf-8", errors="ignore").encode("utf-8")
     if b"\0" in data:
       raise ValueError(f"captions[{row}] contains a NUL character, which is the padding byte")
-    out[row, :len(data)] = np.frombuffer(data, np.uint8)
+    out[row, : len(data)] = np.frombuffer(data, np.uint8)
   return out
 
 

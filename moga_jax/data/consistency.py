@@ -112,8 +112,9 @@ def _describe_clip(rng: np.random.Generator, shots: int, change_rate: float) -> 
       colour, shape = new_colour, new_shape
     background = str(rng.choice([c for c in names if c not in (previous_bg, colour)]))
     direction = str(rng.choice([d for d in DIRECTIONS if d != previous_dir]))
-    described.append(dict(background=background, colour=colour, shape=shape,
-                          direction=direction, changed=changed))
+    described.append(
+      dict(background=background, colour=colour, shape=shape, direction=direction, changed=changed)
+    )
     previous_bg, previous_dir = background, direction
   return described
 
@@ -166,21 +167,29 @@ def _check_shot_specs(shots) -> list[dict]:
     if missing:
       raise ValueError(f"shots[{i}] is missing {sorted(missing)}")
     if shot["start"] != expected_start or not shot["end"] > shot["start"]:
-      raise ValueError(f"shots[{i}] must start at frame {expected_start} (shots are contiguous) "
-                       f"and end after it, got start={shot['start']} end={shot['end']}")
-    for key, vocabulary in (("background", COLOURS), ("colour", COLOURS), ("shape", SHAPES),
-                            ("direction", DIRECTIONS)):
+      raise ValueError(
+        f"shots[{i}] must start at frame {expected_start} (shots are contiguous) "
+        f"and end after it, got start={shot['start']} end={shot['end']}"
+      )
+    for key, vocabulary in (
+      ("background", COLOURS),
+      ("colour", COLOURS),
+      ("shape", SHAPES),
+      ("direction", DIRECTIONS),
+    ):
       if shot[key] not in vocabulary:
-        raise ValueError(f"shots[{i}][{key!r}] must be one of {list(vocabulary)}, "
-                         f"got {shot[key]!r}")
+        raise ValueError(
+          f"shots[{i}][{key!r}] must be one of {list(vocabulary)}, got {shot[key]!r}"
+        )
     expected_start = shot["end"]
   return shots
 
 
 def _check_change_rate(change_rate) -> float:
   if isinstance(change_rate, bool) or not isinstance(change_rate, numbers.Real):
-    raise TypeError(f"change_rate must be a float in [0, 1], got {type(change_rate).__name__} "
-                    f"{change_rate!r}")
+    raise TypeError(
+      f"change_rate must be a float in [0, 1], got {type(change_rate).__name__} {change_rate!r}"
+    )
   if not 0.0 <= float(change_rate) <= 1.0:
     raise ValueError(f"change_rate must be in [0, 1], got {change_rate}")
   return float(change_rate)
@@ -227,13 +236,20 @@ def make_consistency_videos(
   for index in range(num_videos):
     rng = np.random.default_rng((seed, index))
     spec = _with_frames(_describe_clip(rng, shots, change_rate), frames_per_shot)
-    video, mask = render_clip(spec, height=height, width=width, rng=rng,
-                              subject_scale=subject_scale)
+    video, mask = render_clip(
+      spec, height=height, width=width, rng=rng, subject_scale=subject_scale
+    )
     relative = f"videos/{index:05d}.mp4"
     write_mp4(out_dir / relative, video, fps=fps)
     np.savez_compressed(out_dir / "masks" / f"{index:05d}.npz", mask=mask)
-    caption_lines.append(json.dumps({"video": relative, "shots": [
-      {"start": s["start"], "end": s["end"], "caption": s["caption"]} for s in spec]}))
+    caption_lines.append(
+      json.dumps(
+        {
+          "video": relative,
+          "shots": [{"start": s["start"], "end": s["end"], "caption": s["caption"]} for s in spec],
+        }
+      )
+    )
     subject_lines.append(json.dumps({"video": relative, "shots": spec}))
   (out_dir / "captions.jsonl").write_text("\n".join(caption_lines) + "\n", encoding="utf-8")
   (out_dir / SUBJECTS_FILENAME).write_text("\n".join(subject_lines) + "\n", encoding="utf-8")
@@ -263,20 +279,21 @@ def _caption_tuples(exclude) -> set[tuple[str, ...]]:
     if path.is_dir():
       path = path / "captions.jsonl"
     if not path.is_file():
-      raise ValueError(f"exclude must be a captions.jsonl (or its folder), got {exclude}: "
-                       "no such file")
+      raise ValueError(
+        f"exclude must be a captions.jsonl (or its folder), got {exclude}: no such file"
+      )
     lines = path.read_text(encoding="utf-8").splitlines()
     return {tuple(s["caption"] for s in json.loads(line)["shots"]) for line in lines if line}
   if isinstance(exclude, Iterable):
     out = set()
     for item in exclude:
       if isinstance(item, str) or not all(isinstance(c, str) for c in item):
-        raise TypeError("exclude must hold tuples of caption strings (one per shot), got "
-                        f"{item!r}")
+        raise TypeError(f"exclude must hold tuples of caption strings (one per shot), got {item!r}")
       out.add(tuple(item))
     return out
-  raise TypeError(f"exclude must be a path, a set of caption tuples or None, got "
-                  f"{type(exclude).__name__}")
+  raise TypeError(
+    f"exclude must be a path, a set of caption tuples or None, got {type(exclude).__name__}"
+  )
 
 
 def held_out_captions(

@@ -164,8 +164,10 @@ def make_loader(
   elif set(BATCH_KEYS) <= features:
     to_inputs = _ToModelInputs(include_name)
   else:
-    raise ValueError(f"{dataset_dir} is neither a multi-shot video dataset (features "
-                     f"{BATCH_KEYS}) nor a latent one ({LATENT_KEYS}): it has {sorted(features)}")
+    raise ValueError(
+      f"{dataset_dir} is neither a multi-shot video dataset (features "
+      f"{BATCH_KEYS}) nor a latent one ({LATENT_KEYS}): it has {sorted(features)}"
+    )
   source = builder.as_data_source(split=split)
   if worker_count and not flags.FLAGS.is_parsed():
     # grain's worker processes read an absl flag, which raises in programs that never parsed
@@ -181,11 +183,15 @@ def make_loader(
   records = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
   steps = len(records) // global_batch  # whole global batches only: all processes stop together
   mine = grain.MapDataset.range(steps * batch_size).map(
-    _ShardRecord(records, batch_size, shard_index, shard_count))
+    _ShardRecord(records, batch_size, shard_index, shard_count)
+  )
   # grain's defaults (16 threads, 500 records ahead) suit small records; a video record is
   # large, so read only about two batches ahead.
-  dataset = mine.map(to_inputs).to_iter_dataset(grain.ReadOptions(
-    num_threads=_READ_THREADS, prefetch_buffer_size=max(2 * batch_size, _READ_THREADS)))
+  dataset = mine.map(to_inputs).to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=_READ_THREADS, prefetch_buffer_size=max(2 * batch_size, _READ_THREADS)
+    )
+  )
   dataset = dataset.batch(batch_size, drop_remainder=True)
   if worker_count:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

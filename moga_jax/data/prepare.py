@@ -26,19 +26,31 @@ def prepare_data(cfg, workdir: Path) -> Path:
     if cfg.source_dir:
       raise FileNotFoundError(f"config.data.source_dir {source} has no captions.jsonl")
     logging.warning("making %d synthetic clips in %s", cfg.synthetic_videos, source)
-    make_synthetic_videos(source, cfg.synthetic_videos, shots=cfg.shots,
-                          frames_per_shot=cfg.frames_per_shot, height=cfg.height,
-                          width=cfg.width, fps=cfg.fps, seed=0,
-                          subject_scale=cfg.subject_scale)
+    make_synthetic_videos(
+      source,
+      cfg.synthetic_videos,
+      shots=cfg.shots,
+      frames_per_shot=cfg.frames_per_shot,
+      height=cfg.height,
+      width=cfg.width,
+      fps=cfg.fps,
+      seed=0,
+      subject_scale=cfg.subject_scale,
+    )
   # Named after the source folder too: two sources side by side never share a dataset.
-  shape = (f"{source.name}_{frames}f_{cfg.height}x{cfg.width}_s{cfg.max_shots}"
-           f"_c{cfg.caption_len}")
+  shape = f"{source.name}_{frames}f_{cfg.height}x{cfg.width}_s{cfg.max_shots}_c{cfg.caption_len}"
   dataset_dir = Path(cfg.dataset_dir) if cfg.dataset_dir else source.parent / "prepared" / shape
   try:
     return find_dataset_dir(dataset_dir)
   except ValueError:
-    summary = build_dataset(source, dataset_dir, num_frames=frames, height=cfg.height,
-                            width=cfg.width, max_shots=cfg.max_shots,
-                            caption_len=cfg.caption_len)
+    summary = build_dataset(
+      source,
+      dataset_dir,
+      num_frames=frames,
+      height=cfg.height,
+      width=cfg.width,
+      max_shots=cfg.max_shots,
+      caption_len=cfg.caption_len,
+    )
     logging.warning("prepared dataset in %s: %s", dataset_dir, summary)
     return find_dataset_dir(dataset_dir)

@@ -18,7 +18,11 @@ from moga_jax.video_io import write_mp4
 from pallas_kernels.validation import check_int
 
 __all__ = [
-  "COLOURS", "DIRECTIONS", "SHAPES", "SUBJECT_SCALE", "check_subject_scale",
+  "COLOURS",
+  "DIRECTIONS",
+  "SHAPES",
+  "SUBJECT_SCALE",
+  "check_subject_scale",
   "make_synthetic_videos",
 ]
 
@@ -63,16 +67,21 @@ SUBJECT_SCALE = 0.3
 
 def check_subject_scale(subject_scale) -> float:
   if isinstance(subject_scale, bool) or not isinstance(subject_scale, numbers.Real):
-    raise TypeError(f"subject_scale must be a float in (0, 0.5), got "
-                    f"{type(subject_scale).__name__} {subject_scale!r}")
+    raise TypeError(
+      f"subject_scale must be a float in (0, 0.5), got "
+      f"{type(subject_scale).__name__} {subject_scale!r}"
+    )
   if not 0.0 < float(subject_scale) < 0.5:
-    raise ValueError(f"subject_scale must be in (0, 0.5) (the radius as a fraction of the "
-                     f"frame's smaller side), got {subject_scale}")
+    raise ValueError(
+      f"subject_scale must be in (0, 0.5) (the radius as a fraction of the "
+      f"frame's smaller side), got {subject_scale}"
+    )
   return float(subject_scale)
 
 
-def _render_shot(rng, shot: dict, frames: int, height: int, width: int,
-                 subject_scale: float = SUBJECT_SCALE) -> np.ndarray:
+def _render_shot(
+  rng, shot: dict, frames: int, height: int, width: int, subject_scale: float = SUBJECT_SCALE
+) -> np.ndarray:
   """uint8 [frames, H, W, 3]: the shape crosses the frame along its direction during the shot."""
   radius = max(3.0, subject_scale * min(height, width))
   dy, dx = DIRECTIONS[shot["direction"]]
@@ -148,8 +157,9 @@ def make_synthetic_videos(
   for index in range(num_videos):
     rng = np.random.default_rng((seed, index))
     described = _pick_shots(rng, shots)
-    clips = [_render_shot(rng, shot, frames_per_shot, height, width, subject_scale)
-             for shot in described]
+    clips = [
+      _render_shot(rng, shot, frames_per_shot, height, width, subject_scale) for shot in described
+    ]
     relative = f"videos/{index:05d}.mp4"
     write_mp4(out_dir / relative, np.concatenate(clips), fps=fps)
     entries = [

@@ -89,7 +89,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
   while True:
     new = labels.copy()
     for dy, dx in shifts:
-      np.minimum(new, padded[dy:dy + height, dx:dx + width], out=new)
+      np.minimum(new, padded[dy : dy + height, dx : dx + width], out=new)
     new[background] = big
     if np.array_equal(new, labels):
       break
@@ -151,13 +151,14 @@ def _smooth(frame: np.ndarray, sigma: float) -> np.ndarray:
   kernel /= kernel.sum()
   height, width, _ = frame.shape
   padded = np.pad(frame, ((radius, radius), (0, 0), (0, 0)), mode="edge")
-  frame = sum(k * padded[i:i + height] for i, k in enumerate(kernel))
+  frame = sum(k * padded[i : i + height] for i, k in enumerate(kernel))
   padded = np.pad(frame, ((0, 0), (radius, radius), (0, 0)), mode="edge")
-  return sum(k * padded[:, i:i + width] for i, k in enumerate(kernel))
+  return sum(k * padded[:, i : i + width] for i, k in enumerate(kernel))
 
 
-def classify_subject(frames, background: str, *, min_pixels: int | None = None,
-                     smooth: float = 0.7):
+def classify_subject(
+  frames, background: str, *, min_pixels: int | None = None, smooth: float = 0.7
+):
   """(colour, shape) of the subject in a shot's uint8 [T, H, W, 3] frames, or None if none.
 
   `background` is the shot's background colour name (e.g. classify_background's answer). In
@@ -196,8 +197,9 @@ def classify_subject(frames, background: str, *, min_pixels: int | None = None,
 def _spec_shots(spec) -> list[dict]:
   if isinstance(spec, dict):
     if "shots" not in spec:
-      raise ValueError('spec must be a subjects.jsonl line (a dict with "shots") or a list of '
-                       "per-shot dicts")
+      raise ValueError(
+        'spec must be a subjects.jsonl line (a dict with "shots") or a list of per-shot dicts'
+      )
     spec = spec["shots"]
   shots = list(spec)
   if not shots:
@@ -221,26 +223,40 @@ def score_clip(video, spec) -> dict:
   video = _check_frames(video, "video")
   shots = _spec_shots(spec)
   if shots[-1]["end"] > video.shape[0]:
-    raise ValueError(f"the spec's shots end at frame {shots[-1]['end']} but the video has only "
-                     f"{video.shape[0]} frames")
+    raise ValueError(
+      f"the spec's shots end at frame {shots[-1]['end']} but the video has only "
+      f"{video.shape[0]} frames"
+    )
   rows = []
   for i, shot in enumerate(shots):
-    frames = video[shot["start"]:shot["end"]]
+    frames = video[shot["start"] : shot["end"]]
     background = _NAMES[_background_index(frames)]
     predicted = classify_subject(frames, background)
     colour_ok = predicted is not None and predicted[0] == shot["colour"]
     shape_ok = predicted is not None and predicted[1] == shot["shape"]
-    rows.append(dict(
-      start=int(shot["start"]), end=int(shot["end"]),
-      background=shot["background"], background_pred=background,
-      background_ok=background == shot["background"],
-      subject=(shot["colour"], shot["shape"]), subject_pred=predicted,
-      colour_ok=colour_ok, shape_ok=shape_ok, subject_ok=colour_ok and shape_ok,
-      later=i > 0, changed=bool(shot.get("changed", False)),
-      # Same predicted subject as the previous shot, where the captions keep the subject.
-      same_as_previous=(i > 0 and not shot.get("changed", False) and predicted is not None
-                        and predicted == rows[-1]["subject_pred"]),
-    ))
+    rows.append(
+      dict(
+        start=int(shot["start"]),
+        end=int(shot["end"]),
+        background=shot["background"],
+        background_pred=background,
+        background_ok=background == shot["background"],
+        subject=(shot["colour"], shot["shape"]),
+        subject_pred=predicted,
+        colour_ok=colour_ok,
+        shape_ok=shape_ok,
+        subject_ok=colour_ok and shape_ok,
+        later=i > 0,
+        changed=bool(shot.get("changed", False)),
+        # Same predicted subject as the previous shot, where the captions keep the subject.
+        same_as_previous=(
+          i > 0
+          and not shot.get("changed", False)
+          and predicted is not None
+          and predicted == rows[-1]["subject_pred"]
+        ),
+      )
+    )
   return {"shots": rows, **_summarise(rows)}
 
 
@@ -300,8 +316,12 @@ def chance_levels() -> dict:
   random background."""
   colour = 1.0 / (len(COLOURS) - 1)
   shape = 1.0 / len(SHAPES)
-  return {"consistency": colour * shape, "consistency_colour": colour,
-          "consistency_shape": shape, "adherence": 1.0 / len(COLOURS)}
+  return {
+    "consistency": colour * shape,
+    "consistency_colour": colour,
+    "consistency_shape": shape,
+    "adherence": 1.0 / len(COLOURS),
+  }
 
 
 # ------------------------------------------------------------------------- groups vs subject
@@ -353,8 +373,9 @@ def group_sizes(group_ids, num_groups: int | None = None) -> np.ndarray:
   return np.bincount(ids.ravel(), minlength=num_groups or 0)
 
 
-def group_mask_ious(group_ids, subject_mask, *, soft: bool = False,
-                    num_groups: int | None = None) -> np.ndarray:
+def group_mask_ious(
+  group_ids, subject_mask, *, soft: bool = False, num_groups: int | None = None
+) -> np.ndarray:
   """IoU of each group's tokens with the subject's tokens, pooled over all frames: [groups].
 
   A token belongs to the subject when more than half its pixels are subject pixels; with soft,
@@ -382,8 +403,9 @@ def group_mask_iou(group_ids, subject_mask, *, soft: bool = False) -> float:
   return float(group_mask_ious(ids, subject_mask, soft=soft).max())
 
 
-def group_mask_iou_baseline(group_ids, subject_mask, *, permutations: int = 32, seed: int = 0,
-                            soft: bool = False) -> float:
+def group_mask_iou_baseline(
+  group_ids, subject_mask, *, permutations: int = 32, seed: int = 0, soft: bool = False
+) -> float:
   """Mean best IoU after shuffling the tokens' group ids (same group sizes, no structure).
 
   The chance level to compare group_mask_iou with: a router that balances its groups but
@@ -391,6 +413,8 @@ def group_mask_iou_baseline(group_ids, subject_mask, *, permutations: int = 32, 
   """
   ids = _check_group_ids(group_ids)
   rng = np.random.default_rng(seed)
-  values = [group_mask_iou(rng.permutation(ids.ravel()).reshape(ids.shape), subject_mask,
-                           soft=soft) for _ in range(permutations)]
+  values = [
+    group_mask_iou(rng.permutation(ids.ravel()).reshape(ids.shape), subject_mask, soft=soft)
+    for _ in range(permutations)
+  ]
   return float(np.mean(values))

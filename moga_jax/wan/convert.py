@@ -30,7 +30,6 @@ from moga_jax.wan.weights import read_safetensors
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer")
 
 
-
 def component_folders(src: str | Path) -> dict[str, Path]:
   """{component: folder} found in a diffusers pipeline folder or a bare transformer folder."""
   src = Path(src)
@@ -40,20 +39,25 @@ def component_folders(src: str | Path) -> dict[str, Path]:
     return {"transformer": src}
   found = {name: src / name for name in COMPONENTS if (src / name).is_dir()}
   if not found:
-    raise FileNotFoundError(f"--src {src} has none of {', '.join(COMPONENTS)} and no "
-                            "config.json: is it a diffusers Wan 2.1 folder?")
+    raise FileNotFoundError(
+      f"--src {src} has none of {', '.join(COMPONENTS)} and no "
+      "config.json: is it a diffusers Wan 2.1 folder?"
+    )
   return found
 
 
-def with_source_widths(cfg: ml_collections.ConfigDict, source: dict, where: Path
-                       ) -> ml_collections.ConfigDict:
+def with_source_widths(
+  cfg: ml_collections.ConfigDict, source: dict, where: Path
+) -> ml_collections.ConfigDict:
   """A copy of cfg whose model widths are the source transformer's config.json (Wan 2.1 T2V
   1.3B, 14B or any custom size); MoGA's settings and everything else stay the config's. Each
   width that differs from the config is logged."""
   theirs = dit_kwargs_from_diffusers(source)
   if theirs["out_channels"] != theirs["in_channels"]:
-    raise ValueError(f"{where}: out_channels {theirs['out_channels']} != in_channels "
-                     f"{theirs['in_channels']}: not a text-to-video transformer")
+    raise ValueError(
+      f"{where}: out_channels {theirs['out_channels']} != in_channels "
+      f"{theirs['in_channels']}: not a text-to-video transformer"
+    )
   cfg = copy.deepcopy(cfg)
   for key in WIDTHS:  # VideoDiT's keyword arguments and config.model's keys alike
     value = theirs[key]
@@ -75,9 +79,18 @@ def convert_transformer(folder: Path, out: Path, cfg) -> str:
   cfg = with_source_widths(cfg, source, folder)
   dit = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
   report = load_wan_dit(folder, dit)  # raises, naming tensors, unless complete
-  save_component(out / "transformer", dit, meta={
-      "component": "transformer", "source": str(folder), "diffusers_config": source,
-      "model_config": cfg.model.to_dict(), "seed": cfg.seed, "report": report_json(report)})
+  save_component(
+    out / "transformer",
+    dit,
+    meta={
+      "component": "transformer",
+      "source": str(folder),
+      "diffusers_config": source,
+      "model_config": cfg.model.to_dict(),
+      "seed": cfg.seed,
+      "report": report_json(report),
+    },
+  )
   return report.describe(f"transformer {folder}")
 
 
@@ -85,13 +98,20 @@ def convert_vae(folder: Path, out: Path, cfg) -> str:
   vae, report = load_wan_vae(folder)
   stride = (vae.config.temporal_factor, vae.config.spatial_factor, vae.config.spatial_factor)
   if "video" in cfg and tuple(cfg.video.vae_stride) != stride:
-    raise ValueError(f"{folder}: the VAE compresses (t, h, w) by {stride}, the config's "
-                     f"video.vae_stride says {tuple(cfg.video.vae_stride)}")
+    raise ValueError(
+      f"{folder}: the VAE compresses (t, h, w) by {stride}, the config's "
+      f"video.vae_stride says {tuple(cfg.video.vae_stride)}"
+    )
   if vae.config.z_dim != cfg.model.in_channels:
-    raise ValueError(f"{folder}: the VAE has {vae.config.z_dim} latent channels, the config's "
-                     f"model.in_channels is {cfg.model.in_channels}")
-  target = save_component(out / "vae", vae, meta={
-      "component": "vae", "source": str(folder), "report": report_json(report)})
+    raise ValueError(
+      f"{folder}: the VAE has {vae.config.z_dim} latent channels, the config's "
+      f"model.in_channels is {cfg.model.in_channels}"
+    )
+  target = save_component(
+    out / "vae",
+    vae,
+    meta={"component": "vae", "source": str(folder), "report": report_json(report)},
+  )
   shutil.copyfile(folder / "config.json", target / "config.json")
   return report.describe(f"vae {folder}")
 
@@ -100,11 +120,20 @@ def convert_text_encoder(folder: Path, out: Path, cfg) -> str:
   dtype = _float_dtype(read_safetensors(folder))
   encoder, report = load_umt5(folder, param_dtype=dtype, dtype=dtype)
   if encoder.config.d_model != cfg.model.text_dim:
-    raise ValueError(f"{folder}: the text encoder's width is {encoder.config.d_model}, the "
-                     f"config's model.text_dim is {cfg.model.text_dim}")
-  target = save_component(out / "text_encoder", encoder, meta={
-      "component": "text_encoder", "source": str(folder), "dtype": str(dtype),
-      "report": report_json(report)})
+    raise ValueError(
+      f"{folder}: the text encoder's width is {encoder.config.d_model}, the "
+      f"config's model.text_dim is {cfg.model.text_dim}"
+    )
+  target = save_component(
+    out / "text_encoder",
+    encoder,
+    meta={
+      "component": "text_encoder",
+      "source": str(folder),
+      "dtype": str(dtype),
+      "report": report_json(report),
+    },
+  )
   shutil.copyfile(folder / "config.json", target / "config.json")
   return report.describe(f"text_encoder {folder} ({dtype})")
 
@@ -120,8 +149,12 @@ def convert_tokenizer(folder: Path, out: Path, cfg) -> str:
   return f"tokenizer {folder}: copied {', '.join(copied)}"
 
 
-CONVERTERS = {"transformer": convert_transformer, "vae": convert_vae,
-              "text_encoder": convert_text_encoder, "tokenizer": convert_tokenizer}
+CONVERTERS = {
+  "transformer": convert_transformer,
+  "vae": convert_vae,
+  "text_encoder": convert_text_encoder,
+  "tokenizer": convert_tokenizer,
+}
 
 
 def convert(src: str | Path, out: str | Path, cfg, components=COMPONENTS) -> list[str]:

@@ -40,8 +40,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def _param_table(module: nnx.Module) -> dict[str, list]:
   """{dotted path: [shape, dtype]} of every nnx.Param (works on abstract modules too)."""
   flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
-  return {".".join(map(str, path)): [list(var.shape), str(jnp.dtype(var.dtype))]
-          for path, var in flat}
+  return {
+    ".".join(map(str, path)): [list(var.shape), str(jnp.dtype(var.dtype))] for path, var in flat
+  }
 
 
 def save_component(folder: str | Path, module: nnx.Module, *, meta: dict[str, Any]) -> Path:
@@ -61,10 +62,15 @@ def save_component(folder: str | Path, module: nnx.Module, *, meta: dict[str, An
 def read_meta(folder: str | Path) -> dict[str, Any]:
   folder = Path(folder)
   if not (folder / META).is_file():
-    what = ("an interrupted conversion (params without metadata)"
-            if (folder / "params").exists() else "not a converted component")
-    raise FileNotFoundError(f"{folder} is {what}: run `python -m moga_jax.convert_wan --src "
-                            "<diffusers folder> --out <dir>` (again)")
+    what = (
+      "an interrupted conversion (params without metadata)"
+      if (folder / "params").exists()
+      else "not a converted component"
+    )
+    raise FileNotFoundError(
+      f"{folder} is {what}: run `python -m moga_jax.convert_wan --src "
+      "<diffusers folder> --out <dir>` (again)"
+    )
   return json.loads((folder / META).read_text())
 
 
@@ -74,22 +80,32 @@ def restore_component(folder: str | Path, module: nnx.Module) -> dict[str, Any]:
   folder = Path(folder).absolute()
   meta = read_meta(folder)
   saved, want = meta["params"], _param_table(module)
-  problems = [f"missing from the checkpoint: {k} {want[k][0]}"
-              for k in sorted(set(want) - set(saved))]
-  problems += [f"in the checkpoint but not the module: {k} {saved[k][0]}"
-               for k in sorted(set(saved) - set(want))]
-  problems += [f"{k}: checkpoint shape {saved[k][0]}, module {want[k][0]}"
-               for k in sorted(set(saved) & set(want)) if saved[k][0] != want[k][0]]
+  problems = [
+    f"missing from the checkpoint: {k} {want[k][0]}" for k in sorted(set(want) - set(saved))
+  ]
+  problems += [
+    f"in the checkpoint but not the module: {k} {saved[k][0]}"
+    for k in sorted(set(saved) - set(want))
+  ]
+  problems += [
+    f"{k}: checkpoint shape {saved[k][0]}, module {want[k][0]}"
+    for k in sorted(set(saved) & set(want))
+    if saved[k][0] != want[k][0]
+  ]
   if problems:
-    raise ValueError(f"the parameters in {folder} do not fit this module:\n  "
-                     + "\n  ".join(problems[:40])
-                     + (f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""))
+    raise ValueError(
+      f"the parameters in {folder} do not fit this module:\n  "
+      + "\n  ".join(problems[:40])
+      + (f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else "")
+    )
   state = nnx.state(module, nnx.Param)
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(folder / "params", target)
-  nnx.update(module, jax.tree.map(
-      lambda x, t: x.astype(t.dtype) if x.dtype != t.dtype else x, restored, target))
+  nnx.update(
+    module,
+    jax.tree.map(lambda x, t: x.astype(t.dtype) if x.dtype != t.dtype else x, restored, target),
+  )
   return meta
 
 
@@ -100,17 +116,21 @@ def report_json(report: WeightReport) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Loading each component into a new module.
 
+
 def _component(weights: str | Path, name: str) -> Path:
   folder = Path(weights) / name
   if not folder.is_dir():
-    raise FileNotFoundError(f"{weights} has no {name}/: convert it with "
-                            f"`python -m moga_jax.convert_wan --src <diffusers folder> --out "
-                            f"{weights}`")
+    raise FileNotFoundError(
+      f"{weights} has no {name}/: convert it with "
+      f"`python -m moga_jax.convert_wan --src <diffusers folder> --out "
+      f"{weights}`"
+    )
   return folder
 
 
-def restore_dit(weights: str | Path, dit: VideoDiT,
-                model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+def restore_dit(
+  weights: str | Path, dit: VideoDiT, model_cfg: ml_collections.ConfigDict
+) -> dict[str, Any]:
   """Fills `dit` (concrete or abstract, sharded or not) with the converted transformer; when the
   parameters do not fit, the error also lists how `model_cfg` differs from the converted one."""
   folder = _component(weights, "transformer")
@@ -121,18 +141,29 @@ def restore_dit(weights: str | Path, dit: VideoDiT,
     try:
       check_config(meta["model_config"], model_cfg.to_dict(), str(folder))
     except ValueError as differs:
-      raise ValueError(f"{e}\n{differs}\nConvert again with this config (convert_wan "
-                       "--config ...) or load with the one it was converted with.") from None
+      raise ValueError(
+        f"{e}\n{differs}\nConvert again with this config (convert_wan "
+        "--config ...) or load with the one it was converted with."
+      ) from None
     raise
 
 
 # config.model keys a converted transformer fixes (its source's widths; moga_jax.wan.convert).
-WIDTHS = ("in_channels", "dim", "ffn_dim", "num_layers", "num_heads", "text_dim", "patch",
-          "freq_dim")
+WIDTHS = (
+  "in_channels",
+  "dim",
+  "ffn_dim",
+  "num_layers",
+  "num_heads",
+  "text_dim",
+  "patch",
+  "freq_dim",
+)
 
 
-def with_converted_widths(cfg: ml_collections.ConfigDict, weights: str | Path
-                          ) -> ml_collections.ConfigDict:
+def with_converted_widths(
+  cfg: ml_collections.ConfigDict, weights: str | Path
+) -> ml_collections.ConfigDict:
   """A copy of cfg whose model widths are those the converted transformer in `weights` was
   built with (so one config serves Wan 1.3B, 14B or a custom size); the rest is cfg's."""
   saved = read_meta(_component(weights, "transformer"))["model_config"]
@@ -142,8 +173,13 @@ def with_converted_widths(cfg: ml_collections.ConfigDict, weights: str | Path
   return cfg
 
 
-def load_dit(weights: str | Path, model_cfg: ml_collections.ConfigDict, *,
-             rules: ShardingRules | None = None, seed: int = 0) -> VideoDiT:
+def load_dit(
+  weights: str | Path,
+  model_cfg: ml_collections.ConfigDict,
+  *,
+  rules: ShardingRules | None = None,
+  seed: int = 0,
+) -> VideoDiT:
   """The converted transformer in a new VideoDiT built from `model_cfg` (its dims must match;
   attention settings that add parameters, such as MoGA's routers, too)."""
   dit = nnx.eval_shape(lambda: dit_from_config(model_cfg, rules=rules, rngs=nnx.Rngs(seed)))
@@ -151,13 +187,15 @@ def load_dit(weights: str | Path, model_cfg: ml_collections.ConfigDict, *,
   return dit
 
 
-def _load_with_config(weights: str | Path, name: str, config_type, module_type,
-                      param_dtype: Any) -> nnx.Module:
+def _load_with_config(
+  weights: str | Path, name: str, config_type, module_type, param_dtype: Any
+) -> nnx.Module:
   """A converted component whose architecture is its copied config.json (VAE, umT5)."""
   folder = _component(weights, name)
   config = config_type.from_json(folder / "config.json")
-  module = nnx.eval_shape(lambda: module_type(config, param_dtype=param_dtype, dtype=param_dtype,
-                                              rngs=nnx.Rngs(0)))
+  module = nnx.eval_shape(
+    lambda: module_type(config, param_dtype=param_dtype, dtype=param_dtype, rngs=nnx.Rngs(0))
+  )
   restore_component(folder, module)
   return module
 

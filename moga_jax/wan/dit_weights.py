@@ -30,10 +30,21 @@ from moga_jax.wan.weights import (
 
 # diffusers' defaults for keys a config.json may leave out.
 _DEFAULTS: dict[str, Any] = {
-  "patch_size": (1, 2, 2), "num_attention_heads": 40, "attention_head_dim": 128,
-  "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824,
-  "num_layers": 40, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
-  "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": 1024,
+  "patch_size": (1, 2, 2),
+  "num_attention_heads": 40,
+  "attention_head_dim": 128,
+  "in_channels": 16,
+  "out_channels": 16,
+  "text_dim": 4096,
+  "freq_dim": 256,
+  "ffn_dim": 13824,
+  "num_layers": 40,
+  "cross_attn_norm": True,
+  "qk_norm": "rms_norm_across_heads",
+  "eps": 1e-6,
+  "image_dim": None,
+  "added_kv_proj_dim": None,
+  "rope_max_seq_len": 1024,
   "pos_embed_seq_len": None,
 }
 
@@ -60,12 +71,16 @@ _TOP: dict[str, tuple[tuple[str | int, ...], str]] = {
 
 # Inside blocks.<i>: diffusers module -> (our module path, kind).
 _BLOCK: dict[str, tuple[tuple[str, ...], str]] = {
-  **{f"{ref}.{a}": ((ours, b), "linear")
-     for ref, ours in (("attn1", "self_attn"), ("attn2", "cross_attn"))
-     for a, b in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "o"))},
-  **{f"{ref}.{n}": ((ours, n), "norm")
-     for ref, ours in (("attn1", "self_attn"), ("attn2", "cross_attn"))
-     for n in ("norm_q", "norm_k")},
+  **{
+    f"{ref}.{a}": ((ours, b), "linear")
+    for ref, ours in (("attn1", "self_attn"), ("attn2", "cross_attn"))
+    for a, b in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "o"))
+  },
+  **{
+    f"{ref}.{n}": ((ours, n), "norm")
+    for ref, ours in (("attn1", "self_attn"), ("attn2", "cross_attn"))
+    for n in ("norm_q", "norm_k")
+  },
   "norm2": (("norm3",), "norm"),  # the affine cross-attention input norm
   "ffn.net.0.proj": (("ffn", "fc1"), "linear"),
   "ffn.net.2": (("ffn", "fc2"), "linear"),
@@ -74,9 +89,12 @@ _BLOCK: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 _LEAVES: dict[tuple[str, str], tuple[str, Transform]] = {
-  ("linear", "weight"): ("kernel", linear_kernel), ("linear", "bias"): ("bias", identity),
-  ("conv", "weight"): ("kernel", conv_kernel), ("conv", "bias"): ("bias", identity),
-  ("norm", "weight"): ("scale", identity), ("norm", "bias"): ("bias", identity),
+  ("linear", "weight"): ("kernel", linear_kernel),
+  ("linear", "bias"): ("bias", identity),
+  ("conv", "weight"): ("kernel", conv_kernel),
+  ("conv", "bias"): ("bias", identity),
+  ("norm", "weight"): ("scale", identity),
+  ("norm", "bias"): ("bias", identity),
 }
 
 _BLOCK_NAME = re.compile(r"blocks\.(\d+)\.(.+)")
@@ -93,19 +111,27 @@ def dit_kwargs_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"expected a WanTransformer3DModel config, got _class_name {name!r}")
   unknown = sorted(k for k in config if not k.startswith("_") and k not in _DEFAULTS)
   if unknown:
-    raise ValueError(f"WanTransformer3DModel config has keys this mapping does not know: "
-                     f"{unknown}; refusing rather than guessing what they change")
+    raise ValueError(
+      f"WanTransformer3DModel config has keys this mapping does not know: "
+      f"{unknown}; refusing rather than guessing what they change"
+    )
   c = {**_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
   for key, what in _UNSUPPORTED.items():
     if c[key] is not None:
-      raise ValueError(f"{key}={c[key]!r}: {what} is not supported; VideoDiT is text-to-video "
-                       "only (Wan 2.1 T2V), so load a T2V checkpoint")
+      raise ValueError(
+        f"{key}={c[key]!r}: {what} is not supported; VideoDiT is text-to-video "
+        "only (Wan 2.1 T2V), so load a T2V checkpoint"
+      )
   if c["qk_norm"] != "rms_norm_across_heads":
-    raise ValueError(f"qk_norm={c['qk_norm']!r} is not supported: VideoDiT RMS-normalises q "
-                     "and k across all heads ('rms_norm_across_heads') as Wan 2.1 does")
+    raise ValueError(
+      f"qk_norm={c['qk_norm']!r} is not supported: VideoDiT RMS-normalises q "
+      "and k across all heads ('rms_norm_across_heads') as Wan 2.1 does"
+    )
   if not c["cross_attn_norm"]:
-    raise ValueError("cross_attn_norm=False is not supported: VideoDiT always applies the "
-                     "affine layer norm before cross-attention (norm3), as Wan 2.1 does")
+    raise ValueError(
+      "cross_attn_norm=False is not supported: VideoDiT always applies the "
+      "affine layer norm before cross-attention (norm3), as Wan 2.1 does"
+    )
   if c["eps"] != _EPS:
     raise ValueError(f"eps={c['eps']!r} is not supported: VideoDiT's norms use {_EPS}")
   patch = tuple(int(p) for p in c["patch_size"])
@@ -113,11 +139,17 @@ def dit_kwargs_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"patch_size must be (t, h, w), got {c['patch_size']!r}")
   heads, head_dim = int(c["num_attention_heads"]), int(c["attention_head_dim"])
   # rope_max_seq_len only bounds diffusers' precomputed RoPE table; ours is computed per grid.
-  return dict(in_channels=int(c["in_channels"]),
-              out_channels=int(c["out_channels"] or c["in_channels"]),
-              dim=heads * head_dim, ffn_dim=int(c["ffn_dim"]), num_layers=int(c["num_layers"]),
-              num_heads=heads, text_dim=int(c["text_dim"]), patch=patch,
-              freq_dim=int(c["freq_dim"]))
+  return dict(
+    in_channels=int(c["in_channels"]),
+    out_channels=int(c["out_channels"] or c["in_channels"]),
+    dim=heads * head_dim,
+    ffn_dim=int(c["ffn_dim"]),
+    num_layers=int(c["num_layers"]),
+    num_heads=heads,
+    text_dim=int(c["text_dim"]),
+    patch=patch,
+    freq_dim=int(c["freq_dim"]),
+  )
 
 
 def dit_rename(name: str) -> tuple[tuple[str | int, ...], Transform] | None:
@@ -158,21 +190,30 @@ def diffusers_names(num_layers: int) -> list[str]:
   names += [f"{module}.{leaf}" for module, (_, kind) in _TOP.items() for leaf in leaves(kind)]
   for i in range(num_layers):
     names.append(f"blocks.{i}.scale_shift_table")
-    names += [f"blocks.{i}.{module}.{leaf}" for module, (_, kind) in _BLOCK.items()
-              for leaf in leaves(kind)]
+    names += [
+      f"blocks.{i}.{module}.{leaf}" for module, (_, kind) in _BLOCK.items() for leaf in leaves(kind)
+    ]
   return names
 
 
 def dit_to_diffusers(dit: VideoDiT) -> dict[str, np.ndarray]:
   """VideoDiT parameters -> diffusers WanTransformer3DModel tensors (routers included under
   `blocks.<i>.attn1.router.proj.*`); the inverse of `load_wan_dit`."""
-  flat = {tuple(map(str, path)): np.asarray(var[...])
-          for path, var in nnx.to_flat_state(nnx.state(dit, nnx.Param))}
+  flat = {
+    tuple(map(str, path)): np.asarray(var[...])
+    for path, var in nnx.to_flat_state(nnx.state(dit, nnx.Param))
+  }
   if dit.scan_layers:  # [layers, ...] -> one tensor per block
     num_layers = next(x.shape[0] for p, x in flat.items() if p[0] == "blocks")
-    flat = {**{p: x for p, x in flat.items() if p[0] != "blocks"},
-            **{("blocks", str(i), *p[1:]): x[i] for p, x in flat.items() if p[0] == "blocks"
-               for i in range(num_layers)}}
+    flat = {
+      **{p: x for p, x in flat.items() if p[0] != "blocks"},
+      **{
+        ("blocks", str(i), *p[1:]): x[i]
+        for p, x in flat.items()
+        if p[0] == "blocks"
+        for i in range(num_layers)
+      },
+    }
   else:
     num_layers = len(dit.blocks)
   tensors, used = {}, set()

@@ -66,8 +66,7 @@ class WanLatents(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "VAE latents, umT5 states, frame shots."}
   code_path = None  # nothing is downloaded (see MultiShotVideos)
 
-  def __init__(self, *, config: WanLatentConfig, data_dir: str | os.PathLike, cfg=None,
-               **kwargs):
+  def __init__(self, *, config: WanLatentConfig, data_dir: str | os.PathLike, cfg=None, **kwargs):
     self._cfg = cfg  # the run config, needed only to generate
     super().__init__(config=config, data_dir=os.fspath(data_dir), **kwargs)
 
@@ -75,16 +74,20 @@ class WanLatents(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     c = self.builder_config
     raw = tfds.features.Encoding.BYTES
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Wan VAE latents and umT5 caption states of multi-shot clips.",
-        features=tfds.features.FeaturesDict({
-            "latents": tfds.features.Tensor(shape=c.latent, dtype=np.float16, encoding=raw),
-            "context": tfds.features.Tensor(shape=(c.shots, c.caption_len, c.text_dim),
-                                            dtype=np.float16, encoding=raw),
-            "frame_shot": tfds.features.Tensor(shape=(c.latent[0],), dtype=np.int32),
-            "name": tfds.features.Tensor(shape=(), dtype=np.str_),
-        }),
-        disable_shuffling=True)
+      builder=self,
+      description="Wan VAE latents and umT5 caption states of multi-shot clips.",
+      features=tfds.features.FeaturesDict(
+        {
+          "latents": tfds.features.Tensor(shape=c.latent, dtype=np.float16, encoding=raw),
+          "context": tfds.features.Tensor(
+            shape=(c.shots, c.caption_len, c.text_dim), dtype=np.float16, encoding=raw
+          ),
+          "frame_shot": tfds.features.Tensor(shape=(c.latent[0],), dtype=np.int32),
+          "name": tfds.features.Tensor(shape=(), dtype=np.str_),
+        }
+      ),
+      disable_shuffling=True,
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -111,31 +114,51 @@ class WanLatents(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       latents = np.asarray(encode(vae, video)[0])
       shots = int(record["num_shots"])
       context = np.zeros((c.shots, c.caption_len, c.text_dim), np.float16)
-      context[:shots] = states(decode_captions(record["captions"], shots)[:c.shots])
+      context[:shots] = states(decode_captions(record["captions"], shots)[: c.shots])
       # Latent frame j stands for pixel frames st*j-st+1 .. st*j: it takes the first one's shot.
-      pixel_shot = np.asarray(frame_shots(record["shot_bounds"][None],
-                                          np.array([shots]), video.shape[1]))[0]
+      pixel_shot = np.asarray(
+        frame_shots(record["shot_bounds"][None], np.array([shots]), video.shape[1])
+      )[0]
       first = np.maximum(stride * np.arange(c.latent[0]) - stride + 1, 0)
       name = np.bytes_(record["name"]).decode()
-      yield name, {"latents": latents.astype(np.float16), "context": context,
-                   "frame_shot": pixel_shot[first].astype(np.int32), "name": name}
+      yield (
+        name,
+        {
+          "latents": latents.astype(np.float16),
+          "context": context,
+          "frame_shot": pixel_shot[first].astype(np.int32),
+          "name": name,
+        },
+      )
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     super()._download_and_prepare(dl_manager, download_config)
     # self.data_dir is still the temporary folder: these land atomically with the data.
     np.save(Path(self.data_dir) / NULL_CONTEXT, self._null_context)
     c = self.builder_config
-    (Path(self.data_dir) / SUMMARY).write_text(json.dumps(
-        {"video_dir": c.video_dir, "weights": c.weights,
-         "examples": self.info.splits["train"].num_examples}, indent=2) + "\n")
+    (Path(self.data_dir) / SUMMARY).write_text(
+      json.dumps(
+        {
+          "video_dir": c.video_dir,
+          "weights": c.weights,
+          "examples": self.info.splits["train"].num_examples,
+        },
+        indent=2,
+      )
+      + "\n"
+    )
 
 
 def latent_config(cfg, video_dir: str | Path, weights: str | Path) -> WanLatentConfig:
   frames, h, w = config_checks.latent_grid(cfg)
   return WanLatentConfig(
-      video_dir=str(Path(find_dataset_dir(video_dir)).resolve()),
-      weights=str(Path(weights).resolve()), latent=(frames, h, w, cfg.model.in_channels),
-      shots=cfg.video.shots, caption_len=cfg.video.caption_len, text_dim=cfg.model.text_dim)
+    video_dir=str(Path(find_dataset_dir(video_dir)).resolve()),
+    weights=str(Path(weights).resolve()),
+    latent=(frames, h, w, cfg.model.in_channels),
+    shots=cfg.video.shots,
+    caption_len=cfg.video.caption_len,
+    text_dim=cfg.model.text_dim,
+  )
 
 
 def prepare_latents(cfg, workdir: str | Path, weights: str | Path) -> Path:
@@ -152,11 +175,15 @@ def prepare_latents(cfg, workdir: str | Path, weights: str | Path) -> Path:
   if (dataset_dir / SUMMARY).is_file():
     summary = json.loads((dataset_dir / SUMMARY).read_text())
     if (summary["video_dir"], summary["weights"]) != (config.video_dir, config.weights):
-      raise ValueError(f"{dataset_dir} holds latents of {summary['video_dir']} through "
-                       f"{summary['weights']}, not of {config.video_dir} through "
-                       f"{config.weights}; remove it to rebuild")
+      raise ValueError(
+        f"{dataset_dir} holds latents of {summary['video_dir']} through "
+        f"{summary['weights']}, not of {config.video_dir} through "
+        f"{config.weights}; remove it to rebuild"
+      )
     return dataset_dir
   logging.warning("encoding %s with the VAE and text encoder of %s", video_dir, weights)
-  builder.download_and_prepare(file_format="array_record", download_config=(
-      tfds.download.DownloadConfig(try_download_gcs=False)))
+  builder.download_and_prepare(
+    file_format="array_record",
+    download_config=(tfds.download.DownloadConfig(try_download_gcs=False)),
+  )
   return dataset_dir

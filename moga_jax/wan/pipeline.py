@@ -21,12 +21,7 @@ from flax import nnx
 from moga_jax import config_checks
 from moga_jax.diffusion import sample_flow
 from moga_jax.dit import VideoDiT
-from moga_jax.wan.converted import (
-  load_converted_tokenizer,
-  load_dit,
-  load_text_encoder,
-  load_vae,
-)
+from moga_jax.wan.converted import load_converted_tokenizer, load_dit, load_text_encoder, load_vae
 from moga_jax.wan.tokenizer import encode_prompts
 from moga_jax.wan.umt5 import prompt_embeddings
 
@@ -55,8 +50,10 @@ def video_geometry(cfg, shots: int) -> VideoGeometry:
   v = cfg.video
   latent = config_checks.latent_grid(cfg)
   if not 1 <= shots <= latent[0]:
-    raise ValueError(f"{shots} prompts for {latent[0]} latent frames: give between 1 and "
-                     f"{latent[0]} prompts (or raise config.video.frames)")
+    raise ValueError(
+      f"{shots} prompts for {latent[0]} latent frames: give between 1 and "
+      f"{latent[0]} prompts (or raise config.video.frames)"
+    )
   frame_shot = (np.arange(latent[0]) * shots // latent[0]).astype(np.int32)
   return VideoGeometry(v.frames, v.height, v.width, latent, v.vae_stride[0], frame_shot)
 
@@ -67,14 +64,22 @@ def encode_text(weights: str | Path, cfg, prompts: Sequence[str]) -> np.ndarray:
   tokenizer = load_converted_tokenizer(weights)
   dtype = jnp.dtype(cfg.sample.text_encoder_dtype)
   encoder = load_text_encoder(weights, param_dtype=dtype)
-  ids, mask = encode_prompts(tokenizer, [*prompts, cfg.sample.negative_prompt],
-                             max_len=cfg.video.caption_len)
+  ids, mask = encode_prompts(
+    tokenizer, [*prompts, cfg.sample.negative_prompt], max_len=cfg.video.caption_len
+  )
   embed = nnx.jit(prompt_embeddings)(encoder, jnp.asarray(ids), jnp.asarray(mask))
   return np.asarray(embed.astype(jnp.float32))
 
 
-def sample_latents(dit: VideoDiT, cfg, embeddings: np.ndarray, geometry: VideoGeometry,
-                   *, seed: int, progress: Callable[[int], None] | None = None) -> jax.Array:
+def sample_latents(
+  dit: VideoDiT,
+  cfg,
+  embeddings: np.ndarray,
+  geometry: VideoGeometry,
+  *,
+  seed: int,
+  progress: Callable[[int], None] | None = None,
+) -> jax.Array:
   """Normalised latents [1, F', H', W', C] from noise, with guidance against the last row of
   `embeddings` (the negative prompt)."""
   shots = embeddings.shape[0] - 1
@@ -84,21 +89,33 @@ def sample_latents(dit: VideoDiT, cfg, embeddings: np.ndarray, geometry: VideoGe
   # Wan attends to all caption_len positions (the padding is zeros), so the mask is all True.
   context = jnp.stack([prompt, negative]) if guidance != 1.0 else prompt[None]
   mask = jnp.ones(context.shape[:3], bool)
-  frame_shot = jnp.broadcast_to(jnp.asarray(geometry.frame_shot), (context.shape[0],
-                                                                    len(geometry.frame_shot)))
+  frame_shot = jnp.broadcast_to(
+    jnp.asarray(geometry.frame_shot), (context.shape[0], len(geometry.frame_shot))
+  )
 
   # The caption states are arguments, not closed-over constants baked into the program.
   @nnx.jit
   def guided_velocity(dit, x, t, context, mask, frame_shot):
     batch = context.shape[0]
-    v, _ = dit(jnp.broadcast_to(x, (batch, *x.shape[1:])), jnp.broadcast_to(t, (batch,)),
-               context, mask, frame_shot)
+    v, _ = dit(
+      jnp.broadcast_to(x, (batch, *x.shape[1:])),
+      jnp.broadcast_to(t, (batch,)),
+      context,
+      mask,
+      frame_shot,
+    )
     return v[:1] if batch == 1 else v[1:] + guidance * (v[:1] - v[1:])
 
   noise = jax.random.normal(jax.random.key(seed), (1, *geometry.latent, cfg.model.in_channels))
-  return sample_flow(lambda x, t, _: guided_velocity(dit, x, t, context, mask, frame_shot),
-                     noise, solver=cfg.sample.get("solver", "unipc"), steps=cfg.sample.steps,
-                     shift=cfg.diffusion.shift, guidance=1.0, progress=progress)
+  return sample_flow(
+    lambda x, t, _: guided_velocity(dit, x, t, context, mask, frame_shot),
+    noise,
+    solver=cfg.sample.get("solver", "unipc"),
+    steps=cfg.sample.steps,
+    shift=cfg.diffusion.shift,
+    guidance=1.0,
+    progress=progress,
+  )
 
 
 def decode_latents(weights: str | Path, latents: jax.Array) -> np.ndarray:
@@ -108,9 +125,15 @@ def decode_latents(weights: str | Path, latents: jax.Array) -> np.ndarray:
   return np.asarray(jnp.round((video + 1.0) * 127.5).clip(0, 255).astype(jnp.uint8))
 
 
-def generate(weights: str | Path, cfg, prompts: Sequence[str], *, seed: int,
-             progress: Callable[[int], None] | None = None, dit: VideoDiT | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+  weights: str | Path,
+  cfg,
+  prompts: Sequence[str],
+  *,
+  seed: int,
+  progress: Callable[[int], None] | None = None,
+  dit: VideoDiT | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """-> (uint8 video [T, H, W, 3], shot index of every frame [T]). umT5 and the VAE come from
   `weights`, the DiT too unless given (a fine-tuned one: `sample.py --workdir --weights`)."""
   prompts = list(prompts)

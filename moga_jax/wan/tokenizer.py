@@ -42,17 +42,20 @@ def load_tokenizer(path: str | os.PathLike) -> PromptTokenizer:
   if not file.is_file():
     hint = " (it holds spiece.model only)" if (folder / "spiece.model").is_file() else ""
     raise FileNotFoundError(
-        f"no tokenizer.json in {folder}{hint}. moga-jax reads the `tokenizers` serialization, "
-        "not SentencePiece models. Write it once with transformers: "
-        f"AutoTokenizer.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r})")
+      f"no tokenizer.json in {folder}{hint}. moga-jax reads the `tokenizers` serialization, "
+      "not SentencePiece models. Write it once with transformers: "
+      f"AutoTokenizer.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r})"
+    )
   backend = Tokenizer.from_file(str(file))
   settings = {}
   if (folder / "tokenizer_config.json").is_file():
     settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
   for side in ("padding_side", "truncation_side"):
     if settings.get(side, "right") != "right":
-      raise ValueError(f"{folder}: {side}={settings[side]!r}; Wan's pipeline trims embeddings "
-                       "assuming right padding and truncation, the only kind supported here")
+      raise ValueError(
+        f"{folder}: {side}={settings[side]!r}; Wan's pipeline trims embeddings "
+        "assuming right padding and truncation, the only kind supported here"
+      )
   pad = _token_text(settings.get("pad_token")) or "<pad>"
   pad_id = backend.token_to_id(pad)
   if pad_id is None:
@@ -65,7 +68,8 @@ def load_tokenizer(path: str | os.PathLike) -> PromptTokenizer:
     if eos_id is None:
       raise ValueError(f"{file}: the EOS token {eos!r} is not in the vocabulary")
     backend.post_processor = processors.TemplateProcessing(
-        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, eos_id)])
+      single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, eos_id)]
+    )
   return PromptTokenizer(backend, pad_id)
 
 
@@ -81,8 +85,13 @@ def clean_prompt(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip()
 
 
-def encode_prompts(tokenizer: PromptTokenizer, prompts: str | Sequence[str], max_len: int = 512,
-                   *, clean: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def encode_prompts(
+  tokenizer: PromptTokenizer,
+  prompts: str | Sequence[str],
+  max_len: int = 512,
+  *,
+  clean: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
   """-> (ids int32 [B, max_len], mask bool [B, max_len]), EOS-terminated and right-padded.
 
   numpy arrays, host side. Sets the backend's truncation to max_len (not thread-safe).
@@ -100,6 +109,6 @@ def encode_prompts(tokenizer: PromptTokenizer, prompts: str | Sequence[str], max
   ids = np.full((len(prompts), max_len), tokenizer.pad_id, np.int32)
   mask = np.zeros((len(prompts), max_len), bool)
   for row, encoding in enumerate(encodings):
-    ids[row, :len(encoding.ids)] = encoding.ids
-    mask[row, :len(encoding.ids)] = True
+    ids[row, : len(encoding.ids)] = encoding.ids
+    mask[row, : len(encoding.ids)] = True
   return ids, mask

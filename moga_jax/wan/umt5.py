@@ -43,11 +43,15 @@ class UMT5Config:
 
   def __post_init__(self):
     if self.feed_forward_proj != _SUPPORTED_FFN:
-      raise ValueError(f"feed_forward_proj={self.feed_forward_proj!r} is not supported: this "
-                       f"umT5 port implements {_SUPPORTED_FFN!r} only (what umT5 checkpoints use)")
+      raise ValueError(
+        f"feed_forward_proj={self.feed_forward_proj!r} is not supported: this "
+        f"umT5 port implements {_SUPPORTED_FFN!r} only (what umT5 checkpoints use)"
+      )
     if self.relative_attention_num_buckets < 4:
-      raise ValueError("relative_attention_num_buckets must be at least 4 (half per direction, "
-                       "half of those exact)")
+      raise ValueError(
+        "relative_attention_num_buckets must be at least 4 (half per direction, "
+        "half of those exact)"
+      )
 
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> UMT5Config:
@@ -58,16 +62,19 @@ class UMT5Config:
     with open(path, encoding="utf-8") as f:
       raw: dict[str, Any] = json.load(f)
     if raw.get("model_type", "umt5") != "umt5":
-      raise ValueError(f"{path}: model_type is {raw['model_type']!r}, expected 'umt5' (plain T5 "
-                       "shares one position bias across layers and is not supported here)")
+      raise ValueError(
+        f"{path}: model_type is {raw['model_type']!r}, expected 'umt5' (plain T5 "
+        "shares one position bias across layers and is not supported here)"
+      )
     if raw.get("is_decoder", False):
       raise ValueError(f"{path}: is_decoder is true; only the umT5 encoder is supported")
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in raw.items() if k in names})
 
 
-def relative_position_buckets(offsets: np.ndarray, num_buckets: int,
-                              max_distance: int) -> np.ndarray:
+def relative_position_buckets(
+  offsets: np.ndarray, num_buckets: int, max_distance: int
+) -> np.ndarray:
   """Bidirectional T5 bucket of each offset (key position - query position), as int32.
 
   Half the buckets are for positive offsets. In each half, offsets below half of it get a bucket
@@ -113,8 +120,9 @@ class SelfAttention(nnx.Module):
     self.k = _linear(config.d_model, inner, dtype, param_dtype, rngs)
     self.v = _linear(config.d_model, inner, dtype, param_dtype, rngs)
     self.o = _linear(inner, config.d_model, dtype, param_dtype, rngs)
-    self.rel_bias = nnx.Embed(config.relative_attention_num_buckets, config.num_heads,
-                              param_dtype=param_dtype, rngs=rngs)
+    self.rel_bias = nnx.Embed(
+      config.relative_attention_num_buckets, config.num_heads, param_dtype=param_dtype, rngs=rngs
+    )
 
   def __call__(self, x: jax.Array, buckets: jax.Array, mask: jax.Array) -> jax.Array:
     """x [B, L, D]; buckets int [L, L]; mask bool [B, L] (False keys are never attended)."""
@@ -155,21 +163,34 @@ class Block(nnx.Module):
 class UMT5Encoder(nnx.Module):
   """ids int [B, L], mask bool [B, L] -> last hidden states float32 [B, L, d_model]."""
 
-  def __init__(self, config: UMT5Config, *, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config: UMT5Config,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.config = config
     self.embed = nnx.Embed(config.vocab_size, config.d_model, param_dtype=param_dtype, rngs=rngs)
-    self.layers = nnx.List([Block(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                            for _ in range(config.num_layers)])
-    self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, dtype=jnp.float32,
-                              param_dtype=param_dtype)
+    self.layers = nnx.List(
+      [
+        Block(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        for _ in range(config.num_layers)
+      ]
+    )
+    self.final_norm = RMSNorm(
+      config.d_model, config.layer_norm_epsilon, dtype=jnp.float32, param_dtype=param_dtype
+    )
 
   def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
     length = ids.shape[1]
     # Buckets depend on the offset only: a [2L-1] table, spread to [L, L] by index arithmetic.
     table = relative_position_buckets(
-        np.arange(-(length - 1), length), self.config.relative_attention_num_buckets,
-        self.config.relative_attention_max_distance)
+      np.arange(-(length - 1), length),
+      self.config.relative_attention_num_buckets,
+      self.config.relative_attention_max_distance,
+    )
     pos = jnp.arange(length)
     buckets = jnp.asarray(table)[pos[None, :] - pos[:, None] + length - 1]
     mask = mask.astype(bool)

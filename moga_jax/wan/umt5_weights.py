@@ -70,14 +70,19 @@ def _one_embedding(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return tensors
   a, b = (tensors[n] for n in present)
   if a.shape != b.shape:
-    raise ValueError(f"tied embeddings disagree in shape: {present[0]} {a.shape}, "
-                     f"{present[1]} {b.shape}")
+    raise ValueError(
+      f"tied embeddings disagree in shape: {present[0]} {a.shape}, {present[1]} {b.shape}"
+    )
   return {k: v for k, v in tensors.items() if k != present[1]}
 
 
-def load_umt5(src: str | os.PathLike, config: UMT5Config | None = None, *,
-              dtype: Any = jnp.float32,
-              param_dtype: Any = jnp.float32) -> tuple[UMT5Encoder, WeightReport]:
+def load_umt5(
+  src: str | os.PathLike,
+  config: UMT5Config | None = None,
+  *,
+  dtype: Any = jnp.float32,
+  param_dtype: Any = jnp.float32,
+) -> tuple[UMT5Encoder, WeightReport]:
   """Reads a .safetensors file or a folder of shards into a new UMT5Encoder.
 
   config defaults to the config.json next to the weights. Raises, naming the tensors, when
@@ -86,8 +91,9 @@ def load_umt5(src: str | os.PathLike, config: UMT5Config | None = None, *,
   src = Path(src)
   if config is None:
     config = UMT5Config.from_json(config_beside(src))
-  encoder = nnx.eval_shape(lambda: UMT5Encoder(config, dtype=dtype, param_dtype=param_dtype,
-                                               rngs=nnx.Rngs(0)))
+  encoder = nnx.eval_shape(
+    lambda: UMT5Encoder(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+  )
   report = load_tensors(encoder, _one_embedding(read_safetensors(src)), umt5_rename)
   report.raise_if_incomplete(f"umT5 encoder from {src}")
   return encoder, report

@@ -45,8 +45,19 @@ class CausalConv3d(nnx.Module):
   output and the cache for the next chunk. `conv` applies the kernel with no time padding.
   """
 
-  def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int], *, look_back: int,
-               stride_t: int = 1, dtype: Any, param_dtype: Any, precision: Any, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cin: int,
+    cout: int,
+    kernel: tuple[int, int, int],
+    *,
+    look_back: int,
+    stride_t: int = 1,
+    dtype: Any,
+    param_dtype: Any,
+    precision: Any,
+    rngs: nnx.Rngs,
+  ):
     self.look_back = look_back
     self.stride_t = stride_t
     self.pad_hw = ((kernel[1] - 1) // 2, (kernel[2] - 1) // 2)
@@ -58,9 +69,13 @@ class CausalConv3d(nnx.Module):
   def conv(self, x: jax.Array) -> jax.Array:
     ph, pw = self.pad_hw
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-        window_strides=(self.stride_t, 1, 1), padding=((0, 0), (ph, ph), (pw, pw)),
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=self.precision)
+      x.astype(self.dtype),
+      self.kernel[...].astype(self.dtype),
+      window_strides=(self.stride_t, 1, 1),
+      padding=((0, 0), (ph, ph), (pw, pw)),
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+      precision=self.precision,
+    )
     return y + self.bias[...].astype(self.dtype)
 
   def __call__(self, x: jax.Array, cache: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -69,7 +84,7 @@ class CausalConv3d(nnx.Module):
     if cache is None:
       cache = _zeros_before(x, self.look_back)
     x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
-    return self.conv(x), x[:, -self.look_back:]
+    return self.conv(x), x[:, -self.look_back :]
 
 
 class RMSNorm(nnx.Module):
@@ -93,8 +108,9 @@ class ResidualBlock(nnx.Module):
     self.conv1 = CausalConv3d(cin, cout, (3, 3, 3), look_back=CACHE_T, **kw)
     self.norm2 = RMSNorm(cout, **norm_kw)
     self.conv2 = CausalConv3d(cout, cout, (3, 3, 3), look_back=CACHE_T, **kw)
-    self.conv_shortcut = (CausalConv3d(cin, cout, (1, 1, 1), look_back=0, **kw)
-                          if cin != cout else None)
+    self.conv_shortcut = (
+      CausalConv3d(cin, cout, (1, 1, 1), look_back=0, **kw) if cin != cout else None
+    )
 
   def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     c1, c2 = (None, None) if cache is None else cache
@@ -107,11 +123,11 @@ class ResidualBlock(nnx.Module):
 class SpatialAttention(nnx.Module):
   """Single-head self-attention over the pixels of each frame separately (no time mixing)."""
 
-  def __init__(self, dim: int, *, dtype: Any, param_dtype: Any, precision: Any,
-               rngs: nnx.Rngs):
+  def __init__(self, dim: int, *, dtype: Any, param_dtype: Any, precision: Any, rngs: nnx.Rngs):
     self.norm = RMSNorm(dim, dtype=dtype, param_dtype=param_dtype)
-    conv = lambda cout: nnx.Conv(dim, cout, (1, 1), dtype=dtype, param_dtype=param_dtype,
-                                 precision=precision, rngs=rngs)
+    conv = lambda cout: nnx.Conv(
+      dim, cout, (1, 1), dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs
+    )
     self.to_qkv, self.proj = conv(3 * dim), conv(dim)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,13 +160,35 @@ class Downsample(nnx.Module):
   frame 0 passes through alone, each later pair of frames becomes one.
   """
 
-  def __init__(self, dim: int, temporal: bool, *, dtype: Any, param_dtype: Any, precision: Any,
-               rngs: nnx.Rngs):
-    self.conv = nnx.Conv(dim, dim, (3, 3), strides=2, padding=((0, 1), (0, 1)), dtype=dtype,
-                         param_dtype=param_dtype, precision=precision, rngs=rngs)
-    self.time_conv = (CausalConv3d(dim, dim, (3, 1, 1), look_back=0, stride_t=2, dtype=dtype,
-                                   param_dtype=param_dtype, precision=precision, rngs=rngs)
-                      if temporal else None)
+  def __init__(
+    self, dim: int, temporal: bool, *, dtype: Any, param_dtype: Any, precision: Any, rngs: nnx.Rngs
+  ):
+    self.conv = nnx.Conv(
+      dim,
+      dim,
+      (3, 3),
+      strides=2,
+      padding=((0, 1), (0, 1)),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      rngs=rngs,
+    )
+    self.time_conv = (
+      CausalConv3d(
+        dim,
+        dim,
+        (3, 1, 1),
+        look_back=0,
+        stride_t=2,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        precision=precision,
+        rngs=rngs,
+      )
+      if temporal
+      else None
+    )
 
   def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     b, t = x.shape[:2]
@@ -171,13 +209,41 @@ class Upsample(nnx.Module):
   frames. The first chunk skips it (frame 0 stays one frame) and leaves zeros as look-back.
   """
 
-  def __init__(self, dim: int, cout: int, temporal: bool, *, dtype: Any, param_dtype: Any,
-               precision: Any, rngs: nnx.Rngs):
-    self.time_conv = (CausalConv3d(dim, 2 * dim, (3, 1, 1), look_back=CACHE_T, dtype=dtype,
-                                   param_dtype=param_dtype, precision=precision, rngs=rngs)
-                      if temporal else None)
-    self.conv = nnx.Conv(dim, cout, (3, 3), padding=1, dtype=dtype, param_dtype=param_dtype,
-                         precision=precision, rngs=rngs)
+  def __init__(
+    self,
+    dim: int,
+    cout: int,
+    temporal: bool,
+    *,
+    dtype: Any,
+    param_dtype: Any,
+    precision: Any,
+    rngs: nnx.Rngs,
+  ):
+    self.time_conv = (
+      CausalConv3d(
+        dim,
+        2 * dim,
+        (3, 1, 1),
+        look_back=CACHE_T,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        precision=precision,
+        rngs=rngs,
+      )
+      if temporal
+      else None
+    )
+    self.conv = nnx.Conv(
+      dim,
+      cout,
+      (3, 3),
+      padding=1,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     if self.time_conv is None:
@@ -195,10 +261,12 @@ class Upsample(nnx.Module):
 
 class UpBlock(nnx.Module):
   def __init__(self, cin: int, cout: int, num_resnets: int, upsample: str | None, **kw):
-    self.resnets = nnx.List([ResidualBlock(cin if i == 0 else cout, cout, **kw)
-                             for i in range(num_resnets)])
-    self.upsampler = (Upsample(cout, cout // 2, upsample == "3d", **kw)
-                      if upsample is not None else None)
+    self.resnets = nnx.List(
+      [ResidualBlock(cin if i == 0 else cout, cout, **kw) for i in range(num_resnets)]
+    )
+    self.upsampler = (
+      Upsample(cout, cout // 2, upsample == "3d", **kw) if upsample is not None else None
+    )
 
   def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     caches = [None] * (len(self.resnets) + 1) if cache is None else list(cache)
@@ -259,8 +327,7 @@ class Decoder(nnx.Module):
       up.append(UpBlock(cin, cout, config.num_res_blocks + 1, mode, **kw))
     self.up_blocks = nnx.List(up)
     self.norm_out = RMSNorm(dims[-1], dtype=kw["dtype"], param_dtype=kw["param_dtype"])
-    self.conv_out = CausalConv3d(dims[-1], config.out_channels, (3, 3, 3), look_back=CACHE_T,
-                                 **kw)
+    self.conv_out = CausalConv3d(dims[-1], config.out_channels, (3, 3, 3), look_back=CACHE_T, **kw)
 
   def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     c_in, c_mid, c_up, c_out = (None,) * 4 if cache is None else cache
@@ -290,8 +357,15 @@ class WanVAE(nnx.Module):
   (Wan 2.1: f = 8). The *_normalized variants use the diffusion model's latent scale.
   """
 
-  def __init__(self, config: WanVAEConfig, *, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32, precision: Any = None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config: WanVAEConfig,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    precision: Any = None,
+    rngs: nnx.Rngs,
+  ):
     self.config = config
     kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
     z = config.z_dim
@@ -306,15 +380,17 @@ class WanVAE(nnx.Module):
       raise ValueError(f"video must be [B, T, H, W, {cfg.in_channels}], got {video.shape}")
     t, h, w = video.shape[1:4]
     if (t - 1) % ENCODE_CHUNK:
-      raise ValueError(f"{t} frames: the VAE encodes 1 + {ENCODE_CHUNK}k frames (diffusers "
-                       "silently drops the frames beyond the last full chunk; we refuse)")
+      raise ValueError(
+        f"{t} frames: the VAE encodes 1 + {ENCODE_CHUNK}k frames (diffusers "
+        "silently drops the frames beyond the last full chunk; we refuse)"
+      )
     if h % cfg.spatial_factor or w % cfg.spatial_factor:
       raise ValueError(f"H={h}, W={w} must be multiples of {cfg.spatial_factor}")
     rest = None
     if t > 1:
       rest = rearrange(video[:, 1:], "b (n t) h w c -> n b t h w c", t=ENCODE_CHUNK)
     moments = self.quant_conv.conv(_chunked(self.encoder, video[:, :1], rest))
-    return moments[..., :cfg.z_dim]
+    return moments[..., : cfg.z_dim]
 
   def decode(self, latents: jax.Array) -> jax.Array:
     cfg = self.config

@@ -15,12 +15,40 @@ from typing import Any
 
 # Wan 2.1's published per-channel latent statistics (diffusers' defaults).
 WAN21_LATENTS_MEAN = (
-  -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-  0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+  -0.7571,
+  -0.7089,
+  -0.9113,
+  0.1075,
+  -0.1745,
+  0.9653,
+  -0.1517,
+  1.5508,
+  0.4134,
+  -0.0715,
+  0.5517,
+  -0.3632,
+  -0.1922,
+  -0.9497,
+  0.2503,
+  -0.2921,
 )
 WAN21_LATENTS_STD = (
-  2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-  3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+  2.8184,
+  1.4541,
+  2.3275,
+  2.6558,
+  1.2196,
+  1.7708,
+  2.6052,
+  2.0743,
+  3.2687,
+  2.1526,
+  2.8652,
+  1.5579,
+  1.6382,
+  1.1253,
+  2.8251,
+  1.9160,
 )
 
 # The encoder reads frame 0 alone, then chunks of this many frames (hard-coded in diffusers).
@@ -53,8 +81,7 @@ class WanVAEConfig:
   scale_factor_spatial: int | None = 8
 
   def __post_init__(self):
-    for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean",
-                 "latents_std"):
+    for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     wan22 = []
     if self.is_residual:
@@ -66,28 +93,39 @@ class WanVAEConfig:
     if self.out_channels != 3:
       wan22.append(f"out_channels={self.out_channels}")
     if wan22:
-      raise ValueError(f"unsupported VAE config ({', '.join(wan22)}): this is the Wan 2.2 VAE "
-                       "(residual blocks, patchified input) or a non-RGB variant; only the Wan "
-                       "2.1 VAE (is_residual=False, patch_size=None, 3 channels in and out) is "
-                       "implemented")
+      raise ValueError(
+        f"unsupported VAE config ({', '.join(wan22)}): this is the Wan 2.2 VAE "
+        "(residual blocks, patchified input) or a non-RGB variant; only the Wan "
+        "2.1 VAE (is_residual=False, patch_size=None, 3 channels in and out) is "
+        "implemented"
+      )
     if self.dropout != 0:
-      raise ValueError(f"dropout={self.dropout}: only dropout=0 is supported (this port is "
-                       "inference-only and has no dropout layers)")
+      raise ValueError(
+        f"dropout={self.dropout}: only dropout=0 is supported (this port is "
+        "inference-only and has no dropout layers)"
+      )
     if self.attn_scales:
-      raise ValueError(f"attn_scales={list(self.attn_scales)}: attention inside the encoder's "
-                       "down blocks is not supported (diffusers' AutoencoderKLWan cannot run it "
-                       "either); Wan 2.1 uses attn_scales=[]")
+      raise ValueError(
+        f"attn_scales={list(self.attn_scales)}: attention inside the encoder's "
+        "down blocks is not supported (diffusers' AutoencoderKLWan cannot run it "
+        "either); Wan 2.1 uses attn_scales=[]"
+      )
     if len(self.dim_mult) < 1 or min(self.dim_mult) < 1 or self.base_dim < 1:
-      raise ValueError(f"base_dim={self.base_dim}, dim_mult={list(self.dim_mult)}: need "
-                       "positive widths")
+      raise ValueError(
+        f"base_dim={self.base_dim}, dim_mult={list(self.dim_mult)}: need positive widths"
+      )
     if len(self.temperal_downsample) != len(self.dim_mult) - 1:
-      raise ValueError(f"temperal_downsample has {len(self.temperal_downsample)} entries; "
-                       f"dim_mult={list(self.dim_mult)} needs one per downsampling stage "
-                       f"({len(self.dim_mult) - 1})")
+      raise ValueError(
+        f"temperal_downsample has {len(self.temperal_downsample)} entries; "
+        f"dim_mult={list(self.dim_mult)} needs one per downsampling stage "
+        f"({len(self.dim_mult) - 1})"
+      )
     if ENCODE_CHUNK % self.temporal_factor:
-      raise ValueError(f"{sum(self.temperal_downsample)} temporal downsamplings compress "
-                       f"{self.temporal_factor}x, which does not divide the encoder's "
-                       f"{ENCODE_CHUNK}-frame chunks")
+      raise ValueError(
+        f"{sum(self.temperal_downsample)} temporal downsamplings compress "
+        f"{self.temporal_factor}x, which does not divide the encoder's "
+        f"{ENCODE_CHUNK}-frame chunks"
+      )
     for name in ("latents_mean", "latents_std"):
       if len(getattr(self, name)) != self.z_dim:
         raise ValueError(f"{name} has {len(getattr(self, name))} entries, z_dim={self.z_dim}")
@@ -125,8 +163,9 @@ class WanVAEConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(k for k in raw if not k.startswith("_") and k not in names)
     if unknown:
-      raise ValueError(f"{path}: unsupported config fields {unknown} (this port knows "
-                       f"{sorted(names)})")
+      raise ValueError(
+        f"{path}: unsupported config fields {unknown} (this port knows {sorted(names)})"
+      )
     try:
       return cls(**{k: v for k, v in raw.items() if k in names})
     except ValueError as e:

@@ -30,8 +30,11 @@ from moga_jax.wan.weights import (
 )
 
 _TOP_LEVEL = ("encoder", "decoder", "quant_conv", "post_quant_conv")
-_CONTAINERS = ((".resample.1.", ".conv."), (".upsamplers.0.", ".upsampler."),
-               (".attentions.0.", ".attention."))
+_CONTAINERS = (
+  (".resample.1.", ".conv."),
+  (".upsamplers.0.", ".upsampler."),
+  (".attentions.0.", ".attention."),
+)
 
 
 def _gamma(x: np.ndarray) -> np.ndarray:
@@ -61,9 +64,14 @@ def wan_vae_rename(name: str) -> tuple[tuple[str | int, ...], Transform] | None:
   return (*path, ours), transform
 
 
-def load_wan_vae(src: str | os.PathLike, config: WanVAEConfig | None = None, *,
-                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 precision: Any = None) -> tuple[WanVAE, WeightReport]:
+def load_wan_vae(
+  src: str | os.PathLike,
+  config: WanVAEConfig | None = None,
+  *,
+  dtype: Any = jnp.float32,
+  param_dtype: Any = jnp.float32,
+  precision: Any = None,
+) -> tuple[WanVAE, WeightReport]:
   """Reads a .safetensors file or a folder of shards (diffusers' `vae/`) into a new WanVAE.
 
   config defaults to the config.json next to the weights. Raises, naming the tensors, when
@@ -72,8 +80,11 @@ def load_wan_vae(src: str | os.PathLike, config: WanVAEConfig | None = None, *,
   src = Path(src)
   if config is None:
     config = WanVAEConfig.from_json(config_beside(src))
-  vae = nnx.eval_shape(lambda: WanVAE(config, dtype=dtype, param_dtype=param_dtype,
-                                      precision=precision, rngs=nnx.Rngs(0)))
+  vae = nnx.eval_shape(
+    lambda: WanVAE(
+      config, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=nnx.Rngs(0)
+    )
+  )
   report = load_tensors(vae, read_safetensors(src), wan_vae_rename)
   report.raise_if_incomplete(f"Wan VAE from {src}")
   return vae, report

@@ -24,8 +24,15 @@ from flax import nnx
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 _DTYPES = {
-  "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-  "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
   "BOOL": np.bool_,
 }
 
@@ -54,9 +61,10 @@ def refuse_pickle(path: str | os.PathLike) -> None:
   path = Path(path)
   if path.suffix.lower() in PICKLE_SUFFIXES:
     raise ValueError(
-        f"{path} is a pickle-based checkpoint ({path.suffix}); loading one can execute arbitrary "
-        "code, so moga-jax reads safetensors only. Convert it to .safetensors first (for "
-        "example with diffusers' save_pretrained(..., safe_serialization=True)).")
+      f"{path} is a pickle-based checkpoint ({path.suffix}); loading one can execute arbitrary "
+      "code, so moga-jax reads safetensors only. Convert it to .safetensors first (for "
+      "example with diffusers' save_pretrained(..., safe_serialization=True))."
+    )
 
 
 def safetensor_files(src: str | os.PathLike) -> list[Path]:
@@ -108,8 +116,9 @@ def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
   return tensors
 
 
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
-                      metadata: dict[str, str] | None = None) -> Path:
+def write_safetensors(
+  path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> Path:
   """Writes tensors as one .safetensors file (little-endian, names sorted), atomically."""
   names = {np.dtype(v): k for k, v in _DTYPES.items()}
   header: dict = {"__metadata__": metadata} if metadata else {}
@@ -119,8 +128,11 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
     if x.dtype not in names:
       raise ValueError(f"tensor {name!r}: dtype {x.dtype} has no safetensors name")
     blob = x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes()
-    header[name] = {"dtype": names[x.dtype], "shape": list(x.shape),
-                    "data_offsets": [offset, offset + len(blob)]}
+    header[name] = {
+      "dtype": names[x.dtype],
+      "shape": list(x.shape),
+      "data_offsets": [offset, offset + len(blob)],
+    }
     offset += len(blob)
     blobs.append(blob)
   raw = json.dumps(header, separators=(",", ":")).encode()
@@ -152,11 +164,12 @@ class WeightReport:
 
   def describe(self, what: str) -> str:
     lines = [f"{what}: {len(self.loaded)} tensors loaded"]
-    for label, names in (("missing (no tensor for these parameters)", self.missing),
-                         ("unexpected (tensors with no parameter here)", self.unexpected),
-                         ("mis-shaped", self.mismatched),
-                         ("not in the source, initialised as the config says",
-                          self.initialised)):
+    for label, names in (
+      ("missing (no tensor for these parameters)", self.missing),
+      ("unexpected (tensors with no parameter here)", self.unexpected),
+      ("mis-shaped", self.mismatched),
+      ("not in the source, initialised as the config says", self.initialised),
+    ):
       if names:
         lines.append(f"  {label}: {len(names)}")
         lines.extend(f"    {n}" for n in names)
@@ -171,8 +184,13 @@ def _path_name(path: Iterable) -> str:
   return ".".join(str(p) for p in path)
 
 
-def load_tensors(module: nnx.Module, tensors: dict[str, np.ndarray], rename: Rename, *,
-                 initialise: Callable[[str], bool] = lambda name: False) -> WeightReport:
+def load_tensors(
+  module: nnx.Module,
+  tensors: dict[str, np.ndarray],
+  rename: Rename,
+  *,
+  initialise: Callable[[str], bool] = lambda name: False,
+) -> WeightReport:
   """Copies `tensors` into `module`'s nnx.Params in place, through `rename`.
 
   initialise(name) marks parameters the source cannot have (e.g. MoGA's router): they keep their
@@ -194,8 +212,9 @@ def load_tensors(module: nnx.Module, tensors: dict[str, np.ndarray], rename: Ren
     value = transform(np.asarray(tensors[name]))
     want = params[key]
     if tuple(value.shape) != tuple(want.shape):
-      report.mismatched.append(f"{key}: ours {tuple(want.shape)}, {name!r} gives "
-                               f"{tuple(value.shape)}")
+      report.mismatched.append(
+        f"{key}: ours {tuple(want.shape)}, {name!r} gives {tuple(value.shape)}"
+      )
       continue
     updates[key] = jnp.asarray(value, dtype=want.dtype)
     report.loaded.append(key)

@@ -22,6 +22,7 @@ def flash_attention_vjp(forward: Callable, backward: Callable) -> Callable:
   name, which names the kernels: moga_<pattern>_fwd / _dq / _dkdv) are static; the mask's
   integer arrays get no cotangent.
   """
+
   @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
   def attention(q, k, v, mask, scale, option, pattern="block_sparse"):
     return forward(q, k, v, mask, scale, option, pattern)[0]

@@ -74,8 +74,19 @@ def launch_params(*, tile: int, head_dim: int) -> LaunchParams:
   return LaunchParams(num_warps=8 if tile * head_dim > 64 * 64 else 4, num_stages=2)
 
 
-def _call(kernel, *, name: str, mask: BlockMask, tile: int, head_dim: int, operands,
-          row_tiled, out_shape, interpret: bool, block: int | None = None):
+def _call(
+  kernel,
+  *,
+  name: str,
+  mask: BlockMask,
+  tile: int,
+  head_dim: int,
+  operands,
+  row_tiled,
+  out_shape,
+  interpret: bool,
+  block: int | None = None,
+):
   """pallas_call over (tiles, rows): query (or key) tiles first, so that the programs running
   together read the same rows' K/V from L2. row_tiled[i] says whether operand i is cut to the
   program's own tile [tile, width] or left whole [rows, L, width] for the kernel to read the
@@ -88,16 +99,20 @@ def _call(kernel, *, name: str, mask: BlockMask, tile: int, head_dim: int, opera
       return pl.BlockSpec((None, block, x.shape[-1]), lambda t, r: (r, t, 0))
     return pl.no_block_spec
 
-  in_specs = [pl.no_block_spec] * 4 + [spec(x, own) for x, own in zip(operands, row_tiled,
-                                                                  strict=True)]
-  out_specs = [pl.BlockSpec((None, block, s.shape[-1]), lambda t, r: (r, t, 0))
-               for s in out_shape]
+  in_specs = [pl.no_block_spec] * 4 + [
+    spec(x, own) for x, own in zip(operands, row_tiled, strict=True)
+  ]
+  out_specs = [pl.BlockSpec((None, block, s.shape[-1]), lambda t, r: (r, t, 0)) for s in out_shape]
   params = launch_params(tile=tile, head_dim=head_dim)
   return pl.pallas_call(
-      kernel, grid=(num_tiles * tile // block, rows), in_specs=in_specs, out_specs=out_specs,
-      out_shape=out_shape, interpret=interpret, name=name,
-      compiler_params=plgpu.CompilerParams(num_warps=params.num_warps,
-                                           num_stages=params.num_stages),
+    kernel,
+    grid=(num_tiles * tile // block, rows),
+    in_specs=in_specs,
+    out_specs=out_specs,
+    out_shape=out_shape,
+    interpret=interpret,
+    name=name,
+    compiler_params=plgpu.CompilerParams(num_warps=params.num_warps, num_stages=params.num_stages),
   )(*_metadata(mask), *operands)
 
 
@@ -118,7 +133,7 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
   ranges = mask.range_operands()
 
   def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
-    range_refs, (o_ref, lse_ref) = refs[:len(ranges)], refs[len(ranges):]
+    range_refs, (o_ref, lse_ref) = refs[: len(ranges)], refs[len(ranges) :]
     r, t = _ids()
     q_tile = q_ref[...]
     own_ranges = tuple(ref[...] for ref in range_refs)
@@ -126,23 +141,32 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
     def body(j, state):
       col = column(r, t, j, start_ref, idx_ref)
       seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + col], col, own_ranges)
-      return tile_math.attend(state, q_tile, _tile_at(k_ref, r, col, tile),
-                              _tile_at(v_ref, r, col, tile), seen, scale)
+      return tile_math.attend(
+        state, q_tile, _tile_at(k_ref, r, col, tile), _tile_at(v_ref, r, col, tile), seen, scale
+      )
 
-    state = lax.fori_loop(0, count_ref[r * num_tiles + t], body,
-                          tile_math.init_state(tile, head_dim))
+    state = lax.fori_loop(
+      0, count_ref[r * num_tiles + t], body, tile_math.init_state(tile, head_dim)
+    )
     o_ref[...], lse_ref[...] = tile_math.finish(state, o_ref.dtype)
 
-  return _call(kernel, name=kernel_name(pattern, "fwd"), mask=mask, tile=tile,
-               head_dim=head_dim,
-               operands=(q, k, v, *ranges),
-               row_tiled=(True, False, False, *(True,) * len(ranges)), interpret=interpret,
-               out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                          jax.ShapeDtypeStruct((rows, length, 1), _F32)])
+  return _call(
+    kernel,
+    name=kernel_name(pattern, "fwd"),
+    mask=mask,
+    tile=tile,
+    head_dim=head_dim,
+    operands=(q, k, v, *ranges),
+    row_tiled=(True, False, False, *(True,) * len(ranges)),
+    interpret=interpret,
+    out_shape=[
+      jax.ShapeDtypeStruct(q.shape, q.dtype),
+      jax.ShapeDtypeStruct((rows, length, 1), _F32),
+    ],
+  )
 
 
-def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool,
-              pattern: str):
+def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool, pattern: str):
   _, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
@@ -150,9 +174,10 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   ranges = mask.range_operands()
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)
 
-  def dq_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                delta_ref, *refs):
-    range_refs, (dq_ref,) = refs[:len(ranges)], refs[len(ranges):]
+  def dq_kernel(
+    start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs
+  ):
+    range_refs, (dq_ref,) = refs[: len(ranges)], refs[len(ranges) :]
     r, t = _ids()
     q_tile, do_tile, lse_tile, delta_tile = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
     own_ranges = tuple(ref[...] for ref in range_refs)
@@ -160,19 +185,32 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     def body(j, dq):
       col = column(r, t, j, start_ref, idx_ref)
       seen = tile_math.visible_in_pair(tile, len_ref[r * num_tiles + col], col, own_ranges)
-      return tile_math.dq_step(dq, q_tile, _tile_at(k_ref, r, col, tile),
-                               _tile_at(v_ref, r, col, tile), do_tile, lse_tile, delta_tile,
-                               seen, scale)
+      return tile_math.dq_step(
+        dq,
+        q_tile,
+        _tile_at(k_ref, r, col, tile),
+        _tile_at(v_ref, r, col, tile),
+        do_tile,
+        lse_tile,
+        delta_tile,
+        seen,
+        scale,
+      )
 
-    dq = lax.fori_loop(0, count_ref[r * num_tiles + t], body,
-                       jnp.zeros((tile, head_dim), _F32))
+    dq = lax.fori_loop(0, count_ref[r * num_tiles + t], body, jnp.zeros((tile, head_dim), _F32))
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
-  (dq,) = _call(dq_kernel, name=kernel_name(pattern, "dq"), mask=mask, tile=tile,
-                head_dim=head_dim,
-                operands=(q, k, v, do, lse, delta, *ranges),
-                row_tiled=(True, False, False, True, True, True, *(True,) * len(ranges)),
-                interpret=interpret, out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)])
+  (dq,) = _call(
+    dq_kernel,
+    name=kernel_name(pattern, "dq"),
+    mask=mask,
+    tile=tile,
+    head_dim=head_dim,
+    operands=(q, k, v, do, lse, delta, *ranges),
+    row_tiled=(True, False, False, True, True, True, *(True,) * len(ranges)),
+    interpret=interpret,
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
+  )
 
   # Programs own `keys`-key sub-blocks of key tiles (split of them per tile: a whole 128-key
   # tile's dk, dv and their inputs spill registers, see launch_params); the tiles on their lists
@@ -182,9 +220,10 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   keys = min(tile, DKDV_KEYS)
   split = tile // keys
 
-  def dkdv_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                  delta_ref, *refs):
-    range_refs, (dk_ref, dv_ref) = refs[:len(ranges)], refs[len(ranges):]
+  def dkdv_kernel(
+    start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs
+  ):
+    range_refs, (dk_ref, dv_ref) = refs[: len(ranges)], refs[len(ranges) :]
     r, block = _ids()
     t, shift = (block // split, (block % split) * keys) if split > 1 else (block, 0)
     k_block, v_block = k_ref[...], v_ref[...]
@@ -193,30 +232,50 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     def body(j, carry):
       col = column(r, t, j, start_ref, idx_ref)
       their_ranges = tuple(_tile_at(ref, r, col, tile) for ref in range_refs)
-      seen = tile_math.visible_in_pair(tile, key_len, t, their_ranges,
-                                       q_len=len_ref[r * num_tiles + col], keys=keys,
-                                       key_shift=shift)
+      seen = tile_math.visible_in_pair(
+        tile,
+        key_len,
+        t,
+        their_ranges,
+        q_len=len_ref[r * num_tiles + col],
+        keys=keys,
+        key_shift=shift,
+      )
       return tile_math.dkdv_step(
-          carry, _tile_at(q_ref, r, col, tile), k_block, v_block, _tile_at(do_ref, r, col, tile),
-          _tile_at(lse_ref, r, col, tile), _tile_at(delta_ref, r, col, tile), seen, scale)
+        carry,
+        _tile_at(q_ref, r, col, tile),
+        k_block,
+        v_block,
+        _tile_at(do_ref, r, col, tile),
+        _tile_at(lse_ref, r, col, tile),
+        _tile_at(delta_ref, r, col, tile),
+        seen,
+        scale,
+      )
 
     zeros = jnp.zeros((keys, head_dim), _F32)
     dk, dv = lax.fori_loop(0, count_ref[r * num_tiles + t], body, (zeros, zeros))
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
-  dk, dv = _call(dkdv_kernel, name=kernel_name(pattern, "dkdv"), mask=key_side, tile=tile,
-                 head_dim=head_dim,
-                 operands=(q, k, v, do, lse, delta, *ranges),
-                 row_tiled=(False, True, True, False, False, False, *(False,) * len(ranges)),
-                 interpret=interpret, block=keys,
-                 out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                            jax.ShapeDtypeStruct(v.shape, v.dtype)])
+  dk, dv = _call(
+    dkdv_kernel,
+    name=kernel_name(pattern, "dkdv"),
+    mask=key_side,
+    tile=tile,
+    head_dim=head_dim,
+    operands=(q, k, v, do, lse, delta, *ranges),
+    row_tiled=(False, True, True, False, False, False, *(False,) * len(ranges)),
+    interpret=interpret,
+    block=keys,
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+  )
   return dq, dk, dv
 
 
 block_sparse_attention_gpu = flash_attention_vjp(_forward, _backward)
 block_sparse_attention_gpu.__doc__ = (
-    "q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask; (scale, interpret, "
-    "pattern) static. "
-    "Returns q's shape and dtype.")
+  "q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask; (scale, interpret, "
+  "pattern) static. "
+  "Returns q's shape and dtype."
+)

@@ -44,8 +44,10 @@ def _needs(platform: str):
       return None
     if interpret is False:
       return f"it compiles only for {platform.upper()} and interpret=False was given"
-    return (f"it compiles only for {platform.upper()}; pass interpret=True to run it in Pallas "
-            "interpret mode (slow, for tests)")
+    return (
+      f"it compiles only for {platform.upper()}; pass interpret=True to run it in Pallas "
+      "interpret mode (slow, for tests)"
+    )
 
   return unavailable
 
@@ -58,20 +60,24 @@ def interpret_mode(interpret: bool | None, backend: str | None = None) -> bool:
 
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
-    impl.name: impl
-    for impl in (
-        Implementation("reference", "dense masked attention, O(N^2) memory: the tests' oracle, "
-                       "and None's choice for short sequences", _always),
-        Implementation("xla", "exact blocked algorithm in plain JAX, any backend", _always),
-        Implementation("pallas_tpu", "Pallas Mosaic TPU block-sparse kernel", _needs("tpu")),
-        Implementation("pallas_gpu", "Pallas Triton GPU block-sparse kernel", _needs("gpu")),
-    )
+  impl.name: impl
+  for impl in (
+    Implementation(
+      "reference",
+      "dense masked attention, O(N^2) memory: the tests' oracle, "
+      "and None's choice for short sequences",
+      _always,
+    ),
+    Implementation("xla", "exact blocked algorithm in plain JAX, any backend", _always),
+    Implementation("pallas_tpu", "Pallas Mosaic TPU block-sparse kernel", _needs("tpu")),
+    Implementation("pallas_gpu", "Pallas Triton GPU block-sparse kernel", _needs("gpu")),
+  )
 }
 
 # Tried in order by implementation=None; the last entry must run everywhere.
 _PREFERENCE: dict[str, tuple[str, ...]] = {
-    "tpu": ("pallas_tpu", "xla"),
-    "gpu": ("pallas_gpu", "xla"),
+  "tpu": ("pallas_tpu", "xla"),
+  "gpu": ("pallas_gpu", "xla"),
 }
 _DEFAULT_PREFERENCE = ("xla",)
 
@@ -83,8 +89,11 @@ SHORT_SEQUENCE = 512
 
 
 def resolve_implementation(
-    implementation: str | None, *, interpret: bool | None = None, backend: str | None = None,
-    seq: int | None = None,
+  implementation: str | None,
+  *,
+  interpret: bool | None = None,
+  backend: str | None = None,
+  seq: int | None = None,
 ) -> str:
   """Returns the name of the implementation to run, or raises ValueError saying why not.
 
@@ -104,7 +113,8 @@ def resolve_implementation(
   reason = IMPLEMENTATIONS[implementation].unavailable(backend, interpret)
   if reason is not None:
     raise ValueError(
-        f"implementation={implementation!r} cannot run on backend {backend!r}: {reason}")
+      f"implementation={implementation!r} cannot run on backend {backend!r}: {reason}"
+    )
   return implementation
 
 
@@ -115,8 +125,11 @@ def _platform_of(x) -> str | None:
   """The platform x lives on, where x says: a concrete array's devices, or (JAX >= 0.11) the
   abstract device of a traced value's mesh, as under `jit(f).lower(...)` with inputs placed on
   compile-only TPU devices. None when x does not say."""
-  sharding = getattr(getattr(x, "aval", None), "sharding", None) if isinstance(
-      x, jax.core.Tracer) else getattr(x, "sharding", None)
+  sharding = (
+    getattr(getattr(x, "aval", None), "sharding", None)
+    if isinstance(x, jax.core.Tracer)
+    else getattr(x, "sharding", None)
+  )
   device = getattr(getattr(sharding, "mesh", None), "abstract_device", None)
   if device is not None:
     return device.platform
@@ -143,8 +156,9 @@ def target_backend(x=None, *, backend: str | None = None) -> str:
   return jax.default_backend()
 
 
-def choose_implementation(implementation: str | None, interpret, *, x, seq: int,
-                          backend: str | None = None):
+def choose_implementation(
+  implementation: str | None, interpret, *, x, seq: int, backend: str | None = None
+):
   """(name, interpret) of the implementation an op runs on x (see resolve_implementation and
   target_backend); interpret None becomes a bool for the target (interpret only on CPU)."""
   backend = target_backend(x, backend=backend)
@@ -171,8 +185,7 @@ def _gpu_tile_limit(head_dim: int, itemsize: int) -> int:
   return 1 << (limit.bit_length() - 1)
 
 
-def default_tile(seq: int, *, implementation: str, interpret: bool, head_dim: int,
-                 dtype) -> int:
+def default_tile(seq: int, *, implementation: str, interpret: bool, head_dim: int, dtype) -> int:
   """Tokens per tile when the caller gives none: DEFAULT_TILE, less for short sequences (padding
   every group to 128 tokens would dwarf N). The compiled GPU kernels get a power of two that
   fits their shared memory at this head_dim and dtype (64 for float32 at head_dim 128)."""
@@ -182,33 +195,50 @@ def default_tile(seq: int, *, implementation: str, interpret: bool, head_dim: in
   return min(DEFAULT_TILE, -(-seq // 8) * 8)
 
 
-def check_hardware_tiling(implementation: str, *, tile: int, head_dim: int,
-                          elements: int | None = None, itemsize: int | None = None) -> None:
+def check_hardware_tiling(
+  implementation: str,
+  *,
+  tile: int,
+  head_dim: int,
+  elements: int | None = None,
+  itemsize: int | None = None,
+) -> None:
   """Shape rules of the compiled kernels (interpret mode has none). itemsize: bytes per value
   of q, k and v (None: not checked)."""
   if implementation == "pallas_tpu" and tile % 8:
-    raise ValueError(f"pallas_tpu needs tokens per tile to be a multiple of 8 (128 or more for "
-                     f"speed), got {tile}")
+    raise ValueError(
+      f"pallas_tpu needs tokens per tile to be a multiple of 8 (128 or more for speed), got {tile}"
+    )
   if implementation == "pallas_gpu":
     if elements is not None and elements >= 2**31:
       raise ValueError(
-          f"pallas_gpu addresses q, k and v with 32-bit offsets, but they hold {elements:,} "
-          "values per tensor (batch x heads x tiled tokens x head_dim >= 2**31); shard the "
-          "heads (Ulysses / tensor parallelism) or run fewer rows per call")
+        f"pallas_gpu addresses q, k and v with 32-bit offsets, but they hold {elements:,} "
+        "values per tensor (batch x heads x tiled tokens x head_dim >= 2**31); shard the "
+        "heads (Ulysses / tensor parallelism) or run fewer rows per call"
+      )
     for name, size in (("tokens per tile", tile), ("head_dim", head_dim)):
       if size < 16 or size & (size - 1):
-        raise ValueError(f"pallas_gpu (Triton) needs {name} to be a power of two >= 16, got "
-                         f"{size}")
+        raise ValueError(f"pallas_gpu (Triton) needs {name} to be a power of two >= 16, got {size}")
     if itemsize is not None and tile * head_dim * itemsize > GPU_TILE_BYTES:
       raise ValueError(
-          f"pallas_gpu (Triton) needs tokens per tile x head_dim x bytes per value <= "
-          f"{GPU_TILE_BYTES} to fit its tiles in shared memory, got {tile} x {head_dim} x "
-          f"{itemsize}; use tile={_gpu_tile_limit(head_dim, itemsize)} (tile=None picks it) or "
-          "bfloat16 inputs")
+        f"pallas_gpu (Triton) needs tokens per tile x head_dim x bytes per value <= "
+        f"{GPU_TILE_BYTES} to fit its tiles in shared memory, got {tile} x {head_dim} x "
+        f"{itemsize}; use tile={_gpu_tile_limit(head_dim, itemsize)} (tile=None picks it) or "
+        "bfloat16 inputs"
+      )
 
 
-def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
-                           interpret: bool | None = None, pattern: str = "block_sparse"):
+def block_sparse_attention(
+  q,
+  k,
+  v,
+  mask,
+  *,
+  scale: float,
+  implementation: str,
+  interpret: bool | None = None,
+  pattern: str = "block_sparse",
+):
   """Runs a resolved block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask
   whose rows divide `rows` (see `repeat_rows`: mask row i serves rows // mask_rows consecutive
   activation rows). The TPU kernels read shared rows in place (SMEM is 1 MiB); the others get
@@ -219,8 +249,13 @@ def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
   if implementation == "xla":
     return block_sparse_attention_xla(q, k, v, mask, scale=scale, pattern=pattern)
   if not interpret_mode(interpret):
-    check_hardware_tiling(implementation, tile=q.shape[1] // mask.num_tiles,
-                          head_dim=q.shape[2], elements=q.size, itemsize=q.dtype.itemsize)
+    check_hardware_tiling(
+      implementation,
+      tile=q.shape[1] // mask.num_tiles,
+      head_dim=q.shape[2],
+      elements=q.size,
+      itemsize=q.dtype.itemsize,
+    )
   if implementation == "pallas_tpu":
     return block_sparse_attention_tpu(q, k, v, mask, scale, interpret_mode(interpret), pattern)
   if implementation == "pallas_gpu":
@@ -233,8 +268,17 @@ def block_sparse_attention(q, k, v, mask, *, scale: float, implementation: str,
 ATTENTION_OUT_NAME = "moga_attention_out"
 
 
-def attend_in_layout(q, k, v, layout: TileLayout, *, scale: float, implementation: str,
-                     interpret=None, pattern: str = "block_sparse"):
+def attend_in_layout(
+  q,
+  k,
+  v,
+  layout: TileLayout,
+  *,
+  scale: float,
+  implementation: str,
+  interpret=None,
+  pattern: str = "block_sparse",
+):
   """[B, N, H, D] -> the layout's tiles -> block-sparse kernel -> back to [B, N, H, D], each
   stage in a named scope (moga_<pattern>/pack, /attend, /unpack) for profiles."""
   batch, _, heads, head_dim = q.shape
@@ -247,8 +291,14 @@ def attend_in_layout(q, k, v, layout: TileLayout, *, scale: float, implementatio
     with jax.named_scope("pack"):
       tiles = to_tiles(q), to_tiles(k), to_tiles(v)
     with jax.named_scope("attend"):
-      out = block_sparse_attention(*tiles, mask, scale=scale, implementation=implementation,
-                                   interpret=interpret, pattern=pattern)
+      out = block_sparse_attention(
+        *tiles,
+        mask,
+        scale=scale,
+        implementation=implementation,
+        interpret=interpret,
+        pattern=pattern,
+      )
       out = checkpoint_name(out, ATTENTION_OUT_NAME)
     with jax.named_scope("unpack"):
       out = unpack_tiles(out.reshape(batch, heads, layout.capacity, head_dim), layout)

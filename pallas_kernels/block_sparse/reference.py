@@ -37,8 +37,9 @@ def window_attention_reference(q, k, v, *, grid_shape, tile, window, scale: floa
   return masked_attention_reference(q, k, v, jnp.asarray(near), scale=scale)
 
 
-def shot_window_visible(shot_ids, *, grid_shape, spatial_groups, temporal_group,
-                        context_frames) -> jax.Array:
+def shot_window_visible(
+  shot_ids, *, grid_shape, spatial_groups, temporal_group, context_frames
+) -> jax.Array:
   """bool [B, 1, N, N], read off the definition of STGA (deliberately not the layout's maths).
 
   Frames get temporal group ids by counting group starts (a new shot, or every
@@ -49,8 +50,9 @@ def shot_window_visible(shot_ids, *, grid_shape, spatial_groups, temporal_group,
   """
   frames, height, width = grid_shape
   t = jnp.arange(frames)
-  change = jnp.concatenate([jnp.ones_like(shot_ids[:, :1], bool),
-                            shot_ids[:, 1:] != shot_ids[:, :-1]], axis=1)
+  change = jnp.concatenate(
+    [jnp.ones_like(shot_ids[:, :1], bool), shot_ids[:, 1:] != shot_ids[:, :-1]], axis=1
+  )
   run = jnp.cumsum(change, axis=1)
   earlier = t[None, None, :] < t[None, :, None]  # [1, T, T]: [t, t'] = t' < t
   same_run = run[:, :, None] == run[:, None, :]
@@ -63,10 +65,12 @@ def shot_window_visible(shot_ids, *, grid_shape, spatial_groups, temporal_group,
   before = jnp.sum(same & earlier, axis=2)  # frames of a frame's group before it
   after = jnp.sum(same & jnp.swapaxes(earlier, 1, 2), axis=2)
   gq, gk = group[:, :, None], group[:, None, :]
-  frames_ok = (same | ((gk == gq - 1) & (after[:, None, :] < context_frames))
-               | ((gk == gq + 1) & (before[:, None, :] < context_frames)))
-  window = np.tile(spatial_window_ids_reference(height, width, spatial_groups).reshape(-1),
-                   frames)
+  frames_ok = (
+    same
+    | ((gk == gq - 1) & (after[:, None, :] < context_frames))
+    | ((gk == gq + 1) & (before[:, None, :] < context_frames))
+  )
+  window = np.tile(spatial_window_ids_reference(height, width, spatial_groups).reshape(-1), frames)
   token_frame = np.repeat(np.arange(frames), height * width)
   visible = frames_ok[:, token_frame][:, :, token_frame] & (window[:, None] == window[None])
   return visible[:, None]
@@ -81,8 +85,14 @@ def spatial_window_ids_reference(height: int, width: int, spatial_groups) -> np.
   return rows[:, None] * sw + cols[None, :]
 
 
-def shot_window_attention_reference(q, k, v, shot_ids, *, grid_shape, spatial_groups,
-                                    temporal_group, context_frames, scale: float) -> jax.Array:
-  visible = shot_window_visible(shot_ids, grid_shape=grid_shape, spatial_groups=spatial_groups,
-                                temporal_group=temporal_group, context_frames=context_frames)
+def shot_window_attention_reference(
+  q, k, v, shot_ids, *, grid_shape, spatial_groups, temporal_group, context_frames, scale: float
+) -> jax.Array:
+  visible = shot_window_visible(
+    shot_ids,
+    grid_shape=grid_shape,
+    spatial_groups=spatial_groups,
+    temporal_group=temporal_group,
+    context_frames=context_frames,
+  )
   return masked_attention_reference(q, k, v, visible, scale=scale)

@@ -41,8 +41,9 @@ def visible(shape, key_len, *, q_len=None, key_offset=None, key_lo=None, key_hi=
   return ok
 
 
-def visible_in_pair(tile: int, key_len, key_tile, ranges=(), q_len=None, *, keys=None,
-                    key_shift: int | jax.Array = 0):
+def visible_in_pair(
+  tile: int, key_len, key_tile, ranges=(), q_len=None, *, keys=None, key_shift: int | jax.Array = 0
+):
   """`visible` for the tiles of one row, as the kernels call it: key_tile is the key tile's
   index in the row; ranges is () or the query tile's (key_lo, key_hi) [tile, 1]. A kernel that
   takes a key tile in sub-blocks passes keys (the sub-block's size) and key_shift (its first
@@ -51,8 +52,9 @@ def visible_in_pair(tile: int, key_len, key_tile, ranges=(), q_len=None, *, keys
   if not ranges:
     return visible(shape, key_len, q_len=q_len)
   lo, hi = ranges
-  return visible(shape, key_len, q_len=q_len, key_offset=key_tile * tile + key_shift,
-                 key_lo=lo, key_hi=hi)
+  return visible(
+    shape, key_len, q_len=q_len, key_offset=key_tile * tile + key_shift, key_lo=lo, key_hi=hi
+  )
 
 
 def _nt(a, b):  # a @ b.T, f32 accumulation
@@ -69,8 +71,11 @@ def _tn(a, b):  # a.T @ b
 
 def init_state(tile: int, head_dim: int):
   """Online-softmax state before any key tile: (m, l, acc)."""
-  return (jnp.full((tile, 1), -jnp.inf, F32), jnp.zeros((tile, 1), F32),
-          jnp.zeros((tile, head_dim), F32))
+  return (
+    jnp.full((tile, 1), -jnp.inf, F32),
+    jnp.zeros((tile, 1), F32),
+    jnp.zeros((tile, head_dim), F32),
+  )
 
 
 def attend(state, q, k, v, seen, scale: float):

@@ -55,8 +55,9 @@ class _Walk:
   def __init__(self, mask: BlockMask, rows: int):
     mask_rows, self.num_tiles = mask.start.shape
     if rows % mask_rows:
-      raise ValueError(f"the block mask has {mask_rows} rows, which must divide the {rows} "
-                       "activation rows")
+      raise ValueError(
+        f"the block mask has {mask_rows} rows, which must divide the {rows} activation rows"
+      )
     self.share = rows // mask_rows
     self.list_len = None if mask.indices is None else mask.indices.shape[-1]
 
@@ -79,17 +80,34 @@ class _Walk:
     return idx_ref[jnp.minimum(flat, idx_ref.shape[0] - 1)]
 
 
-def _call(kernel, *, name: str, mask: BlockMask, rows: int, in_specs, out_specs, out_shape,
-          scratch,
-          interpret, operands):
+def _call(
+  kernel,
+  *,
+  name: str,
+  mask: BlockMask,
+  rows: int,
+  in_specs,
+  out_specs,
+  out_shape,
+  scratch,
+  interpret,
+  operands,
+):
   steps = jnp.maximum(jnp.max(mask.count), 1)
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=_NUM_PREFETCH, grid=(rows, mask.num_tiles, steps), in_specs=in_specs,
-      out_specs=out_specs, scratch_shapes=scratch)
+    num_scalar_prefetch=_NUM_PREFETCH,
+    grid=(rows, mask.num_tiles, steps),
+    in_specs=in_specs,
+    out_specs=out_specs,
+    scratch_shapes=scratch,
+  )
   return pl.pallas_call(
-      kernel, grid_spec=grid_spec, out_shape=out_shape, interpret=interpret, name=name,
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "arbitrary")),
+    kernel,
+    grid_spec=grid_spec,
+    out_shape=out_shape,
+    interpret=interpret,
+    name=name,
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
   )(*_prefetch(mask), *operands)
 
 
@@ -116,6 +134,7 @@ def _specs(walk: _Walk, tile: int, head_dim: int):
     def index_map(*a):
       r, t = where(*a)
       return (walk.meta_row(r) if meta else r, 0, t)
+
     return pl.BlockSpec((None, 1, tile), index_map)
 
   return tiles, scalars, at_row, at_col
@@ -134,7 +153,7 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
   ranges = tuple(_lane_dense(x) for x in mask.range_operands())
 
   def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
-    range_refs, (o_ref, lse_ref, m_ref, l_ref, acc_ref) = refs[:len(ranges)], refs[len(ranges):]
+    range_refs, (o_ref, lse_ref, m_ref, l_ref, acc_ref) = refs[: len(ranges)], refs[len(ranges) :]
     r, t, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
 
     @pl.when(j == 0)
@@ -144,11 +163,13 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
     @pl.when(j < count_ref[walk.at(r, t)])
     def _():
       col = walk.column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = tile_math.visible_in_pair(tile, len_ref[walk.at(r, col)], col,
-                                        tuple(_column_of(ref) for ref in range_refs))
+      seen = tile_math.visible_in_pair(
+        tile, len_ref[walk.at(r, col)], col, tuple(_column_of(ref) for ref in range_refs)
+      )
       state = (m_ref[...], l_ref[...], acc_ref[...])
       m_ref[...], l_ref[...], acc_ref[...] = tile_math.attend(
-          state, q_ref[...], k_ref[...], v_ref[...], seen, scale)
+        state, q_ref[...], k_ref[...], v_ref[...], seen, scale
+      )
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
@@ -156,19 +177,32 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
       o_ref[...], lse_ref[...] = out, lse.T
 
   return _call(
-      kernel, name=kernel_name(pattern, "fwd"), mask=mask, rows=rows, interpret=interpret,
-      operands=(q, k, v, *ranges),
-      in_specs=[tiles(at_row), tiles(at_col), tiles(at_col),
-                *[scalars(at_row, meta=True)] * len(ranges)],
-      out_specs=[tiles(at_row), scalars(at_row)],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((rows, 1, length), _F32)],
-      scratch=[pltpu.VMEM((tile, 1), _F32), pltpu.VMEM((tile, 1), _F32),
-               pltpu.VMEM((tile, head_dim), _F32)])
+    kernel,
+    name=kernel_name(pattern, "fwd"),
+    mask=mask,
+    rows=rows,
+    interpret=interpret,
+    operands=(q, k, v, *ranges),
+    in_specs=[
+      tiles(at_row),
+      tiles(at_col),
+      tiles(at_col),
+      *[scalars(at_row, meta=True)] * len(ranges),
+    ],
+    out_specs=[tiles(at_row), scalars(at_row)],
+    out_shape=[
+      jax.ShapeDtypeStruct(q.shape, q.dtype),
+      jax.ShapeDtypeStruct((rows, 1, length), _F32),
+    ],
+    scratch=[
+      pltpu.VMEM((tile, 1), _F32),
+      pltpu.VMEM((tile, 1), _F32),
+      pltpu.VMEM((tile, head_dim), _F32),
+    ],
+  )
 
 
-def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool,
-              pattern: str):
+def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool, pattern: str):
   rows, length, head_dim = q.shape
   walk = _Walk(mask, rows)
   tile = length // walk.num_tiles
@@ -176,9 +210,10 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
   ranges = tuple(_lane_dense(x) for x in mask.range_operands())
   delta = _lane_dense(jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1))
 
-  def dq_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                delta_ref, *refs):
-    range_refs, (dq_ref, acc_ref) = refs[:len(ranges)], refs[len(ranges):]
+  def dq_kernel(
+    start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs
+  ):
+    range_refs, (dq_ref, acc_ref) = refs[: len(ranges)], refs[len(ranges) :]
     r, t, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
 
     @pl.when(j == 0)
@@ -188,32 +223,55 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     @pl.when(j < count_ref[walk.at(r, t)])
     def _():
       col = walk.column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = tile_math.visible_in_pair(tile, len_ref[walk.at(r, col)], col,
-                                        tuple(_column_of(ref) for ref in range_refs))
+      seen = tile_math.visible_in_pair(
+        tile, len_ref[walk.at(r, col)], col, tuple(_column_of(ref) for ref in range_refs)
+      )
       acc_ref[...] = tile_math.dq_step(
-          acc_ref[...], q_ref[...], k_ref[...], v_ref[...], do_ref[...], _column_of(lse_ref),
-          _column_of(delta_ref), seen, scale)
+        acc_ref[...],
+        q_ref[...],
+        k_ref[...],
+        v_ref[...],
+        do_ref[...],
+        _column_of(lse_ref),
+        _column_of(delta_ref),
+        seen,
+        scale,
+      )
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
       dq_ref[...] = acc_ref[...].astype(dq_ref.dtype)
 
   dq = _call(
-      dq_kernel, name=kernel_name(pattern, "dq"), mask=mask, rows=rows, interpret=interpret,
-      operands=(q, k, v, do, lse, delta, *ranges),
-      in_specs=[tiles(at_row), tiles(at_col), tiles(at_col), tiles(at_row),
-                scalars(at_row), scalars(at_row), *[scalars(at_row, meta=True)] * len(ranges)],
-      out_specs=tiles(at_row), out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      scratch=[pltpu.VMEM((tile, head_dim), _F32)])
+    dq_kernel,
+    name=kernel_name(pattern, "dq"),
+    mask=mask,
+    rows=rows,
+    interpret=interpret,
+    operands=(q, k, v, do, lse, delta, *ranges),
+    in_specs=[
+      tiles(at_row),
+      tiles(at_col),
+      tiles(at_col),
+      tiles(at_row),
+      scalars(at_row),
+      scalars(at_row),
+      *[scalars(at_row, meta=True)] * len(ranges),
+    ],
+    out_specs=tiles(at_row),
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    scratch=[pltpu.VMEM((tile, head_dim), _F32)],
+  )
 
   # Rows of this grid are key tiles; the columns they visit are the query tiles that read them.
   key_side = mask.transposed()
   walk = _Walk(key_side, rows)
   tiles, scalars, at_row, at_col = _specs(walk, tile, head_dim)
 
-  def dkdv_kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                  delta_ref, *refs):
-    range_refs, (dk_ref, dv_ref, dk_acc, dv_acc) = refs[:len(ranges)], refs[len(ranges):]
+  def dkdv_kernel(
+    start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs
+  ):
+    range_refs, (dk_ref, dv_ref, dk_acc, dv_acc) = refs[: len(ranges)], refs[len(ranges) :]
     r, t, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
 
     @pl.when(j == 0)
@@ -224,12 +282,24 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     @pl.when(j < count_ref[walk.at(r, t)])
     def _():
       col = walk.column(r, t, j, start_ref, count_ref, idx_ref)
-      seen = tile_math.visible_in_pair(tile, len_ref[walk.at(r, t)], t,
-                                        tuple(_column_of(ref) for ref in range_refs),
-                                        q_len=len_ref[walk.at(r, col)])
+      seen = tile_math.visible_in_pair(
+        tile,
+        len_ref[walk.at(r, t)],
+        t,
+        tuple(_column_of(ref) for ref in range_refs),
+        q_len=len_ref[walk.at(r, col)],
+      )
       dk_acc[...], dv_acc[...] = tile_math.dkdv_step(
-          (dk_acc[...], dv_acc[...]), q_ref[...], k_ref[...], v_ref[...], do_ref[...],
-          _column_of(lse_ref), _column_of(delta_ref), seen, scale)
+        (dk_acc[...], dv_acc[...]),
+        q_ref[...],
+        k_ref[...],
+        v_ref[...],
+        do_ref[...],
+        _column_of(lse_ref),
+        _column_of(delta_ref),
+        seen,
+        scale,
+      )
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _():
@@ -237,20 +307,33 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
       dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
   dk, dv = _call(
-      dkdv_kernel, name=kernel_name(pattern, "dkdv"), mask=key_side, rows=rows, interpret=interpret,
-      operands=(q, k, v, do, lse, delta, *ranges),
-      in_specs=[tiles(at_col), tiles(at_row), tiles(at_row), tiles(at_col),
-                scalars(at_col), scalars(at_col), *[scalars(at_col, meta=True)] * len(ranges)],
-      out_specs=[tiles(at_row), tiles(at_row)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      scratch=[pltpu.VMEM((tile, head_dim), _F32), pltpu.VMEM((tile, head_dim), _F32)])
+    dkdv_kernel,
+    name=kernel_name(pattern, "dkdv"),
+    mask=key_side,
+    rows=rows,
+    interpret=interpret,
+    operands=(q, k, v, do, lse, delta, *ranges),
+    in_specs=[
+      tiles(at_col),
+      tiles(at_row),
+      tiles(at_row),
+      tiles(at_col),
+      scalars(at_col),
+      scalars(at_col),
+      *[scalars(at_col, meta=True)] * len(ranges),
+    ],
+    out_specs=[tiles(at_row), tiles(at_row)],
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    scratch=[pltpu.VMEM((tile, head_dim), _F32), pltpu.VMEM((tile, head_dim), _F32)],
+  )
   return dq, dk, dv
 
 
 block_sparse_attention_tpu = flash_attention_vjp(_forward, _backward)
 block_sparse_attention_tpu.__doc__ = (
-    "q, k, v: [rows, num_tiles * tile, D]; mask: a BlockMask whose row count divides rows; "
-    "(scale, interpret, pattern) static. Returns q's shape and dtype.")
+  "q, k, v: [rows, num_tiles * tile, D]; mask: a BlockMask whose row count divides rows; "
+  "(scale, interpret, pattern) static. Returns q's shape and dtype."
+)
 
 
 def prefetch_bytes_in_hlo(hlo_text: str) -> int:
@@ -263,8 +346,9 @@ def prefetch_bytes_in_hlo(hlo_text: str) -> int:
     dims = [int(d) for d in match.group(3).split(",") if d]
     shapes[match.group(1)] = 4 * (int(np.prod(dims)) if dims else 1)
   most = 0
-  for call in re.finditer(r"custom-call\(([^)]*)\), custom_call_target=\"tpu_custom_call\"",
-                          hlo_text):
+  for call in re.finditer(
+    r"custom-call\(([^)]*)\), custom_call_target=\"tpu_custom_call\"", hlo_text
+  ):
     names = [a.strip().lstrip("%") for a in call.group(1).split(",")][:_NUM_PREFETCH]
     names = [re.sub(r"^/\*index=\d+\*/", "", n).lstrip("%") for n in names]
     most = max(most, sum(shapes.get(n, 0) for n in names))

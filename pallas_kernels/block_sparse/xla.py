@@ -55,16 +55,16 @@ class _FlatMask(NamedTuple):
       return start + j
     return self.indices[jnp.clip(start + j, 0, self.indices.shape[0] - 1)]
 
-  def seen(self, q_tiles: jax.Array, k_tiles: jax.Array, tile: int, *,
-           real_queries: bool = False) -> jax.Array:
+  def seen(
+    self, q_tiles: jax.Array, k_tiles: jax.Array, tile: int, *, real_queries: bool = False
+  ) -> jax.Array:
     """bool [chunk, T, T]: which keys of tiles k_tiles the queries of tiles q_tiles see
     (real_queries: also drop the padding queries of each query tile)."""
 
     def one(q_tile, k_tile):  # global tile indices, so key_tile * tile is a global slot
       q_len = self.tile_len[q_tile] if real_queries else None
       ranges = () if self.key_lo is None else (self.key_lo[q_tile], self.key_hi[q_tile])
-      return tile_math.visible_in_pair(tile, self.tile_len[k_tile], k_tile, ranges,
-                                       q_len=q_len)
+      return tile_math.visible_in_pair(tile, self.tile_len[k_tile], k_tile, ranges, q_len=q_len)
 
     return jax.vmap(one)(q_tiles, k_tiles)
 
@@ -89,8 +89,9 @@ def _flatten(mask: BlockMask) -> _FlatMask:
     tiles = lambda a: (a + row * capacity).reshape(rows * num_tiles, -1, 1)
     lo, hi = tiles(mask.key_lo), tiles(mask.key_hi)
     key_start, key_count = flat(mask.key_start + row * num_tiles), flat(mask.key_count)
-  return _FlatMask(flat(start), flat(mask.count), flat(mask.tile_len), indices, lo, hi,
-                   key_start, key_count)
+  return _FlatMask(
+    flat(start), flat(mask.count), flat(mask.tile_len), indices, lo, hi, key_start, key_count
+  )
 
 
 def _sweep(mask: _FlatMask, chunk: int, program: Callable[[jax.Array], ChunkProgram]):
@@ -123,8 +124,11 @@ def _sweep(mask: _FlatMask, chunk: int, program: Callable[[jax.Array], ChunkProg
 
   split = lambda a: a.reshape(num_chunks, chunk)
   results = lax.map(run_chunk, (split(order), split(count), split(start)))
-  inverse = jnp.zeros(num_tiles, jnp.int32).at[order[:num_tiles]].set(
-      jnp.arange(num_tiles, dtype=jnp.int32))
+  inverse = (
+    jnp.zeros(num_tiles, jnp.int32)
+    .at[order[:num_tiles]]
+    .set(jnp.arange(num_tiles, dtype=jnp.int32))
+  )
   return jax.tree.map(lambda r: r.reshape(total, *r.shape[2:])[inverse], results)
 
 
@@ -152,8 +156,9 @@ def _forward_sweep(q, k, v, mask: _FlatMask, scale: float, chunk: int):
       seen = mask.seen(rows, cols, tile)
       return _where_live(live, attend(state, q_rows, k[cols], v[cols], seen), state)
 
-    init = jax.tree.map(lambda a: jnp.broadcast_to(a, (rows.shape[0], *a.shape)),
-                        tile_math.init_state(tile, head_dim))
+    init = jax.tree.map(
+      lambda a: jnp.broadcast_to(a, (rows.shape[0], *a.shape)), tile_math.init_state(tile, head_dim)
+    )
     return init, step, finish
 
   return _sweep(mask, chunk, program)
@@ -166,8 +171,16 @@ def _backward_dq(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk: 
     q_rows, do_rows, lse_rows, delta_rows = q[rows], do[rows], lse[rows], delta[rows]
 
     def step(dq, cols, live):
-      new = dq_step(dq, q_rows, k[cols], v[cols], do_rows, lse_rows, delta_rows,
-                    mask.seen(rows, cols, q.shape[1]))
+      new = dq_step(
+        dq,
+        q_rows,
+        k[cols],
+        v[cols],
+        do_rows,
+        lse_rows,
+        delta_rows,
+        mask.seen(rows, cols, q.shape[1]),
+      )
       return _where_live(live, new, dq)
 
     return jnp.zeros(q_rows.shape, _F32), step, lambda dq: dq.astype(q.dtype)
@@ -192,8 +205,7 @@ def _backward_dkdv(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk
   return _sweep(mask, chunk, program)
 
 
-def _backward(q, k, v, out, lse, do, mask: _FlatMask, scale: float, chunk: int,
-              pattern: str):
+def _backward(q, k, v, out, lse, do, mask: _FlatMask, scale: float, chunk: int, pattern: str):
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)  # [nT, T, 1]
   with jax.named_scope(kernel_name(pattern, "dq")):
     dq = _backward_dq(q, k, v, do, lse, delta, mask, scale, chunk)
@@ -205,8 +217,9 @@ def _backward(q, k, v, out, lse, do, mask: _FlatMask, scale: float, chunk: int,
 _attention = flash_attention_vjp(_forward, _backward)
 
 
-def block_sparse_attention_xla(q, k, v, mask: BlockMask, *, scale: float,
-                               chunk_tokens: int = 2048, pattern: str = "block_sparse"):
+def block_sparse_attention_xla(
+  q, k, v, mask: BlockMask, *, scale: float, chunk_tokens: int = 2048, pattern: str = "block_sparse"
+):
   """q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask. Returns q's shape and dtype.
 
   chunk_tokens: query tokens advanced together (chunk_tokens // tile tiles). Bigger chunks mean
@@ -217,6 +230,5 @@ def block_sparse_attention_xla(q, k, v, mask: BlockMask, *, scale: float,
   tile = length // mask.num_tiles
   chunk = max(1, chunk_tokens // tile)
   as_tiles = lambda x: x.reshape(rows * mask.num_tiles, tile, head_dim)
-  out = _attention(as_tiles(q), as_tiles(k), as_tiles(v), _flatten(mask), scale, chunk,
-                   pattern)
+  out = _attention(as_tiles(q), as_tiles(k), as_tiles(v), _flatten(mask), scale, chunk, pattern)
   return out.reshape(q.shape)

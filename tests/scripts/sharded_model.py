@@ -57,8 +57,9 @@ def check(name, got, want, tol=1e-5):
   want = [np.asarray(x, np.float64) for x in jax.tree.leaves(want)]
   assert len(got) == len(want)
   floor = 1e-3 * max(np.linalg.norm(w) for w in want)
-  errs = [np.linalg.norm(g - w) / max(np.linalg.norm(w), floor)
-          for g, w in zip(got, want, strict=True)]
+  errs = [
+    np.linalg.norm(g - w) / max(np.linalg.norm(w), floor) for g, w in zip(got, want, strict=True)
+  ]
   worst = max(errs)
   assert worst < tol, f"{name}: relative error {worst:.3g} >= {tol}"
   print(f"{name}: max relative error {worst:.2e} over {len(errs)} arrays")
@@ -91,8 +92,9 @@ many = init_train_state(cfg, mesh, rules)
 start = jax.device_put(one.state, many.shardings)
 with jax.set_mesh(single):
   # The step donates its input state: give it a copy so `start` stays alive.
-  want_state, want_metrics = make_train_step(cfg, one)(jax.tree.map(jnp.copy, one.state),
-                                                       batch, key)
+  want_state, want_metrics = make_train_step(cfg, one)(
+    jax.tree.map(jnp.copy, one.state), batch, key
+  )
 with jax.set_mesh(mesh):
   batch = jax.device_put(batch, many.batch_sharding)
   step = make_train_step(cfg, many)
