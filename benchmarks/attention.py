@@ -73,6 +73,22 @@ def _count_rows(cfg) -> int:
   return dense + grouped * len(cfg.group_counts)
 
 
+def _dense_row(cfg, q, k, v, **extra) -> dict:
+  """The dense baseline's row: jax.nn.dot_product_attention on cfg.dense_implementation."""
+  dense = functools.partial(jax.nn.dot_product_attention, implementation=cfg.dense_implementation)
+  seconds, temp = time_call(dense, (q, k, v), cfg.repeats)
+  return dict(
+    seq=q.shape[1],
+    groups=None,
+    impl="dense",
+    time_s=seconds,
+    temp_bytes=temp,
+    work_share=1.0,
+    ideal_s=seconds,
+    **extra,
+  )
+
+
 def _rows(cfg):
   """Yields every measurement of the config as a dict."""
   dtype = jnp.dtype(cfg.dtype)
@@ -83,19 +99,9 @@ def _rows(cfg):
     q, k, v = (jax.random.normal(s, shape, jnp.float32).astype(dtype) for s in (kq, kk, kv))
     dense_time = None
     if seq <= cfg.dense_max_seq:
-      dense = lambda q, k, v: jax.nn.dot_product_attention(
-        q, k, v, implementation=cfg.dense_implementation
-      )
-      dense_time, temp = time_call(dense, (q, k, v), cfg.repeats)
-      yield dict(
-        seq=seq,
-        groups=None,
-        impl="dense",
-        time_s=dense_time,
-        temp_bytes=temp,
-        work_share=1.0,
-        ideal_s=dense_time,
-      )
+      row = _dense_row(cfg, q, k, v)
+      dense_time = row["time_s"]
+      yield row
     for groups in cfg.group_counts:
       ids = jax.random.randint(jax.random.fold_in(kid, groups), shape[:3], 0, groups)
       share = _sparsity(np.asarray(ids), groups)
@@ -170,20 +176,9 @@ def _block_rows(cfg):
     shares = _block_shares(cfg, grid, ids, shots)
     dense_time = None
     if seq <= cfg.dense_max_seq:
-      dense = functools.partial(
-        jax.nn.dot_product_attention, implementation=cfg.dense_implementation
-      )
-      dense_time, temp = time_call(dense, (q, k, v), cfg.repeats)
-      yield dict(
-        seq=seq,
-        groups=None,
-        impl="dense",
-        time_s=dense_time,
-        temp_bytes=temp,
-        work_share=1.0,
-        ideal_s=dense_time,
-        grid=grid,
-      )
+      row = _dense_row(cfg, q, k, v, grid=grid)
+      dense_time = row["time_s"]
+      yield row
     for name, fn in _block_branches(cfg, grid, ids, gates, shots).items():
       seconds, temp = time_call(fn, (q, k, v), cfg.repeats)
       yield dict(

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation, default_tile
+from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
 from pallas_kernels.block_sparse.reference import group_attention_reference
 from pallas_kernels.metadata import group_layout
 
@@ -62,13 +62,9 @@ def group_attention(
     group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups
   )
   scale = validation.check_scale(scale, head_dim)
-  if tile is not None:
-    tile = validation.check_positive_int("tile", tile)
-  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq, backend=backend)
-  if tile is None:
-    tile = default_tile(
-      seq, implementation=name, interpret=interpret, head_dim=head_dim, dtype=q.dtype
-    )
+  name, interpret, tile = choose_implementation_and_tile(
+    implementation, interpret, tile, x=q, backend=backend
+  )
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)
   return _sorted(

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation, default_tile
+from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
 from pallas_kernels.block_sparse.reference import shot_window_attention_reference
 from pallas_kernels.metadata import shot_window_layout
 
@@ -78,13 +78,9 @@ def shot_window_attention(
   context_frames = validation.check_int("context_frames", context_frames, minimum=0)
   shot_ids = validation.check_shot_ids(shot_ids, batch=batch, frames=grid_shape[0])
   scale = validation.check_scale(scale, head_dim)
-  if tile is not None:
-    tile = validation.check_positive_int("tile", tile)
-  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq, backend=backend)
-  if tile is None:
-    tile = default_tile(
-      seq, implementation=name, interpret=interpret, head_dim=head_dim, dtype=q.dtype
-    )
+  name, interpret, tile = choose_implementation_and_tile(
+    implementation, interpret, tile, x=q, backend=backend
+  )
   static = dict(
     grid_shape=grid_shape,
     spatial_groups=spatial_groups,

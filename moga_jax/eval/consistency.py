@@ -30,19 +30,6 @@ import numpy as np
 from moga_jax.data.synthetic import COLOURS, SHAPES, _shape_mask
 from moga_jax.video_io import _check_frames
 
-__all__ = [
-  "chance_levels",
-  "classify_background",
-  "classify_subject",
-  "group_mask_iou",
-  "group_mask_iou_baseline",
-  "group_mask_ious",
-  "group_sizes",
-  "score_clip",
-  "score_videos",
-  "token_mask",
-]
-
 _NAMES: tuple[str, ...] = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in _NAMES], np.float32)  # [K, 3]
 _PAIRWISE = np.linalg.norm(_PALETTE[:, None] - _PALETTE[None], axis=-1)

@@ -20,7 +20,7 @@ from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
 from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
 from pallas_kernels.metadata import TileLayout, pack_tiles, repeat_rows, unpack_tiles
-from pallas_kernels.validation import check_interpret
+from pallas_kernels.validation import check_interpret, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +193,22 @@ def default_tile(seq: int, *, implementation: str, interpret: bool, head_dim: in
     fits = _gpu_tile_limit(head_dim, jnp.dtype(dtype).itemsize)
     return min(DEFAULT_TILE, fits, max(16, 1 << (seq - 1).bit_length()))
   return min(DEFAULT_TILE, -(-seq // 8) * 8)
+
+
+def choose_implementation_and_tile(
+  implementation: str | None, interpret, tile: int | None, *, x, backend: str | None = None
+):
+  """(name, interpret, tile) for an op on x [batch, seq, heads, head_dim]: choose_implementation,
+  then the caller's tile (checked) or the default tile for what was chosen."""
+  _, seq, _, head_dim = x.shape
+  if tile is not None:
+    tile = check_positive_int("tile", tile)
+  name, interpret = choose_implementation(implementation, interpret, x=x, seq=seq, backend=backend)
+  if tile is None:
+    tile = default_tile(
+      seq, implementation=name, interpret=interpret, head_dim=head_dim, dtype=x.dtype
+    )
+  return name, interpret, tile
 
 
 def check_hardware_tiling(
