@@ -77,8 +77,8 @@ class DiTBlock(nnx.Module):
     self.ffn = FeedForward(dim, ffn_dim, dtype=dtype, rngs=rngs)
     self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 6, dim)) / dim**0.5)
 
-  def __call__(self, x, time6, context, context_mask, token_shot, frame_shot, grid_shape):
-    mod = (self.modulation[...] + time6).astype(jnp.float32)  # [B, 6, dim]
+  def __call__(self, x, time_modulation, context, context_mask, token_shot, frame_shot, grid_shape):
+    mod = (self.modulation[...] + time_modulation).astype(jnp.float32)  # [B, 6, dim]
     shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (mod[:, i : i + 1] for i in range(6))
     y, balance = self.self_attn(
       self.norm1(x) * (1 + scale_a) + shift_a, grid_shape=grid_shape, frame_shot=frame_shot
@@ -235,11 +235,11 @@ class VideoDiT(nnx.Module):
     # them, so the ids are non-decreasing as STGA needs.
     grid_shot = jax.lax.cummax(frame_shot[:, ::pt].astype(jnp.int32), axis=1)
     time = self.time_embedding(sinusoidal_embedding(1000.0 * t, self.freq_dim))
-    time6 = self.time_projection(time).reshape(b, 6, -1)
+    time_modulation = self.time_projection(time).reshape(b, 6, -1)
     context = self.text_embedding(context.astype(jnp.float32))
 
     def run(block, x):
-      x, balance = block(x, time6, context, context_mask, token_shot, grid_shot, grid)
+      x, balance = block(x, time_modulation, context, context_mask, token_shot, grid_shot, grid)
       return hidden(x), balance
 
     if self.remat:

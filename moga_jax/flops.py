@@ -33,7 +33,7 @@ import numpy as np
 from moga_jax import config_checks
 
 
-def latent_grid(cfg) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def latent_and_token_grids(cfg) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
   """(latent frames, height, width) and the token grid after the patch embedding."""
   latent, patch = config_checks.latent_grid(cfg), tuple(cfg.model.patch)
   if any(n % p for n, p in zip(latent, patch, strict=True)):
@@ -129,7 +129,7 @@ def model_flops(cfg, grid: tuple[int, int, int] | None = None, shots: int | None
   configured attention block; see the module docstring for what is counted."""
   m, a = cfg.model, cfg.model.attention
   if grid is None:
-    grid = latent_grid(cfg)[1]
+    grid = latent_and_token_grids(cfg)[1]
   shots = clip_shots(cfg) if shots is None else shots
   n, d, layers = math.prod(grid), m.dim, m.num_layers
   inner = d  # num_heads * head_dim
@@ -196,7 +196,7 @@ def table5(shot_seconds: float | None = 5.0, groups=(5, 10, 20)) -> dict:
     cfg.video.frames = frames
     shots = max(1, round(seconds / shot_seconds)) if shot_seconds else 1
     cfg.video.shots = shots
-    grid = latent_grid(cfg)[1]
+    grid = latent_and_token_grids(cfg)[1]
     tokens.append(math.prod(grid))
     shots_used.append(shots)
     for g in groups:

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from moga_jax.config_checks import validate_sharding
 from moga_jax.flops import (
   format_table5,
-  latent_grid,
+  latent_and_token_grids,
   model_flops,
   shot_frames,
   table5,
@@ -150,7 +150,7 @@ def make_plan(
   devices = math.prod(mesh_shape.values())
   mesh = make_mesh(mesh_shape, devices=device_list or jax.devices()[:devices])
   rules = ShardingRules.from_config(cfg.sharding.rules)
-  latent, grid = latent_grid(cfg)
+  latent, grid = latent_and_token_grids(cfg)
   tokens = math.prod(grid)
   m = cfg.model
   ts = _abstract_train_state(cfg, mesh, rules)

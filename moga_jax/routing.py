@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pallas_kernels import group_attention
+from pallas_kernels.validation import check_positive_int
 
 BALANCE_LOSSES = ("paper", "switch")
 
@@ -96,8 +97,7 @@ class GroupRouter(nnx.Module):
     rngs: nnx.Rngs,
   ):
     for name, value in (("in_features", in_features), ("num_groups", num_groups), ("top_k", top_k)):
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+      check_positive_int(name, value)
     if num_heads is not None and (not isinstance(num_heads, int) or num_heads < 1):
       raise ValueError(
         f"num_heads must be None (shared routing) or a positive int, got {num_heads!r}"

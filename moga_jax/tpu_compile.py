@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moga_jax.config_checks import resolve_mesh_shape
-from moga_jax.flops import clip_shots, latent_grid, shot_frames
+from moga_jax.flops import clip_shots, latent_and_token_grids, shot_frames
 from moga_jax.sharding import ShardingRules, axes_size
 
 # Topology names `jax.experimental.topologies.get_topology_desc` takes for one chip.
@@ -62,7 +62,7 @@ def attention_shapes(cfg, devices: int | None = None) -> AttentionShapes:
   rules = ShardingRules.from_config(cfg.sharding.rules)
   size = lambda logical: axes_size(mesh, rules.mesh_axes(logical))
   m, a = cfg.model, cfg.model.attention
-  _, grid = latent_grid(cfg)
+  _, grid = latent_and_token_grids(cfg)
   branches = tuple(
     name
     for name, on in (

@@ -14,6 +14,8 @@ import imageio.v2 as iio
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pallas_kernels.validation import check_positive_int
+
 __all__ = ["VideoReadError", "contact_sheet", "read_mp4", "resize_frames", "write_mp4"]
 
 
@@ -142,9 +144,7 @@ def resize_frames(frames, height: int, width: int) -> np.ndarray:
   The aspect ratio is not preserved: frames are stretched to exactly height x width.
   """
   frames = _check_frames(frames)
-  for name, value in (("height", height), ("width", width)):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-      raise ValueError(f"{name} must be a positive int, got {value!r}")
+  height, width = check_positive_int("height", height), check_positive_int("width", width)
   _, h_in, w_in, _ = frames.shape
   if (h_in, w_in) == (height, width):
     return frames.copy()
@@ -176,8 +176,7 @@ def contact_sheet(
   is capped at F. `labels`, at most one per row, are drawn onto the top left of their row.
   """
   frames = _check_frames(frames)
-  if isinstance(columns, bool) or not isinstance(columns, int) or columns <= 0:
-    raise ValueError(f"columns must be a positive int, got {columns!r}")
+  columns = check_positive_int("columns", columns)
   num, height, width, _ = frames.shape
   columns = min(columns, num)
   rows = -(-num // columns)

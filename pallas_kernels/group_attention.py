@@ -67,7 +67,7 @@ def group_attention(
   )
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)
-  return _sorted(
+  return _attend_grouped(
     q,
     k,
     v,
@@ -86,7 +86,7 @@ _reference = jax.jit(group_attention_reference, static_argnames=("scale",))
 @functools.partial(
   jax.jit, static_argnames=("num_groups", "scale", "tile", "implementation", "interpret")
 )
-def _sorted(
+def _attend_grouped(
   q, k, v, group_ids, *, num_groups: int, scale: float, tile: int, implementation: str, interpret
 ):
   """Sort by group, run the block-sparse kernel over the group tiles, unsort."""

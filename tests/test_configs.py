@@ -15,7 +15,7 @@ from ml_collections import ConfigDict, config_flags
 
 from configs import wan1_3b_moga, wan14b_moga_580k
 from moga_jax.config_checks import validate_config
-from moga_jax.flops import latent_grid
+from moga_jax.flops import latent_and_token_grids
 from moga_jax.training import make_optimizer, make_schedule
 
 ROOT = Path(__file__).parents[1]
@@ -26,7 +26,7 @@ def test_wan1_3b_stages_follow_the_paper():
   assert wan1_3b_moga.get_config().to_dict() == one.to_dict()  # no suffix: stage 1
   assert (one.video.frames, one.train.steps) == (157, 3_000)  # 10 s at 16 fps
   assert (two.video.frames, two.train.steps) == (477, 1_000)  # 30 s
-  assert [np.prod(latent_grid(c)[1]) for c in (one, two)] == [62_400, 187_200]
+  assert [np.prod(latent_and_token_grids(c)[1]) for c in (one, two)] == [62_400, 187_200]
   assert one.model.to_dict() == two.model.to_dict()  # stage 2 loads stage 1's weights
   for c in (one, two):
     a = c.model.attention

@@ -89,7 +89,7 @@ def test_balance_loss_gradient_flows_through_probabilities_only(form):
 
 
 def test_router_rejects_bad_arguments():
-  with pytest.raises(ValueError, match="num_groups must be a positive int"):
+  with pytest.raises(ValueError, match="num_groups must be >= 1, got 0"):
     GroupRouter(4, 0, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"top_k must be <= num_groups \(2\), got 3"):
     GroupRouter(4, 2, top_k=3, rngs=nnx.Rngs(0))

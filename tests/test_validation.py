@@ -214,7 +214,7 @@ def test_ops_default_tile_fits_the_gpu_kernel(monkeypatch, dtype, tile):
 
   seen = []
   record = lambda *args, **kw: seen.append(kw["tile"])
-  monkeypatch.setattr(group_module, "_sorted", record)
+  monkeypatch.setattr(group_module, "_attend_grouped", record)
   monkeypatch.setattr(shot_module, "_shot_windows", record)
   q = jax.random.normal(jax.random.key(0), (1, 4 * 16 * 16, 2, 128), dtype)
   on_gpu = dict(implementation="pallas_gpu", interpret=False, backend="gpu")

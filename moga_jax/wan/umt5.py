@@ -94,7 +94,7 @@ def relative_position_buckets(
   return (sign_bucket + np.where(distance < exact, distance, large)).astype(np.int32)
 
 
-class RMSNorm(nnx.Module):
+class T5LayerNorm(nnx.Module):
   """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale, statistics in float32."""
 
   def __init__(self, dim: int, eps: float, *, dtype: Any, param_dtype: Any):
@@ -150,9 +150,9 @@ class GatedGeluFFN(nnx.Module):
 class Block(nnx.Module):
   def __init__(self, config: UMT5Config, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
     eps = config.layer_norm_epsilon
-    self.attn_norm = RMSNorm(config.d_model, eps, dtype=dtype, param_dtype=param_dtype)
+    self.attn_norm = T5LayerNorm(config.d_model, eps, dtype=dtype, param_dtype=param_dtype)
     self.attn = SelfAttention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.ffn_norm = RMSNorm(config.d_model, eps, dtype=dtype, param_dtype=param_dtype)
+    self.ffn_norm = T5LayerNorm(config.d_model, eps, dtype=dtype, param_dtype=param_dtype)
     self.ffn = GatedGeluFFN(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, buckets: jax.Array, mask: jax.Array) -> jax.Array:
@@ -179,7 +179,7 @@ class UMT5Encoder(nnx.Module):
         for _ in range(config.num_layers)
       ]
     )
-    self.final_norm = RMSNorm(
+    self.final_norm = T5LayerNorm(
       config.d_model, config.layer_norm_epsilon, dtype=jnp.float32, param_dtype=param_dtype
     )
 

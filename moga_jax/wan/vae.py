@@ -87,7 +87,7 @@ class CausalConv3d(nnx.Module):
     return self.conv(x), x[:, -self.look_back :]
 
 
-class RMSNorm(nnx.Module):
+class ChannelL2Norm(nnx.Module):
   """x / max(||x||, 1e-12) * sqrt(C) * gamma over channels (torch's F.normalize), in float32."""
 
   def __init__(self, dim: int, *, dtype: Any, param_dtype: Any):
@@ -104,9 +104,9 @@ class RMSNorm(nnx.Module):
 class ResidualBlock(nnx.Module):
   def __init__(self, cin: int, cout: int, **kw):
     norm_kw = {"dtype": kw["dtype"], "param_dtype": kw["param_dtype"]}
-    self.norm1 = RMSNorm(cin, **norm_kw)
+    self.norm1 = ChannelL2Norm(cin, **norm_kw)
     self.conv1 = CausalConv3d(cin, cout, (3, 3, 3), look_back=CACHE_T, **kw)
-    self.norm2 = RMSNorm(cout, **norm_kw)
+    self.norm2 = ChannelL2Norm(cout, **norm_kw)
     self.conv2 = CausalConv3d(cout, cout, (3, 3, 3), look_back=CACHE_T, **kw)
     self.conv_shortcut = (
       CausalConv3d(cin, cout, (1, 1, 1), look_back=0, **kw) if cin != cout else None
@@ -124,7 +124,7 @@ class SpatialAttention(nnx.Module):
   """Single-head self-attention over the pixels of each frame separately (no time mixing)."""
 
   def __init__(self, dim: int, *, dtype: Any, param_dtype: Any, precision: Any, rngs: nnx.Rngs):
-    self.norm = RMSNorm(dim, dtype=dtype, param_dtype=param_dtype)
+    self.norm = ChannelL2Norm(dim, dtype=dtype, param_dtype=param_dtype)
     conv = lambda cout: nnx.Conv(
       dim, cout, (1, 1), dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs
     )
@@ -298,7 +298,7 @@ class Encoder(nnx.Module):
         down.append(Downsample(cout, bool(config.temperal_downsample[i]), **kw))
     self.down_blocks = nnx.List(down)
     self.mid_block = MidBlock(dims[-1], **kw)
-    self.norm_out = RMSNorm(dims[-1], dtype=kw["dtype"], param_dtype=kw["param_dtype"])
+    self.norm_out = ChannelL2Norm(dims[-1], dtype=kw["dtype"], param_dtype=kw["param_dtype"])
     self.conv_out = CausalConv3d(dims[-1], 2 * config.z_dim, (3, 3, 3), look_back=CACHE_T, **kw)
 
   def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
@@ -326,7 +326,7 @@ class Decoder(nnx.Module):
       mode = None if i == len(mult) - 1 else ("3d" if temporal[i] else "2d")
       up.append(UpBlock(cin, cout, config.num_res_blocks + 1, mode, **kw))
     self.up_blocks = nnx.List(up)
-    self.norm_out = RMSNorm(dims[-1], dtype=kw["dtype"], param_dtype=kw["param_dtype"])
+    self.norm_out = ChannelL2Norm(dims[-1], dtype=kw["dtype"], param_dtype=kw["param_dtype"])
     self.conv_out = CausalConv3d(dims[-1], config.out_channels, (3, 3, 3), look_back=CACHE_T, **kw)
 
   def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
