@@ -33,13 +33,14 @@ from tqdm import tqdm
 
 from moga_jax import video_io
 from moga_jax.config_checks import validate_config
+from moga_jax.config_files import config_path
 from moga_jax.run_guard import cli_main
 from moga_jax.sampling import generate
 from moga_jax.training import load_trained
 from moga_jax.wan import pipeline as wan_pipeline
 from moga_jax.wan.converted import with_converted_widths
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "The run's config.")
+_CONFIG = config_flags.DEFINE_config_file("config", config_path("tiny"), "The run's config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to load (a run trained here).")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Converted Wan folder (moga_jax.convert_wan).")
 _PROMPTS = flags.DEFINE_multi_string(

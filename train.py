@@ -42,6 +42,7 @@ from tqdm import tqdm
 from moga_jax import plots
 from moga_jax.checkpoint import Checkpointer
 from moga_jax.config_checks import validate_config, validate_sharding
+from moga_jax.config_files import config_path
 from moga_jax.data.pipeline import make_loader
 from moga_jax.data.prepare import prepare_data
 from moga_jax.model import dit_from_config
@@ -58,7 +59,7 @@ from moga_jax.training import (
 from moga_jax.wan.converted import restore_dit, with_converted_widths
 from moga_jax.wan.latent_data import prepare_latents
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training config.")
+_CONFIG = config_flags.DEFINE_config_file("config", config_path("tiny"), "Training config.")
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory (checkpoints, metrics).", required=True
 )

@@ -12,7 +12,9 @@ its own seed, then is scored on held-out caption sets (see `moga_jax/reproduce.p
 
 from ml_collections import ConfigDict
 
-from configs import tiny
+from moga_jax.config_files import load_config_module
+
+tiny = load_config_module("tiny")
 
 # Attention fields per variant, over the paper's block of configs/tiny.py. No variant keeps a
 # dense block: one dense layer would let the static variants see across shots.

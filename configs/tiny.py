@@ -9,7 +9,9 @@ per-frame attention. Override any field on the command line, e.g. --config.train
 
 from ml_collections import ConfigDict, config_dict
 
-from configs import parallelism
+from moga_jax.config_files import load_config_module
+
+parallelism = load_config_module("parallelism")
 
 
 def get_config() -> ConfigDict:

@@ -17,7 +17,10 @@ shot's own caption), so its weights can come from Wan. Plan it with
 
 from ml_collections import ConfigDict
 
-from configs import parallelism, wan1_3b_moga
+from moga_jax.config_files import load_config_module
+
+parallelism = load_config_module("parallelism")
+wan1_3b_moga = load_config_module("wan1_3b_moga")
 
 
 def get_config() -> ConfigDict:

@@ -16,7 +16,9 @@ dense Wan weights never saw, so it needs the fine-tuning of configs/wan1_3b_moga
 
 from ml_collections import ConfigDict
 
-from configs import wan1_3b_moga
+from moga_jax.config_files import load_config_module
+
+wan1_3b_moga = load_config_module("wan1_3b_moga")
 
 
 def get_config(stage: str = "stage1") -> ConfigDict:

@@ -47,7 +47,9 @@ and its step count (1k steps of its own). Plan either stage with
 
 from ml_collections import ConfigDict, config_dict
 
-from configs import parallelism
+from moga_jax.config_files import load_config_module
+
+parallelism = load_config_module("parallelism")
 
 STAGES = {
   # (frames, shots per clip, steps, warm-up steps). Frames are 1 + 4k (the Wan VAE) at 16 fps:

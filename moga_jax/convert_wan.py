@@ -21,12 +21,13 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from moga_jax.config_files import config_path
 from moga_jax.run_guard import cli_main
 from moga_jax.wan.convert import COMPONENTS, convert
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
-  "configs/wan1_3b_moga.py",
+  config_path("wan1_3b_moga"),
   "Config whose MoGA settings the DiT is built with (its widths come from SRC).",
 )
 _SRC = flags.DEFINE_string(

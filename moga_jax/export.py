@@ -23,6 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from moga_jax.checkpoint import Checkpointer
+from moga_jax.config_files import config_path
 from moga_jax.run_guard import cli_main
 from moga_jax.training import load_trained
 from moga_jax.wan.converted import with_converted_widths
@@ -30,7 +31,7 @@ from moga_jax.wan.dit_weights import dit_to_diffusers
 from moga_jax.wan.weights import write_safetensors
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", "configs/wan1_3b_moga.py", "The run's config (a Wan config)."
+  "config", config_path("wan1_3b_moga"), "The run's config (a Wan config)."
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "The fine-tuned run.", required=True)
 _WEIGHTS = flags.DEFINE_string(

@@ -186,7 +186,9 @@ def table5(shot_seconds: float | None = 5.0, groups=(5, 10, 20)) -> dict:
   Also how the cells scale with M: ours are exactly fixed + router + slope / M (slope: the
   dense self-attention, fixed: every FLOP that does not depend on M); "paper_fit" is the least-
   squares line a + b / M through the paper's three MoGA cells of each duration."""
-  from configs import wan1_3b_moga
+  from moga_jax.config_files import load_config_module
+
+  wan1_3b_moga = load_config_module("wan1_3b_moga")
 
   rows = ("dense", *(f"M={g}" for g in groups))
   ours, density = {row: [] for row in rows}, {row: [] for row in rows[1:]}

@@ -30,6 +30,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from moga_jax.config_checks import validate_sharding
+from moga_jax.config_files import config_path
 from moga_jax.flops import (
   format_table5,
   latent_and_token_grids,
@@ -43,7 +44,7 @@ from moga_jax.sharding import ShardingRules, make_mesh, state_shardings
 from moga_jax.training import TrainState, latent_loss_fn, make_optimizer, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", "configs/wan14b_moga_580k.py", "Config with video, model, train and sharding."
+  "config", config_path("wan14b_moga_580k"), "Config with video, model, train and sharding."
 )
 _MESH = flags.DEFINE_string(
   "mesh",

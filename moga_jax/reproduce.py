@@ -36,10 +36,10 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from configs.reproduce import VARIANTS
 from moga_jax import reproduce_plots, video_io
 from moga_jax.cli_logging import quiet_libraries
 from moga_jax.config_checks import validate_config, validate_sharding
+from moga_jax.config_files import config_path, load_config_module
 from moga_jax.data.captions import encode_captions
 from moga_jax.data.consistency import held_out_captions, make_consistency_videos, render_clip
 from moga_jax.data.pipeline import make_loader
@@ -61,10 +61,11 @@ def run_config(c, run: dict):
   """The model config of one run: the base with the variant's attention and balancing loss."""
   cfg = copy.deepcopy(c.base)
   a = cfg.model.attention
-  if run["variant"] not in VARIANTS:
-    raise ValueError(f"run variant must be one of {sorted(VARIANTS)}, got {run['variant']!r}")
+  variants = load_config_module("reproduce").VARIANTS  # the variants' one home
+  if run["variant"] not in variants:
+    raise ValueError(f"run variant must be one of {sorted(variants)}, got {run['variant']!r}")
   a.num_groups = run["num_groups"]
-  for field, value in VARIANTS[run["variant"]].items():
+  for field, value in variants[run["variant"]].items():
     a[field] = value
   if (a.num_groups is None) != (run["num_groups"] is None):
     raise ValueError(f"run {run}: variant {run['variant']!r} and num_groups disagree")
@@ -424,7 +425,7 @@ def main() -> None:
   # The flag is defined here, not at import, so that importing this module next to another
   # one with a --config flag (moga_jax.plan) works.
   config = config_flags.DEFINE_config_file(
-    "config", "configs/reproduce.py", "Reproduction config (configs/reproduce.py[:smoke])."
+    "config", config_path("reproduce"), "Reproduction config (configs/reproduce.py[:smoke])."
   )
 
   def run(argv):

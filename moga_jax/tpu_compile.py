@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moga_jax.config_checks import resolve_mesh_shape
+from moga_jax.config_files import config_path
 from moga_jax.flops import clip_shots, latent_and_token_grids, shot_frames
 from moga_jax.sharding import ShardingRules, axes_size
 
@@ -228,7 +229,7 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", "configs/wan14b_moga_580k.py", "Model config.")
+  config_flags.DEFINE_config_file("config", config_path("wan14b_moga_580k"), "Model config.")
   flags.DEFINE_multi_string("chip", ["v5e", "v6e"], f"TPU generations ({', '.join(CHIPS)}).")
   flags.DEFINE_integer("devices", None, "Devices for a -1 mesh axis (default 8).")
   flags.DEFINE_string("json_out", None, "Also write the rows as JSON here.")

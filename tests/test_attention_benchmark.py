@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from configs import attention_bench
+from moga_jax.config_files import load_config_module
+
+attention_bench = load_config_module("attention_bench")
 
 ROOT = Path(__file__).parents[1]
 

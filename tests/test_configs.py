@@ -13,10 +13,13 @@ from absl import flags
 from flax import nnx
 from ml_collections import ConfigDict, config_flags
 
-from configs import wan1_3b_moga, wan14b_moga_580k
 from moga_jax.config_checks import validate_config
+from moga_jax.config_files import load_config_module
 from moga_jax.flops import latent_and_token_grids
 from moga_jax.training import make_optimizer, make_schedule
+
+wan1_3b_moga = load_config_module("wan1_3b_moga")
+wan14b_moga_580k = load_config_module("wan14b_moga_580k")
 
 ROOT = Path(__file__).parents[1]
 

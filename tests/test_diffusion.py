@@ -113,7 +113,9 @@ def test_sample_py_guides_toward_the_prompt():
   """Catches sample.py's sampler (moga_jax.sampling) handing the empty caption's prediction in
   as the conditional one: one
   step with guidance w moves the noise by -(v_u + w (v_c - v_u)) = -(-1 + 2 w)."""
-  from configs import tiny
+  from moga_jax.config_files import load_config_module
+
+  tiny = load_config_module("tiny")
   from moga_jax.sampling import generate
 
   cfg = tiny.get_config()
@@ -131,7 +133,9 @@ def test_wan_pipeline_guides_toward_the_prompt():
   """Catches the Wan pipeline's guidance with prompt and negative prompt swapped: a stub DiT
   whose velocity is the caption's value (+1 prompt, -1 negative) must move one step by
   -(v_n + w (v_p - v_n))."""
-  from configs import wan1_3b_moga
+  from moga_jax.config_files import load_config_module
+
+  wan1_3b_moga = load_config_module("wan1_3b_moga")
   from moga_jax.wan import pipeline
 
   cfg = wan1_3b_moga.get_config()

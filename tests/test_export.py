@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import wan1_3b_moga
+from moga_jax.config_files import load_config_module
 from moga_jax.model import dit_from_config
 from moga_jax.wan.dit_weights import dit_to_diffusers, load_wan_dit
 from moga_jax.wan.weights import read_safetensors, write_safetensors
+
+wan1_3b_moga = load_config_module("wan1_3b_moga")
 
 
 def _model(scan: bool, seed: int):

@@ -9,16 +9,18 @@ import pytest
 from conftest import assert_close
 from flax import nnx
 
-from configs import tiny
 from moga_jax import latents
 from moga_jax.attention import DENSE, MoGAAttention
 from moga_jax.config_checks import validate_config
+from moga_jax.config_files import load_config_module
 from moga_jax.dit import VideoDiT
 from moga_jax.layers import shot_attention
 from moga_jax.model import frame_shots
 from moga_jax.rope import apply_rope, rope_angles
 from moga_jax.sharding import ShardingRules, make_mesh
 from moga_jax.training import init_train_state, make_train_step
+
+tiny = load_config_module("tiny")
 
 GRID = (4, 6, 6)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import wan1_3b_moga, wan14b_moga_580k
+from moga_jax.config_files import load_config_module
 from moga_jax.flops import (
   PAPER_TABLE5,
   TABLE5_ROWS,
@@ -26,6 +26,9 @@ from moga_jax.flops import (
   temporal_groups,
 )
 from moga_jax.plan import format_plan, make_plan, parse_mesh
+
+wan1_3b_moga = load_config_module("wan1_3b_moga")
+wan14b_moga_580k = load_config_module("wan14b_moga_580k")
 
 ROOT = Path(__file__).parents[1]
 ONE_DEVICE = {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from configs import reproduce as reproduce_config
 from moga_jax.attention import is_dense
+from moga_jax.config_files import load_config_module
 from moga_jax.reproduce import reproduce, run_config
+
+reproduce_config = load_config_module("reproduce")
 
 REQUIRED = (
   "variant",

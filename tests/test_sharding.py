@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import tiny
 from moga_jax.config_checks import validate_sharding
+from moga_jax.config_files import load_config_module
 from moga_jax.sharding import ShardingRules, param_logical_axes, param_spec, resolve_mesh_shape
+
+tiny = load_config_module("tiny")
 
 ROOT = Path(__file__).parents[1]
 P = __import__("jax").P

@@ -10,8 +10,13 @@ import importlib.util
 
 import pytest
 
-from configs import reproduce, tiny, wan1_3b_moga, wan14b_moga_580k
 from moga_jax import tpu_compile
+from moga_jax.config_files import load_config_module
+
+reproduce = load_config_module("reproduce")
+tiny = load_config_module("tiny")
+wan1_3b_moga = load_config_module("wan1_3b_moga")
+wan14b_moga_580k = load_config_module("wan14b_moga_580k")
 
 needs_libtpu = pytest.mark.skipif(
   importlib.util.find_spec("libtpu") is None,

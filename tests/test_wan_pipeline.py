@@ -27,15 +27,17 @@ from flax import nnx  # noqa: E402
 from PIL import Image  # noqa: E402
 from wan_reference import rel_err  # noqa: E402
 
-from configs import wan1_3b_moga  # noqa: E402
 from moga_jax import video_io  # noqa: E402
 from moga_jax.checkpoint import Checkpointer  # noqa: E402
+from moga_jax.config_files import load_config_module  # noqa: E402
 from moga_jax.data.pipeline import make_loader  # noqa: E402
 from moga_jax.model import dit_from_config  # noqa: E402
 from moga_jax.training import make_optimizer  # noqa: E402
 from moga_jax.wan import converted, pipeline  # noqa: E402
 from moga_jax.wan.convert import convert  # noqa: E402
 from moga_jax.wan.dit_weights import load_wan_dit  # noqa: E402
+
+wan1_3b_moga = load_config_module("wan1_3b_moga")
 
 # One worker builds the module fixtures (reference models) once (--dist loadgroup).
 pytestmark = [pytest.mark.parity, pytest.mark.xdist_group("wan_pipeline")]
@@ -447,7 +449,7 @@ def test_conversion_takes_the_widths_from_the_checkpoint(source, tmp_path):
 def test_dense_wan_config_converts_and_computes_what_diffusers_does(reference, tmp_path):
   """configs/wan1_3b.py (no MoGA): nothing initialised, and the converted DiT's velocity equals
   diffusers' WanTransformer3DModel's at the float32 parity bar."""
-  from configs import wan1_3b
+  wan1_3b = load_config_module("wan1_3b")
 
   source, models = reference
   out = tmp_path / "dense"

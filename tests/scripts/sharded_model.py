@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs import tiny
 from moga_jax.config_checks import validate_config, validate_sharding
+from moga_jax.config_files import load_config_module
 from moga_jax.model import TextToVideo
 from moga_jax.sharding import ShardingRules, make_mesh, state_shardings
 from moga_jax.training import init_train_state, loss_fn, make_train_step
@@ -29,7 +29,7 @@ assert jax.device_count() == 8, jax.devices()
 mesh_arg, routing = sys.argv[1], sys.argv[2]
 mesh_shape = {k: int(v) for k, v in (kv.split("=") for kv in mesh_arg.split(","))}
 
-cfg = tiny.get_config()
+cfg = load_config_module("tiny").get_config()
 cfg.model.dim, cfg.model.ffn_dim, cfg.model.num_layers = 64, 96, 2
 cfg.model.num_heads, cfg.model.text_dim = 8, 32
 cfg.model.attention.per_head_router = routing == "per_head"
