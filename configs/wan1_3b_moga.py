@@ -130,6 +130,14 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   c.model.attention.window_tile = config_dict.placeholder(tuple)
   c.model.attention.combine = "mean"  # the paper: the mean of the branches' outputs
   c.model.attention.implementation = None
+  # The kernels' tuning knobs (pallas_kernels.KernelOptions); None: the measured defaults.
+  c.model.attention.kernel_options = ConfigDict(
+    dict(
+      xla_chunk_tokens=2048,
+      num_warps=config_dict.placeholder(int),
+      num_stages=config_dict.placeholder(int),
+    )
+  )
 
   c.diffusion = ConfigDict()
   c.diffusion.shift = 3.0  # Wan's flow shift for 480p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from moga_jax.rope import apply_rope, rope_angles
 from moga_jax.routing import BALANCE_LOSSES, GroupRouter, routed_group_attention
 from moga_jax.sequence_parallel import ulysses
 from moga_jax.sharding import ShardingRules, constrain
-from pallas_kernels import frame_attention, shot_window_attention, window_attention
+from pallas_kernels import KernelOptions, frame_attention, shot_window_attention, window_attention
 from pallas_kernels.validation import check_int
 
 COMBINES = ("mean", "sum")
@@ -67,6 +68,8 @@ class MoGAAttention(nnx.Module):
     combine: "mean" of the branch outputs (the paper) or their "sum".
     group_tile: tokens per tile of the sorted group layout (None: the op's default).
     implementation, interpret: forwarded to the attention ops (None: best for the backend).
+    kernel_options: a `KernelOptions` or a mapping of its fields (a config section): the
+      kernels' tuning knobs (xla chunk size, Triton warps / stages), forwarded to the ops.
     rules: logical sharding rules. With them and a mesh set (`jax.set_mesh`), attention runs
       Ulysses-parallel: sequence-sharded inputs, whole sequences per device for a slice of the
       heads inside `jax.shard_map` (see `sequence_parallel.py`). None: no sharding annotations.
@@ -100,6 +103,7 @@ class MoGAAttention(nnx.Module):
     rope_theta: float = 10000.0,
     implementation: str | None = None,
     interpret: bool | None = None,
+    kernel_options: KernelOptions | Mapping | None = None,
     rules: ShardingRules | None = None,
     dtype: jnp.dtype | None = None,
     param_dtype: jnp.dtype = jnp.float32,
@@ -140,6 +144,7 @@ class MoGAAttention(nnx.Module):
     self.record_routing = False
     self.rope_theta = rope_theta
     self.implementation, self.interpret = implementation, interpret
+    self.kernel_options = KernelOptions.of(kernel_options)
     self.rules = rules
     inner = num_heads * head_dim
     linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -229,7 +234,9 @@ class MoGAAttention(nnx.Module):
   def _attend(self, q, k, v, *rest, grid_shape, routed: int):
     """The branches over whole sequences: q, k, v [B, N, h, D] for the heads this device holds;
     rest = (group_ids, gates) when routed, then the frames' shots [B, T]."""
-    ops = dict(implementation=self.implementation, interpret=self.interpret)
+    ops = dict(
+      implementation=self.implementation, interpret=self.interpret, options=self.kernel_options
+    )
     routing, frame_shot = rest[:routed], rest[routed]
     outputs = []
     if routing:

@@ -37,16 +37,21 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-# Model-config fields that change how the model computes, not its parameters: a run trained in
-# bfloat16 samples in float32 and the other way round.
-COMPUTE_ONLY = frozenset({"dtype", "attention.implementation"})
+# Model-config fields (or sections, for every field under them) that change how the model
+# computes, not its parameters: a run trained in bfloat16 samples in float32 and the other way
+# round, and kernel knobs can be retuned for the machine that resumes or samples.
+COMPUTE_ONLY = frozenset({"dtype", "attention.implementation", "attention.kernel_options"})
+
+
+def _compute_only(field: str) -> bool:
+  return any(field == c or field.startswith(c + ".") for c in COMPUTE_ONLY)
 
 
 def check_config(saved: dict, current: dict, where: str, what: str = "model") -> None:
   saved, current = _flatten(saved), _flatten(current)
   if what == "model":
     saved, current = (
-      {k: v for k, v in d.items() if k not in COMPUTE_ONLY} for d in (saved, current)
+      {k: v for k, v in d.items() if not _compute_only(k)} for d in (saved, current)
     )
   diffs = [
     f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"

@@ -6,6 +6,7 @@ import numbers
 
 from moga_jax.diffusion import SOLVERS
 from moga_jax.sharding import ShardingRules, axes_size, resolve_mesh_shape
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.validation import check_int
 
 
@@ -147,6 +148,11 @@ def _check_block(a, tokens: tuple[int, int, int]) -> None:
   balance = a.get("balance_loss", "paper")
   if balance not in BALANCE_LOSSES:
     raise ValueError(f"{name}balance_loss must be one of {BALANCE_LOSSES}, got {balance!r}")
+  options = a.get("kernel_options")
+  try:
+    KernelOptions.of(options.to_dict() if hasattr(options, "to_dict") else options)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name}kernel_options: {e}") from None
 
 
 def latent_grid(cfg) -> tuple[int, int, int]:

@@ -69,6 +69,7 @@ def _attention_fn(tile: int, ranges: bool):
   """(f(q, k, v, ids) -> (dq, dk, dv), ids shape, length L): a group mask (one contiguous run of
   key tiles per query tile) or a shot-window range mask (STGA; adds key_lo/key_hi operands)."""
   from pallas_kernels.block_sparse import gpu
+  from pallas_kernels.block_sparse.options import KernelOptions
   from pallas_kernels.metadata import group_layout, shot_window_layout
 
   if ranges:
@@ -91,8 +92,9 @@ def _attention_fn(tile: int, ranges: bool):
     mask = make(ids).mask
 
     def loss(q, k, v):
+      compiled = KernelOptions(interpret=False)
       out = gpu.block_sparse_attention_gpu(
-        q, k, v, mask, q.shape[-1] ** -0.5, False, "stga" if ranges else "group"
+        q, k, v, mask, q.shape[-1] ** -0.5, compiled, "stga" if ranges else "group"
       )
       return out.astype(jnp.float32).sum()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
 from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import group_attention_reference
 from pallas_kernels.metadata import group_layout
 
@@ -25,6 +27,7 @@ def group_attention(
   interpret: bool | None = None,
   tile: int | None = None,
   backend: str | None = None,
+  options: KernelOptions | Mapping | None = None,
 ) -> jax.Array:
   """Full attention inside each group of tokens; tokens of other groups are never visited.
 
@@ -52,6 +55,8 @@ def group_attention(
       devices where q says (a concrete array, or under `jit(...).lower(...)` an input placed on
       compile-only TPU devices, JAX >= 0.11), else `jax.default_backend()`. Set it to lower the
       real TPU or GPU kernels from a CPU host (ahead-of-time compilation).
+    options: a `KernelOptions` (or a mapping of its fields): xla chunk size, Triton warps and
+      stages; interpret= is a shorthand for options.interpret.
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -62,8 +67,8 @@ def group_attention(
     group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups
   )
   scale = validation.check_scale(scale, head_dim)
-  name, interpret, tile = choose_implementation_and_tile(
-    implementation, interpret, tile, x=q, backend=backend
+  name, options, tile = choose_implementation_and_tile(
+    implementation, interpret, tile, x=q, backend=backend, options=options
   )
   if name == "reference":
     return _reference(q, k, v, group_ids, scale=scale)
@@ -76,7 +81,7 @@ def group_attention(
     scale=scale,
     tile=tile,
     implementation=name,
-    interpret=interpret,
+    options=options,
   )
 
 
@@ -84,21 +89,14 @@ _reference = jax.jit(group_attention_reference, static_argnames=("scale",))
 
 
 @functools.partial(
-  jax.jit, static_argnames=("num_groups", "scale", "tile", "implementation", "interpret")
+  jax.jit, static_argnames=("num_groups", "scale", "tile", "implementation", "options")
 )
 def _attend_grouped(
-  q, k, v, group_ids, *, num_groups: int, scale: float, tile: int, implementation: str, interpret
+  q, k, v, group_ids, *, num_groups: int, scale: float, tile: int, implementation: str, options
 ):
   """Sort by group, run the block-sparse kernel over the group tiles, unsort."""
   rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
   layout = group_layout(rows, num_groups=num_groups, tile=tile)
   return attend_in_layout(
-    q,
-    k,
-    v,
-    layout,
-    scale=scale,
-    implementation=implementation,
-    interpret=interpret,
-    pattern="group",
+    q, k, v, layout, scale=scale, implementation=implementation, options=options, pattern="group"
   )

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
 from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import shot_window_attention_reference
 from pallas_kernels.metadata import shot_window_layout
 
@@ -30,6 +32,7 @@ def shot_window_attention(
   interpret=None,
   tile: int | None = None,
   backend: str | None = None,
+  options: KernelOptions | Mapping | None = None,
 ) -> jax.Array:
   """Attention inside fixed spatial windows x temporal groups that never span a shot cut.
 
@@ -58,7 +61,7 @@ def shot_window_attention(
     grid_shape: (T, H, W). spatial_groups: (sh, sw), 1 <= sh <= H, 1 <= sw <= W.
     temporal_group: None (a group is a whole shot) or the most frames per group.
     context_frames: frames of each adjacent group added to the keys, >= 0.
-    scale, implementation, interpret, backend: as in `group_attention`.
+    scale, implementation, interpret, backend, options: as in `group_attention`.
     tile: tokens per tile (default as in `group_attention`: 128, less for short sequences or
       where the compiled GPU kernel needs it).
 
@@ -78,8 +81,8 @@ def shot_window_attention(
   context_frames = validation.check_int("context_frames", context_frames, minimum=0)
   shot_ids = validation.check_shot_ids(shot_ids, batch=batch, frames=grid_shape[0])
   scale = validation.check_scale(scale, head_dim)
-  name, interpret, tile = choose_implementation_and_tile(
-    implementation, interpret, tile, x=q, backend=backend
+  name, options, tile = choose_implementation_and_tile(
+    implementation, interpret, tile, x=q, backend=backend, options=options
   )
   static = dict(
     grid_shape=grid_shape,
@@ -90,9 +93,7 @@ def shot_window_attention(
   )
   if name == "reference":
     return _reference(q, k, v, shot_ids, **static)
-  return _shot_windows(
-    q, k, v, shot_ids, tile=tile, implementation=name, interpret=interpret, **static
-  )
+  return _shot_windows(q, k, v, shot_ids, tile=tile, implementation=name, options=options, **static)
 
 
 def frame_attention(
@@ -106,6 +107,7 @@ def frame_attention(
   interpret=None,
   tile: int | None = None,
   backend: str | None = None,
+  options: KernelOptions | Mapping | None = None,
 ) -> jax.Array:
   """Full attention among the tokens of each latent frame (the paper's third branch).
 
@@ -130,6 +132,7 @@ def frame_attention(
     interpret=interpret,
     tile=tile,
     backend=backend,
+    options=options,
   )
 
 
@@ -137,7 +140,7 @@ _STATIC = ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "
 _reference = jax.jit(shot_window_attention_reference, static_argnames=_STATIC)
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "tile", "implementation", "interpret"))
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "tile", "implementation", "options"))
 def _shot_windows(
   q,
   k,
@@ -151,7 +154,7 @@ def _shot_windows(
   scale,
   tile,
   implementation,
-  interpret,
+  options,
 ):
   layout = shot_window_layout(
     shot_ids,
@@ -169,6 +172,6 @@ def _shot_windows(
     layout,
     scale=scale,
     implementation=implementation,
-    interpret=interpret,
+    options=options,
     pattern="frame" if per_frame else "stga",
   )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 
 import jax
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation
+from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import window_attention_reference
 from pallas_kernels.metadata import window_layout
 
@@ -25,6 +27,7 @@ def window_attention(
   implementation: str | None = None,
   interpret=None,
   backend: str | None = None,
+  options: KernelOptions | Mapping | None = None,
 ) -> jax.Array:
   """Local spatiotemporal attention, STA-style: whole tiles see whole tiles.
 
@@ -39,7 +42,7 @@ def window_attention(
     grid_shape, tile, window: (t, h, w) triples of positive ints. For the Pallas kernels on
       hardware, tokens per tile (the product of `tile`) should be a multiple of 128 on TPU and
       a power of two on GPU.
-    scale, implementation, interpret, backend: as in `group_attention`.
+    scale, implementation, interpret, backend, options: as in `group_attention`.
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -54,7 +57,9 @@ def window_attention(
       f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq"
     )
   scale = validation.check_scale(scale, head_dim)
-  name, interpret = choose_implementation(implementation, interpret, x=q, seq=seq, backend=backend)
+  name, options, _ = choose_implementation_and_tile(
+    implementation, interpret, math.prod(tile), x=q, backend=backend, options=options
+  )
   if name == "reference":
     return _reference(q, k, v, grid_shape=grid_shape, tile=tile, window=window, scale=scale)
   return _windowed(
@@ -66,7 +71,7 @@ def window_attention(
     window=window,
     scale=scale,
     implementation=name,
-    interpret=interpret,
+    options=options,
   )
 
 
@@ -76,9 +81,9 @@ _reference = jax.jit(
 
 
 @functools.partial(
-  jax.jit, static_argnames=("grid_shape", "tile", "window", "scale", "implementation", "interpret")
+  jax.jit, static_argnames=("grid_shape", "tile", "window", "scale", "implementation", "options")
 )
-def _windowed(q, k, v, *, grid_shape, tile, window, scale, implementation, interpret):
+def _windowed(q, k, v, *, grid_shape, tile, window, scale, implementation, options):
   return attend_in_layout(
     q,
     k,
@@ -86,6 +91,6 @@ def _windowed(q, k, v, *, grid_shape, tile, window, scale, implementation, inter
     window_layout(grid_shape, tile, window),
     scale=scale,
     implementation=implementation,
-    interpret=interpret,
+    options=options,
     pattern="window",
   )

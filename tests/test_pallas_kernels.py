@@ -19,8 +19,11 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels import frame_attention, group_attention, shot_window_attention, window_attention
 from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.ops import block_sparse_attention
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
 from pallas_kernels.metadata import group_layout, pack_tiles, window_layout
+
+COMPILED = KernelOptions(interpret=False)  # hardware lowering, not interpret mode
 
 
 @pytest.mark.parametrize("impl", ["xla", "pallas_tpu", "pallas_gpu"])
@@ -71,7 +74,7 @@ def _lower_for_tpu(mask, length):
 
   def f(q, k, v):
     loss = lambda q, k, v: (
-      block_sparse_attention_tpu(q, k, v, mask, 0.1, False).astype(jnp.float32).sum()
+      block_sparse_attention_tpu(q, k, v, mask, 0.1, COMPILED).astype(jnp.float32).sum()
     )
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
@@ -103,7 +106,7 @@ def _lower_for_gpu(mask, length):
 
   def f(q, k, v):
     loss = lambda q, k, v: (
-      block_sparse_attention_gpu(q, k, v, mask, 0.1, False).astype(jnp.float32).sum()
+      block_sparse_attention_gpu(q, k, v, mask, 0.1, COMPILED).astype(jnp.float32).sum()
     )
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 

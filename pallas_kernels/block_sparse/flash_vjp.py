@@ -14,26 +14,26 @@ import jax
 
 
 def flash_attention_vjp(forward: Callable, backward: Callable) -> Callable:
-  """attention(q, k, v, mask, scale, option, pattern="block_sparse") with a custom VJP.
+  """attention(q, k, v, mask, scale, options, pattern="block_sparse") with a custom VJP.
 
-  forward(q, k, v, mask, scale, option, pattern) -> (out, lse)
-  backward(q, k, v, out, lse, do, mask, scale, option, pattern) -> (dq, dk, dv)
-  `scale`, `option` (a chunk size, an interpret flag) and `pattern` (the attention pattern's
-  name, which names the kernels: moga_<pattern>_fwd / _dq / _dkdv) are static; the mask's
-  integer arrays get no cotangent.
+  forward(q, k, v, mask, scale, options, pattern) -> (out, lse)
+  backward(q, k, v, out, lse, do, mask, scale, options, pattern) -> (dq, dk, dv)
+  `scale`, `options` (a `KernelOptions`, resolved: interpret is a bool or InterpretParams) and
+  `pattern` (the attention pattern's name, which names the kernels: moga_<pattern>_fwd / _dq /
+  _dkdv) are static; the mask's integer arrays get no cotangent.
   """
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-  def attention(q, k, v, mask, scale, option, pattern="block_sparse"):
-    return forward(q, k, v, mask, scale, option, pattern)[0]
+  def attention(q, k, v, mask, scale, options, pattern="block_sparse"):
+    return forward(q, k, v, mask, scale, options, pattern)[0]
 
-  def fwd(q, k, v, mask, scale, option, pattern="block_sparse"):
-    out, lse = forward(q, k, v, mask, scale, option, pattern)
+  def fwd(q, k, v, mask, scale, options, pattern="block_sparse"):
+    out, lse = forward(q, k, v, mask, scale, options, pattern)
     return out, (q, k, v, mask, out, lse)
 
-  def bwd(scale, option, pattern, residuals, do):
+  def bwd(scale, options, pattern, residuals, do):
     q, k, v, mask, out, lse = residuals
-    return (*backward(q, k, v, out, lse, do, mask, scale, option, pattern), None)
+    return (*backward(q, k, v, out, lse, do, mask, scale, options, pattern), None)
 
   attention.defvjp(fwd, bwd)
   return attention

@@ -26,6 +26,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.block_sparse import tile_math
 from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp, kernel_name
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.metadata import BlockMask
 
 _F32 = tile_math.F32
@@ -63,7 +64,9 @@ class LaunchParams:
 DKDV_KEYS = 64
 
 
-def launch_params(*, tile: int, head_dim: int) -> LaunchParams:
+def launch_params(
+  *, tile: int, head_dim: int, options: KernelOptions | None = None
+) -> LaunchParams:
   """Warps and pipeline stages for every kernel (forward, dq, dk/dv) at a tile size.
 
   From the sweep in moga_jax/gpu_compile.py (sm_90a, bf16, tile 128): at 4 warps every kernel
@@ -71,7 +74,11 @@ def launch_params(*, tile: int, head_dim: int) -> LaunchParams:
   and dq do not. Two stages keep every kernel under the H100's 227 KiB of shared memory at
   head_dim 128 (three take dq to 256 KiB). Small tiles (at most 64 x 64 values) need only 4.
   """
-  return LaunchParams(num_warps=8 if tile * head_dim > 64 * 64 else 4, num_stages=2)
+  options = options or KernelOptions()
+  return LaunchParams(
+    num_warps=options.num_warps or (8 if tile * head_dim > 64 * 64 else 4),
+    num_stages=options.num_stages or 2,
+  )
 
 
 def _call(
@@ -84,7 +91,7 @@ def _call(
   operands,
   row_tiled,
   out_shape,
-  interpret: bool,
+  options: KernelOptions,
   block: int | None = None,
 ):
   """pallas_call over (tiles, rows): query (or key) tiles first, so that the programs running
@@ -103,14 +110,14 @@ def _call(
     spec(x, own) for x, own in zip(operands, row_tiled, strict=True)
   ]
   out_specs = [pl.BlockSpec((None, block, s.shape[-1]), lambda t, r: (r, t, 0)) for s in out_shape]
-  params = launch_params(tile=tile, head_dim=head_dim)
+  params = launch_params(tile=tile, head_dim=head_dim, options=options)
   return pl.pallas_call(
     kernel,
     grid=(num_tiles * tile // block, rows),
     in_specs=in_specs,
     out_specs=out_specs,
     out_shape=out_shape,
-    interpret=interpret,
+    interpret=options.interpret,
     name=name,
     compiler_params=plgpu.CompilerParams(num_warps=params.num_warps, num_stages=params.num_stages),
   )(*_metadata(mask), *operands)
@@ -125,7 +132,7 @@ def _tile_at(ref, r, col, tile):
   return ref[r, pl.ds(col * tile, tile), :]
 
 
-def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: str):
+def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pattern: str):
   rows, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
@@ -158,7 +165,7 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
     head_dim=head_dim,
     operands=(q, k, v, *ranges),
     row_tiled=(True, False, False, *(True,) * len(ranges)),
-    interpret=interpret,
+    options=options,
     out_shape=[
       jax.ShapeDtypeStruct(q.shape, q.dtype),
       jax.ShapeDtypeStruct((rows, length, 1), _F32),
@@ -166,7 +173,9 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
   )
 
 
-def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool, pattern: str):
+def _backward(
+  q, k, v, out, lse, do, mask: BlockMask, scale: float, options: KernelOptions, pattern: str
+):
   _, length, head_dim = q.shape
   num_tiles = mask.start.shape[1]
   tile = length // num_tiles
@@ -208,7 +217,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     head_dim=head_dim,
     operands=(q, k, v, do, lse, delta, *ranges),
     row_tiled=(True, False, False, True, True, True, *(True,) * len(ranges)),
-    interpret=interpret,
+    options=options,
     out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
   )
 
@@ -266,7 +275,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
     head_dim=head_dim,
     operands=(q, k, v, do, lse, delta, *ranges),
     row_tiled=(False, True, True, False, False, False, *(False,) * len(ranges)),
-    interpret=interpret,
+    options=options,
     block=keys,
     out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
   )
@@ -275,7 +284,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
 
 block_sparse_attention_gpu = flash_attention_vjp(_forward, _backward)
 block_sparse_attention_gpu.__doc__ = (
-  "q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask; (scale, interpret, "
+  "q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask; (scale, options, "
   "pattern) static. "
   "Returns q's shape and dtype."
 )

@@ -10,13 +10,14 @@ cannot run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
 from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
 from pallas_kernels.metadata import TileLayout, pack_tiles, repeat_rows, unpack_tiles
@@ -196,19 +197,34 @@ def default_tile(seq: int, *, implementation: str, interpret: bool, head_dim: in
 
 
 def choose_implementation_and_tile(
-  implementation: str | None, interpret, tile: int | None, *, x, backend: str | None = None
+  implementation: str | None,
+  interpret,
+  tile: int | None,
+  *,
+  x,
+  backend: str | None = None,
+  options: KernelOptions | Mapping | None = None,
 ):
-  """(name, interpret, tile) for an op on x [batch, seq, heads, head_dim]: choose_implementation,
-  then the caller's tile (checked) or the default tile for what was chosen."""
+  """(name, options, tile) for an op on x [batch, seq, heads, head_dim]: the implementation
+  (choose_implementation), the `KernelOptions` with interpret resolved (the op's interpret= is
+  a shorthand for options.interpret), and the caller's tile (checked) or the default tile."""
   _, seq, _, head_dim = x.shape
+  options = KernelOptions.of(options)
   if tile is not None:
     tile = check_positive_int("tile", tile)
-  name, interpret = choose_implementation(implementation, interpret, x=x, seq=seq, backend=backend)
+  name, resolved = choose_implementation(
+    implementation,
+    interpret if interpret is not None else options.interpret,
+    x=x,
+    seq=seq,
+    backend=backend,
+  )
+  options = options.with_interpret(resolved, given=interpret)
   if tile is None:
     tile = default_tile(
-      seq, implementation=name, interpret=interpret, head_dim=head_dim, dtype=x.dtype
+      seq, implementation=name, interpret=resolved, head_dim=head_dim, dtype=x.dtype
     )
-  return name, interpret, tile
+  return name, options, tile
 
 
 def check_hardware_tiling(
@@ -254,17 +270,22 @@ def block_sparse_attention(
   implementation: str,
   interpret: bool | None = None,
   pattern: str = "block_sparse",
+  options: KernelOptions | None = None,
 ):
   """Runs a resolved block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask
   whose rows divide `rows` (see `repeat_rows`: mask row i serves rows // mask_rows consecutive
   activation rows). The TPU kernels read shared rows in place (SMEM is 1 MiB); the others get
   one row each. pattern names the kernels moga_<pattern>_fwd / _dq / _dkdv (the pallas_calls,
-  or the xla sweeps' scopes), so a profile says which attention pattern a kernel serves."""
+  or the xla sweeps' scopes), so a profile says which attention pattern a kernel serves.
+  options: a `KernelOptions` (interpret= is a shorthand for options.interpret)."""
+  options = KernelOptions.of(options)
+  interpret = interpret_mode(interpret if interpret is not None else options.interpret)
+  options = options.with_interpret(interpret, given=None)
   if implementation != "pallas_tpu":
     mask = repeat_rows(mask, q.shape[0])
   if implementation == "xla":
-    return block_sparse_attention_xla(q, k, v, mask, scale=scale, pattern=pattern)
-  if not interpret_mode(interpret):
+    return block_sparse_attention_xla(q, k, v, mask, scale=scale, options=options, pattern=pattern)
+  if not interpret:
     check_hardware_tiling(
       implementation,
       tile=q.shape[1] // mask.num_tiles,
@@ -273,9 +294,9 @@ def block_sparse_attention(
       itemsize=q.dtype.itemsize,
     )
   if implementation == "pallas_tpu":
-    return block_sparse_attention_tpu(q, k, v, mask, scale, interpret_mode(interpret), pattern)
+    return block_sparse_attention_tpu(q, k, v, mask, scale, options, pattern)
   if implementation == "pallas_gpu":
-    return block_sparse_attention_gpu(q, k, v, mask, scale, interpret_mode(interpret), pattern)
+    return block_sparse_attention_gpu(q, k, v, mask, scale, options, pattern)
   raise ValueError(f"no block-sparse kernel named {implementation!r}")
 
 
@@ -294,6 +315,7 @@ def attend_in_layout(
   implementation: str,
   interpret=None,
   pattern: str = "block_sparse",
+  options: KernelOptions | None = None,
 ):
   """[B, N, H, D] -> the layout's tiles -> block-sparse kernel -> back to [B, N, H, D], each
   stage in a named scope (moga_<pattern>/pack, /attend, /unpack) for profiles."""
@@ -314,6 +336,7 @@ def attend_in_layout(
         implementation=implementation,
         interpret=interpret,
         pattern=pattern,
+        options=options,
       )
       out = checkpoint_name(out, ATTENTION_OUT_NAME)
     with jax.named_scope("unpack"):

@@ -33,6 +33,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.block_sparse import tile_math
 from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp, kernel_name
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.metadata import BlockMask
 
 _F32 = tile_math.F32
@@ -145,7 +146,8 @@ def _column_of(ref):
   return ref[...].T
 
 
-def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: str):
+def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pattern: str):
+  interpret = options.interpret
   rows, length, head_dim = q.shape
   walk = _Walk(mask, rows)
   tile = length // walk.num_tiles
@@ -202,7 +204,10 @@ def _forward(q, k, v, mask: BlockMask, scale: float, interpret: bool, pattern: s
   )
 
 
-def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: bool, pattern: str):
+def _backward(
+  q, k, v, out, lse, do, mask: BlockMask, scale: float, options: KernelOptions, pattern: str
+):
+  interpret = options.interpret
   rows, length, head_dim = q.shape
   walk = _Walk(mask, rows)
   tile = length // walk.num_tiles
@@ -332,7 +337,7 @@ def _backward(q, k, v, out, lse, do, mask: BlockMask, scale: float, interpret: b
 block_sparse_attention_tpu = flash_attention_vjp(_forward, _backward)
 block_sparse_attention_tpu.__doc__ = (
   "q, k, v: [rows, num_tiles * tile, D]; mask: a BlockMask whose row count divides rows; "
-  "(scale, interpret, pattern) static. Returns q's shape and dtype."
+  "(scale, options, pattern) static. Returns q's shape and dtype."
 )
 
 

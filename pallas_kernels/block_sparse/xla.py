@@ -29,6 +29,7 @@ from jax import lax
 
 from pallas_kernels.block_sparse import tile_math
 from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp, kernel_name
+from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.metadata import BlockMask, cdiv
 
 _F32 = tile_math.F32
@@ -139,7 +140,13 @@ def _where_live(live: jax.Array, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def _forward(q, k, v, mask: _FlatMask, scale: float, chunk: int, pattern: str):
+def _chunk(options: KernelOptions, tiles: jax.Array) -> int:
+  """Row tiles per chunk: options.xla_chunk_tokens // tile (tiles: [num tiles, tile, D])."""
+  return max(1, options.xla_chunk_tokens // tiles.shape[1])
+
+
+def _forward(q, k, v, mask: _FlatMask, scale: float, options: KernelOptions, pattern: str):
+  chunk = _chunk(options, q)
   with jax.named_scope(kernel_name(pattern, "fwd")):
     return _forward_sweep(q, k, v, mask, scale, chunk)
 
@@ -205,7 +212,10 @@ def _backward_dkdv(q, k, v, do, lse, delta, mask: _FlatMask, scale: float, chunk
   return _sweep(mask, chunk, program)
 
 
-def _backward(q, k, v, out, lse, do, mask: _FlatMask, scale: float, chunk: int, pattern: str):
+def _backward(
+  q, k, v, out, lse, do, mask: _FlatMask, scale: float, options: KernelOptions, pattern: str
+):
+  chunk = _chunk(options, q)
   delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)  # [nT, T, 1]
   with jax.named_scope(kernel_name(pattern, "dq")):
     dq = _backward_dq(q, k, v, do, lse, delta, mask, scale, chunk)
@@ -218,17 +228,23 @@ _attention = flash_attention_vjp(_forward, _backward)
 
 
 def block_sparse_attention_xla(
-  q, k, v, mask: BlockMask, *, scale: float, chunk_tokens: int = 2048, pattern: str = "block_sparse"
+  q,
+  k,
+  v,
+  mask: BlockMask,
+  *,
+  scale: float,
+  options: KernelOptions | None = None,
+  pattern: str = "block_sparse",
 ):
   """q, k, v: [rows, num_tiles * tile, D]; mask: per-row BlockMask. Returns q's shape and dtype.
 
-  chunk_tokens: query tokens advanced together (chunk_tokens // tile tiles). Bigger chunks mean
-  fewer loop steps and bigger matmuls, but more idle lanes where range lengths differ.
+  options: a `KernelOptions`; this path reads xla_chunk_tokens (query tokens advanced together).
   pattern: names the sweeps' scopes (moga_<pattern>_fwd / _dq / _dkdv) in HLO and profiles.
   """
   rows, length, head_dim = q.shape
   tile = length // mask.num_tiles
-  chunk = max(1, chunk_tokens // tile)
   as_tiles = lambda x: x.reshape(rows * mask.num_tiles, tile, head_dim)
-  out = _attention(as_tiles(q), as_tiles(k), as_tiles(v), _flatten(mask), scale, chunk, pattern)
+  options = KernelOptions.of(options)
+  out = _attention(as_tiles(q), as_tiles(k), as_tiles(v), _flatten(mask), scale, options, pattern)
   return out.reshape(q.shape)
