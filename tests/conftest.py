@@ -1,9 +1,8 @@
-"""Shared test helpers: fresh random inputs (never zeros) and dtype-keyed tolerances."""
+"""Fixtures and hooks shared by the tests; the helpers they import live in helpers.py."""
 
 from __future__ import annotations
 
 import os
-import re
 import zlib
 
 # With libtpu installed (the tpu-compile extra) every process that starts JAX loads it; let the
@@ -11,25 +10,10 @@ import zlib
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
+from helpers import is_hardware_refusal
 
 from pallas_kernels import resolve_implementation
-
-# Max |error| allowed relative to max |reference|, keyed by input dtype.
-TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 1e-2}
-# On a GPU, XLA and the Triton kernels both run float32 dots in TF32 (10-bit mantissa) by
-# default: kernel vs reference then differ by a few 1e-4 of max |reference| (up to 4.3e-4 seen
-# on an H200), so float32 gets TF32's tolerance there. CPU runs keep 1e-5.
-GPU_FLOAT32_TOLERANCE = 2e-3
-
-
-def tolerance(dtype) -> float:
-  dtype = jnp.dtype(dtype)
-  if dtype == jnp.float32 and jax.default_backend() == "gpu":
-    return GPU_FLOAT32_TOLERANCE
-  return TOLERANCE[dtype]
 
 
 @pytest.fixture(autouse=True)
@@ -41,15 +25,6 @@ def _skip_kernels_this_backend_cannot_run(request):
       resolve_implementation(impl)
     except ValueError as e:
       pytest.skip(str(e))
-
-
-# The compiled kernels' shape rules (block_sparse.ops.check_hardware_tiling): interpret mode has
-# none, so a test shape chosen for CPU may be one a real chip cannot take.
-_HARDWARE_REFUSAL = re.compile(r"^pallas_(gpu|tpu)( \(Triton\))? (needs|addresses) ")
-
-
-def is_hardware_refusal(error: BaseException) -> bool:
-  return isinstance(error, ValueError) and bool(_HARDWARE_REFUSAL.match(str(error)))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -90,20 +65,3 @@ def key(request) -> jax.Array:
   """A key from the test's own id (name and parameters): no two tests share inputs, and a
   failure reproduces under -k, in any order and on any xdist worker."""
   return jax.random.key(zlib.crc32(request.node.nodeid.encode()))
-
-
-def random_qkv(key, shape, dtype=jnp.float32):
-  kq, kk, kv = jax.random.split(key, 3)
-  return tuple(jax.random.normal(s, shape, jnp.float32).astype(dtype) for s in (kq, kk, kv))
-
-
-def assert_close(actual, expected, dtype=jnp.float32, what="output"):
-  actual = np.asarray(jnp.asarray(actual, jnp.float32))
-  expected = np.asarray(jnp.asarray(expected, jnp.float32))
-  assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-  assert np.isfinite(actual).all(), (
-    f"{what}: {np.size(actual) - np.isfinite(actual).sum()} non-finite elements"
-  )
-  scale = max(float(np.abs(expected).max()), 1e-6)
-  err = float(np.abs(actual - expected).max()) / scale
-  assert err < tolerance(dtype), f"{what}: relative error {err:.3g}"

@@ -8,8 +8,8 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import assert_close, random_qkv
 from flax import nnx
+from helpers import assert_close, random_qkv
 from jax import export
 
 from moga_jax.attention import MoGAAttention

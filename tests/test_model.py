@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close
 from flax import nnx
+from helpers import assert_close
 
 from moga_jax import latents
 from moga_jax.attention import DENSE, MoGAAttention

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close, random_qkv
+from helpers import assert_close, random_qkv
 from jax import export
 from jax.experimental.pallas import tpu as pltpu
 

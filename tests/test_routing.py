@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close, random_qkv
 from flax import nnx
+from helpers import assert_close, random_qkv
 
 from moga_jax.routing import GroupRouter, balance_loss, routed_group_attention
 from pallas_kernels import group_attention

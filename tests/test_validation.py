@@ -142,7 +142,7 @@ def test_compiled_kernels_check_their_tiling(impl, tile, head_dim, match):
 
 def test_hardware_refusals_are_recognised_for_skipping():
   """conftest skips (on a GPU/TPU machine) exactly the kernels' own shape refusals."""
-  from conftest import is_hardware_refusal
+  from helpers import is_hardware_refusal
 
   from pallas_kernels.block_sparse.ops import check_hardware_tiling
 
@@ -164,7 +164,7 @@ def test_hardware_refusals_are_recognised_for_skipping():
 def test_gpu_tiles_must_fit_shared_memory():
   """float32 tiles of 128 x 128 ask for 320-384 KiB of shared memory (an H200 refused them with
   RESOURCE_EXHAUSTED; a block may have 227 KiB): refused by name, with the tile that fits."""
-  from conftest import is_hardware_refusal
+  from helpers import is_hardware_refusal
 
   from pallas_kernels.block_sparse.ops import check_hardware_tiling
 

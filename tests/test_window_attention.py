@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close, random_qkv
+from helpers import assert_close, random_qkv
 
 from pallas_kernels import window_attention
 from pallas_kernels.metadata import window_layout
