@@ -11,6 +11,7 @@ from flax import nnx
 
 from moga_jax.sequence_parallel import local_tokens
 from moga_jax.sharding import ShardingRules
+from pallas_kernels.metadata import cdiv
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -92,7 +93,7 @@ def shot_attention(q, token_shot, k, v, context_mask, *, query_chunk: int):
 
   if n <= query_chunk:
     return chunk(q, token_shot)
-  chunks = -(-n // query_chunk)
+  chunks = cdiv(n, query_chunk)
   pad = chunks * query_chunk - n
   q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
   token_shot = jnp.pad(token_shot, ((0, 0), (0, pad)), constant_values=-1)

@@ -14,6 +14,7 @@ import imageio.v2 as iio
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pallas_kernels.metadata import cdiv
 from pallas_kernels.validation import check_positive_int
 
 __all__ = ["VideoReadError", "contact_sheet", "read_mp4", "resize_frames", "write_mp4"]
@@ -179,7 +180,7 @@ def contact_sheet(
   columns = check_positive_int("columns", columns)
   num, height, width, _ = frames.shape
   columns = min(columns, num)
-  rows = -(-num // columns)
+  rows = cdiv(num, columns)
   if labels is not None:
     if isinstance(labels, str):
       raise TypeError("labels must be a sequence of strings, one per row, got a single str")

@@ -181,7 +181,7 @@ def _backward(
   tile = length // num_tiles
   column = _columns(mask)
   ranges = mask.range_operands()
-  delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)
+  delta = tile_math.softmax_delta(do, out)
 
   def dq_kernel(
     start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs

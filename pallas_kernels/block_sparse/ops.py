@@ -20,7 +20,7 @@ from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
 from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
-from pallas_kernels.metadata import TileLayout, pack_tiles, repeat_rows, unpack_tiles
+from pallas_kernels.metadata import TileLayout, cdiv, pack_tiles, repeat_rows, unpack_tiles
 from pallas_kernels.validation import check_interpret, check_positive_int
 
 
@@ -193,7 +193,7 @@ def default_tile(seq: int, *, implementation: str, interpret: bool, head_dim: in
   if implementation == "pallas_gpu" and not interpret:
     fits = _gpu_tile_limit(head_dim, jnp.dtype(dtype).itemsize)
     return min(DEFAULT_TILE, fits, max(16, 1 << (seq - 1).bit_length()))
-  return min(DEFAULT_TILE, -(-seq // 8) * 8)
+  return min(DEFAULT_TILE, cdiv(seq, 8) * 8)
 
 
 def choose_implementation_and_tile(

@@ -103,6 +103,11 @@ def finish(state, dtype):
   return out, jnp.where(seen, m + jnp.log(safe), jnp.nan)
 
 
+def softmax_delta(do, out) -> jax.Array:
+  """delta = rowsum(dO * O) [..., 1] in float32, the backward pass's softmax correction."""
+  return jnp.sum(do.astype(F32) * out.astype(F32), axis=-1, keepdims=True)
+
+
 def _probs_and_ds(q, k, v, do, lse, delta, seen, scale):
   """P and dS of one pair, zero wherever a query does not see a key. The select on dS matters:
   a query row that sees nothing (padding) has NaN lse and delta, and 0 * NaN is NaN."""

@@ -213,7 +213,7 @@ def _backward(
   tile = length // walk.num_tiles
   tiles, scalars, at_row, at_col = _specs(walk, tile, head_dim)
   ranges = tuple(_lane_dense(x) for x in mask.range_operands())
-  delta = _lane_dense(jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1))
+  delta = _lane_dense(tile_math.softmax_delta(do, out)[..., 0])
 
   def dq_kernel(
     start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs

@@ -216,7 +216,7 @@ def _backward(
   q, k, v, out, lse, do, mask: _FlatMask, scale: float, options: KernelOptions, pattern: str
 ):
   chunk = _chunk(options, q)
-  delta = jnp.sum(do.astype(_F32) * out.astype(_F32), axis=-1, keepdims=True)  # [nT, T, 1]
+  delta = tile_math.softmax_delta(do, out)  # [nT, T, 1]
   with jax.named_scope(kernel_name(pattern, "dq")):
     dq = _backward_dq(q, k, v, do, lse, delta, mask, scale, chunk)
   with jax.named_scope(kernel_name(pattern, "dkdv")):
