@@ -45,11 +45,11 @@ and its step count (1k steps of its own). Plan either stage with
 `python -m moga_jax.plan --config configs/wan1_3b_moga.py:stage2`.
 """
 
-from ml_collections import ConfigDict, config_dict
+from ml_collections import ConfigDict
 
 from moga_jax.config_files import load_config_module
 
-parallelism = load_config_module("parallelism")
+base = load_config_module("base")
 
 STAGES = {
   # (frames, shots per clip, steps, warm-up steps). Frames are 1 + 4k (the Wan VAE) at 16 fps:
@@ -70,8 +70,9 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   if stage not in STAGES:
     raise ValueError(f"configs/wan1_3b_moga.py:{stage}: the stage must be one of {sorted(STAGES)}")
   frames, shots, steps, warmup = STAGES[stage]
-  c = ConfigDict()
-  c.seed = 0  # also seeds the new MoGA routers at conversion
+  # The paper's block with M = 5 for Wan, its loss and loop knobs, the mesh: see base.py. The
+  # seed also seeds the new MoGA routers at conversion.
+  c = base.get_config(num_groups=5)
   c.stage = stage
 
   c.video = ConfigDict()
@@ -100,74 +101,26 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   c.data.fps = c.video.get_ref("fps")
   c.data.caption_len = 512  # UTF-8 bytes kept per caption before tokenizing
 
-  c.model = ConfigDict()
-  c.model.in_channels = 16  # Wan VAE latent channels
-  c.model.dim = 1536
-  c.model.ffn_dim = 8960
-  c.model.num_layers = 30
-  c.model.num_heads = 12  # head_dim 128
-  c.model.text_dim = 4096  # umT5-XXL
-  c.model.freq_dim = 256
-  c.model.patch = (1, 2, 2)
-  c.model.dense_layers = ()
-  c.model.scan_layers = False
-  c.model.remat = False
-  # Compute dtype of the DiT's matmuls and attention: "float32" or "bfloat16" (parameters,
-  # residual stream, norms, router, softmax statistics and the loss stay float32).
-  c.model.dtype = "float32"
-  c.model.attention = ConfigDict()
-  c.model.attention.num_groups = 5  # the paper's M for Wan; None: no MoGA branch
-  c.model.attention.top_k = 1
-  c.model.attention.per_head_router = False  # one routing per token, shared by the heads
-  c.model.attention.balance_loss = "paper"  # eq. 8 as printed; "switch": Switch Transformer's
-  c.model.attention.stga_windows = (2, 2)  # 2x2 windows of 15x26 tokens; None: no STGA branch
-  # None: a temporal group is a whole shot; an int: at most that many latent frames.
-  # (placeholders: None, but overridable on the command line with their type)
-  c.model.attention.stga_temporal_group = config_dict.placeholder(int)
-  c.model.attention.stga_context_frames = 1  # K/V frames from each adjacent temporal group
-  c.model.attention.frame_attention = True  # per-frame full attention branch
-  c.model.attention.window = config_dict.placeholder(tuple)  # the old 3D window branch: off
-  c.model.attention.window_tile = config_dict.placeholder(tuple)
-  c.model.attention.combine = "mean"  # the paper: the mean of the branches' outputs
-  c.model.attention.implementation = None
-  # The kernels' tuning knobs (pallas_kernels.KernelOptions); None: the measured defaults.
-  c.model.attention.kernel_options = ConfigDict(
-    dict(
-      xla_chunk_tokens=2048,
-      num_warps=config_dict.placeholder(int),
-      num_stages=config_dict.placeholder(int),
-    )
-  )
+  m = c.model
+  m.in_channels = 16  # Wan VAE latent channels
+  m.dim = 1536
+  m.ffn_dim = 8960
+  m.num_layers = 30
+  m.num_heads = 12  # head_dim 128; 2x2 STGA windows of 15x26 tokens
+  m.text_dim = 4096  # umT5-XXL
+  m.freq_dim = 256
+  m.dense_layers = ()
 
-  c.diffusion = ConfigDict()
-  c.diffusion.shift = 3.0  # Wan's flow shift for 480p
-  c.diffusion.caption_dropout = 0.1
-  c.diffusion.balance_weight = 0.1  # the paper's alpha
-
-  c.train = ConfigDict()
   c.train.steps = steps  # the paper: 3k steps on 10-s clips, then 1k on 30-s clips
   c.train.batch_size = 8  # not given in the paper
   c.train.schedule = "constant"  # linear warm-up, then constant; or "cosine" (decay to 5%)
   c.train.learning_rate = 1e-5
   c.train.warmup_steps = warmup
-  c.train.weight_decay = 0.01
-  c.train.grad_clip = 1.0
-  c.train.checkpoint_every = 200
-  c.train.keep_checkpoints = 2
-  c.train.log_every = 10  # steps between host fetches of the metrics (each fetch syncs)
-  c.train.skip_nonfinite_steps = 0  # > 0: drop up to that many non-finite steps, then stop
-  c.train.grad_accum_steps = 1  # k > 1: one update from every k steps' gradients
-  c.train.ema_decay = 0.0  # > 0 (e.g. 0.999): keep an EMA of the weights; sampling uses it
 
-  c.sharding = parallelism.sharding()
-  c.distributed = parallelism.distributed()
-
-  c.sample = ConfigDict()
   c.sample.steps = 50
   c.sample.solver = "unipc"  # Wan's default (order 2, flow sigmas); or "euler"
   c.sample.guidance = 5.0  # Wan's default classifier-free guidance
   c.sample.negative_prompt = ""  # the unconditional branch's caption
-  c.sample.seed = 0
   # Wan runs umT5-XXL in bfloat16 (11 GiB of weights instead of 23 GiB); DiT and VAE: float32.
   c.sample.text_encoder_dtype = "bfloat16"
   return c

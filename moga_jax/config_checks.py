@@ -14,10 +14,22 @@ def _positive(name: str, value) -> None:
   check_int(f"config.{name}", value)
 
 
+# Sections train.py and sample.py read from every config (configs/base.py provides them).
+REQUIRED_SECTIONS = ("model", "diffusion", "train", "sharding", "sample")
+
+
 def validate_config(cfg) -> None:
   """Checks the fields train.py and sample.py rely on; raises ValueError (TypeError for a
   non-int count) naming the field. Configs with a `video` section (Wan-scale: pixels through
   the Wan VAE) are checked against its strides, the others against their `data` section."""
+  missing = [s for s in REQUIRED_SECTIONS if s not in cfg]
+  if "video" not in cfg and "data" not in cfg:
+    missing.append("data (or video)")
+  if missing:
+    raise ValueError(
+      f"config is missing section(s) {missing}; start from configs/base.py "
+      "(load_config_module('base').get_config(...)) or a named config"
+    )
   m = cfg.model
   names = [
     "model.dim",

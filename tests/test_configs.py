@@ -324,3 +324,26 @@ def test_good_attention_variants_pass():
   ):
     del a[name]  # configs without the new fields (block defaults) still validate
   validate_config(cfg)
+
+
+@pytest.mark.parametrize("section", ["model", "diffusion", "train", "sharding", "sample", "data"])
+def test_a_missing_section_is_named(section):
+  c = load_config_module("tiny").get_config()
+  del c[section]
+  with pytest.raises(ValueError, match=rf"config is missing section\(s\) \['{section}"):
+    validate_config(c)
+
+
+def test_the_model_configs_share_one_base():
+  """tiny and the Wan configs take the attention block, loss and loop knobs from base.py and
+  differ from it only where they say so."""
+  base = load_config_module("base").get_config(num_groups=4).to_dict()
+  tiny = load_config_module("tiny").get_config().to_dict()
+  wan = wan1_3b_moga.get_config().to_dict()
+  assert tiny["model"]["attention"] == base["model"]["attention"]
+  assert wan["model"]["attention"] == base["model"]["attention"] | {"num_groups": 5}
+  for section in ("diffusion", "sharding", "distributed"):
+    assert tiny[section] == wan[section] == base[section]
+  shared_train = {k: v for k, v in base["train"].items() if k != "batch_size"}
+  for cfg in (tiny, wan):
+    assert {k: cfg["train"][k] for k in shared_train} == shared_train
