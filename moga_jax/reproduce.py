@@ -152,7 +152,7 @@ def validation_batch(c, source: Path) -> tuple[dict, np.ndarray]:
     render_clip(spec, height=d.height, width=d.width, rng=i, subject_scale=d.subject_scale)
     for i, spec in enumerate(specs)
   ]
-  video = np.stack([v for v, _ in clips]).astype(np.float32) / 127.5 - 1.0
+  video = video_io.pixels_to_unit(np.stack([v for v, _ in clips]))
   bounds = np.array([[[s["start"], s["end"]] for s in spec] for spec in specs], np.int32)
   batch = {
     "video": video,
@@ -289,7 +289,7 @@ def sample_videos(
 
   z = euler_sample(predict, noise, steps=steps, shift=cfg.diffusion.shift, guidance=guidance)
   video = model.to_video(z)
-  return np.asarray(jnp.clip((video + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
+  return video_io.unit_to_pixels(video)
 
 
 def samples_sheet(videos: np.ndarray, specs, path: Path, zoom: int = 3) -> Path:

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from moga_jax import video_io
 from moga_jax.data.captions import encode_captions
 from moga_jax.diffusion import sample_flow
 from moga_jax.model import TextToVideo
@@ -53,4 +54,4 @@ def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.nd
       progress=lambda _: bar.update(1),
     )
   video = model.to_video(z)[0]
-  return np.asarray(jnp.clip((video + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
+  return video_io.unit_to_pixels(video)

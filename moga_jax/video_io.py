@@ -33,6 +33,17 @@ class VideoReadError(OSError):
     return type(self), (self.path, self.reason)
 
 
+def pixels_to_unit(frames) -> np.ndarray:
+  """uint8 pixels (any shape) -> float32 in [-1, 1], as x / 127.5 - 1: the models' range."""
+  return np.asarray(frames).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def unit_to_pixels(video) -> np.ndarray:
+  """Model output in [-1, 1] (numpy or jax, any shape) -> uint8 pixels, rounded and clipped."""
+  video = np.asarray(video, np.float32)
+  return np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def _check_frames(frames, name: str = "frames") -> np.ndarray:
   frames = np.asarray(frames)
   if frames.dtype != np.uint8:

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
+from moga_jax import video_io
 from pallas_kernels.validation import check_int
 
 __all__ = ["BATCH_KEYS", "LATENT_KEYS", "find_dataset_dir", "make_loader"]
@@ -65,7 +66,7 @@ class _ToModelInputs(grain.transforms.Map):
 
   def map(self, features: dict) -> dict:
     out = {
-      "video": np.asarray(features["video"], np.float32) * np.float32(1 / 127.5) - 1.0,
+      "video": video_io.pixels_to_unit(features["video"]),
       "captions": np.asarray(features["captions"], np.uint8),
       "shot_bounds": np.asarray(features["shot_bounds"], np.int32),
       "num_shots": np.asarray(features["num_shots"], np.int32),

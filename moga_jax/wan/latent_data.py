@@ -29,7 +29,7 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from moga_jax import config_checks
+from moga_jax import config_checks, video_io
 from moga_jax.data.captions import decode_captions
 from moga_jax.data.pipeline import NULL_CONTEXT, find_dataset_dir
 from moga_jax.data.prepare import prepare_data
@@ -110,7 +110,7 @@ class WanLatents(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     stride = cfg.video.vae_stride[0]
     for i in tqdm(range(len(source)), desc="encode clips", unit="clip"):
       record = source[i]
-      video = jnp.asarray(record["video"], jnp.float32)[None] / 127.5 - 1.0
+      video = jnp.asarray(video_io.pixels_to_unit(record["video"]))[None]
       latents = np.asarray(encode(vae, video)[0])
       shots = int(record["num_shots"])
       context = np.zeros((c.shots, c.caption_len, c.text_dim), np.float16)

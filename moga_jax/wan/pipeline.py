@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from moga_jax import config_checks
+from moga_jax import config_checks, video_io
 from moga_jax.diffusion import sample_flow
 from moga_jax.dit import VideoDiT
 from moga_jax.wan.converted import load_converted_tokenizer, load_dit, load_text_encoder, load_vae
@@ -122,7 +122,7 @@ def decode_latents(weights: str | Path, latents: jax.Array) -> np.ndarray:
   """uint8 video [T, H, W, 3] from normalised latents [1, F', H', W', C]."""
   vae = load_vae(weights)
   video = nnx.jit(lambda vae, z: vae.decode_normalized(z))(vae, latents)[0]
-  return np.asarray(jnp.round((video + 1.0) * 127.5).clip(0, 255).astype(jnp.uint8))
+  return video_io.unit_to_pixels(video)
 
 
 def generate(
