@@ -408,6 +408,10 @@ def test_prepare_data_keeps_sibling_sources_apart(tmp_path):
     prepared.append(prepare_data(cfg, tmp_path / "runs" / name))
   assert prepared[0] != prepared[1]
   assert "set_a" in str(prepared[0]) and "set_b" in str(prepared[1])
+  # One dataset_dir named for both: the second source is refused by name, not fed set_a's clips.
+  cfg.dataset_dir = str(prepared[0])
+  with pytest.raises(ValueError, match=r"was built from .*set_a, not from config.data.source_dir"):
+    prepare_data(cfg, tmp_path / "runs" / "set_b")
 
 
 @pytest.mark.parametrize(

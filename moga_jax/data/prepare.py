@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from absl import logging
 
-from moga_jax.data.builder import build_dataset
+from moga_jax.data.builder import SUMMARY_FILENAME, build_dataset
 from moga_jax.data.pipeline import find_dataset_dir
 from moga_jax.data.synthetic import make_synthetic_videos
 
@@ -41,16 +42,26 @@ def prepare_data(cfg, workdir: Path) -> Path:
   shape = f"{source.name}_{frames}f_{cfg.height}x{cfg.width}_s{cfg.max_shots}_c{cfg.caption_len}"
   dataset_dir = Path(cfg.dataset_dir) if cfg.dataset_dir else source.parent / "prepared" / shape
   try:
-    return find_dataset_dir(dataset_dir)
+    found = find_dataset_dir(dataset_dir)
   except ValueError:
-    summary = build_dataset(
-      source,
-      dataset_dir,
-      num_frames=frames,
-      height=cfg.height,
-      width=cfg.width,
-      max_shots=cfg.max_shots,
-      caption_len=cfg.caption_len,
-    )
-    logging.warning("prepared dataset in %s: %s", dataset_dir, summary)
-    return find_dataset_dir(dataset_dir)
+    found = None
+  if found is not None:
+    built_from = json.loads((found / SUMMARY_FILENAME).read_text()).get("source_dir")
+    if built_from != str(source.resolve()):
+      raise ValueError(
+        f"the prepared dataset in {found} was built from {built_from}, not from "
+        f"config.data.source_dir {source.resolve()}; leave config.data.dataset_dir empty (each "
+        "source then gets its own dataset beside it) or point it at another folder"
+      )
+    return found
+  summary = build_dataset(
+    source,
+    dataset_dir,
+    num_frames=frames,
+    height=cfg.height,
+    width=cfg.width,
+    max_shots=cfg.max_shots,
+    caption_len=cfg.caption_len,
+  )
+  logging.warning("prepared dataset in %s: %s", dataset_dir, summary)
+  return find_dataset_dir(dataset_dir)
