@@ -156,6 +156,10 @@ def plot_all(records, out_dir: Path, experiments=("fig11", "table4", "fig12")) -
         width,
         label=f"{r['balance']} (seed {r['seed']})",
       )
+    groups = max(len(r["router"]["trained"]["layers"][0]["group_fractions"]) for r in fig12)
+    ax_sizes.set_xticks(
+      np.arange(groups) + width * (len(fig12) - 1) / 2, [str(g + 1) for g in range(groups)]
+    )
     ax_sizes.set(
       xlabel="group (largest first)",
       ylabel="fraction of tokens",
