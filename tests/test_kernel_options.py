@@ -35,6 +35,11 @@ def test_bad_options_are_named(fields, match):
     KernelOptions(**fields)
 
 
+def test_interpret_is_checked():
+  with pytest.raises(TypeError, match=r"KernelOptions.interpret must be None, a bool or .*got str"):
+    KernelOptions(interpret="yes")
+
+
 def test_options_from_a_mapping():
   assert KernelOptions.of(None) == KernelOptions()
   assert KernelOptions.of({"num_warps": 4}) == KernelOptions(num_warps=4)

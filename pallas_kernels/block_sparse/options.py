@@ -30,6 +30,14 @@ class KernelOptions:
   num_stages: int | None = None
 
   def __post_init__(self):
+    if not (self.interpret is None or isinstance(self.interpret, bool)):
+      from jax.experimental.pallas import tpu as pltpu
+
+      if not isinstance(self.interpret, pltpu.InterpretParams):
+        raise TypeError(
+          "KernelOptions.interpret must be None, a bool or pltpu.InterpretParams, got "
+          f"{type(self.interpret).__name__}"
+        )
     for name in ("xla_chunk_tokens", "num_warps", "num_stages"):
       value = getattr(self, name)
       if value is None and name != "xla_chunk_tokens":
