@@ -26,6 +26,8 @@ def get_config() -> ConfigDict:
   c.data.height = 32
   c.data.width = 32
   c.data.fps = 8
+  c.data.fit = "crop"  # other aspect ratios: "crop" (cover, cut the centre), "pad", "stretch"
+  c.data.allow_placeholder_captions = False  # train on shots moga_jax.data.shots left uncaptioned
   c.data.max_shots = 2
   c.data.caption_len = 48
   c.data.subject_scale = 0.3  # synthetic clips: the subject's radius / the frame's smaller side

@@ -99,6 +99,8 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   c.data.height = c.video.get_ref("height")
   c.data.width = c.video.get_ref("width")
   c.data.fps = c.video.get_ref("fps")
+  c.data.fit = "crop"  # other aspect ratios: "crop" (cover, cut the centre), "pad", "stretch"
+  c.data.allow_placeholder_captions = False  # train on shots moga_jax.data.shots left uncaptioned
   c.data.caption_len = 512  # UTF-8 bytes kept per caption before tokenizing
 
   m = c.model

@@ -52,6 +52,8 @@ def validate_config(cfg) -> None:
   for name in names:
     section, field = name.split(".")
     _positive(name, cfg[section][field])
+  if "data" in cfg:
+    _check_data_reading(cfg.data)
   grid = latent_grid(cfg)
   patch = tuple(m.patch)
   if len(patch) != 3 or any(g % p for g, p in zip(grid, patch, strict=True)):
@@ -165,6 +167,18 @@ def _check_block(a, tokens: tuple[int, int, int]) -> None:
     KernelOptions.of(options.to_dict() if hasattr(options, "to_dict") else options)
   except (TypeError, ValueError) as e:
     raise ValueError(f"{name}kernel_options: {e}") from None
+
+
+def _check_data_reading(d) -> None:
+  """How source videos are read: data.fps (a positive rate) and data.fit (a FIT_MODES name)."""
+  from moga_jax.video_io import FIT_MODES  # PyAV, only for configs that read videos
+
+  fps = d.get("fps")
+  if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
+    raise ValueError(f"config.data.fps must be a positive number, got {fps!r}")
+  fit = d.get("fit", "crop")
+  if fit not in FIT_MODES:
+    raise ValueError(f"config.data.fit must be one of {FIT_MODES}, got {fit!r}")
 
 
 def latent_grid(cfg) -> tuple[int, int, int]:

@@ -1,36 +1,81 @@
 """Reading, writing, resizing and previewing uint8 RGB videos held as [F, H, W, 3] arrays.
 
-Encoding goes through imageio's ffmpeg plugin, whose binary ships with imageio-ffmpeg, so no
-system ffmpeg or TensorFlow is needed. PIL (a hard dependency of imageio) writes the PNG sheets.
+One decoder and encoder: PyAV (`av`, FFmpeg's libraries in-process; its wheels bundle libx264).
+`read_video` streams: it seeks to the first wanted frame, decodes only up to the last, resamples
+to a frame rate by presentation timestamps (so variable-frame-rate files come out evenly
+spaced), and resizes each kept frame as it goes, so memory is bounded by the output whatever the
+file's length. PIL writes the PNG contact sheets.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
+from typing import Literal, NamedTuple
 
-import imageio.v2 as iio
+import av
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pallas_kernels.metadata import cdiv
 from pallas_kernels.validation import check_positive_int
 
-__all__ = ["VideoReadError", "contact_sheet", "read_mp4", "resize_frames", "write_mp4"]
+__all__ = [
+  "FIT_MODES",
+  "VideoInfo",
+  "VideoReadError",
+  "contact_sheet",
+  "fit_geometry",
+  "probe_video",
+  "read_video",
+  "resize_frames",
+  "write_mp4",
+]
+
+Fit = Literal["crop", "pad", "stretch"]
+# How a frame of another aspect ratio is brought to height x width: "crop" scales it to cover
+# the target and cuts the centre, "pad" scales it to fit inside and pads with black, "stretch"
+# scales each axis on its own (distorts).
+FIT_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
+
+# FFmpeg prints errors only (libx264's statistics and the decoders' notes on recoverable damage
+# would otherwise go to stderr on every call), through its own callback: routing its logs into
+# Python's logging (av.logging.set_level) can deadlock with threaded decoding.
+if hasattr(av.logging, "set_libav_level"):
+  av.logging.set_libav_level(av.logging.ERROR)
+
+# Seconds under which two times count as equal (timestamps are exact fractions, sums of floats
+# are not).
+_TIME_EPS = 1e-6
 
 
 class VideoReadError(OSError):
-  """A video that is missing, unreadable, corrupt or holds no frames."""
+  """A video that is missing, unreadable, corrupt, holds no video stream or no frames.
 
-  def __init__(self, path: str | os.PathLike, reason: str):
+  `kind` names the failure in one word for counting ("missing", "empty", "unreadable",
+  "no_video_stream", "no_frames"); `reason` says it for a person.
+  """
+
+  def __init__(self, path: str | os.PathLike, reason: str, kind: str = "unreadable"):
     self.path = str(path)
     self.reason = reason
+    self.kind = kind
     super().__init__(f"cannot read video {self.path}: {reason}")
 
   def __reduce__(self):
-    # OSError pickles through its args; keep (path, reason) so workers can ship it back.
-    return type(self), (self.path, self.reason)
+    # OSError pickles through its args; keep (path, reason, kind) so workers can ship it back.
+    return type(self), (self.path, self.reason, self.kind)
+
+
+class VideoInfo(NamedTuple):
+  width: int
+  height: int
+  fps: float  # the stream's average frame rate (frames / second)
+  duration_s: float | None  # None when the container does not say
+  num_frames: int | None  # from the container's header, None when it does not say
 
 
 def pixels_to_unit(frames) -> np.ndarray:
@@ -53,12 +98,20 @@ def _check_frames(frames, name: str = "frames") -> np.ndarray:
   return frames
 
 
-def write_mp4(path: str | os.PathLike, frames, fps: float = 8, *, quality: float = 8.0) -> Path:
-  """Encodes uint8 [F, H, W, 3] frames as H.264 (yuv420p) and returns the path.
+def _frame_rate(fps, name: str = "fps") -> Fraction:
+  """A positive frame rate as the exact fraction FFmpeg wants (29.97 -> 2997/100)."""
+  if isinstance(fps, bool) or not isinstance(fps, int | float | Fraction) or not fps > 0:
+    raise ValueError(f"{name} must be a positive number, got {fps!r}")
+  if not math.isfinite(fps):
+    raise ValueError(f"{name} must be finite, got {fps!r}")
+  return Fraction(fps).limit_denominator(100_000)
 
-  yuv420p subsamples chroma 2x2, so H and W must be even; macro_block_size=1 stops imageio from
-  silently resizing frames to multiples of 16. `quality` is imageio's 1..10 scale (8 ~ crf 10,
-  high enough that flat synthetic colours survive).
+
+def write_mp4(path: str | os.PathLike, frames, fps: float = 8, *, crf: int = 10) -> Path:
+  """Encodes uint8 [F, H, W, 3] frames as H.264 (yuv420p) at a constant `fps`; returns the path.
+
+  yuv420p subsamples chroma 2x2, so H and W must be even. `crf` is x264's constant rate factor
+  (0 lossless .. 51; 10 keeps flat synthetic colours within a few levels).
   """
   frames = _check_frames(frames)
   _, height, width, _ = frames.shape
@@ -66,63 +119,219 @@ def write_mp4(path: str | os.PathLike, frames, fps: float = 8, *, quality: float
     raise ValueError(
       f"frames height and width must be even for yuv420p H.264, got {height}x{width}"
     )
-  if not fps > 0:
-    raise ValueError(f"fps must be positive, got {fps}")
-  if not 1 <= quality <= 10:
-    raise ValueError(f"quality must be in [1, 10], got {quality}")
+  rate = _frame_rate(fps)
+  if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+    raise ValueError(f"crf must be an int in [0, 51], got {crf!r}")
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with iio.get_writer(
-    path,
-    format="FFMPEG",
-    mode="I",
-    fps=fps,
-    codec="libx264",
-    pixelformat="yuv420p",
-    macro_block_size=1,
-    quality=quality,
-    ffmpeg_log_level="error",
-  ) as writer:
-    for frame in frames:
-      writer.append_data(frame)
+  with av.open(os.fspath(path), mode="w", format="mp4") as container:
+    stream = container.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.options = {"crf": str(crf), "x264-params": "log-level=error"}
+    for index, frame in enumerate(frames):
+      picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+      picture.pts, picture.time_base = index, 1 / rate
+      container.mux(stream.encode(picture))
+    container.mux(stream.encode(None))  # flush the encoder's delayed frames
   return path
 
 
-def read_mp4(path: str | os.PathLike, *, max_frames: int | None = None) -> np.ndarray:
-  """Decodes a video into uint8 [F, H, W, 3]; raises VideoReadError if it cannot.
-
-  With max_frames, decoding stops after that many frames, so taking a short clip from a long
-  video neither decodes nor holds the rest of it.
-  """
-  if max_frames is not None and (
-    isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames <= 0
-  ):
-    raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
+def _check_path(path: str | os.PathLike) -> Path:
   path = Path(path)
   if not path.is_file():
-    raise VideoReadError(path, "no such file")
+    raise VideoReadError(path, "no such file", "missing")
   if path.stat().st_size == 0:
-    raise VideoReadError(path, "file is empty")
-  frames = []
+    raise VideoReadError(path, "file is empty", "empty")
+  return path
+
+
+def _open(path: Path):
+  """(container, first video stream), or VideoReadError saying why not."""
   try:
-    with iio.get_reader(path, format="FFMPEG") as reader:
-      for frame in reader:
-        frames.append(np.asarray(frame))
-        if max_frames is not None and len(frames) >= max_frames:
+    container = av.open(os.fspath(path))
+  except (av.FFmpegError, OSError, ValueError) as e:
+    raise VideoReadError(path, f"cannot open: {_first_line(e)}", "unreadable") from e
+  if not container.streams.video:
+    kinds = sorted({s.type for s in container.streams}) or ["none"]
+    container.close()
+    raise VideoReadError(path, f"no video stream (streams: {', '.join(kinds)})", "no_video_stream")
+  stream = container.streams.video[0]
+  stream.thread_type = "AUTO"  # frame and slice threads: decoding is most of the cost
+  return container, stream
+
+
+def _first_line(error: BaseException) -> str:
+  message = str(error).strip()
+  return message.splitlines()[0] if message else type(error).__name__
+
+
+def _stream_fps(stream) -> float:
+  rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+  return float(rate) if rate else 0.0
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+  """Size, average frame rate, duration and frame count from the headers (decodes nothing)."""
+  path = _check_path(path)
+  container, stream = _open(path)
+  with container:
+    fps = _stream_fps(stream)
+    if not fps > 0:
+      raise VideoReadError(path, "the video stream has no frame rate", "unreadable")
+    if stream.duration is not None and stream.time_base is not None:
+      duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+      duration = container.duration / av.time_base
+    else:
+      duration = None
+    width, height = stream.codec_context.width, stream.codec_context.height
+    return VideoInfo(width, height, fps, duration, stream.frames or None)
+
+
+def fit_geometry(
+  in_hw: tuple[int, int], out_hw: tuple[int, int], fit: Fit
+) -> tuple[tuple[int, int], tuple[int, int]]:
+  """((scaled height, width), (top, left)) to bring a frame of in_hw to out_hw by `fit`.
+
+  crop: the scaled frame covers out_hw and out_hw is cut from it at (top, left). pad: the
+  scaled frame fits inside out_hw and is placed at (top, left) on black. stretch: scaled to
+  out_hw exactly, at (0, 0).
+  """
+  (h_in, w_in), (h, w) = in_hw, out_hw
+  if fit == "stretch":
+    return (h, w), (0, 0)
+  if fit == "crop":
+    scale = max(h / h_in, w / w_in)
+    sh, sw = max(h, round(h_in * scale)), max(w, round(w_in * scale))
+    return (sh, sw), ((sh - h) // 2, (sw - w) // 2)
+  if fit == "pad":
+    scale = min(h / h_in, w / w_in)
+    sh, sw = min(h, max(1, round(h_in * scale))), min(w, max(1, round(w_in * scale)))
+    return (sh, sw), ((h - sh) // 2, (w - sw) // 2)
+  raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
+
+
+def _to_array(frame, size: tuple[int, int] | None, fit: Fit) -> np.ndarray:
+  """One decoded frame as uint8 [H, W, 3]: to RGB, FFmpeg's scaler (area when shrinking), then
+  crop or pad. Scaling happens in RGB: scaling the subsampled chroma planes first smears
+  colour across small objects' edges (by up to half the range on 32x32 frames)."""
+  rgb = frame.reformat(format="rgb24")
+  if size is None:
+    return rgb.to_ndarray()
+  (sh, sw), (top, left) = fit_geometry((frame.height, frame.width), size, fit)
+  shrink = sh < frame.height or sw < frame.width
+  scaled = rgb.reformat(
+    width=sw, height=sh, interpolation="AREA" if shrink else "BILINEAR"
+  ).to_ndarray()
+  if fit == "pad":
+    out = np.zeros((*size, 3), np.uint8)
+    out[top : top + sh, left : left + sw] = scaled
+    return out
+  return np.ascontiguousarray(scaled[top : top + size[0], left : left + size[1]])
+
+
+def _timed_frames(container, stream, path: Path) -> Iterator[tuple[float, object]]:
+  """(presentation time in seconds, frame) in decode order; times fall back to the frame
+  count over the average rate where a frame carries no timestamp."""
+  fps = _stream_fps(stream) or 1.0
+  count = 0
+  try:
+    for frame in container.decode(stream):
+      time = frame.time
+      yield (count / fps if time is None else float(time)), frame
+      count += 1
+  except (av.FFmpegError, OSError, ValueError) as e:
+    reason = f"decoding failed after {count} frames: {_first_line(e)}"
+    raise VideoReadError(path, reason, "unreadable") from e
+
+
+def read_video(
+  path: str | os.PathLike,
+  *,
+  start_s: float = 0.0,
+  num_frames: int | None = None,
+  fps: float | None = None,
+  size: tuple[int, int] | None = None,
+  fit: Fit = "crop",
+) -> np.ndarray:
+  """Decodes a video (or a piece of it) into uint8 [F, H, W, 3]; VideoReadError if it cannot.
+
+  start_s: where to start, in seconds of presentation time (seeks to the keyframe before it,
+    then decodes forward). num_frames: at most this many output frames (None: to the end).
+  fps: None keeps every decoded frame from start_s on; a rate resamples by timestamps: output
+    frame k shows the source frame nearest in time to start_s + k / fps (ties to the later),
+    so a 60-fps and a 24-fps file of the same motion give the same frames at 24 fps, and
+    variable frame rates come out evenly spaced.
+  size: (height, width) of the output, reached by `fit` (see FIT_MODES); None keeps the source
+    size. Frames are resized one at a time as they are kept.
+  Returns fewer than num_frames frames when the video ends first; raises when none are left.
+  """
+  path = _check_path(path)
+  if isinstance(start_s, bool) or not isinstance(start_s, int | float) or not start_s >= 0:
+    raise ValueError(f"start_s must be a number >= 0, got {start_s!r}")
+  if num_frames is not None:
+    num_frames = check_positive_int("num_frames", num_frames)
+  rate = None if fps is None else float(_frame_rate(fps))
+  if size is not None:
+    if not (isinstance(size, tuple | list) and len(size) == 2):
+      raise ValueError(f"size must be (height, width) or None, got {size!r}")
+    size = (check_positive_int("size[0]", size[0]), check_positive_int("size[1]", size[1]))
+  if fit not in FIT_MODES:
+    raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
+
+  container, stream = _open(path)
+  with container:
+    native = _stream_fps(stream) or 1.0
+    if start_s > 0 and stream.time_base:
+      try:
+        container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
+      except (av.FFmpegError, OSError) as e:
+        raise VideoReadError(path, f"cannot seek to {start_s} s: {_first_line(e)}") from e
+    frames = _collect(
+      _timed_frames(container, stream, path), start_s, num_frames, rate, native, size, fit
+    )
+  if not frames:
+    where = f" from {start_s} s" if start_s else ""
+    raise VideoReadError(path, f"no decodable frames{where}", "no_frames")
+  shapes = {f.shape for f in frames}
+  if len(shapes) > 1:
+    raise VideoReadError(path, f"the frame size changes mid-stream: {sorted(shapes)}")
+  return np.stack(frames)
+
+
+def _collect(timed, start_s, num_frames, rate, native, size, fit) -> list[np.ndarray]:
+  """Picks the output frames from a (time, frame) stream; see read_video."""
+  limit = math.inf if num_frames is None else num_frames
+  out: list[np.ndarray] = []
+  if rate is None:
+    for time, frame in timed:
+      if time >= start_s - 0.5 / native:  # frames before the start come from the seek
+        out.append(_to_array(frame, size, fit))
+        if len(out) >= limit:
           break
-    if not frames:
-      raise VideoReadError(path, "no decodable frames")
-    video = np.stack(frames)  # ValueError if the frame size changes mid-stream
-  except VideoReadError:
-    raise
-  except (OSError, RuntimeError, ValueError, IndexError) as e:
-    # ffmpeg reports corrupt containers as OSError("Could not load meta information ...").
-    message = str(e).strip()
-    reason = message.splitlines()[0] if message else type(e).__name__
-    raise VideoReadError(path, f"decoding failed: {reason}") from e
-  if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-    raise VideoReadError(path, f"expected uint8 RGB frames, decoded {video.dtype} {video.shape}")
-  return video
+    return out
+
+  def target() -> float:  # the time output frame len(out) shows
+    return start_s + len(out) / rate
+
+  previous = None  # (time, frame, its array once converted)
+  for time, frame in timed:
+    if previous is not None:
+      # Output times before the midpoint of two source frames show the earlier one; a time on
+      # the midpoint (within float noise) shows the later one.
+      while len(out) < limit and target() < (previous[0] + time) / 2 - _TIME_EPS:
+        if previous[2] is None:
+          previous = (previous[0], previous[1], _to_array(previous[1], size, fit))
+        out.append(previous[2])
+      if len(out) >= limit:
+        return out
+    previous = (time, frame, None)
+  if previous is not None:  # the last frame holds for one frame of the source's average rate
+    while len(out) < limit and target() < previous[0] + 1 / native - _TIME_EPS:
+      if previous[2] is None:
+        previous = (previous[0], previous[1], _to_array(previous[1], size, fit))
+      out.append(previous[2])
+  return out
 
 
 def _resize_matrix(size_in: int, size_out: int) -> np.ndarray:

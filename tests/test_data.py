@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import warnings
 from pathlib import Path
 
-import imageio.v2 as iio
 import numpy as np
 import pytest
 
@@ -24,7 +22,7 @@ from moga_jax.data import (
   read_index,
 )
 from moga_jax.data.synthetic import COLOURS, DIRECTIONS, SHAPES
-from moga_jax.video_io import VideoReadError, contact_sheet, read_mp4, resize_frames, write_mp4
+from moga_jax.video_io import read_video, resize_frames, write_mp4
 
 NUM_VIDEOS, SHOTS, FRAMES_PER_SHOT = 6, 2, 4
 NUM_FRAMES = SHOTS * FRAMES_PER_SHOT
@@ -79,57 +77,6 @@ def _loader(summary, **kw):
   return make_loader(summary["dataset_dir"], **kw)
 
 
-# --- video_io -----------------------------------------------------------------------------------
-
-
-def test_write_read_round_trip_keeps_shape_and_colour(tmp_path):
-  frames = np.zeros((5, 18, 22, 3), np.uint8)
-  frames[:] = (200, 40, 60)
-  frames[:, 4:12, 6:14] = (20, 180, 220)
-  path = write_mp4(tmp_path / "sub" / "a.mp4", frames, fps=4)
-  video = read_mp4(path)
-  assert video.shape == frames.shape and video.dtype == np.uint8
-  assert np.abs(video.astype(int) - frames).mean() < 6
-  assert read_mp4(path, max_frames=2).shape == (2, 18, 22, 3)
-
-
-def test_write_mp4_rejects_odd_sizes_and_wrong_dtype(tmp_path):
-  with pytest.raises(ValueError, match="even"):
-    write_mp4(tmp_path / "a.mp4", np.zeros((2, 17, 16, 3), np.uint8))
-  with pytest.raises(TypeError, match="uint8"):
-    write_mp4(tmp_path / "a.mp4", np.zeros((2, 16, 16, 3), np.float32))
-
-
-def test_read_mp4_raises_video_read_error(tmp_path):
-  (tmp_path / "empty.mp4").write_bytes(b"")
-  (tmp_path / "junk.mp4").write_bytes(os.urandom(1000))
-  for name in ("missing.mp4", "empty.mp4", "junk.mp4"):
-    with pytest.raises(VideoReadError) as info:
-      read_mp4(tmp_path / name)
-    assert isinstance(info.value, OSError) and info.value.path.endswith(name)
-
-
-def test_resize_frames_area_and_bilinear():
-  frames = np.zeros((1, 4, 4, 3), np.uint8)
-  frames[0, :, 2:] = 200
-  frames[0, 0, 0] = 40  # block mean of the top-left 2x2 block is 10
-  down = resize_frames(frames, 2, 2)
-  np.testing.assert_array_equal(down[0, :, :, 0], [[10, 200], [0, 200]])
-  up = resize_frames(np.full((2, 3, 5, 3), 77, np.uint8), 7, 9)
-  assert up.shape == (2, 7, 9, 3) and np.all(up == 77)
-  with pytest.raises(ValueError, match="height"):
-    resize_frames(frames, 0, 2)
-
-
-def test_contact_sheet_png_size(tmp_path):
-  frames = np.random.default_rng(0).integers(0, 255, (10, 16, 12, 3), dtype=np.uint8)
-  path = contact_sheet(frames, tmp_path / "sheet.png", columns=4, labels=["a", "b", "c"])
-  sheet = iio.imread(path)
-  assert path.suffix == ".png" and sheet.shape == (3 * 16, 4 * 12, 3)
-  np.testing.assert_array_equal(sheet[16:32, 12:24], frames[5])  # row 1 is unlabelled...
-  assert np.all(sheet[32:, 24:] == 0)  # ...and the two missing frames are black padding
-
-
 # --- synthetic videos -----------------------------------------------------------------------------
 
 
@@ -140,7 +87,7 @@ def test_synthetic_videos_structure_and_visible_cut(source):
   ]
   for entry in entries[:NUM_VIDEOS]:
     assert [(s.start, s.end) for s in entry.shots] == [(0, 4), (4, 8)]
-    video = read_mp4(source / entry.video)
+    video = read_video(source / entry.video)
     assert video.shape == (NUM_FRAMES, 32, 32, 3)
     backgrounds = []
     for shot in entry.shots:
@@ -167,7 +114,9 @@ def test_synthetic_videos_are_deterministic(tmp_path):
   c = make_synthetic_videos(tmp_path / "c", 2, frames_per_shot=2, height=16, width=16, seed=4)
   index = [(d / "captions.jsonl").read_text() for d in (a, b, c)]
   assert index[0] == index[1] != index[2]
-  np.testing.assert_array_equal(read_mp4(a / "videos/00001.mp4"), read_mp4(b / "videos/00001.mp4"))
+  np.testing.assert_array_equal(
+    read_video(a / "videos/00001.mp4"), read_video(b / "videos/00001.mp4")
+  )
 
 
 # --- index and captions ---------------------------------------------------------------------------
@@ -184,6 +133,95 @@ def test_read_index_reports_bad_lines(tmp_path):
     read_index(tmp_path)
   with pytest.raises(ValueError, match=r"no captions\.jsonl"):
     read_index(tmp_path / "nowhere")
+
+
+def test_read_index_samples_of_one_video(tmp_path):
+  """A long video may give several samples (named video#k) at one fps; their spans must not
+  overlap."""
+
+  def line(start, end, fps=8):
+    shots = [{"start": start, "end": end, "caption": "x"}]
+    return json.dumps({"video": "long.mp4", "fps": fps, "shots": shots}) + "\n"
+
+  index = tmp_path / "captions.jsonl"
+  index.write_text(
+    line(20, 36)
+    + line(0, 16)
+    + json.dumps({"video": "b.mp4", "shots": [{"start": 0, "end": 4, "caption": "y"}]})
+    + "\n"
+  )
+  entries = read_index(tmp_path)
+  assert [e.name for e in entries] == ["long.mp4#0", "long.mp4#1", "b.mp4"]
+  assert [e.fps for e in entries] == [8.0, 8.0, None]
+  index.write_text(line(0, 16) + line(10, 30))
+  with pytest.raises(ValueError, match=r"captions\.jsonl:2: this sample of long\.mp4 overlaps"):
+    read_index(tmp_path)
+  index.write_text(line(0, 16) + line(20, 30, fps=24))
+  with pytest.raises(ValueError, match="different fps"):
+    read_index(tmp_path)
+  index.write_text(line(0, 16, fps=-1))
+  with pytest.raises(ValueError, match=r'"fps" must be a positive number'):
+    read_index(tmp_path)
+
+
+def test_builder_reads_shots_at_the_configs_fps_and_skips_gaps(tmp_path):
+  """A 24-fps counter video (frame i is grey level 3 i) indexed in frames at 8 fps, with a gap
+  between two shots: the clip holds the shots' frames only, resampled to 8 fps."""
+  levels = 3 * np.arange(80)
+  frames = np.broadcast_to(levels[:, None, None, None], (80, 16, 16, 3)).astype(np.uint8)
+  source = tmp_path / "source"
+  write_mp4(source / "count.mp4", frames, fps=24)
+  shots = [{"start": 2, "end": 5, "caption": "a"}, {"start": 9, "end": 14, "caption": "b"}]
+  (source / "captions.jsonl").write_text(
+    json.dumps({"video": "count.mp4", "fps": 8, "shots": shots}) + "\n"
+  )
+  summary = build_dataset(source, tmp_path / "data", num_frames=8, height=8, width=8, fps=8)
+  import tensorflow_datasets as tfds
+
+  record = tfds.builder_from_directory(summary["dataset_dir"]).as_data_source("train")[0]
+  which = np.round(record["video"].reshape(8, -1).mean(1) / 3).astype(int)
+  np.testing.assert_array_equal(which, [6, 9, 12, 27, 30, 33, 36, 39])  # 24-fps frames 3 k
+  np.testing.assert_array_equal(record["shot_bounds"][:2], [[0, 3], [3, 8]])
+
+
+def _data_config(source, **overrides):
+  """A config.data for prepare_data over 2-shot 16x16 synthetic clips in `source`."""
+  from ml_collections import ConfigDict
+
+  fields = dict(
+    source_dir=str(source),
+    dataset_dir="",
+    shots=2,
+    max_shots=2,
+    frames_per_shot=2,
+    height=16,
+    width=16,
+    fps=8,
+    caption_len=48,
+    synthetic_videos=2,
+    subject_scale=0.3,
+  )
+  return ConfigDict({**fields, **overrides})
+
+
+def test_prepare_data_refuses_placeholder_captions(tmp_path):
+
+  from moga_jax.data.index import PLACEHOLDER_CAPTION
+  from moga_jax.data.prepare import prepare_data
+
+  source = make_synthetic_videos(tmp_path / "src", 2, frames_per_shot=2, height=16, width=16)
+  index = source / "captions.jsonl"
+  index.write_text(
+    "\n".join(
+      json.dumps({**row, "shots": [{**s, "caption": PLACEHOLDER_CAPTION} for s in row["shots"]]})
+      for row in map(json.loads, index.read_text().splitlines())
+    )
+  )
+  cfg = _data_config(source, allow_placeholder_captions=False)
+  with pytest.raises(ValueError, match="allow_placeholder_captions=True"):
+    prepare_data(cfg, tmp_path / "run")
+  cfg.allow_placeholder_captions = True
+  assert prepare_data(cfg, tmp_path / "run").is_dir()
 
 
 def test_captions_truncate_on_character_boundary():
@@ -218,9 +256,12 @@ def test_builder_round_trip(built, source):
     np.testing.assert_array_equal(record["shot_bounds"], [[0, 4], [4, 8], [0, 0]])
     shots = expected[name].shots
     assert decode_captions(record["captions"], record["num_shots"]) == [s.caption for s in shots]
-    # The stored clip is the source video resized from 32x32 to 16x16.
-    source_video = read_mp4(source / name)
-    np.testing.assert_array_equal(record["video"], resize_frames(source_video, SIZE, SIZE))
+    # The stored clip is the source video resized from 32x32 to 16x16 as it was decoded (by
+    # FFmpeg's area scaler, in RGB), which is the 2x2 block mean up to rounding.
+    decoded = read_video(source / name, size=(SIZE, SIZE))
+    np.testing.assert_array_equal(record["video"], decoded)
+    block_mean = resize_frames(read_video(source / name), SIZE, SIZE).astype(int)
+    assert np.abs(record["video"].astype(int) - block_mean).max() <= 1
   assert seen == {f"videos/{i:05d}.mp4" for i in range(NUM_VIDEOS)}
 
 
@@ -230,6 +271,7 @@ def test_builder_skips_corrupt_and_missing_videos_with_warning(built):
   reasons = {s["video"]: s["reason"] for s in summary["skipped"]}
   assert reasons.keys() == {"videos/corrupt.mp4", "videos/missing.mp4"}
   assert reasons["videos/missing.mp4"] == "no such file"
+  assert summary["skipped_by_kind"] == {"missing": 1, "unreadable": 1}
   messages = [str(w.message) for w in caught]
   for video in reasons:
     assert any(video in m for m in messages), messages
@@ -238,12 +280,56 @@ def test_builder_skips_corrupt_and_missing_videos_with_warning(built):
   assert on_disk["skipped"] == summary["skipped"]
 
 
+def test_builder_counts_every_bad_file_kind(tmp_path):
+  """Zero-length, truncated, junk, audio-only, too short and missing files are skipped, named
+  in warnings and counted by kind in build_summary.json; the good video is built."""
+  import av
+
+  source = make_synthetic_videos(tmp_path / "src", 2, frames_per_shot=4, height=16, width=16)
+  videos = source / "videos"
+  good = (videos / "00000.mp4").read_bytes()
+  (videos / "empty.mp4").write_bytes(b"")
+  (videos / "truncated.mp4").write_bytes(good[: len(good) // 2])
+  (videos / "junk.mp4").write_bytes(np.random.default_rng(1).bytes(3000))
+  with av.open(str(videos / "audio.m4a"), mode="w") as container:
+    stream = container.add_stream("aac", rate=16000)
+    frame = av.AudioFrame.from_ndarray(
+      np.zeros((1, 8000), np.float32), format="fltp", layout="mono"
+    )
+    frame.sample_rate = 16000
+    container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+  write_mp4(videos / "short.mp4", np.zeros((3, 16, 16, 3), np.uint8))
+  names = ["empty.mp4", "truncated.mp4", "junk.mp4", "audio.m4a", "short.mp4", "missing.mp4"]
+  with (source / "captions.jsonl").open("a") as f:
+    for name in names:
+      shots = [{"start": 0, "end": 8, "caption": "x"}]
+      f.write(json.dumps({"video": f"videos/{name}", "shots": shots}) + "\n")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    summary = build_dataset(source, tmp_path / "data", num_frames=8, height=16, width=16)
+  assert summary["num_examples"] == 2 and summary["num_skipped"] == len(names)
+  assert summary["skipped_by_kind"] == {
+    "empty": 1,
+    "missing": 1,
+    "no_video_stream": 1,
+    "too_short": 1,
+    "unreadable": 2,
+  }
+  messages = " ".join(str(w.message) for w in caught)
+  assert all(f"videos/{name}" in messages for name in names)
+  on_disk = json.loads((Path(summary["dataset_dir"]) / "build_summary.json").read_text())
+  assert on_disk["skipped_by_kind"] == summary["skipped_by_kind"]
+
+
 def test_builder_clips_shots_reuses_and_refuses_other_sources(source, tmp_path):
   kw = {"num_frames": 6, "height": SIZE, "width": SIZE, "max_shots": 2, "caption_len": 8}
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", SkippedVideoWarning)
     summary = build_dataset(source, tmp_path, **kw)
     assert build_dataset(source, tmp_path, **kw)["reused"]
+    rebuilt = build_dataset(source, tmp_path, overwrite=True, **kw)  # over a finished one
+    assert not rebuilt["reused"] and rebuilt["num_examples"] == summary["num_examples"]
   import tensorflow_datasets as tfds
 
   record = tfds.builder_from_directory(summary["dataset_dir"]).as_data_source("train")[0]
@@ -303,8 +389,8 @@ def test_loader_pixels_equal_the_mp4_decoded_directly(built, source):
   summary, _ = built
   batch = next(_loader(summary, include_name=True))
   for video, name in zip(batch["video"], batch["name"], strict=True):
-    frames = read_mp4(source / name.decode())[:NUM_FRAMES]
-    want = resize_frames(frames, SIZE, SIZE).astype(np.float32) / 127.5 - 1.0
+    frames = read_video(source / name.decode(), num_frames=NUM_FRAMES, size=(SIZE, SIZE))
+    want = frames.astype(np.float32) / 127.5 - 1.0
     np.testing.assert_allclose(video, want, rtol=0, atol=1e-6, err_msg=name.decode())
 
 
@@ -380,7 +466,6 @@ def test_loader_errors(built, tmp_path):
 def test_prepare_data_keeps_sibling_sources_apart(tmp_path):
   """Two sources in one folder (e.g. two versions of a synthetic set) get two datasets; the
   second must not be handed the first one's prepared clips."""
-  from ml_collections import ConfigDict
 
   from moga_jax.data.prepare import prepare_data
   from moga_jax.data.synthetic import make_synthetic_videos
@@ -390,21 +475,7 @@ def test_prepare_data_keeps_sibling_sources_apart(tmp_path):
     source = make_synthetic_videos(
       tmp_path / name, 2, frames_per_shot=2, height=16, width=16, seed=seed
     )
-    cfg = ConfigDict(
-      dict(
-        source_dir=str(source),
-        dataset_dir="",
-        shots=2,
-        max_shots=2,
-        frames_per_shot=2,
-        height=16,
-        width=16,
-        fps=8,
-        caption_len=48,
-        synthetic_videos=2,
-        subject_scale=0.3,
-      )
-    )
+    cfg = _data_config(source)
     prepared.append(prepare_data(cfg, tmp_path / "runs" / name))
   assert prepared[0] != prepared[1]
   assert "set_a" in str(prepared[0]) and "set_b" in str(prepared[1])

@@ -93,7 +93,7 @@ def test_resume_after_kill_9_logs_identical_losses(trained):
 def test_sample_writes_a_decodable_two_shot_video(trained):
   output = trained / "out" / "sample.mp4"
   _run("sample.py", "--workdir", str(trained), *PROMPTS, "--output", str(output))
-  frames = video_io.read_mp4(output)
+  frames = video_io.read_video(output)
   assert frames.shape == (16, 32, 32, 3)  # 2 shots x 8 frames
   assert output.with_suffix(".png").stat().st_size > 0
 

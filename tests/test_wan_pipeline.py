@@ -190,7 +190,7 @@ def test_sample_py_writes_a_multi_shot_video_and_contact_sheet(weights, tmp_path
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "2 shots" in result.stdout
-  video = video_io.read_mp4(output)
+  video = video_io.read_video(output)
   assert video.shape == (TINY["video.frames"], TINY["video.height"], TINY["video.width"], 3)
   assert video.std() > 1.0  # decoded from random latents: not a flat frame
   sheet = Image.open(output.with_suffix(".png"))
@@ -363,7 +363,7 @@ def test_sample_py_samples_a_finetuned_run(weights, tmp_path):
       check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    videos[name] = video_io.read_mp4(output).astype(np.float32)
+    videos[name] = video_io.read_video(output).astype(np.float32)
 
   cfg = tiny_config(**{"video.shots": 2, "train.learning_rate": 0.05})
   dit = _run_dit(workdir, cfg)
@@ -371,7 +371,7 @@ def test_sample_py_samples_a_finetuned_run(weights, tmp_path):
   # Through the same (lossy, deterministic) H.264 encoder the run's video comes back as
   # sample.py wrote it; the converted DiT's video is far from it.
   video_io.write_mp4(tmp_path / "want.mp4", want, fps=cfg.video.fps)
-  want = video_io.read_mp4(tmp_path / "want.mp4").astype(np.float32)
+  want = video_io.read_video(tmp_path / "want.mp4").astype(np.float32)
   assert np.abs(videos["finetuned"] - want).mean() < 0.5
   assert np.abs(videos["finetuned"] - videos["converted"]).mean() > 5.0
 

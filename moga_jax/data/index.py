@@ -1,7 +1,14 @@
-"""Reads and validates a source folder's captions.jsonl, the index of its videos and shots.
+"""Reads and validates a source folder's captions.jsonl, the index of its samples and shots.
 
-A malformed index is a bug in whatever produced it, so it fails the whole build up front with
-the file and line; problems with the videos themselves are handled later, one video at a time.
+One line per sample: `{"video": PATH, "shots": [{"start", "end", "caption"}, ...], "fps": R}`.
+PATH is relative to the source folder. Shot ranges are frame indices, end exclusive, counted
+at `fps` frames per second of the video's presentation time, or in the file's own frames when
+"fps" is absent (exact for constant-frame-rate files only). A sample is its shots' frames, in
+order; frames between shots (trimmed transitions, dropped shots) are left out. A long video
+may give several lines, whose spans must not overlap. Other keys are kept for people and
+ignored here. A malformed index is a bug in whatever produced it, so it fails the whole build
+up front with the file and line; problems with the videos themselves are handled later, one
+video at a time.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-__all__ = ["INDEX_FILENAME", "Shot", "VideoEntry", "read_index"]
+__all__ = ["INDEX_FILENAME", "PLACEHOLDER_CAPTION", "Shot", "VideoEntry", "read_index"]
 
 INDEX_FILENAME = "captions.jsonl"
+# What `python -m moga_jax.data.shots` writes for a shot nobody captioned; training refuses it
+# unless config.data.allow_placeholder_captions says the user means it.
+PLACEHOLDER_CAPTION = "<uncaptioned shot>"
 
 
 class Shot(NamedTuple):
@@ -24,8 +34,16 @@ class Shot(NamedTuple):
 
 
 class VideoEntry(NamedTuple):
+  """One sample: shots of one video (a video may hold several samples)."""
+
   video: str  # path relative to the source folder, with forward slashes
   shots: tuple[Shot, ...]
+  fps: float | None = None  # the rate shot frames count at; None: the file's own frames
+  name: str = ""  # unique per index: the video, then "#k" for its k-th sample when it has several
+
+  def seconds(self, frame: int, native_fps: float) -> float:
+    """The presentation time of shot frame index `frame`, given the file's average rate."""
+    return frame / (self.fps or native_fps)
 
 
 def _is_int(value) -> bool:
@@ -65,27 +83,47 @@ def _parse_line(line: str, where: str) -> VideoEntry:
   for before, after in itertools.pairwise(parsed):
     if after.start < before.end:
       raise ValueError(f"{where}: shots must be in order and not overlap, got {before} {after}")
-  return VideoEntry(str(video), parsed)
+  fps = raw.get("fps")
+  if fps is not None and (
+    isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < float("inf")
+  ):
+    raise ValueError(f'{where}: "fps" must be a positive number or absent, got {fps!r}')
+  return VideoEntry(str(video), parsed, None if fps is None else float(fps))
 
 
 def read_index(source_dir: str | os.PathLike) -> list[VideoEntry]:
-  """Parses source_dir/captions.jsonl (blank lines allowed) into entries, in file order."""
+  """Parses source_dir/captions.jsonl (blank lines allowed) into samples, in file order."""
   source_dir = Path(source_dir)
   path = source_dir / INDEX_FILENAME
   if not path.is_file():
     raise ValueError(f"source_dir {source_dir} has no {INDEX_FILENAME}")
-  entries, seen = [], {}
+  entries, lines = [], []
+  by_video: dict[str, list[int]] = {}
   with path.open(encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
         continue
-      where = f"{path}:{number}"
-      entry = _parse_line(line, where)
-      if entry.video in seen:
-        first = seen[entry.video]
-        raise ValueError(f"{where}: video {entry.video} is already listed on line {first}")
-      seen[entry.video] = number
+      entry = _parse_line(line, f"{path}:{number}")
+      by_video.setdefault(entry.video, []).append(len(entries))
       entries.append(entry)
+      lines.append(number)
   if not entries:
     raise ValueError(f"{path} lists no videos")
+  for video, positions in by_video.items():
+    if len(positions) == 1:
+      entries[positions[0]] = entries[positions[0]]._replace(name=video)
+      continue
+    rates = {entries[i].fps for i in positions}
+    if len(rates) > 1:
+      where = f"{path}:{lines[positions[-1]]}"
+      raise ValueError(f"{where}: the samples of {video} count frames at different fps {rates}")
+    spans = sorted((entries[i].shots[0].start, entries[i].shots[-1].end, i) for i in positions)
+    for (_, end, i), (start, _, j) in itertools.pairwise(spans):
+      if start < end:
+        raise ValueError(
+          f"{path}:{lines[max(i, j)]}: this sample of {video} overlaps the one on line "
+          f"{lines[min(i, j)]}"
+        )
+    for k, i in enumerate(positions):
+      entries[i] = entries[i]._replace(name=f"{video}#{k}")
   return entries

@@ -276,7 +276,7 @@ def _summarise(rows: list[dict]) -> dict:
 def score_videos(videos: Iterable, specs: Sequence) -> dict:
   """Pools score_clip over clips (every shot counts once) and returns the summary.
 
-  videos: uint8 [F, H, W, 3] arrays or paths to mp4s (read with moga_jax.video_io.read_mp4);
+  videos: uint8 [F, H, W, 3] arrays or paths to mp4s (read with moga_jax.video_io.read_video);
   specs: one per video, as for score_clip. Keys: consistency (later shots whose subject, colour
   and shape, is the one the captions imply), consistency_colour, consistency_shape,
   consistency_kept / consistency_changed (later shots whose captions keep / swap the subject),
@@ -289,9 +289,9 @@ def score_videos(videos: Iterable, specs: Sequence) -> dict:
   rows, count = [], 0
   for video, spec in zip(videos, specs, strict=True):
     if isinstance(video, str | os.PathLike):
-      from moga_jax.video_io import read_mp4  # imageio only when paths are given
+      from moga_jax.video_io import read_video  # PyAV only when paths are given
 
-      video = read_mp4(video)
+      video = read_video(video)
     rows.extend(score_clip(video, spec)["shots"])
     count += 1
   return {**_summarise(rows), "num_videos": count}
