@@ -352,48 +352,53 @@ def write_source(
 
 # --- command line ---------------------------------------------------------------------------------
 
-_VIDEOS = flags.DEFINE_string("videos", None, "Folder of videos (searched recursively).")
-_OUT = flags.DEFINE_string("out", None, "Source folder to write (captions.jsonl, videos link).")
-_CAPTIONS = flags.DEFINE_string(
-  "captions", None, 'JSONL of {"video", "shot", "caption"} or {"video", "start", "end", ...}.'
-)
-_LIST = flags.DEFINE_bool("list", False, "Print the detected shots as JSON lines and stop.")
-_DETECTOR = flags.DEFINE_enum("detector", "content", DETECTORS, "PySceneDetect detector.")
-_THRESHOLD = flags.DEFINE_float("threshold", 27.0, "content: cut above this frame change.")
-_ADAPTIVE = flags.DEFINE_float("adaptive_threshold", 3.0, "adaptive: ratio to the rolling mean.")
-_MIN_CONTENT = flags.DEFINE_float("min_content_val", 15.0, "adaptive: least change for a cut.")
-_MIN_SCENE = flags.DEFINE_float("min_scene_seconds", 0.5, "No two cuts closer than this.")
-_MIN_SHOT = flags.DEFINE_float("min_shot_seconds", 1.0, "Shots shorter than this are dropped.")
-_TRIM = flags.DEFINE_integer("trim_frames", 2, "Frames dropped each side of a gradual transition.")
-_GRADUAL = flags.DEFINE_float(
-  "gradual_fraction", 0.3, "A cut is gradual when a frame beside it scores this x the threshold."
-)
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", config_path("tiny"), "Config whose data section sets clip length, fps, max shots."
-)
+
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs: importing this module (the library) must
+  not claim flag names like --config that the programs importing it define themselves."""
+  flags.DEFINE_string("videos", None, "Folder of videos (searched recursively).")
+  flags.DEFINE_string("out", None, "Source folder to write (captions.jsonl, videos link).")
+  flags.DEFINE_string(
+    "captions", None, 'JSONL of {"video", "shot", "caption"} or {"video", "start", "end", ...}.'
+  )
+  flags.DEFINE_bool("list", False, "Print the detected shots as JSON lines and stop.")
+  flags.DEFINE_enum("detector", "content", DETECTORS, "PySceneDetect detector.")
+  flags.DEFINE_float("threshold", 27.0, "content: cut above this frame change.")
+  flags.DEFINE_float("adaptive_threshold", 3.0, "adaptive: ratio to the rolling mean.")
+  flags.DEFINE_float("min_content_val", 15.0, "adaptive: least change for a cut.")
+  flags.DEFINE_float("min_scene_seconds", 0.5, "No two cuts closer than this.")
+  flags.DEFINE_float("min_shot_seconds", 1.0, "Shots shorter than this are dropped.")
+  flags.DEFINE_integer("trim_frames", 2, "Frames dropped each side of a gradual transition.")
+  flags.DEFINE_float(
+    "gradual_fraction", 0.3, "A cut is gradual when a frame beside it scores this x the threshold."
+  )
+  config_flags.DEFINE_config_file(
+    "config", config_path("tiny"), "Config whose data section sets clip length, fps, max shots."
+  )
 
 
-def _detect_options() -> dict:
-  options = {"detector": _DETECTOR.value, "min_scene_s": _MIN_SCENE.value}
-  if _DETECTOR.value == "content":
-    options["threshold"] = _THRESHOLD.value
+def _detect_options(f) -> dict:
+  options = {"detector": f.detector, "min_scene_s": f.min_scene_seconds}
+  if f.detector == "content":
+    options["threshold"] = f.threshold
   else:
-    options |= {"adaptive_threshold": _ADAPTIVE.value, "min_content_val": _MIN_CONTENT.value}
+    options |= {"adaptive_threshold": f.adaptive_threshold, "min_content_val": f.min_content_val}
   return options
 
 
 def main(argv) -> None:
   del argv
-  if _VIDEOS.value is None:
+  f = flags.FLAGS
+  if f.videos is None:
     raise app.UsageError("give --videos, a folder of videos")
-  videos = Path(_VIDEOS.value)
+  videos = Path(f.videos)
   if not videos.is_dir():
     raise app.UsageError(f"--videos {videos} is not a folder")
-  if _LIST.value:
+  if f.list:
     for path in find_videos(videos):
       relative = path.relative_to(videos).as_posix()
       try:
-        found = detect_shots(path, **_detect_options())
+        found = detect_shots(path, **_detect_options(f))
       except VideoReadError as e:
         print(f"skipping video {relative}: {e.reason}", file=sys.stderr)
         continue
@@ -402,20 +407,20 @@ def main(argv) -> None:
         row = {"video": relative, "shot": i, "start": start, "end": end, "seconds": seconds}
         print(json.dumps(row), flush=True)
     return
-  if _OUT.value is None:
+  if f.out is None:
     raise app.UsageError("give --out, the source folder to write (or --list)")
-  data = _CONFIG.value.data
+  data = f.config.data
   summary = write_source(
     videos,
-    Path(_OUT.value),
+    Path(f.out),
     fps=float(data.fps),
     num_frames=int(data.get("num_frames") or data.shots * data.frames_per_shot),
     max_shots=int(data.max_shots),
-    captions=_read_captions(Path(_CAPTIONS.value)) if _CAPTIONS.value else (),
-    detect=_detect_options(),
-    trim_frames=_TRIM.value,
-    gradual_fraction=_GRADUAL.value,
-    min_shot_s=_MIN_SHOT.value,
+    captions=_read_captions(Path(f.captions)) if f.captions else (),
+    detect=_detect_options(f),
+    trim_frames=f.trim_frames,
+    gradual_fraction=f.gradual_fraction,
+    min_shot_s=f.min_shot_seconds,
   )
   print(json.dumps({k: v for k, v in summary.items() if k != "skipped"}, indent=2))
   if summary["placeholder_captions"]:
@@ -427,4 +432,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

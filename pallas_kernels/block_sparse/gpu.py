@@ -132,10 +132,15 @@ def _tile_at(ref, r, col, tile):
   return ref[r, pl.ds(col * tile, tile), :]
 
 
-def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pattern: str):
+def _sizes(q, mask: BlockMask) -> tuple[int, int, int, int]:
+  """(rows, length, head_dim, tile) of a call over q with `mask`'s tiling."""
   rows, length, head_dim = q.shape
+  return rows, length, head_dim, length // mask.start.shape[1]
+
+
+def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pattern: str):
+  rows, length, head_dim, tile = _sizes(q, mask)
   num_tiles = mask.start.shape[1]
-  tile = length // num_tiles
   column = _columns(mask)
   ranges = mask.range_operands()
 
@@ -176,12 +181,17 @@ def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pat
 def _backward(
   q, k, v, out, lse, do, mask: BlockMask, scale: float, options: KernelOptions, pattern: str
 ):
-  _, length, head_dim = q.shape
+  delta = tile_math.softmax_delta(do, out)
+  args = (q, k, v, do, lse, delta, mask, scale, options, pattern)
+  return (_backward_dq(*args), *_backward_dkdv(*args))
+
+
+def _backward_dq(q, k, v, do, lse, delta, mask, scale, options, pattern):
+  """dq: one program per query tile, looping over the key tiles the mask lets it read."""
+  _, _, head_dim, tile = _sizes(q, mask)
   num_tiles = mask.start.shape[1]
-  tile = length // num_tiles
   column = _columns(mask)
   ranges = mask.range_operands()
-  delta = tile_math.softmax_delta(do, out)
 
   def dq_kernel(
     start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs
@@ -220,7 +230,14 @@ def _backward(
     options=options,
     out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
   )
+  return dq
 
+
+def _backward_dkdv(q, k, v, do, lse, delta, mask, scale, options, pattern):
+  """dk, dv: programs own key sub-blocks and loop over the query tiles that read them."""
+  _, _, head_dim, tile = _sizes(q, mask)
+  num_tiles = mask.start.shape[1]
+  ranges = mask.range_operands()
   # Programs own `keys`-key sub-blocks of key tiles (split of them per tile: a whole 128-key
   # tile's dk, dv and their inputs spill registers, see launch_params); the tiles on their lists
   # are the query tiles that read that key tile.
@@ -279,7 +296,7 @@ def _backward(
     block=keys,
     out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
   )
-  return dq, dk, dv
+  return dk, dv
 
 
 block_sparse_attention_gpu = flash_attention_vjp(_forward, _backward)

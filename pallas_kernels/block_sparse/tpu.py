@@ -146,12 +146,18 @@ def _column_of(ref):
   return ref[...].T
 
 
-def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pattern: str):
-  interpret = options.interpret
+def _grid(mask: BlockMask, q):
+  """(walk, tile, specs...) of a kernel whose grid rows walk `mask`."""
   rows, length, head_dim = q.shape
   walk = _Walk(mask, rows)
   tile = length // walk.num_tiles
-  tiles, scalars, at_row, at_col = _specs(walk, tile, head_dim)
+  return (walk, tile, head_dim, *_specs(walk, tile, head_dim))
+
+
+def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pattern: str):
+  interpret = options.interpret
+  walk, tile, head_dim, tiles, scalars, at_row, at_col = _grid(mask, q)
+  rows, length = q.shape[:2]
   ranges = tuple(_lane_dense(x) for x in mask.range_operands())
 
   def kernel(start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, *refs):
@@ -207,13 +213,16 @@ def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pat
 def _backward(
   q, k, v, out, lse, do, mask: BlockMask, scale: float, options: KernelOptions, pattern: str
 ):
-  interpret = options.interpret
-  rows, length, head_dim = q.shape
-  walk = _Walk(mask, rows)
-  tile = length // walk.num_tiles
-  tiles, scalars, at_row, at_col = _specs(walk, tile, head_dim)
   ranges = tuple(_lane_dense(x) for x in mask.range_operands())
   delta = _lane_dense(tile_math.softmax_delta(do, out)[..., 0])
+  args = (q, k, v, do, lse, delta, ranges, mask, scale, options, pattern)
+  return (_backward_dq(*args), *_backward_dkdv(*args))
+
+
+def _backward_dq(q, k, v, do, lse, delta, ranges, mask, scale, options, pattern):
+  """dq: the grid's rows are query tiles; each visits the key tiles the mask lets it read."""
+  walk, tile, head_dim, tiles, scalars, at_row, at_col = _grid(mask, q)
+  rows = q.shape[0]
 
   def dq_kernel(
     start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs
@@ -247,12 +256,12 @@ def _backward(
     def _():
       dq_ref[...] = acc_ref[...].astype(dq_ref.dtype)
 
-  dq = _call(
+  return _call(
     dq_kernel,
     name=kernel_name(pattern, "dq"),
     mask=mask,
     rows=rows,
-    interpret=interpret,
+    interpret=options.interpret,
     operands=(q, k, v, do, lse, delta, *ranges),
     in_specs=[
       tiles(at_row),
@@ -268,10 +277,13 @@ def _backward(
     scratch=[pltpu.VMEM((tile, head_dim), _F32)],
   )
 
-  # Rows of this grid are key tiles; the columns they visit are the query tiles that read them.
+
+def _backward_dkdv(q, k, v, do, lse, delta, ranges, mask, scale, options, pattern):
+  """dk, dv: the grid's rows are key tiles; the columns they visit are the query tiles that
+  read them (the transposed mask)."""
   key_side = mask.transposed()
-  walk = _Walk(key_side, rows)
-  tiles, scalars, at_row, at_col = _specs(walk, tile, head_dim)
+  walk, tile, head_dim, tiles, scalars, at_row, at_col = _grid(key_side, q)
+  rows = q.shape[0]
 
   def dkdv_kernel(
     start_ref, count_ref, len_ref, idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs
@@ -311,12 +323,12 @@ def _backward(
       dk_ref[...] = dk_acc[...].astype(dk_ref.dtype)
       dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
-  dk, dv = _call(
+  return _call(
     dkdv_kernel,
     name=kernel_name(pattern, "dkdv"),
     mask=key_side,
     rows=rows,
-    interpret=interpret,
+    interpret=options.interpret,
     operands=(q, k, v, do, lse, delta, *ranges),
     in_specs=[
       tiles(at_col),
@@ -331,7 +343,6 @@ def _backward(
     out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
     scratch=[pltpu.VMEM((tile, head_dim), _F32), pltpu.VMEM((tile, head_dim), _F32)],
   )
-  return dq, dk, dv
 
 
 block_sparse_attention_tpu = flash_attention_vjp(_forward, _backward)
