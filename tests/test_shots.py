@@ -83,6 +83,8 @@ def test_trim_gradual_trims_only_transitions_spread_over_frames():
   trimmed = trim_gradual(shots, scores, trim_frames=2, gradual_score=8.0)
   assert trimmed == [(0, 20), (20, 38), (42, 60)]
   assert trim_gradual(shots, scores, trim_frames=0, gradual_score=8.0) == shots
+  with pytest.raises(ValueError, match="trim_frames"):
+    trim_gradual(shots, scores, trim_frames=-1, gradual_score=8.0)
 
 
 def test_merge_shots_fills_clips_without_overlap_or_gaps_in_shots():
@@ -103,6 +105,10 @@ def test_merge_shots_fills_clips_without_overlap_or_gaps_in_shots():
   # max_shots=1 forbids merging: only shots that fill a clip alone survive.
   alone = merge_shots(shots, fps_in=24, fps_out=8, num_frames=32, max_shots=1, min_shot_s=1.0)
   assert [s.shot_ids for s in alone] == [(3,)]
+  with pytest.raises(ValueError, match="num_frames"):
+    merge_shots(shots, fps_in=24, fps_out=8, num_frames=0, max_shots=1, min_shot_s=1.0)
+  with pytest.raises(ValueError, match="fps_out must be a positive number"):
+    merge_shots(shots, fps_in=24, fps_out=0, num_frames=8, max_shots=1, min_shot_s=1.0)
 
 
 def test_assign_captions_by_index_and_by_range():

@@ -36,6 +36,7 @@ from ml_collections import config_flags
 from moga_jax.config_files import config_path
 from moga_jax.data.index import INDEX_FILENAME, PLACEHOLDER_CAPTION
 from moga_jax.video_io import VideoReadError, probe_video
+from pallas_kernels.validation import check_positive_int
 
 __all__ = [
   "VIDEO_SUFFIXES",
@@ -141,6 +142,8 @@ def trim_gradual(
   frame beside it, b - 1 or b + 1, also scores >= gradual_score: the picture was already, or
   still, changing. A shot trimmed to nothing keeps its frames (it is then dropped as too short).
   """
+  if isinstance(trim_frames, bool) or not isinstance(trim_frames, int) or trim_frames < 0:
+    raise ValueError(f"trim_frames must be an int >= 0, got {trim_frames!r}")
   out = [list(s) for s in shots]
   for i in range(len(shots) - 1):
     b = shots[i][1]
@@ -167,6 +170,13 @@ def merge_shots(
   fewer than num_frames frames and at most max_shots shots, and cuts its last shot so it holds
   exactly num_frames; the next sample starts at the shot after. Samples never overlap.
   """
+  num_frames = check_positive_int("num_frames", num_frames)
+  max_shots = check_positive_int("max_shots", max_shots)
+  for name, value in (("fps_in", fps_in), ("fps_out", fps_out)):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+      raise ValueError(f"{name} must be a positive number, got {value!r}")
+  if not min_shot_s >= 0:
+    raise ValueError(f"min_shot_s must be >= 0, got {min_shot_s!r}")
   ranges = [(round(s / fps_in * fps_out), round(e / fps_in * fps_out)) for s, e in shots]
   keep = [
     (e - s) / fps_in >= min_shot_s and b - a > 0
