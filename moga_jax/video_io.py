@@ -314,23 +314,25 @@ def _collect(timed, start_s, num_frames, rate, native, size, fit) -> list[np.nda
   def target() -> float:  # the time output frame len(out) shows
     return start_s + len(out) / rate
 
-  previous = None  # (time, frame, its array once converted)
+  previous_time, previous_frame = 0.0, None
+
+  def emit_until(end: float) -> None:  # the previous frame, for each output time before end
+    array = None  # converted once, however many output frames repeat it
+    while len(out) < limit and target() < end - _TIME_EPS:
+      if array is None:
+        array = _to_array(previous_frame, size, fit)
+      out.append(array)
+
   for time, frame in timed:
-    if previous is not None:
+    if previous_frame is not None:
       # Output times before the midpoint of two source frames show the earlier one; a time on
       # the midpoint (within float noise) shows the later one.
-      while len(out) < limit and target() < (previous[0] + time) / 2 - _TIME_EPS:
-        if previous[2] is None:
-          previous = (previous[0], previous[1], _to_array(previous[1], size, fit))
-        out.append(previous[2])
+      emit_until((previous_time + time) / 2)
       if len(out) >= limit:
         return out
-    previous = (time, frame, None)
-  if previous is not None:  # the last frame holds for one frame of the source's average rate
-    while len(out) < limit and target() < previous[0] + 1 / native - _TIME_EPS:
-      if previous[2] is None:
-        previous = (previous[0], previous[1], _to_array(previous[1], size, fit))
-      out.append(previous[2])
+    previous_time, previous_frame = time, frame
+  if previous_frame is not None:  # the last frame holds for one frame at the average rate
+    emit_until(previous_time + 1 / native)
   return out
 
 
