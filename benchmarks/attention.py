@@ -152,20 +152,22 @@ def _block_shares(cfg, grid, ids, shots) -> dict[str, float]:
   return {"moga": groups, "stga": stga, "frame": frame, "paper": groups + stga + frame}
 
 
-def _block_branches(cfg, grid, ids, gates, shots) -> dict:
-  """The paper's three branches and their mean, as functions of (q, k, v)."""
+def _block_branches(cfg, grid) -> dict:
+  """The paper's three branches and their mean, as functions of (q, k, v, ids, gates, shots).
+  Routing and shots are arguments, not constants: closed over, XLA would fold the routing sort
+  and the tile metadata into the program at compile time and time less than a model runs."""
   ops = dict(implementation=cfg.implementations[0], tile=cfg.tile)
   branches = {
-    "moga": lambda q, k, v: (
+    "moga": lambda q, k, v, ids, gates, shots: (
       group_attention(q, k, v, ids, num_groups=cfg.block_groups, **ops) * gates[..., None]
     ),
-    "stga": lambda q, k, v: shot_window_attention(
+    "stga": lambda q, k, v, ids, gates, shots: shot_window_attention(
       q, k, v, shots, grid_shape=grid, spatial_groups=cfg.block_windows, **ops
     ),
-    "frame": lambda q, k, v: frame_attention(q, k, v, grid_shape=grid, **ops),
+    "frame": lambda q, k, v, ids, gates, shots: frame_attention(q, k, v, grid_shape=grid, **ops),
   }
   parts = tuple(branches.values())
-  branches["paper"] = lambda q, k, v: sum(f(q, k, v) for f in parts) / len(parts)
+  branches["paper"] = lambda *args: sum(f(*args) for f in parts) / len(parts)
   return branches
 
 
@@ -179,8 +181,8 @@ def _block_rows(cfg):
       row = _dense_row(cfg, q, k, v, grid=grid)
       dense_time = row["time_s"]
       yield row
-    for name, fn in _block_branches(cfg, grid, ids, gates, shots).items():
-      seconds, temp = time_call(fn, (q, k, v), cfg.repeats)
+    for name, fn in _block_branches(cfg, grid).items():
+      seconds, temp = time_call(fn, (q, k, v, ids, gates, shots), cfg.repeats)
       yield dict(
         seq=seq,
         groups=cfg.block_groups,
