@@ -45,14 +45,12 @@ from moga_jax.config_checks import validate_config, validate_sharding
 from moga_jax.config_files import config_path
 from moga_jax.data.pipeline import make_loader
 from moga_jax.data.prepare import prepare_data
-from moga_jax.model import dit_from_config
 from moga_jax.run_guard import Preemption, check_finite, cli_main
 from moga_jax.sharding import ShardingRules, make_mesh, process_batch_slice
 from moga_jax.training import (
   init_train_state,
   latent_loss_fn,
   loss_fn,
-  make_optimizer,
   make_train_step,
   optimizer_layout,
 )
@@ -155,19 +153,14 @@ class MetricsLog:
     self._tb.close()
 
 
-def _wan_setup(cfg, workdir: Path, init: str | None, rules: ShardingRules):
-  """(prepare data, build model + optimizer, loss) for a Wan DiT fine-tuned from `init`."""
+def _wan_setup(cfg, workdir: Path, init: str | None):
+  """(prepare data, loss) for a Wan DiT fine-tuned from `init`."""
   if init is None:
     raise ValueError(
       "configs with a `video` section train a Wan DiT on precomputed latents: "
       "pass --init DIR, a folder written by `python -m moga_jax.convert_wan`"
     )
-
-  def build():
-    dit = dit_from_config(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
-    return dit, make_optimizer(dit, cfg.train)
-
-  return lambda: prepare_latents(cfg, workdir, init), build, latent_loss_fn
+  return lambda: prepare_latents(cfg, workdir, init), latent_loss_fn
 
 
 def preempted(preemption: Preemption, at_fetch: bool) -> bool:
@@ -192,20 +185,20 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   primary = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   if "video" in cfg:
-    prepare, build, loss = _wan_setup(cfg, workdir, init, rules)
+    prepare, loss = _wan_setup(cfg, workdir, init)
   elif init is not None:
     raise ValueError(
       f"--init {init}: only configs with a `video` section (a Wan DiT, e.g. "
       "configs/wan1_3b_moga.py) start from converted Wan weights"
     )
   else:
-    prepare, build, loss = lambda: prepare_data(cfg.data, workdir), None, loss_fn
+    prepare, loss = lambda: prepare_data(cfg.data, workdir), loss_fn
   if primary:  # one process makes the data; the others wait, then find it ready
     prepare()
   multihost_utils.sync_global_devices("data prepared")
   dataset_dir = prepare()
 
-  train_state = init_train_state(cfg, mesh, rules, build=build)
+  train_state = init_train_state(cfg, mesh, rules)
   state = train_state.state
   shard_index, shard_count = process_batch_slice(mesh, rules, cfg.train.batch_size)
   loader = make_loader(

@@ -123,10 +123,13 @@ class Checkpointer:
     model_config: dict,
     step: int | None = None,
     optimizer_config: dict | None = None,
+    partial: bool = False,
   ) -> tuple[nnx.State, dict]:
     """Reads `step` (default: latest) into arrays shaped, typed and sharded like `state`;
     returns (restored state, saved data state). The model config, and the optimizer settings
-    that shape its state (EMA, accumulation) when both sides give them, must match."""
+    that shape its state (EMA, accumulation) when both sides give them, must match. With
+    partial=True `state` may be a subset of what was saved (say the weights without Adam's
+    moments): only its leaves are read from disk."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -136,9 +139,16 @@ class Checkpointer:
     if saved_optimizer is not None and optimizer_config is not None:
       check_config(saved_optimizer, optimizer_config, str(self.directory), what="optimizer")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    if partial:
+      item = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+      )
+    else:
+      item = ocp.args.StandardRestore(target)
     restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
+      step, args=ocp.args.Composite(state=item, data=ocp.args.JsonRestore())
     )
     new_state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored.state))
     return new_state, restored.data

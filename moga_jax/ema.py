@@ -3,7 +3,8 @@
 As the last link of the optimizer chain (`ema_of_params`), it sees each update and the
 parameters it applies to, so the average is saved, restored and sharded with the optimizer's
 moments and advances once per real update (under gradient accumulation, every k-th step).
-Sampling reads it back with `apply_ema`.
+Sampling reads it back: `training.load_trained` reads the weights and this average alone from
+a checkpoint (`is_ema_path`, `ema_below`), `apply_ema` takes it from a live optimizer.
 """
 
 from __future__ import annotations
@@ -55,7 +56,42 @@ def apply_ema(model: nnx.Module, optimizer: nnx.Optimizer) -> bool:
   ema = find_ema(optimizer)
   if ema is None:
     return False
-  params = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(params, nnx.to_pure_dict(ema))
-  nnx.update(model, params)
+  load_averaged(model, ema)
   return True
+
+
+def load_averaged(model: nnx.Module, averaged: nnx.State) -> None:
+  """Sets the model's parameters to `averaged` (a tree of the parameters' shape)."""
+  params = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(params, nnx.to_pure_dict(averaged))
+  nnx.update(model, params)
+
+
+# Nodes of an optimizer state's tree that only hold other transformations' states: the
+# positions of a chain, MultiSteps' (gradient accumulation's) inner state.
+_STATE_CONTAINERS = ("inner_opt_state",)
+
+
+def is_ema_path(path: tuple) -> bool:
+  """Whether a path of an nnx.Optimizer's state ("opt_state", ...) lies inside the EMA of the
+  weights: below opt_state, through chain positions and wrapped states only, a node named
+  "ema". Adam's mu and nu mirror the weights too but sit under their own names."""
+  if not path or path[0] != "opt_state":
+    return False
+  for key in path[1:]:
+    if key == "ema":
+      return True
+    if not (isinstance(key, int) or key in _STATE_CONTAINERS):
+      return False
+  return False
+
+
+def ema_below(optimizer_state: nnx.State) -> nnx.State | None:
+  """The EMA inside an optimizer's nnx state (whole, or filtered by is_ema_path), or None."""
+  for path, _ in nnx.to_flat_state(optimizer_state):
+    if is_ema_path(path):
+      node = optimizer_state
+      for key in path[: path.index("ema") + 1]:
+        node = node[key]
+      return node
+  return None

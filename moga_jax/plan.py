@@ -39,9 +39,8 @@ from moga_jax.flops import (
   table5,
   temporal_groups,
 )
-from moga_jax.model import dit_from_config
-from moga_jax.sharding import ShardingRules, make_mesh, state_shardings
-from moga_jax.training import TrainState, latent_loss_fn, make_optimizer, make_train_step
+from moga_jax.sharding import ShardingRules, make_mesh
+from moga_jax.training import abstract_train_state, latent_loss_fn, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", config_path("wan14b_moga_580k"), "Config with video, model, train and sharding."
@@ -86,23 +85,6 @@ _SHOT_SECONDS = flags.DEFINE_float(
 )
 
 GiB = 2**30
-
-
-def _abstract_train_state(cfg, mesh, rules) -> TrainState:
-  def build():
-    dit = dit_from_config(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
-    return dit, make_optimizer(dit, cfg.train)
-
-  graphdef, abstract = nnx.split(nnx.eval_shape(build))
-  shardings = state_shardings(abstract, mesh, rules)
-  abstract = jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
-  )
-  from jax.sharding import NamedSharding
-
-  from moga_jax.sharding import batch_spec
-
-  return TrainState(graphdef, abstract, shardings, NamedSharding(mesh, batch_spec(rules)))
 
 
 def _abstract_batch(cfg, latent, batch_sharding) -> dict:
@@ -154,7 +136,7 @@ def make_plan(
   latent, grid = latent_and_token_grids(cfg)
   tokens = math.prod(grid)
   m = cfg.model
-  ts = _abstract_train_state(cfg, mesh, rules)
+  ts = abstract_train_state(cfg, mesh, rules)
   params = nnx.state(nnx.merge(ts.graphdef, ts.state)[0], nnx.Param)
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
   param_bytes = _device_bytes(params)

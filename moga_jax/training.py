@@ -22,7 +22,7 @@ from moga_jax.checkpoint import Checkpointer
 from moga_jax.config_checks import SCHEDULES
 from moga_jax.diffusion import flow_matching_loss
 from moga_jax.dit import VideoDiT
-from moga_jax.ema import apply_ema, ema_of_params
+from moga_jax.ema import ema_below, ema_of_params, is_ema_path, load_averaged
 from moga_jax.model import TextToVideo, dit_from_config, frame_shots
 from moga_jax.sharding import ShardingRules, batch_spec, state_shardings
 
@@ -78,7 +78,9 @@ def optimizer_layout(cfg) -> dict:
 def load_trained(cfg, workdir, *, use_ema: bool = True):
   """The model of the newest checkpoint in WORKDIR/checkpoints: a TextToVideo, or for configs
   with a `video` section (Wan) the fine-tuned VideoDiT, routers included; with use_ema the EMA
-  of its weights when the run kept one. Raises FileNotFoundError without a checkpoint."""
+  of its weights when the run kept one. Only the weights (and the EMA) are read: the optimizer's
+  moments, twice the weights' size under Adam, stay on disk. Raises FileNotFoundError without a
+  checkpoint."""
   workdir = Path(workdir)
   checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   try:
@@ -87,19 +89,25 @@ def load_trained(cfg, workdir, *, use_ema: bool = True):
         f"no checkpoint in {workdir / 'checkpoints'}: train first, e.g. "
         f"`python train.py --config configs/tiny.py --workdir {workdir}`"
       )
-    if "video" in cfg:
-      model = dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
-    else:
-      model = TextToVideo(cfg.model, rngs=nnx.Rngs(cfg.seed))
-    optimizer = make_optimizer(model, cfg.train)  # restored with the model (its EMA, if any)
-    checkpoints.restore(
-      (model, optimizer),
+    model = build_model(cfg)
+    # The optimizer's shapes only: where the EMA sits in its state, with nothing allocated.
+    optimizer = nnx.eval_shape(lambda: make_optimizer(model, cfg.train))
+    on_host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    ema = nnx.filter_state(nnx.state(optimizer), lambda path, _: use_ema and is_ema_path(path))
+    ema = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_host), ema)
+    wanted = nnx.State({0: nnx.state(model), **({1: ema} if jax.tree.leaves(ema) else {})})
+    restored, _ = checkpoints.restore_state(
+      wanted,
       model_config=cfg.model.to_dict(),
       optimizer_config=optimizer_layout(cfg.train),
+      partial=True,
     )
   finally:
     checkpoints.close()
-  if use_ema and apply_ema(model, optimizer):
+  nnx.update(model, restored[0])
+  averaged = ema_below(restored[1]) if 1 in restored else None
+  if averaged is not None:
+    load_averaged(model, averaged)
     logging.warning(
       "using the EMA of the weights (config.train.ema_decay = %s)", cfg.train.ema_decay
     )
@@ -148,24 +156,39 @@ class TrainState(NamedTuple):
     return nnx.merge(self.graphdef, self.state)
 
 
-def init_train_state(
-  cfg, mesh: jax.sharding.Mesh, rules: ShardingRules, *, build=None
-) -> TrainState:
-  """Builds model and optimizer under jit straight into their shardings on `mesh`.
+def build_model(cfg, *, rules: ShardingRules | None = None) -> nnx.Module:
+  """The config's model: a Wan VideoDiT for configs with a `video` section (fine-tuned from
+  converted weights), else the tiny default's TextToVideo."""
+  if "video" in cfg:
+    return dit_from_config(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
+  return TextToVideo(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
 
-  build() -> (model, optimizer) defaults to the config's TextToVideo with AdamW.
-  """
-  if build is None:
 
-    def build():
-      model = TextToVideo(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
-      return model, make_optimizer(model, cfg.train)
+def build_model_and_optimizer(cfg, *, rules: ShardingRules | None = None):
+  model = build_model(cfg, rules=rules)
+  return model, make_optimizer(model, cfg.train)
 
+
+def abstract_train_state(cfg, mesh: jax.sharding.Mesh, rules: ShardingRules) -> TrainState:
+  """The train state's structure with ShapeDtypeStruct leaves sharded as on `mesh`: nothing
+  is allocated (the planner compiles against it)."""
+  build = lambda: build_model_and_optimizer(cfg, rules=rules)
   graphdef, abstract = nnx.split(nnx.eval_shape(build))
   shardings = state_shardings(abstract, mesh, rules)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+  )
+  return TrainState(graphdef, abstract, shardings, NamedSharding(mesh, batch_spec(rules)))
+
+
+def init_train_state(cfg, mesh: jax.sharding.Mesh, rules: ShardingRules) -> TrainState:
+  """Builds model and optimizer under jit straight into their shardings on `mesh`."""
+  graphdef, _, shardings, batch_sharding = abstract_train_state(cfg, mesh, rules)
   with jax.set_mesh(mesh):
-    state = jax.jit(lambda: nnx.state(build()), out_shardings=shardings)()
-  return TrainState(graphdef, state, shardings, NamedSharding(mesh, batch_spec(rules)))
+    state = jax.jit(
+      lambda: nnx.state(build_model_and_optimizer(cfg, rules=rules)), out_shardings=shardings
+    )()
+  return TrainState(graphdef, state, shardings, batch_sharding)
 
 
 def make_train_step(cfg, train_state: TrainState, loss=loss_fn):

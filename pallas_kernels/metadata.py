@@ -87,6 +87,24 @@ class BlockMask(NamedTuple):
       return self
     return self._replace(start=self.key_start, count=self.key_count, indices=None)
 
+  def flat_metadata(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(start, count, tile_len, indices) as flat int32 vectors: what a Pallas kernel reads by
+    scalar index (SMEM on TPU, global memory on GPU). Entry (r, t) of the per-tile arrays is
+    r * num_tiles + t; a contiguous mask gets a one-element dummy index list."""
+    indices = jnp.zeros((1,), jnp.int32) if self.indices is None else self.indices.reshape(-1)
+    return (self.start.reshape(-1), self.count.reshape(-1), self.tile_len.reshape(-1), indices)
+
+
+def visited_tile(start, j, indices=None, list_offset=0):
+  """The tile visited at step j of a run that begins at `start`: start + j when the mask's runs
+  are contiguous (indices None), else entry list_offset + start + j of the flat index list (an
+  array or a kernel's ref). The entry is clamped to the list, so a step past the end of a run
+  (a TPU grid walks every tile to the longest count; the XLA sweep computes dead lanes) still
+  reads a valid one. The one copy of this rule for every implementation."""
+  if indices is None:
+    return start + j
+  return indices[jnp.minimum(list_offset + start + j, indices.shape[0] - 1)]
+
 
 def range_mask(key_lo: jax.Array, key_hi: jax.Array, *, tile: int, length: int) -> BlockMask:
   """The block mask of per-query key ranges, built on device (shapes are static).

@@ -14,6 +14,8 @@ from pallas_kernels.metadata import (
   repeat_rows,
   sorted_capacity,
   unpack_tiles,
+  visited_tile,
+  window_layout,
 )
 
 
@@ -119,3 +121,38 @@ def test_repeat_rows_serves_batch_major_rows():
   assert repeat_rows(mask, 2) is mask
   with pytest.raises(ValueError, match="2 rows, which must divide the 5"):
     repeat_rows(mask, 5)
+
+
+@pytest.mark.parametrize("csr", [True, False])
+def test_visited_tile_walks_each_tiles_run_from_the_flat_metadata(csr):
+  """The kernels' one walk rule, on the flat metadata they read: row r's query tile t visits
+  exactly the tiles its run names (CSR lists of a 3D window, or the contiguous runs of
+  groups), and steps past the run's end stay inside the index list."""
+  if csr:
+    one = jax.tree.map(jnp.asarray, window_layout((4, 6, 6), (2, 3, 3), (3, 3, 3)).mask)
+    mask = repeat_rows(one, 3)  # rows with different lists: the list offset must matter
+    shift = jnp.arange(3, dtype=jnp.int32)[:, None]
+    mask = mask._replace(indices=(mask.indices + shift) % one.num_tiles)
+  else:
+    ids = np.random.default_rng(0).integers(0, 5, (3, 40))
+    mask = group_layout(jnp.asarray(ids), num_groups=5, tile=4).mask
+  start, count, _, indices = (np.asarray(a) for a in mask.flat_metadata())
+  rows, num_tiles = mask.start.shape
+  list_len = None if mask.indices is None else mask.indices.shape[-1]
+  for r in range(rows):
+    for t in range(num_tiles):
+      i = r * num_tiles + t
+      walk = lambda j, i=i, r=r: (
+        visited_tile(start[i], j)
+        if list_len is None
+        else visited_tile(start[i], j, indices, r * list_len)
+      )
+      got = [int(walk(j)) for j in range(count[i])]
+      if list_len is None:
+        expected = list(range(mask.start[r, t], mask.start[r, t] + count[i]))
+      else:
+        lo = int(mask.start[r, t])
+        expected = np.asarray(mask.indices[r, lo : lo + count[i]]).tolist()
+      assert got == expected
+      if list_len is not None:  # a TPU grid step past the run: still a valid list entry
+        assert 0 <= int(walk(count[i] + 100)) < num_tiles

@@ -23,6 +23,7 @@ from moga_jax.wan.weights import (
   WeightReport,
   conv_kernel,
   identity,
+  known_config_keys,
   linear_kernel,
   load_tensors,
   read_safetensors,
@@ -109,13 +110,7 @@ def dit_kwargs_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
   name = config.get("_class_name", "WanTransformer3DModel")
   if name != "WanTransformer3DModel":
     raise ValueError(f"expected a WanTransformer3DModel config, got _class_name {name!r}")
-  unknown = sorted(k for k in config if not k.startswith("_") and k not in _DEFAULTS)
-  if unknown:
-    raise ValueError(
-      f"WanTransformer3DModel config has keys this mapping does not know: "
-      f"{unknown}; refusing rather than guessing what they change"
-    )
-  c = {**_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+  c = {**_DEFAULTS, **known_config_keys(config, _DEFAULTS, where="WanTransformer3DModel config")}
   for key, what in _UNSUPPORTED.items():
     if c[key] is not None:
       raise ValueError(

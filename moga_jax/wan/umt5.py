@@ -13,7 +13,6 @@ bfloat16 compute (as Wan runs the encoder) costs precision in the projections al
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
@@ -23,7 +22,47 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from moga_jax.wan.weights import known_config_keys, read_config_json
+
 _SUPPORTED_FFN = "gated-gelu"
+# What transformers derives from feed_forward_proj="gated-gelu" (and writes beside it).
+_IMPLIED_BY_GATED_GELU = {"dense_act_fn": "gelu_new", "is_gated_act": True}
+# Keys of a transformers umT5 config.json that do not change the encoder's output: the
+# decoder, generation and tokenizer settings, dropout, initialisation, output switches, saving
+# metadata (google/umt5-xxl's config.json and transformers 5.24's writing).
+_TRANSFORMERS_ONLY = frozenset(
+  {
+    "architectures",
+    "bos_token_id",
+    "chunk_size_feed_forward",
+    "classifier_dropout",
+    "id2label",
+    "label2id",
+    "output_attentions",
+    "output_hidden_states",
+    "problem_type",
+    "return_dict",
+    "scale_decoder_outputs",
+    "decoder_start_token_id",
+    "dropout_rate",
+    "dtype",
+    "eos_token_id",
+    "initializer_factor",
+    "is_decoder",
+    "is_encoder_decoder",
+    "model_type",
+    "num_decoder_layers",
+    "output_past",
+    "pad_token_id",
+    "scalable_attention",  # written by the T5X export; transformers never reads it
+    "tie_word_embeddings",
+    "tokenizer_class",
+    "torch_dtype",
+    "transformers_version",
+    "use_cache",
+    *_IMPLIED_BY_GATED_GELU,
+  }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +94,10 @@ class UMT5Config:
 
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> UMT5Config:
-    """Reads a transformers config.json (a file, or the folder holding one)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-      path = os.path.join(path, "config.json")
-    with open(path, encoding="utf-8") as f:
-      raw: dict[str, Any] = json.load(f)
+    """Reads a transformers config.json (a file, or the folder holding one). The settings that
+    could change the encoder are checked; transformers' own settings are ignored, silently
+    when known (_TRANSFORMERS_ONLY), else named in a warning (`known_config_keys`)."""
+    path, raw = read_config_json(path)
     if raw.get("model_type", "umt5") != "umt5":
       raise ValueError(
         f"{path}: model_type is {raw['model_type']!r}, expected 'umt5' (plain T5 "
@@ -68,8 +105,15 @@ class UMT5Config:
       )
     if raw.get("is_decoder", False):
       raise ValueError(f"{path}: is_decoder is true; only the umT5 encoder is supported")
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in raw.items() if k in names})
+    for key, value in _IMPLIED_BY_GATED_GELU.items():
+      if raw.get(key, value) != value:
+        raise ValueError(
+          f"{path}: {key}={raw[key]!r}, but this umT5 port computes {_SUPPORTED_FFN!r}, "
+          f"which means {key}={value!r}"
+        )
+    names = (f.name for f in dataclasses.fields(cls))
+    known = known_config_keys(raw, names, where=path, ignore=_TRANSFORMERS_ONLY, unknown="warn")
+    return cls(**known)
 
 
 def relative_position_buckets(

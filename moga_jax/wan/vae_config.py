@@ -9,9 +9,9 @@ different numbers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any
+
+from moga_jax.wan.weights import known_config_keys, read_config_json
 
 # Wan 2.1's published per-channel latent statistics (diffusers' defaults).
 WAN21_LATENTS_MEAN = (
@@ -147,26 +147,14 @@ class WanVAEConfig:
 
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> WanVAEConfig:
-    """Reads a diffusers config.json (a file, or the folder holding one).
-
-    Keys starting with "_" (class name, diffusers version) are metadata; any other key this
-    port does not know raises, since it might change what the model computes.
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-      path = os.path.join(path, "config.json")
-    with open(path, encoding="utf-8") as f:
-      raw: dict[str, Any] = json.load(f)
+    """Reads a diffusers config.json (a file, or the folder holding one); an unknown key
+    raises (`known_config_keys`: every converter's one policy)."""
+    path, raw = read_config_json(path)
     class_name = raw.get("_class_name", _CLASS_NAME)
     if class_name != _CLASS_NAME:
       raise ValueError(f"{path}: _class_name is {class_name!r}, expected {_CLASS_NAME!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k in raw if not k.startswith("_") and k not in names)
-    if unknown:
-      raise ValueError(
-        f"{path}: unsupported config fields {unknown} (this port knows {sorted(names)})"
-      )
+    fields = known_config_keys(raw, (f.name for f in dataclasses.fields(cls)), where=path)
     try:
-      return cls(**{k: v for k, v in raw.items() if k in names})
+      return cls(**fields)
     except ValueError as e:
       raise ValueError(f"{path}: {e}") from e

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from absl import logging
 from flax import nnx
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -93,6 +95,45 @@ def config_beside(src: str | os.PathLike) -> Path:
   if not (folder / "config.json").is_file():
     raise FileNotFoundError(f"no config.json in {folder}: pass config= explicitly")
   return folder / "config.json"
+
+
+def read_config_json(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+  """(path, contents) of a config.json, given the file or the folder holding one."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, "config.json")
+  with open(path, encoding="utf-8") as f:
+    return path, json.load(f)
+
+
+def known_config_keys(
+  raw: Mapping[str, Any],
+  known: Iterable[str],
+  *,
+  where: str,
+  ignore: Iterable[str] = (),
+  unknown: str = "raise",
+) -> dict[str, Any]:
+  """The one unknown-key policy of every converter's config reader. Keys starting with "_"
+  (class name, library version) are metadata; keys in `ignore` are the exporting library's
+  own settings that do not change what the ported model computes. Any other key the port
+  does not know raises a ValueError naming it (unknown="raise": diffusers configs, whose keys
+  are the model's constructor arguments, so a new key is a new behaviour), or is named in a
+  warning (unknown="warn": transformers configs, which carry generic and decoder settings that
+  change from release to release; the keys that could change the encoder are checked by the
+  caller). Returns the known keys."""
+  if unknown not in ("raise", "warn"):
+    raise ValueError(f"unknown must be 'raise' or 'warn', got {unknown!r}")
+  known, ignore = set(known), set(ignore)
+  extra = sorted(k for k in raw if not k.startswith("_") and k not in known | ignore)
+  if extra and unknown == "raise":
+    raise ValueError(
+      f"{where}: unsupported config keys {extra}; refusing rather than guessing what they "
+      f"change (this port reads {sorted(known)})"
+    )
+  if extra:
+    logging.warning("%s: ignoring config keys this port does not read: %s", where, extra)
+  return {k: v for k, v in raw.items() if k in known}
 
 
 def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:

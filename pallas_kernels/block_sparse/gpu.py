@@ -27,14 +27,9 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels.block_sparse import tile_math
 from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp, kernel_name
 from pallas_kernels.block_sparse.options import KernelOptions
-from pallas_kernels.metadata import BlockMask
+from pallas_kernels.metadata import BlockMask, visited_tile
 
 _F32 = tile_math.F32
-
-
-def _metadata(mask: BlockMask):
-  indices = jnp.zeros((1,), jnp.int32) if mask.indices is None else mask.indices.reshape(-1)
-  return (mask.start.reshape(-1), mask.count.reshape(-1), mask.tile_len.reshape(-1), indices)
 
 
 def _columns(mask: BlockMask):
@@ -43,9 +38,10 @@ def _columns(mask: BlockMask):
   list_len = None if mask.indices is None else mask.indices.shape[-1]
 
   def column(r, t, j, start_ref, idx_ref):
+    start = start_ref[r * num_tiles + t]
     if list_len is None:
-      return start_ref[r * num_tiles + t] + j
-    return idx_ref[r * list_len + start_ref[r * num_tiles + t] + j]
+      return visited_tile(start, j)
+    return visited_tile(start, j, idx_ref, r * list_len)
 
   return column
 
@@ -120,7 +116,7 @@ def _call(
     interpret=options.interpret,
     name=name,
     compiler_params=plgpu.CompilerParams(num_warps=params.num_warps, num_stages=params.num_stages),
-  )(*_metadata(mask), *operands)
+  )(*mask.flat_metadata(), *operands)
 
 
 def _ids():

@@ -34,16 +34,10 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels.block_sparse import tile_math
 from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp, kernel_name
 from pallas_kernels.block_sparse.options import KernelOptions
-from pallas_kernels.metadata import BlockMask
+from pallas_kernels.metadata import BlockMask, visited_tile
 
 _F32 = tile_math.F32
 _NUM_PREFETCH = 4  # start, count, tile_len, indices
-
-
-def _prefetch(mask: BlockMask):
-  """Flat int32 arrays for SMEM; contiguous runs get a one-element dummy index list."""
-  indices = jnp.zeros((1,), jnp.int32) if mask.indices is None else mask.indices.reshape(-1)
-  return (mask.start.reshape(-1), mask.count.reshape(-1), mask.tile_len.reshape(-1), indices)
 
 
 class _Walk:
@@ -76,9 +70,8 @@ class _Walk:
     i = self.at(r, t)
     j = jnp.minimum(j, jnp.maximum(count_ref[i] - 1, 0))
     if self.list_len is None:
-      return start_ref[i] + j
-    flat = self.meta_row(r) * self.list_len + start_ref[i] + j
-    return idx_ref[jnp.minimum(flat, idx_ref.shape[0] - 1)]
+      return visited_tile(start_ref[i], j)
+    return visited_tile(start_ref[i], j, idx_ref, self.meta_row(r) * self.list_len)
 
 
 def _call(
@@ -109,7 +102,7 @@ def _call(
     interpret=interpret,
     name=name,
     compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
-  )(*_prefetch(mask), *operands)
+  )(*mask.flat_metadata(), *operands)
 
 
 def _lane_dense(x):

@@ -30,7 +30,7 @@ from jax import lax
 from pallas_kernels.block_sparse import tile_math
 from pallas_kernels.block_sparse.flash_vjp import flash_attention_vjp, kernel_name
 from pallas_kernels.block_sparse.options import KernelOptions
-from pallas_kernels.metadata import BlockMask, cdiv
+from pallas_kernels.metadata import BlockMask, cdiv, visited_tile
 
 _F32 = tile_math.F32
 
@@ -50,11 +50,6 @@ class _FlatMask(NamedTuple):
   key_hi: jax.Array | None
   key_start: jax.Array | None  # [R * nt] global tiles, the backward's runs (None: symmetric)
   key_count: jax.Array | None
-
-  def col(self, start: jax.Array, j: jax.Array) -> jax.Array:
-    if self.indices is None:
-      return start + j
-    return self.indices[jnp.clip(start + j, 0, self.indices.shape[0] - 1)]
 
   def seen(
     self, q_tiles: jax.Array, k_tiles: jax.Array, tile: int, *, real_queries: bool = False
@@ -118,7 +113,7 @@ def _sweep(mask: _FlatMask, chunk: int, program: Callable[[jax.Array], ChunkProg
     def body(state):
       j, carry = state
       live = j < count
-      return j + 1, step(carry, jnp.where(live, mask.col(start, j), rows), live)
+      return j + 1, step(carry, jnp.where(live, visited_tile(start, j, mask.indices), rows), live)
 
     _, carry = lax.while_loop(lambda s: s[0] < jnp.max(count), body, (jnp.int32(0), carry))
     return finish(carry)
