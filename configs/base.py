@@ -52,6 +52,9 @@ def get_config(num_groups: int) -> ConfigDict:
   # Compute dtype of the DiT's matmuls and attention: "float32" or "bfloat16" (parameters,
   # residual stream, norms, router, softmax statistics and the loss stay float32).
   c.model.dtype = "float32"
+  # Storage dtype of every model parameter: "float32", or "bfloat16" to halve the weights'
+  # memory when sampling (a float32 checkpoint loads into it, cast); train in float32.
+  c.model.param_dtype = "float32"
   c.model.attention = attention_block(num_groups)
 
   c.diffusion = ConfigDict()

@@ -38,9 +38,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 # Model-config fields (or sections, for every field under them) that change how the model
-# computes, not its parameters: a run trained in bfloat16 samples in float32 and the other way
-# round, and kernel knobs can be retuned for the machine that resumes or samples.
-COMPUTE_ONLY = frozenset({"dtype", "attention.implementation", "attention.kernel_options"})
+# computes or stores its parameters, not what they are: a run trained in bfloat16 samples in
+# float32 and the other way round, a float32 checkpoint loads into bfloat16 parameters (cast),
+# and kernel knobs can be retuned for the machine that resumes or samples.
+COMPUTE_ONLY = frozenset(
+  {"dtype", "param_dtype", "attention.implementation", "attention.kernel_options"}
+)
 
 
 def _compute_only(field: str) -> bool:

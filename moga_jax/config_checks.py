@@ -96,8 +96,9 @@ def validate_config(cfg) -> None:
   weight = cfg.diffusion.get("balance_weight", 0.0)
   if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
     raise ValueError(f"config.diffusion.balance_weight must be a number >= 0, got {weight!r}")
-  if m.get("dtype", "float32") not in DTYPES:
-    raise ValueError(f"config.model.dtype must be one of {DTYPES}, got {m.get('dtype')!r}")
+  for field in ("dtype", "param_dtype"):
+    if m.get(field, "float32") not in DTYPES:
+      raise ValueError(f"config.model.{field} must be one of {DTYPES}, got {m.get(field)!r}")
   accum = cfg.train.get("grad_accum_steps", 1)
   if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
     raise ValueError(f"config.train.grad_accum_steps must be an int >= 1, got {accum!r}")
@@ -117,7 +118,7 @@ def validate_config(cfg) -> None:
 
 COMBINE = ("mean", "sum")
 BALANCE_LOSSES = ("paper", "switch")
-DTYPES = ("float32", "bfloat16")  # config.model.dtype: the DiT's compute dtype
+DTYPES = ("float32", "bfloat16")  # config.model.dtype (compute) and .param_dtype (storage)
 SCHEDULES = ("constant", "cosine")  # train.schedule (moga_jax.training.make_schedule)
 
 

@@ -44,8 +44,15 @@ class _TwoPassLayerNorm(nnx.LayerNorm):
     return y.astype(x.dtype)
 
 
-def _layer_norm(dim: int, rngs: nnx.Rngs, *, affine: bool) -> nnx.LayerNorm:
-  return _TwoPassLayerNorm(dim, epsilon=_EPS, use_bias=affine, use_scale=affine, rngs=rngs)
+def _layer_norm(dim: int, rngs: nnx.Rngs, *, affine: bool, param_dtype=jnp.float32):
+  return _TwoPassLayerNorm(
+    dim, epsilon=_EPS, use_bias=affine, use_scale=affine, param_dtype=param_dtype, rngs=rngs
+  )
+
+
+def _modulation(rngs: nnx.Rngs, rows: int, dim: int, param_dtype) -> nnx.Param:
+  values = jax.random.normal(rngs.params(), (1, rows, dim)) / dim**0.5
+  return nnx.Param(values.astype(param_dtype))
 
 
 class DiTBlock(nnx.Module):
@@ -57,25 +64,22 @@ class DiTBlock(nnx.Module):
     *,
     attention: dict | None,
     dtype=None,
+    param_dtype=jnp.float32,
     rules: ShardingRules | None = None,
     rngs: nnx.Rngs,
   ):
     """attention: MoGAAttention keyword arguments, or None for dense self-attention. dtype: the
-    linears' and attention's compute dtype (None: the parameters', float32)."""
+    linears' and attention's compute dtype (None: the parameters'). param_dtype: every
+    parameter's storage dtype."""
+    dtypes = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm1 = _layer_norm(dim, rngs, affine=False)
-    self.self_attn = MoGAAttention(
-      dim,
-      num_heads,
-      rules=rules,
-      rngs=rngs,
-      dtype=dtype,
-      **(DENSE if attention is None else attention),
-    )
-    self.norm3 = _layer_norm(dim, rngs, affine=True)
-    self.cross_attn = ShotCrossAttention(dim, num_heads, dtype=dtype, rules=rules, rngs=rngs)
+    attention = DENSE if attention is None else attention
+    self.self_attn = MoGAAttention(dim, num_heads, rules=rules, rngs=rngs, **dtypes, **attention)
+    self.norm3 = _layer_norm(dim, rngs, affine=True, param_dtype=param_dtype)
+    self.cross_attn = ShotCrossAttention(dim, num_heads, rules=rules, rngs=rngs, **dtypes)
     self.norm2 = _layer_norm(dim, rngs, affine=False)
-    self.ffn = FeedForward(dim, ffn_dim, dtype=dtype, rngs=rngs)
-    self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 6, dim)) / dim**0.5)
+    self.ffn = FeedForward(dim, ffn_dim, rngs=rngs, **dtypes)
+    self.modulation = _modulation(rngs, 6, dim, param_dtype)
 
   def __call__(self, x, time_modulation, context, context_mask, token_shot, frame_shot, grid_shape):
     mod = (self.modulation[...] + time_modulation).astype(jnp.float32)  # [B, 6, dim]
@@ -102,9 +106,10 @@ class VideoDiT(nnx.Module):
     sequence between blocks and attention runs Ulysses-parallel when a mesh is set. None: no
     sharding annotations (one device, or the caller's own).
   dtype: compute dtype of the matmuls and attention (e.g. bfloat16; None: float32). The
-    parameters, the residual stream, the norms' statistics, the time embedding and
-    modulation, the router, the attention softmax statistics and the returned velocity
-    stay float32.
+    residual stream, the norms' statistics, the time embedding and modulation, the router,
+    the attention softmax statistics and the returned velocity stay float32.
+  param_dtype: storage dtype of every parameter (float32; bfloat16 halves the weights'
+    memory, e.g. to sample a big model on one GPU; they are upcast where float32 is kept).
   """
 
   def __init__(
@@ -124,6 +129,7 @@ class VideoDiT(nnx.Module):
     scan_layers: bool = False,
     remat: bool = False,
     dtype=None,
+    param_dtype=jnp.float32,
     rules: ShardingRules | None = None,
     rngs: nnx.Rngs,
   ):
@@ -141,18 +147,21 @@ class VideoDiT(nnx.Module):
     dense = set(dense_layers)
     routed = attention is not None and attention.get("num_groups", 5) is not None
     self.moga_layers = tuple(i for i in range(num_layers) if i not in dense) if routed else ()
+    stored = dict(param_dtype=param_dtype, rngs=rngs)
     self.patch_embedding = nnx.Conv(
-      in_channels, dim, kernel_size=self.patch, strides=self.patch, padding="VALID", rngs=rngs
+      in_channels, dim, kernel_size=self.patch, strides=self.patch, padding="VALID", **stored
     )
     self.text_embedding = nnx.Sequential(
-      nnx.Linear(text_dim, dim, dtype=self.dtype, rngs=rngs),
+      nnx.Linear(text_dim, dim, dtype=self.dtype, **stored),
       lambda x: jax.nn.gelu(x, approximate=True),
-      nnx.Linear(dim, dim, dtype=self.dtype, rngs=rngs),
+      nnx.Linear(dim, dim, dtype=self.dtype, **stored),
     )
+    # The time embedding computes in float32 whatever the parameters' storage dtype.
+    time_linear = lambda i, o: nnx.Linear(i, o, dtype=jnp.float32, **stored)
     self.time_embedding = nnx.Sequential(
-      nnx.Linear(freq_dim, dim, rngs=rngs), jax.nn.silu, nnx.Linear(dim, dim, rngs=rngs)
+      time_linear(freq_dim, dim), jax.nn.silu, time_linear(dim, dim)
     )
-    self.time_projection = nnx.Sequential(jax.nn.silu, nnx.Linear(dim, 6 * dim, rngs=rngs))
+    self.time_projection = nnx.Sequential(jax.nn.silu, time_linear(dim, 6 * dim))
 
     def block(rngs, dense: bool):
       return DiTBlock(
@@ -161,6 +170,7 @@ class VideoDiT(nnx.Module):
         num_heads,
         attention=None if dense else attention,
         dtype=self.dtype,
+        param_dtype=param_dtype,
         rules=rules,
         rngs=rngs,
       )
@@ -176,13 +186,13 @@ class VideoDiT(nnx.Module):
     else:
       self.blocks = nnx.List([block(rngs, i in dense) for i in range(num_layers)])
     self.head_norm = _layer_norm(dim, rngs, affine=False)
-    self.head_modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 2, dim)) / dim**0.5)
+    self.head_modulation = _modulation(rngs, 2, dim, param_dtype)
     self.head = nnx.Linear(
       dim,
       out_channels * math.prod(self.patch),
       dtype=self.dtype,
       kernel_init=nnx.initializers.zeros_init(),
-      rngs=rngs,
+      **stored,
     )
 
   def _embed_patches(self, latents: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
@@ -196,11 +206,11 @@ class VideoDiT(nnx.Module):
     patches = constrain(patches, self.rules, "activation_batch", "activation_length", None)
     conv = self.patch_embedding
     kernel = conv.kernel[...].reshape(-1, conv.out_features)  # [(pt, ph, pw, C), dim]
-    compute = self.dtype or kernel.dtype
+    compute = self.dtype or jnp.float32
     x = jnp.dot(
       patches.astype(compute), kernel.astype(compute), preferred_element_type=jnp.float32
     )  # the residual stream is float32
-    return x + conv.bias[...] if conv.bias is not None else x
+    return x + conv.bias[...].astype(jnp.float32) if conv.bias is not None else x
 
   def __call__(
     self,

@@ -49,6 +49,7 @@ def dit_from_config(
     scan_layers=m.scan_layers,
     remat=m.remat,
     dtype=jnp.dtype(m.get("dtype", "float32")),
+    param_dtype=jnp.dtype(m.get("param_dtype", "float32")),
     rules=rules,
     rngs=rngs,
   )
@@ -62,7 +63,11 @@ class TextToVideo(nnx.Module):
   ):
     self.latent_factor = cfg.latent_factor
     self.text_encoder = ByteTextEncoder(
-      cfg.text_dim, max_len=cfg.caption_len, num_layers=cfg.text_layers, rngs=rngs
+      cfg.text_dim,
+      max_len=cfg.caption_len,
+      num_layers=cfg.text_layers,
+      param_dtype=jnp.dtype(cfg.get("param_dtype", "float32")),
+      rngs=rngs,
     )
     self.dit = dit_from_config(cfg, rules=rules, rngs=rngs)
 

@@ -16,11 +16,12 @@ from moga_jax.layers import FeedForward
 
 
 class _Layer(nnx.Module):
-  def __init__(self, dim: int, heads: int, rngs: nnx.Rngs):
-    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
-    self.attn = nnx.MultiHeadAttention(heads, dim, decode=False, rngs=rngs)
-    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
-    self.ffn = FeedForward(dim, 4 * dim, rngs=rngs)
+  def __init__(self, dim: int, heads: int, param_dtype, rngs: nnx.Rngs):
+    stored = dict(param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = nnx.LayerNorm(dim, dtype=jnp.float32, **stored)
+    self.attn = nnx.MultiHeadAttention(heads, dim, decode=False, dtype=jnp.float32, **stored)
+    self.norm2 = nnx.LayerNorm(dim, dtype=jnp.float32, **stored)
+    self.ffn = FeedForward(dim, 4 * dim, dtype=jnp.float32, **stored)
 
   def __call__(self, x, mask):
     x = x + self.attn(self.norm1(x), mask=mask[..., None, None, :])
@@ -28,13 +29,24 @@ class _Layer(nnx.Module):
 
 
 class ByteTextEncoder(nnx.Module):
+  """param_dtype: every parameter's storage dtype; the encoder computes in float32."""
+
   def __init__(
-    self, dim: int, *, max_len: int, num_layers: int = 2, num_heads: int = 4, rngs: nnx.Rngs
+    self,
+    dim: int,
+    *,
+    max_len: int,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
   ):
-    self.embed = nnx.Embed(256, dim, rngs=rngs)
-    self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
-    self.layers = nnx.List([_Layer(dim, num_heads, rngs) for _ in range(num_layers)])
-    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+    stored = dict(param_dtype=param_dtype, rngs=rngs)
+    self.embed = nnx.Embed(256, dim, dtype=jnp.float32, **stored)
+    pos = 0.02 * jax.random.normal(rngs.params(), (max_len, dim))
+    self.pos = nnx.Param(pos.astype(param_dtype))
+    self.layers = nnx.List([_Layer(dim, num_heads, param_dtype, rngs) for _ in range(num_layers)])
+    self.norm = nnx.LayerNorm(dim, dtype=jnp.float32, **stored)
 
   def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """tokens: uint8/int [B, S, L] -> (embeddings [B, S, L, dim], mask bool [B, S, L])."""
@@ -44,7 +56,8 @@ class ByteTextEncoder(nnx.Module):
         f"captions hold {length} tokens but the encoder was built for at most {self.pos.shape[0]}"
       )
     mask = tokens > 0
-    x = self.embed(tokens.astype(jnp.int32).reshape(b * s, length)) + self.pos[:length]
+    positions = self.pos[:length].astype(jnp.float32)
+    x = self.embed(tokens.astype(jnp.int32).reshape(b * s, length)) + positions
     flat_mask = mask.reshape(b * s, length)
     # A caption with no token at all (dropped for classifier-free guidance) attends to itself
     # only through the first position, so the softmax stays defined; the DiT masks it anyway.
