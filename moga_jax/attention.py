@@ -4,41 +4,17 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moga_jax.model_config import AttentionConfig
 from moga_jax.rope import apply_rope, rope_angles
-from moga_jax.routing import BALANCE_LOSSES, GroupRouter, routed_group_attention
+from moga_jax.routing import GroupRouter, routed_group_attention
 from moga_jax.sequence_parallel import ulysses
 from moga_jax.sharding import ShardingRules, constrain
-from pallas_kernels import KernelOptions, frame_attention, shot_window_attention, window_attention
-from pallas_kernels.validation import check_int
-
-COMBINES = ("mean", "sum")
-
-# MoGAAttention keyword arguments that turn every sparse branch off: plain dense attention with
-# the same projections (the unmodified Wan model, or blocks kept dense).
-DENSE = {
-  "num_groups": None,
-  "stga_windows": None,
-  "frame_attention": False,
-  "window": None,
-  "window_tile": None,
-}
-
-
-def is_dense(attention: dict | None) -> bool:
-  """Whether MoGAAttention keyword arguments (None: the defaults) leave no sparse branch on."""
-  kw = {} if attention is None else attention
-  return (
-    kw.get("num_groups", 5) is None
-    and kw.get("stga_windows", (2, 2)) is None
-    and not kw.get("frame_attention", True)
-    and kw.get("window") is None
-  )
+from pallas_kernels import frame_attention, shot_window_attention, window_attention
 
 
 class MoGAAttention(nnx.Module):
@@ -54,26 +30,15 @@ class MoGAAttention(nnx.Module):
 
   Args:
     dim: model width. num_heads, head_dim: attention heads (head_dim defaults to dim // heads).
-    num_groups: MoGA's groups M (the paper: 5 for Wan, 20 for the minute-long model); None
-      turns the MoGA branch off.
-    top_k: groups per token (1 in the paper). per_head_router: route each head on its own
-      (an extension; the paper shares one routing). balance_loss: "paper" (eq. 8 as printed)
-      or "switch".
-    stga_windows: (rows, cols) spatial windows per latent frame (2x2 for Wan, 4x4 for the
-      60-s model); None turns STGA off. stga_temporal_group: frames per temporal group (None:
-      a whole shot). stga_context_frames: frames of each adjacent group added to STGA's keys.
-    frame_attention: the per-frame full-attention branch.
-    window, window_tile: an extra sliding 3D window branch (ours, not the paper's; it crosses
-      shot cuts), (t, h, w) window in tiles and tile size in tokens; None: off.
-    combine: "mean" of the branch outputs (the paper) or their "sum".
-    group_tile: tokens per tile of the sorted group layout (None: the op's default).
-    implementation, interpret: forwarded to the attention ops (None: best for the backend).
-    kernel_options: a `KernelOptions` or a mapping of its fields (a config section): the
-      kernels' tuning knobs (xla chunk size, Triton warps / stages), forwarded to the ops.
+    config: the branches and kernel settings, an `AttentionConfig` (None: its defaults, the
+      paper's block with M = 5); keyword settings (`num_groups=20, stga_windows=(4, 4)`, ...:
+      its field names) override it. With every branch off (`**DENSE`) the block is plain
+      dense attention.
     rules: logical sharding rules. With them and a mesh set (`jax.set_mesh`), attention runs
       Ulysses-parallel: sequence-sharded inputs, whole sequences per device for a slice of the
       heads inside `jax.shard_map` (see `sequence_parallel.py`). None: no sharding annotations.
-  With every branch off (`**DENSE`) the block is plain dense attention.
+    dtype, param_dtype: compute and storage dtypes of the projections and norms (the router
+      and the softmax statistics stay float32).
 
   Call: `out, balance_loss = attn(x, grid_shape=(T, H, W), frame_shot=shots)` with x
   [B, T*H*W, dim] and shots int [B, T], the shot of every latent frame, non-decreasing (None:
@@ -86,28 +51,13 @@ class MoGAAttention(nnx.Module):
     dim: int,
     num_heads: int,
     *,
+    config: AttentionConfig | None = None,
     head_dim: int | None = None,
-    num_groups: int | None = 5,
-    top_k: int = 1,
-    per_head_router: bool = False,
-    balance_loss: str = "paper",
-    stga_windows: tuple[int, int] | None = (2, 2),
-    stga_temporal_group: int | None = None,
-    stga_context_frames: int = 1,
-    frame_attention: bool = True,
-    window: tuple[int, int, int] | None = None,
-    window_tile: tuple[int, int, int] | None = None,
-    combine: str = "mean",
-    group_tile: int | None = None,
-    qk_norm: bool = True,
-    rope_theta: float = 10000.0,
-    implementation: str | None = None,
-    interpret: bool | None = None,
-    kernel_options: KernelOptions | Mapping | None = None,
     rules: ShardingRules | None = None,
     dtype: jnp.dtype | None = None,
     param_dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
+    **settings,
   ):
     if head_dim is None:
       if dim % num_heads:
@@ -115,36 +65,19 @@ class MoGAAttention(nnx.Module):
           f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is not given"
         )
       head_dim = dim // num_heads
-    if (window is None) != (window_tile is None):
-      raise ValueError(
-        f"window and window_tile go together, got window={window!r}, window_tile={window_tile!r}"
-      )
-    if combine not in COMBINES:
-      raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-    if balance_loss not in BALANCE_LOSSES:
-      raise ValueError(f"balance_loss must be one of {BALANCE_LOSSES}, got {balance_loss!r}")
-    if stga_windows is not None:
-      stga_windows = tuple(stga_windows)
-      if len(stga_windows) != 2 or any(not isinstance(s, int) or s < 1 for s in stga_windows):
-        raise ValueError(
-          f"stga_windows must be None or two positive ints (rows, cols), got {stga_windows!r}"
-        )
-    if stga_temporal_group is not None:
-      check_int("stga_temporal_group", stga_temporal_group)
-    check_int("stga_context_frames", stga_context_frames, minimum=0)
-    if num_groups is not None:
-      check_int("num_groups", num_groups)
-    self.num_heads, self.head_dim, self.num_groups = num_heads, head_dim, num_groups
-    self.stga_windows, self.stga_temporal_group = stga_windows, stga_temporal_group
-    self.stga_context_frames, self.frame_attention = stga_context_frames, frame_attention
-    self.window, self.window_tile, self.group_tile = window, window_tile, group_tile
-    self.combine = combine
+    c = AttentionConfig.of(config)
+    c = c.replace(**settings) if settings else c
+    self.config = c
+    self.num_heads, self.head_dim, self.num_groups = num_heads, head_dim, c.num_groups
+    self.stga_windows, self.stga_temporal_group = c.stga_windows, c.stga_temporal_group
+    self.stga_context_frames, self.frame_attention = c.stga_context_frames, c.frame_attention
+    self.window, self.window_tile, self.group_tile = c.window, c.window_tile, c.group_tile
+    self.combine, self.rope_theta = c.combine, c.rope_theta
+    self.implementation, self.interpret = c.implementation, c.interpret
+    self.kernel_options = c.kernel_options
     # Set True to keep every call's routing as an nnx.Intermediate "routing" (group ids and
     # probabilities), for analysis: `nnx.pop(model, nnx.Intermediate)` after the call.
     self.record_routing = False
-    self.rope_theta = rope_theta
-    self.implementation, self.interpret = implementation, interpret
-    self.kernel_options = KernelOptions.of(kernel_options)
     self.rules = rules
     inner = num_heads * head_dim
     linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -155,17 +88,17 @@ class MoGAAttention(nnx.Module):
       linear(inner, dim),
     )
     norm = lambda: nnx.RMSNorm(inner, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.norm_q, self.norm_k = (norm(), norm()) if qk_norm else (None, None)
+    self.norm_q, self.norm_k = (norm(), norm()) if c.qk_norm else (None, None)
     self.router = (
       None
-      if num_groups is None
+      if c.num_groups is None
       else GroupRouter(
         dim,
-        num_groups,
-        num_heads=num_heads if per_head_router else None,
-        top_k=top_k,
+        c.num_groups,
+        num_heads=num_heads if c.per_head_router else None,
+        top_k=c.top_k,
         # Routing stays in float32 whatever `dtype`: its argmax and gate p(g|x) decide groups.
-        balance=balance_loss,
+        balance=c.balance_loss,
         dtype=None,
         param_dtype=param_dtype,
         rngs=rngs,

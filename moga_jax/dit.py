@@ -14,14 +14,15 @@ groups span all shots, which is where the paper credits cross-shot consistency.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moga_jax.attention import DENSE, MoGAAttention
+from moga_jax.attention import MoGAAttention
 from moga_jax.layers import FeedForward, ShotCrossAttention, sinusoidal_embedding
+from moga_jax.model_config import DENSE, AttentionConfig, DiTConfig
 from moga_jax.sharding import ShardingRules, constrain
 
 _EPS = 1e-6
@@ -62,19 +63,19 @@ class DiTBlock(nnx.Module):
     ffn_dim: int,
     num_heads: int,
     *,
-    attention: dict | None,
+    attention: AttentionConfig | None,
     dtype=None,
     param_dtype=jnp.float32,
     rules: ShardingRules | None = None,
     rngs: nnx.Rngs,
   ):
-    """attention: MoGAAttention keyword arguments, or None for dense self-attention. dtype: the
+    """attention: the self-attention's settings, or None for dense self-attention. dtype: the
     linears' and attention's compute dtype (None: the parameters'). param_dtype: every
     parameter's storage dtype."""
     dtypes = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm1 = _layer_norm(dim, rngs, affine=False)
-    attention = DENSE if attention is None else attention
-    self.self_attn = MoGAAttention(dim, num_heads, rules=rules, rngs=rngs, **dtypes, **attention)
+    config = AttentionConfig(**DENSE) if attention is None else attention
+    self.self_attn = MoGAAttention(dim, num_heads, config=config, rules=rules, rngs=rngs, **dtypes)
     self.norm3 = _layer_norm(dim, rngs, affine=True, param_dtype=param_dtype)
     self.cross_attn = ShotCrossAttention(dim, num_heads, rules=rules, rngs=rngs, **dtypes)
     self.norm2 = _layer_norm(dim, rngs, affine=False)
@@ -98,7 +99,8 @@ class VideoDiT(nnx.Module):
   in_channels, out_channels: latent channels. dim, ffn_dim, num_layers, num_heads: widths.
   text_dim: width of the caption embeddings fed in (4096 for umT5-XXL).
   patch: (t, h, w) patch of the 3D patch embedding (Wan: (1, 2, 2)).
-  attention: MoGAAttention keyword arguments for MoGA blocks, or None for dense blocks.
+  attention: the MoGA blocks' `AttentionConfig` (or a mapping of its fields), or None for
+    dense blocks.
   dense_layers: indices of blocks kept dense (e.g. the first one); rest use `attention`.
   scan_layers: run the blocks with nnx.scan (all blocks must be alike); remat: rematerialise
     each block in the backward pass (jax.checkpoint), trading compute for memory.
@@ -124,7 +126,7 @@ class VideoDiT(nnx.Module):
     text_dim: int,
     patch: Sequence[int] = (1, 2, 2),
     freq_dim: int = 256,
-    attention: dict | None = None,
+    attention: AttentionConfig | Mapping | None = None,
     dense_layers: Sequence[int] = (),
     scan_layers: bool = False,
     remat: bool = False,
@@ -140,12 +142,13 @@ class VideoDiT(nnx.Module):
         "scan_layers needs identical blocks, but dense_layers "
         f"{tuple(dense_layers)} differ from the MoGA blocks"
       )
+    attention = None if attention is None else AttentionConfig.of(attention)
     self.patch = tuple(int(p) for p in patch)
     self.out_channels, self.freq_dim = out_channels, freq_dim
     self.scan_layers, self.remat, self.rules = scan_layers, remat, rules
     self.dtype = None if dtype is None or jnp.dtype(dtype) == jnp.float32 else jnp.dtype(dtype)
     dense = set(dense_layers)
-    routed = attention is not None and attention.get("num_groups", 5) is not None
+    routed = attention is not None and attention.num_groups is not None
     self.moga_layers = tuple(i for i in range(num_layers) if i not in dense) if routed else ()
     stored = dict(param_dtype=param_dtype, rngs=rngs)
     self.patch_embedding = nnx.Conv(
@@ -194,6 +197,12 @@ class VideoDiT(nnx.Module):
       kernel_init=nnx.initializers.zeros_init(),
       **stored,
     )
+
+  @classmethod
+  def from_config(
+    cls, config: DiTConfig, *, rules: ShardingRules | None = None, rngs: nnx.Rngs
+  ) -> VideoDiT:
+    return cls(**config.as_dict(), rules=rules, rngs=rngs)
 
   def _embed_patches(self, latents: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
     """The strided 3D conv of the patch embedding, as patchify + matmul with the same kernel:

@@ -8,8 +8,8 @@ import ml_collections
 from flax import nnx
 
 from moga_jax import latents
-from moga_jax.attention import is_dense
 from moga_jax.dit import VideoDiT
+from moga_jax.model_config import DiTConfig
 from moga_jax.sharding import ShardingRules
 from moga_jax.text import ByteTextEncoder
 
@@ -29,30 +29,8 @@ def frame_shots(shot_bounds: jax.Array, num_shots: jax.Array, num_frames: int) -
 def dit_from_config(
   m: ml_collections.ConfigDict, *, rules: ShardingRules | None = None, rngs: nnx.Rngs
 ) -> VideoDiT:
-  """The VideoDiT of a config's model section. Latent channels: `in_channels` where the config
-  gives them (Wan-VAE latents), else those of the space-to-depth stand-in."""
-  channels = m.in_channels if "in_channels" in m else 3 * m.latent_factor**2
-  attention = _tuples(m.attention.to_dict())
-  attention = None if is_dense(attention) else attention
-  return VideoDiT(
-    in_channels=channels,
-    out_channels=channels,
-    dim=m.dim,
-    ffn_dim=m.ffn_dim,
-    num_layers=m.num_layers,
-    num_heads=m.num_heads,
-    text_dim=m.text_dim,
-    patch=tuple(m.patch),
-    freq_dim=m.get("freq_dim", 256),
-    attention=attention,
-    dense_layers=tuple(m.dense_layers),
-    scan_layers=m.scan_layers,
-    remat=m.remat,
-    dtype=jnp.dtype(m.get("dtype", "float32")),
-    param_dtype=jnp.dtype(m.get("param_dtype", "float32")),
-    rules=rules,
-    rngs=rngs,
-  )
+  """The VideoDiT of a config's model section (`DiTConfig.from_model_section`)."""
+  return VideoDiT.from_config(DiTConfig.from_model_section(m), rules=rules, rngs=rngs)
 
 
 class TextToVideo(nnx.Module):
@@ -82,10 +60,3 @@ class TextToVideo(nnx.Module):
 
   def to_video(self, z: jax.Array) -> jax.Array:
     return latents.decode(z, self.latent_factor)
-
-
-def _tuples(d: dict | None) -> dict | None:
-  """ml_collections stores tuples as lists once overridden; the attention ops want tuples."""
-  if d is None:
-    return None
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

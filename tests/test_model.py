@@ -10,12 +10,13 @@ from flax import nnx
 from helpers import assert_close
 
 from moga_jax import latents
-from moga_jax.attention import DENSE, MoGAAttention
+from moga_jax.attention import MoGAAttention
 from moga_jax.config_checks import validate_config
 from moga_jax.config_files import load_config_module
 from moga_jax.dit import VideoDiT
 from moga_jax.layers import shot_attention
 from moga_jax.model import frame_shots
+from moga_jax.model_config import DENSE
 from moga_jax.rope import apply_rope, rope_angles
 from moga_jax.sharding import ShardingRules, make_mesh
 from moga_jax.training import init_train_state, make_train_step

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from moga_jax.attention import is_dense
 from moga_jax.config_files import load_config_module
+from moga_jax.model_config import AttentionConfig
 from moga_jax.reproduce import reproduce, run_config
 
 reproduce_config = load_config_module("reproduce")
@@ -38,7 +38,7 @@ def _run(variant, groups, balance="paper"):
 def test_run_configs_set_the_variants_branches():
   c = reproduce_config.get_config("full")
   dense = run_config(c, _run("dense", None, "off")).model.attention
-  assert is_dense(dense.to_dict())
+  assert AttentionConfig.of(dense.to_dict()).dense
   moga = run_config(c, _run("moga", 4)).model.attention
   assert moga.num_groups == 4 and moga.stga_windows is None and not moga.frame_attention
   stga = run_config(c, _run("stga", None, "off"))
