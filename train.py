@@ -180,6 +180,12 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   if init is not None and "video" in cfg:  # the DiT's widths are the converted checkpoint's
     cfg = with_converted_widths(cfg, init)
   validate_config(cfg)
+  if cfg.model.get("param_dtype", "float32") != "float32":
+    raise ValueError(
+      f"config.model.param_dtype={cfg.model.param_dtype!r} is for sampling: train in float32 "
+      "(bfloat16 weights lose Adam's small updates below their resolution); a float32 "
+      "checkpoint then samples with --config.model.param_dtype=bfloat16"
+    )
   mesh = make_mesh(validate_sharding(cfg, jax.device_count()))
   rules = ShardingRules.from_config(cfg.sharding.rules)
   primary = jax.process_index() == 0

@@ -77,7 +77,7 @@ def get_config(preset: str = "full") -> ConfigDict:
       _run("dense", None, "off", seed, "fig11"),
     ]
   # Then one run per remaining point, ordered so that a grid cut short still shows each claim:
-  # balance off (does the router collapse?), M at both ends, the Switch form, the rest.
+  # M = 1, balance off (does the router collapse?), M = 8, the Switch form, M = 2 and 16.
   table4 = {g: _run("paper", g, "paper", 0, "table4") for g in (1, 2, 8, 16)}
   runs += [table4[1], _run("paper", m, "off", 0, "fig12"), table4[8]]
   runs += [_run("paper", m, "switch", 0, "fig12"), table4[2], table4[16]]

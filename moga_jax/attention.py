@@ -99,7 +99,7 @@ class MoGAAttention(nnx.Module):
         top_k=c.top_k,
         # Routing stays in float32 whatever `dtype`: its argmax and gate p(g|x) decide groups.
         balance=c.balance_loss,
-        dtype=None,
+        dtype=jnp.float32,
         param_dtype=param_dtype,
         rngs=rngs,
       )

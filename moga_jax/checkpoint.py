@@ -208,21 +208,6 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._open()
 
-  def restore(
-    self,
-    state: Any,
-    *,
-    model_config: dict,
-    step: int | None = None,
-    optimizer_config: dict | None = None,
-  ) -> dict:
-    """Loads `step` (default: latest) into nnx graph nodes in place; returns the data state."""
-    restored, data = self.restore_state(
-      nnx.state(state), model_config=model_config, step=step, optimizer_config=optimizer_config
-    )
-    nnx.update(state, restored)
-    return data
-
   def close(self) -> None:
     """Waits for a background save to land, then releases the manager."""
     self._manager.wait_until_finished()

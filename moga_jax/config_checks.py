@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 
 from moga_jax.diffusion import SOLVERS
+from moga_jax.model_config import COMBINES
+from moga_jax.routing import BALANCE_LOSSES
 from moga_jax.sharding import ShardingRules, axes_size, resolve_mesh_shape
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.validation import check_int
@@ -116,8 +118,6 @@ def validate_config(cfg) -> None:
     raise ValueError(f"config.train.schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
-COMBINE = ("mean", "sum")
-BALANCE_LOSSES = ("paper", "switch")
 DTYPES = ("float32", "bfloat16")  # config.model.dtype (compute) and .param_dtype (storage)
 SCHEDULES = ("constant", "cosine")  # train.schedule (moga_jax.training.make_schedule)
 
@@ -158,8 +158,8 @@ def _check_block(a, tokens: tuple[int, int, int]) -> None:
     if flag in a and not isinstance(a[flag], bool):
       raise ValueError(f"{name}{flag} must be True or False, got {a[flag]!r}")
   combine = a.get("combine", "mean")
-  if combine not in COMBINE:
-    raise ValueError(f"{name}combine must be one of {COMBINE}, got {combine!r}")
+  if combine not in COMBINES:
+    raise ValueError(f"{name}combine must be one of {COMBINES}, got {combine!r}")
   balance = a.get("balance_loss", "paper")
   if balance not in BALANCE_LOSSES:
     raise ValueError(f"{name}balance_loss must be one of {BALANCE_LOSSES}, got {balance!r}")

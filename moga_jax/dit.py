@@ -63,19 +63,20 @@ class DiTBlock(nnx.Module):
     ffn_dim: int,
     num_heads: int,
     *,
-    attention: AttentionConfig | None,
+    attention: AttentionConfig,
     dtype=None,
     param_dtype=jnp.float32,
     rules: ShardingRules | None = None,
     rngs: nnx.Rngs,
   ):
-    """attention: the self-attention's settings, or None for dense self-attention. dtype: the
-    linears' and attention's compute dtype (None: the parameters'). param_dtype: every
-    parameter's storage dtype."""
+    """attention: the self-attention's settings (`.replace(**DENSE)` of them for a dense
+    block). dtype: the linears' and attention's compute dtype (None: float32, whatever the
+    parameters' storage dtype). param_dtype: every parameter's storage dtype."""
     dtypes = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm1 = _layer_norm(dim, rngs, affine=False)
-    config = AttentionConfig(**DENSE) if attention is None else attention
-    self.self_attn = MoGAAttention(dim, num_heads, config=config, rules=rules, rngs=rngs, **dtypes)
+    self.self_attn = MoGAAttention(
+      dim, num_heads, config=attention, rules=rules, rngs=rngs, **dtypes
+    )
     self.norm3 = _layer_norm(dim, rngs, affine=True, param_dtype=param_dtype)
     self.cross_attn = ShotCrossAttention(dim, num_heads, rules=rules, rngs=rngs, **dtypes)
     self.norm2 = _layer_norm(dim, rngs, affine=False)
@@ -166,12 +167,15 @@ class VideoDiT(nnx.Module):
     )
     self.time_projection = nnx.Sequential(jax.nn.silu, time_linear(dim, 6 * dim))
 
+    # Dense blocks keep the section's q/k norm and RoPE settings, with every branch off.
+    dense_attention = (attention or AttentionConfig()).replace(**DENSE)
+
     def block(rngs, dense: bool):
       return DiTBlock(
         dim,
         ffn_dim,
         num_heads,
-        attention=None if dense else attention,
+        attention=dense_attention if dense or attention is None else attention,
         dtype=self.dtype,
         param_dtype=param_dtype,
         rules=rules,

@@ -3,8 +3,9 @@
 As the last link of the optimizer chain (`ema_of_params`), it sees each update and the
 parameters it applies to, so the average is saved, restored and sharded with the optimizer's
 moments and advances once per real update (under gradient accumulation, every k-th step).
-Sampling reads it back: `training.load_trained` reads the weights and this average alone from
-a checkpoint (`is_ema_path`, `ema_below`), `apply_ema` takes it from a live optimizer.
+Sampling reads it back: `training.load_trained` reads this average (and the model's other
+state, not its raw weights nor Adam's moments) from a checkpoint (`is_ema_path`, `ema_below`)
+and puts it into the model (`load_averaged`).
 """
 
 from __future__ import annotations
@@ -38,26 +39,6 @@ def ema_of_params(decay: float) -> optax.GradientTransformation:
     return updates, EmaState(ema)
 
   return optax.GradientTransformation(init, update)
-
-
-def find_ema(optimizer: nnx.Optimizer) -> nnx.State | None:
-  """The averaged parameters held in the optimizer's state, or None without an EMA."""
-  found = [
-    s
-    for s in jax.tree.leaves(optimizer.opt_state, is_leaf=lambda s: isinstance(s, EmaState))
-    if isinstance(s, EmaState)
-  ]
-  return found[0].ema if found else None
-
-
-def apply_ema(model: nnx.Module, optimizer: nnx.Optimizer) -> bool:
-  """Replaces the model's parameters by the optimizer's EMA; False (model untouched) without
-  one."""
-  ema = find_ema(optimizer)
-  if ema is None:
-    return False
-  load_averaged(model, ema)
-  return True
 
 
 def load_averaged(model: nnx.Module, averaged: nnx.State) -> None:

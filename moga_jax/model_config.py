@@ -103,6 +103,8 @@ class AttentionConfig:
       return cls()
     if isinstance(settings, cls):
       return settings
+    if hasattr(settings, "to_dict"):  # an ml_collections (Frozen)ConfigDict
+      settings = settings.to_dict()
     if not isinstance(settings, Mapping):
       raise TypeError(f"attention settings must be a mapping, got {type(settings).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
@@ -160,14 +162,21 @@ class DiTConfig:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    object.__setattr__(self, "patch", tuple(self.patch))
+    object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
+    for name in ("dtype", "param_dtype"):
+      object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
+    if self.attention is not None:
+      object.__setattr__(self, "attention", AttentionConfig.of(self.attention))
+
   @classmethod
   def from_model_section(cls, m: Mapping) -> DiTConfig:
     """The one place a config's `model` section becomes the DiT's settings. Latent channels:
     `in_channels` where the config gives them (Wan-VAE latents), else those of the
     space-to-depth stand-in."""
     channels = m["in_channels"] if "in_channels" in m else 3 * m["latent_factor"] ** 2
-    section = m["attention"]
-    attention = AttentionConfig.of(section.to_dict() if hasattr(section, "to_dict") else section)
+    attention = AttentionConfig.of(m["attention"])
     return cls(
       in_channels=channels,
       out_channels=channels,
@@ -182,8 +191,8 @@ class DiTConfig:
       dense_layers=tuple(m["dense_layers"]),
       scan_layers=m["scan_layers"],
       remat=m["remat"],
-      dtype=jnp.dtype(m.get("dtype", "float32")),
-      param_dtype=jnp.dtype(m.get("param_dtype", "float32")),
+      dtype=m.get("dtype", "float32"),
+      param_dtype=m.get("param_dtype", "float32"),
     )
 
   def as_dict(self) -> dict[str, Any]:

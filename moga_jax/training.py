@@ -78,9 +78,12 @@ def optimizer_layout(cfg) -> dict:
 def load_trained(cfg, workdir, *, use_ema: bool = True):
   """The model of the newest checkpoint in WORKDIR/checkpoints: a TextToVideo, or for configs
   with a `video` section (Wan) the fine-tuned VideoDiT, routers included; with use_ema the EMA
-  of its weights when the run kept one. Only the weights (and the EMA) are read: the optimizer's
-  moments, twice the weights' size under Adam, stay on disk. Raises FileNotFoundError without a
-  checkpoint."""
+  of its weights when the run kept one. Raises FileNotFoundError without a checkpoint.
+
+  The model is built as shapes only and filled from the checkpoint, which reads one copy of
+  the weights: the EMA when used (the raw weights then stay on disk), else the weights; never
+  the optimizer's moments (twice the weights' size under Adam). Arrays land on the first local
+  device."""
   workdir = Path(workdir)
   checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   try:
@@ -89,13 +92,16 @@ def load_trained(cfg, workdir, *, use_ema: bool = True):
         f"no checkpoint in {workdir / 'checkpoints'}: train first, e.g. "
         f"`python train.py --config configs/tiny.py --workdir {workdir}`"
       )
-    model = build_model(cfg)
-    # The optimizer's shapes only: where the EMA sits in its state, with nothing allocated.
-    optimizer = nnx.eval_shape(lambda: make_optimizer(model, cfg.train))
-    on_host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    model, optimizer = nnx.eval_shape(lambda: build_model_and_optimizer(cfg))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    on_device = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree
+    )
     ema = nnx.filter_state(nnx.state(optimizer), lambda path, _: use_ema and is_ema_path(path))
-    ema = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_host), ema)
-    wanted = nnx.State({0: nnx.state(model), **({1: ema} if jax.tree.leaves(ema) else {})})
+    averaged = bool(jax.tree.leaves(ema))
+    weights = nnx.filter_state(nnx.state(model), nnx.Not(nnx.Param) if averaged else ...)
+    parts = {0: weights, 1: ema}
+    wanted = nnx.State({k: on_device(v) for k, v in parts.items() if jax.tree.leaves(v)})
     restored, _ = checkpoints.restore_state(
       wanted,
       model_config=cfg.model.to_dict(),
@@ -104,13 +110,17 @@ def load_trained(cfg, workdir, *, use_ema: bool = True):
     )
   finally:
     checkpoints.close()
-  nnx.update(model, restored[0])
-  averaged = ema_below(restored[1]) if 1 in restored else None
-  if averaged is not None:
-    load_averaged(model, averaged)
+  if 0 in restored:
+    nnx.update(model, restored[0])
+  if averaged:
+    load_averaged(model, ema_below(restored[1]))
     logging.warning(
       "using the EMA of the weights (config.train.ema_decay = %s)", cfg.train.ema_decay
     )
+  leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]
+  unread = [jax.tree_util.keystr(p) for p, x in leaves if isinstance(x, jax.ShapeDtypeStruct)]
+  if unread:
+    raise RuntimeError(f"the checkpoint in {workdir} left model state unread: {unread[:5]}")
   return model
 
 

@@ -217,8 +217,8 @@ def test_gradient_accumulation_is_one_update_from_the_mean_gradient():
 
 def test_ema_of_the_weights_follows_its_formula_and_sampling_reads_it():
   """ema_decay = d: after each update ema = d ema + (1 - d) w, from the initial weights; the
-  optimizer's state carries it (so checkpoints do) and apply_ema puts it into the model."""
-  from moga_jax.ema import apply_ema
+  optimizer's state carries it (so checkpoints do) and sampling can put it into the model."""
+  from moga_jax.ema import ema_below, load_averaged
 
   d = 0.8
   weights, model, optimizer = _linear_with_gradients(
@@ -228,10 +228,9 @@ def test_ema_of_the_weights_follows_its_formula_and_sampling_reads_it():
   for w in weights:
     ema = d * ema + (1 - d) * w
   assert abs(weights[-1] - ema) > 1e-3  # the test can tell the two apart
-  assert apply_ema(model, optimizer)
+  load_averaged(model, ema_below(nnx.state(optimizer)))
   np.testing.assert_allclose(float(model.kernel[0, 0]), ema, rtol=1e-6)
-  plain = make_optimizer(model, _train())
-  assert not apply_ema(model, plain)
+  assert ema_below(nnx.state(make_optimizer(model, _train()))) is None
 
 
 def _replace(section: ConfigDict, field: str, value) -> None:

@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import tiny
 from moga_jax import checkpoint as checkpoint_lib
-from moga_jax.ema import ema_below, find_ema, is_ema_path
+from moga_jax.ema import ema_below, is_ema_path
 from moga_jax.model import TextToVideo
 from moga_jax.training import load_trained, make_optimizer, optimizer_layout
 
@@ -32,11 +32,14 @@ def _save_run(cfg, workdir):
   """A checkpoint whose weights, EMA and moments all differ, so the test can tell them apart."""
   model = TextToVideo(cfg.model, rngs=nnx.Rngs(3))
   optimizer = make_optimizer(model, cfg.train)
-  shift = lambda state, c: jax.tree.map(lambda x: x + c if x.dtype == jnp.float32 else x, state)
-  nnx.update(optimizer, shift(nnx.state(optimizer), 7.0))  # moments, counts and EMA move
-  ema = find_ema(optimizer)
-  if ema is not None:
-    nnx.update(ema, shift(ema, -9.0))  # EMA = weights - 2
+
+  def shift(path, x):  # moments + 7, the EMA + 7 - 9: the EMA ends at weights - 2
+    if x.dtype != jnp.float32:
+      return x
+    keys = tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path)
+    return x + 7.0 - (9.0 if is_ema_path(keys) else 0.0)
+
+  nnx.update(optimizer, jax.tree_util.tree_map_with_path(shift, nnx.state(optimizer)))
   saver = checkpoint_lib.Checkpointer(workdir / "checkpoints")
   saver.save(
     4,

@@ -73,3 +73,17 @@ def test_module_takes_a_config_and_keyword_overrides():
   )
   assert dit.moga_layers == (1,) and dit.blocks[0].self_attn.branches == ()
   assert dit.blocks[1].self_attn.config == base
+
+
+def test_dense_blocks_keep_the_sections_norm_and_rope_and_configdicts_are_accepted():
+  from ml_collections import ConfigDict
+
+  args = dict(in_channels=4, out_channels=4, dim=32, ffn_dim=64, num_layers=2, num_heads=4)
+  section = ConfigDict(dict(num_groups=3, qk_norm=False, rope_theta=500.0))
+  dit = VideoDiT(**args, text_dim=8, attention=section, dense_layers=(0,), rngs=nnx.Rngs(0))
+  dense, routed = dit.blocks[0].self_attn, dit.blocks[1].self_attn
+  assert dense.branches == () and routed.branches == ("moga", "stga", "frame")
+  assert dense.norm_q is None and dense.rope_theta == 500.0  # not the defaults
+  everything_dense = VideoDiT(**args, text_dim=8, attention=None, rngs=nnx.Rngs(0))
+  assert all(b.self_attn.branches == () for b in everything_dense.blocks)
+  assert everything_dense.moga_layers == ()

@@ -127,6 +127,14 @@ def test_bad_config_fails_before_training(tmp_path):
   )
   _one_line_error(result, "config.model.num_heads (3) must divide config.model.dim (32)")
   assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+  bf16 = _run(
+    "train.py",
+    "--workdir",
+    str(tmp_path / "bf16"),
+    "--config.model.param_dtype=bfloat16",
+    check=False,
+  )
+  _one_line_error(bf16, "config.model.param_dtype='bfloat16' is for sampling: train in float32")
 
 
 def test_user_errors_print_one_line(tmp_path):
