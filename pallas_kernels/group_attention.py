@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 
@@ -12,7 +13,7 @@ from pallas_kernels import validation
 from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import group_attention_reference
-from pallas_kernels.metadata import group_layout
+from pallas_kernels.metadata import cdiv, group_layout
 
 
 def group_attention(
@@ -97,6 +98,9 @@ def _attend_grouped(
   """Sort by group, run the block-sparse kernel over the group tiles, unsort."""
   rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
   layout = group_layout(rows, num_groups=num_groups, tile=tile)
+  if options.visits_per_row is None:  # the TPU cost estimate's guess: uniform routing
+    tiles_per_group = cdiv(cdiv(rows.shape[1], num_groups), tile)
+    options = dataclasses.replace(options, visits_per_row=num_groups * tiles_per_group**2)
   return attend_in_layout(
     q, k, v, layout, scale=scale, implementation=implementation, options=options, pattern="group"
   )

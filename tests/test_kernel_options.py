@@ -7,6 +7,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 from helpers import assert_close, random_qkv
@@ -153,3 +154,13 @@ def test_the_module_and_the_config_carry_the_options(key):
   check_config(saved, current, where="run")
   with pytest.raises(Exception, match="num_groups"):
     check_config(saved, {"attention": {"kernel_options": {}, "num_groups": 5}}, where="run")
+
+
+def test_visits_per_row_is_checked_and_changes_no_result(key):
+  """The TPU cost hint is a hint: a bad one is named, a good one leaves the output alone."""
+  with pytest.raises(ValueError, match="visits_per_row must be a positive number"):
+    KernelOptions(visits_per_row=0)
+  q, k, v = (jax.random.normal(s, (1, 64, 2, 16)) for s in jax.random.split(key, 3))
+  ids = jax.random.randint(key, (1, 64), 0, 3)
+  run = lambda o: group_attention(q, k, v, ids, num_groups=3, implementation="xla", options=o)
+  np.testing.assert_array_equal(run(None), run(KernelOptions(visits_per_row=7.5)))

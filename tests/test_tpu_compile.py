@@ -88,3 +88,48 @@ def test_a_slice_size_that_is_not_a_power_of_two_is_refused():
     tpu_compile.tpu_devices("v5e", 6)
   with pytest.raises(ValueError, match="chip must be one of"):
     tpu_compile.tpu_devices("v4", 8)
+
+
+def _cost_in(text: str, kernel: str) -> dict:
+  """The CostEstimate of the TPU custom call named `kernel` in lowered StableHLO text."""
+  import re
+
+  # A Mosaic call's backend config holds its cost estimate, then (after the serialized kernel)
+  # its name: take the last estimate before the name.
+  at = text.rfind("cost_estimate", 0, text.index(kernel))
+  found = re.match(r"cost_estimate\\22: \{(.*?)\}", text[at:]) if at >= 0 else None
+  assert found, f"no cost estimate before {kernel}"
+  pairs = re.findall(r"\\22(\w+)\\22:(\d+)", found.group(1))
+  return {name: int(value) for name, value in pairs}
+
+
+@needs_libtpu
+def test_tpu_kernels_carry_a_cost_estimate_from_the_visit_count():
+  """Routed groups (a mask that is data when tracing): the uniform-routing guess; a 3D window
+  (a host-built mask): its exact visit count. Both in the lowered text XLA schedules with."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from pallas_kernels import group_attention, window_attention
+  from pallas_kernels.metadata import window_layout
+
+  device = jax.sharding.SingleDeviceSharding(tpu_compile.tpu_devices("v5e", 1)[0])
+  x = jax.ShapeDtypeStruct((1, 1024, 2, 128), jnp.bfloat16, sharding=device)
+  ids = jax.ShapeDtypeStruct((1, 1024), jnp.int32, sharding=device)
+  tpu = dict(implementation="pallas_tpu", interpret=False, backend="tpu")
+
+  grouped = jax.jit(lambda q, k, v, g: group_attention(q, k, v, g, num_groups=4, **tpu))
+  cost = _cost_in(grouped.lower(x, x, x, ids).as_text(), "moga_group_fwd")
+  pairs = 2 * 4 * 2**2  # 2 rows (heads) x 4 groups x (256 tokens = 2 tiles of 128)^2
+  assert cost["flops"] == 2 * 2 * pairs * 128 * 128 * 128
+  assert cost["bytes_accessed"] == 2 * pairs * 128 * 128 * 2
+
+  grid, tile, window = (4, 16, 16), (1, 8, 16), (3, 3, 3)
+  windowed = jax.jit(
+    lambda q, k, v: window_attention(q, k, v, grid_shape=grid, tile=tile, window=window, **tpu)
+  )
+  text = windowed.lower(x, x, x).as_text()
+  visits = int(np.asarray(window_layout(grid, tile, window).mask.count).sum())
+  assert _cost_in(text, "moga_window_fwd")["flops"] == 2 * 2 * (2 * visits) * 128**3
+  assert _cost_in(text, "moga_window_fwd")["transcendentals"] == 2 * visits * 128 * 128

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
@@ -294,10 +295,21 @@ def block_sparse_attention(
       itemsize=q.dtype.itemsize,
     )
   if implementation == "pallas_tpu":
+    options = _with_visit_count(options, mask)
     return block_sparse_attention_tpu(q, k, v, mask, scale, options, pattern)
   if implementation == "pallas_gpu":
     return block_sparse_attention_gpu(q, k, v, mask, scale, options, pattern)
   raise ValueError(f"no block-sparse kernel named {implementation!r}")
+
+
+def _with_visit_count(options: KernelOptions, mask) -> KernelOptions:
+  """options with visits_per_row counted from the mask when it is known here (host-built
+  windows; inside the kernels' custom_vjp every mask is traced), for the TPU cost estimate."""
+  try:
+    count = np.asarray(mask.count)
+  except jax.errors.TracerArrayConversionError:
+    return options  # data (routed groups, shots): the caller's estimate, if any
+  return dataclasses.replace(options, visits_per_row=float(count.sum()) / count.shape[0])
 
 
 # What a remat policy can keep instead of recomputing the attention kernel in the backward pass,

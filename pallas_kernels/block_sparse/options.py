@@ -22,12 +22,17 @@ class KernelOptions:
     key ranges differ in length.
   num_warps, num_stages: Triton launch parameters of every "pallas_gpu" kernel (None: the
     measured heuristic, `gpu.launch_params`: 8 warps above 64 x 64 values a tile, 2 stages).
+  visits_per_row: key tiles the query tiles of one row visit in all, an estimate for the
+    `pl.CostEstimate` of the "pallas_tpu" kernels (XLA schedules around them with it) where
+    the mask is data when tracing (routed groups; `group_attention` fills it in for uniform
+    routing). A mask known when tracing is counted exactly instead; None: no estimate.
   """
 
   interpret: Any = None
   xla_chunk_tokens: int = 2048
   num_warps: int | None = None
   num_stages: int | None = None
+  visits_per_row: float | None = None
 
   def __post_init__(self):
     if not (self.interpret is None or isinstance(self.interpret, bool)):
@@ -44,6 +49,12 @@ class KernelOptions:
         continue
       if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"KernelOptions.{name} must be a positive int, got {value!r}")
+    if self.visits_per_row is not None and not (
+      isinstance(self.visits_per_row, numbers.Real) and self.visits_per_row > 0
+    ):
+      raise ValueError(
+        f"KernelOptions.visits_per_row must be a positive number, got {self.visits_per_row!r}"
+      )
     if self.num_warps is not None and self.num_warps & (self.num_warps - 1):
       raise ValueError(f"KernelOptions.num_warps must be a power of two, got {self.num_warps}")
 

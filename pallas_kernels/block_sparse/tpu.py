@@ -74,19 +74,50 @@ class _Walk:
     return visited_tile(start_ref[i], j, idx_ref, self.meta_row(r) * self.list_len)
 
 
+# Per visited (query tile, key tile) pair: tile x tile x head_dim matmuls in the forward pass
+# (q k^T, p v), dq (q k^T, do v^T, ds k) and dk/dv (q k^T, do v^T, p^T do, ds^T q).
+_MATMULS = {"fwd": 2, "dq": 3, "dkdv": 4}
+
+
+def visited_pairs(rows: int, options: KernelOptions) -> int | None:
+  """(query tile, key tile) pairs a kernel over `rows` activation rows computes, from
+  options.visits_per_row (`block_sparse_attention` counts it exactly for masks known when
+  tracing; `group_attention` guesses it for routed groups), or None."""
+  if options.visits_per_row is None:
+    return None
+  return round(options.visits_per_row * rows)
+
+
+def cost_estimate(kind: str, pairs: int | None, tile: int, head_dim: int, itemsize: int):
+  """XLA's scheduling hint for one TPU kernel (None without a visit count): 2 flops per
+  multiply-add of its matmuls, one exp per score, and each visit reading a key (or query) tile
+  and its value (or gradient) tile."""
+  if pairs is None:
+    return None
+  return pl.CostEstimate(
+    flops=2 * _MATMULS[kind] * pairs * tile * tile * head_dim,
+    transcendentals=pairs * tile * tile,
+    bytes_accessed=2 * pairs * tile * head_dim * itemsize,
+  )
+
+
 def _call(
   kernel,
   *,
-  name: str,
+  kind: str,
+  pattern: str,
   mask: BlockMask,
   rows: int,
   in_specs,
   out_specs,
   out_shape,
   scratch,
-  interpret,
+  options: KernelOptions,
   operands,
 ):
+  q = operands[0]
+  tile, head_dim = q.shape[1] // mask.num_tiles, q.shape[2]
+  pairs = visited_pairs(rows, options)
   steps = jnp.maximum(jnp.max(mask.count), 1)
   grid_spec = pltpu.PrefetchScalarGridSpec(
     num_scalar_prefetch=_NUM_PREFETCH,
@@ -99,8 +130,9 @@ def _call(
     kernel,
     grid_spec=grid_spec,
     out_shape=out_shape,
-    interpret=interpret,
-    name=name,
+    interpret=options.interpret,
+    name=kernel_name(pattern, kind),
+    cost_estimate=cost_estimate(kind, pairs, tile, head_dim, q.dtype.itemsize),
     compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
   )(*mask.flat_metadata(), *operands)
 
@@ -148,7 +180,6 @@ def _grid(mask: BlockMask, q):
 
 
 def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pattern: str):
-  interpret = options.interpret
   walk, tile, head_dim, tiles, scalars, at_row, at_col = _grid(mask, q)
   rows, length = q.shape[:2]
   ranges = tuple(_lane_dense(x) for x in mask.range_operands())
@@ -179,10 +210,11 @@ def _forward(q, k, v, mask: BlockMask, scale: float, options: KernelOptions, pat
 
   return _call(
     kernel,
-    name=kernel_name(pattern, "fwd"),
+    kind="fwd",
+    pattern=pattern,
     mask=mask,
     rows=rows,
-    interpret=interpret,
+    options=options,
     operands=(q, k, v, *ranges),
     in_specs=[
       tiles(at_row),
@@ -251,10 +283,11 @@ def _backward_dq(q, k, v, do, lse, delta, ranges, mask, scale, options, pattern)
 
   return _call(
     dq_kernel,
-    name=kernel_name(pattern, "dq"),
+    kind="dq",
+    pattern=pattern,
     mask=mask,
     rows=rows,
-    interpret=options.interpret,
+    options=options,
     operands=(q, k, v, do, lse, delta, *ranges),
     in_specs=[
       tiles(at_row),
@@ -318,10 +351,11 @@ def _backward_dkdv(q, k, v, do, lse, delta, ranges, mask, scale, options, patter
 
   return _call(
     dkdv_kernel,
-    name=kernel_name(pattern, "dkdv"),
+    kind="dkdv",
+    pattern=pattern,
     mask=key_side,
     rows=rows,
-    interpret=options.interpret,
+    options=options,
     operands=(q, k, v, do, lse, delta, *ranges),
     in_specs=[
       tiles(at_col),
