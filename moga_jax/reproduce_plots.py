@@ -147,12 +147,13 @@ def plot_all(records, out_dir: Path, experiments=("fig11", "table4", "fig12")) -
     ax.legend(fontsize=8)
     width = 0.8 / len(fig12)
     for i, r in enumerate(fig12):
-      fractions = np.mean(
-        [lay["group_fractions"] for lay in r["router"]["trained"]["layers"]], axis=0
-      )
+      # Sorted within each layer first: layers that each fill different groups would
+      # otherwise average into a balanced-looking bar.
+      layers = [lay["group_fractions"] for lay in r["router"]["trained"]["layers"]]
+      fractions = np.mean([np.sort(f)[::-1] for f in layers], axis=0)
       ax_sizes.bar(
         np.arange(len(fractions)) + i * width,
-        np.sort(fractions)[::-1],
+        fractions,
         width,
         label=f"{r['balance']} (seed {r['seed']})",
       )
@@ -163,7 +164,7 @@ def plot_all(records, out_dir: Path, experiments=("fig11", "table4", "fig12")) -
     ax_sizes.set(
       xlabel="group (largest first)",
       ylabel="fraction of tokens",
-      title="group sizes after training (mean over layers)",
+      title="group sizes after training (each layer's largest first, mean)",
     )
     ax_sizes.legend(fontsize=8)
     fig.tight_layout()
