@@ -27,7 +27,7 @@ from moga_jax.config_files import config_path
 from moga_jax.run_guard import cli_main
 from moga_jax.training import load_trained
 from moga_jax.wan.converted import with_converted_widths
-from moga_jax.wan.dit_weights import dit_to_diffusers
+from moga_jax.wan.dit_weights import diffusers_config_for, dit_to_diffusers
 from moga_jax.wan.weights import write_safetensors
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -39,28 +39,6 @@ _WEIGHTS = flags.DEFINE_string(
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _EMA = flags.DEFINE_boolean("ema", True, "Export the EMA of the weights when the run kept one.")
-
-
-def diffusers_config(model) -> dict:
-  """config.json of a WanTransformer3DModel with the model section's widths."""
-  return {
-    "_class_name": "WanTransformer3DModel",
-    "patch_size": list(model.patch),
-    "num_attention_heads": model.num_heads,
-    "attention_head_dim": model.dim // model.num_heads,
-    "in_channels": model.in_channels,
-    "out_channels": model.in_channels,
-    "text_dim": model.text_dim,
-    "freq_dim": model.freq_dim,
-    "ffn_dim": model.ffn_dim,
-    "num_layers": model.num_layers,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-    "image_dim": None,
-    "added_kv_proj_dim": None,
-    "rope_max_seq_len": 1024,
-  }
 
 
 def export_run(
@@ -77,7 +55,7 @@ def export_run(
   write_safetensors(
     out / "diffusion_pytorch_model.safetensors", dit_to_diffusers(dit), metadata={"format": "pt"}
   )
-  (out / "config.json").write_text(json.dumps(diffusers_config(cfg.model), indent=2) + "\n")
+  (out / "config.json").write_text(json.dumps(diffusers_config_for(cfg.model), indent=2) + "\n")
   checkpoints = Checkpointer(Path(workdir) / "checkpoints")
   step = checkpoints.latest_step()
   checkpoints.close()

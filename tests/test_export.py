@@ -3,13 +3,20 @@ writer) read back by the converter's loader: exact, routers included, scanned or
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flax import nnx
 
 from moga_jax.config_files import load_config_module
 from moga_jax.model import dit_from_config
-from moga_jax.wan.dit_weights import dit_to_diffusers, load_wan_dit
+from moga_jax.wan.dit_weights import (
+  diffusers_config_for,
+  dit_kwargs_from_diffusers,
+  dit_to_diffusers,
+  load_wan_dit,
+)
 from moga_jax.wan.weights import read_safetensors, write_safetensors
 
 wan1_3b_moga = load_config_module("wan1_3b_moga")
@@ -67,3 +74,15 @@ def test_export_reads_back_exactly_into_either_layout(tmp_path, source_scan):
 def test_writer_refuses_a_dtype_safetensors_cannot_name(tmp_path):
   with pytest.raises(ValueError, match="tensor 'x': dtype complex64 has no safetensors name"):
     write_safetensors(tmp_path / "bad.safetensors", {"x": np.zeros(2, np.complex64)})
+
+
+def test_exported_config_reads_back_as_the_same_widths():
+  cfg = wan1_3b_moga.get_config().model
+  cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.num_heads = 48, 80, 3, 3
+  cfg.text_dim, cfg.freq_dim, cfg.in_channels = 24, 32, 4
+  written = json.loads(json.dumps(diffusers_config_for(cfg)))  # as config.json holds it
+  kwargs = dit_kwargs_from_diffusers(written)
+  got = {k: kwargs[k] for k in ("dim", "num_heads", "ffn_dim", "num_layers", "text_dim")}
+  assert got == {"dim": 48, "num_heads": 3, "ffn_dim": 80, "num_layers": 3, "text_dim": 24}
+  assert tuple(kwargs["patch"]) == tuple(cfg.patch)
+  assert (kwargs["in_channels"], kwargs["out_channels"], kwargs["freq_dim"]) == (4, 4, 32)

@@ -49,6 +49,21 @@ _DEFAULTS: dict[str, Any] = {
   "pos_embed_seq_len": None,
 }
 
+# Keys that carry a model's widths; the rest of `_DEFAULTS` is fixed by Wan 2.1 T2V.
+_WIDTH_KEYS = frozenset(
+  {
+    "patch_size",
+    "num_attention_heads",
+    "attention_head_dim",
+    "in_channels",
+    "out_channels",
+    "text_dim",
+    "freq_dim",
+    "ffn_dim",
+    "num_layers",
+  }
+)
+
 # Keys whose non-default value means a model VideoDiT cannot represent, and why.
 _UNSUPPORTED = {
   "image_dim": "image conditioning (I2V / FLF2V image embedder)",
@@ -99,6 +114,28 @@ _LEAVES: dict[tuple[str, str], tuple[str, Transform]] = {
 }
 
 _BLOCK_NAME = re.compile(r"blocks\.(\d+)\.(.+)")
+
+
+def diffusers_config_for(model) -> dict[str, Any]:
+  """The WanTransformer3DModel config.json of a model section (the inverse of the reader below).
+
+  Widths come from `model`; every other key is the Wan 2.1 T2V value VideoDiT computes with,
+  the same `_DEFAULTS` that reading fills in.
+  """
+  fixed = {k: v for k, v in _DEFAULTS.items() if k not in _WIDTH_KEYS}
+  return {
+    "_class_name": "WanTransformer3DModel",
+    **fixed,
+    "patch_size": list(model.patch),
+    "num_attention_heads": model.num_heads,
+    "attention_head_dim": model.dim // model.num_heads,
+    "in_channels": model.in_channels,
+    "out_channels": model.in_channels,
+    "text_dim": model.text_dim,
+    "freq_dim": model.freq_dim,
+    "ffn_dim": model.ffn_dim,
+    "num_layers": model.num_layers,
+  }
 
 
 def dit_kwargs_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
