@@ -411,12 +411,16 @@ def reproduce(c) -> Path:
   results.mkdir(parents=True, exist_ok=True)
   out = results / "reproduction.json"
   out.write_text(json.dumps(records, indent=1))
+  comparisons = reproduce_plots.variant_comparisons(records)
+  (results / "comparisons.json").write_text(json.dumps(comparisons, indent=1))
   reproduce_plots.plot_all(records, results, experiments=tuple(c.experiments))
   for record in records:  # the samples' pictures go with the numbers
     sheet = workdir / "samples" / f"{record['name']}.png"
     if sheet.exists():
       shutil.copy(sheet, results / f"samples_{record['name']}.png")
   print(reproduce_plots.summary_table(records))
+  if comparisons:
+    print(reproduce_plots.comparison_table(comparisons))
   print(f"wrote {out} and plots in {results}")
   return out
 

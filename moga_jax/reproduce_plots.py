@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moga_jax.eval.stats import fisher_exact, wilson_interval
+
 _LABELS = {
   "dense": "full attention",
   "moga": "MoGA only",
@@ -58,6 +60,87 @@ def summary_table(records) -> str:
       f"{_fmt(rows, 'val_loss', 4)} | "
       f"{rows[0]['attention_flops'] / 1e9:.2f} | "
       f"{np.mean([r['step_s'] for r in rows]):.2f} | {balance_metric} | {iou} |"
+    )
+  return "\n".join(lines)
+
+
+# Rates the comparisons pool, and the count each is a share of (per summary of held-out samples).
+_COUNTED = {"consistency": "num_later_shots", "consistency_kept": "num_kept_shots"}
+
+# (variant, against): every variant against the control that cannot see across a cut, and the
+# paper's block against full attention.
+_PAIRS = (("paper", "stga"), ("moga", "stga"), ("dense", "stga"), ("paper", "dense"))
+
+
+def pooled_counts(rows, field: str) -> tuple[int, int]:
+  """(successes, shots) of `field` summed over the runs' seeds and sample seeds."""
+  if field not in _COUNTED:
+    raise ValueError(f"field must be one of {sorted(_COUNTED)}, got {field!r}")
+  k = n = 0
+  for r in rows:
+    for summary in r["scores"]["summaries"]:
+      count = int(summary[_COUNTED[field]])
+      k, n = k + round(summary[field] * count), n + count
+  return k, n
+
+
+def variant_comparisons(records, fields=tuple(_COUNTED)) -> list[dict]:
+  """The Fig. 11 variants pooled over seeds, each pair of `_PAIRS` tested by Fisher's exact test.
+
+  Pooling treats shots as independent. They are not quite: a clip's two later shots come from
+  one sample, so the p-values are somewhat optimistic; read them as a guide, not a verdict.
+  """
+  fig11 = _by(records, "fig11", lambda r: r["variant"])
+  out = []
+  for field in fields:
+    for variant, against in _PAIRS:
+      if variant not in fig11 or against not in fig11:
+        continue
+      (k_a, n_a), (k_b, n_b) = (
+        pooled_counts(fig11[variant], field),
+        pooled_counts(fig11[against], field),
+      )
+      out.append(
+        {
+          "field": field,
+          "variant": variant,
+          "against": against,
+          "seeds": sorted(r["seed"] for r in fig11[variant]),
+          "against_seeds": sorted(r["seed"] for r in fig11[against]),
+          "k": k_a,
+          "n": n_a,
+          "rate": k_a / n_a,
+          "interval": wilson_interval(k_a, n_a),
+          "against_k": k_b,
+          "against_n": n_b,
+          "against_rate": k_b / n_b,
+          "against_interval": wilson_interval(k_b, n_b),
+          "p_value": fisher_exact(k_a, n_a, k_b, n_b),
+        }
+      )
+  return out
+
+
+def _p(value: float) -> str:
+  return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def comparison_table(comparisons) -> str:
+  """Markdown: one row per compared pair and field (rates with Wilson 95% intervals)."""
+  lines = [
+    "| shots counted | variant | against | variant: matches / shots (95% interval) "
+    "| against: matches / shots (95% interval) | Fisher p (two-sided) |",
+    "|---|---|---|---|---|---:|",
+  ]
+  what = {"consistency": "all later shots", "consistency_kept": "later shots, same subject"}
+  for c in comparisons:
+    a_lo, a_hi = c["interval"]
+    b_lo, b_hi = c["against_interval"]
+    lines.append(
+      f"| {what[c['field']]} | {_LABELS[c['variant']]} | {_LABELS[c['against']]} | "
+      f"{c['k']} / {c['n']} = {c['rate']:.3f} ({a_lo:.3f}-{a_hi:.3f}) | "
+      f"{c['against_k']} / {c['against_n']} = {c['against_rate']:.3f} ({b_lo:.3f}-{b_hi:.3f}) | "
+      f"{_p(c['p_value'])} |"
     )
   return "\n".join(lines)
 

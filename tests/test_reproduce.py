@@ -9,6 +9,7 @@ import pytest
 from moga_jax.config_files import load_config_module
 from moga_jax.model_config import AttentionConfig
 from moga_jax.reproduce import reproduce, run_config
+from moga_jax.reproduce_plots import comparison_table, pooled_counts, variant_comparisons
 
 reproduce_config = load_config_module("reproduce")
 
@@ -54,6 +55,46 @@ def test_run_configs_set_the_variants_branches():
     run_config(c, _run("dense", 4))
 
 
+def _scored(variant, seed, later, kept, experiments=("fig11",)):
+  """A record whose one summary counts `later` = (matches, shots) and `kept` likewise."""
+  summary = {
+    "consistency": later[0] / later[1],
+    "num_later_shots": later[1],
+    "consistency_kept": kept[0] / kept[1],
+    "num_kept_shots": kept[1],
+  }
+  return {
+    "variant": variant,
+    "seed": seed,
+    "experiments": list(experiments),
+    "scores": {"summaries": [summary]},
+  }
+
+
+def test_comparisons_pool_seeds_and_test_each_pair():
+  records = [
+    _scored("paper", 0, (11, 96), (8, 86)),
+    _scored("paper", 1, (7, 96), (4, 86)),
+    _scored("stga", 0, (5, 96), (2, 86)),
+    _scored("stga", 1, (3, 96), (1, 86)),
+    _scored("paper", 2, (90, 96), (80, 86), experiments=("table4",)),  # not a Fig. 11 run
+  ]
+  assert pooled_counts(records[:2], "consistency_kept") == (12, 172)
+  rows = variant_comparisons(records)
+  assert [(r["field"], r["variant"], r["against"]) for r in rows] == [
+    ("consistency", "paper", "stga"),
+    ("consistency_kept", "paper", "stga"),
+  ]
+  kept = rows[1]
+  assert (kept["k"], kept["n"], kept["against_k"], kept["against_n"]) == (12, 172, 3, 172)
+  assert kept["seeds"] == [0, 1] and kept["p_value"] == pytest.approx(0.0313, abs=1e-4)
+  assert rows[0]["p_value"] > kept["p_value"]  # 18 vs 8 of 192 is weaker evidence
+  table = comparison_table(rows)
+  assert "12 / 172 = 0.070" in table and "0.031" in table
+  with pytest.raises(ValueError, match="field must be one of"):
+    pooled_counts(records, "adherence")
+
+
 @pytest.mark.slow
 def test_reproduce_smoke_writes_records_and_plots(tmp_path):
   c = reproduce_config.get_config("smoke")
@@ -69,6 +110,8 @@ def test_reproduce_smoke_writes_records_and_plots(tmp_path):
   for r in routed:  # router statistics: trained, untrained and random ids, and a curve
     assert {"trained", "untrained", "random", "curve"} <= set(r["router"])
     assert len(r["router"]["trained"]["layers"]) == c.base.model.num_layers
+  comparisons = json.loads((tmp_path / "results" / "comparisons.json").read_text())
+  assert {(c["variant"], c["against"]) for c in comparisons} == {("paper", "dense")}
   for name in ("fig11_variants.png", "fig12_balance.png"):
     assert (tmp_path / "results" / name).stat().st_size > 0
   assert (tmp_path / "work" / "samples" / "paper_m2_paper_s0.png").stat().st_size > 0
