@@ -80,7 +80,8 @@ def pooled_counts(rows, field: str) -> tuple[int, int]:
   for r in rows:
     for summary in r["scores"]["summaries"]:
       count = int(summary[_COUNTED[field]])
-      k, n = k + round(summary[field] * count), n + count
+      if count:  # with nothing to count the rate is nan
+        k, n = k + round(summary[field] * count), n + count
   return k, n
 
 
@@ -100,6 +101,8 @@ def variant_comparisons(records, fields=tuple(_COUNTED)) -> list[dict]:
         pooled_counts(fig11[variant], field),
         pooled_counts(fig11[against], field),
       )
+      if not (n_a and n_b):
+        continue
       out.append(
         {
           "field": field,

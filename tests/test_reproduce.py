@@ -91,6 +91,16 @@ def test_comparisons_pool_seeds_and_test_each_pair():
   assert rows[0]["p_value"] > kept["p_value"]  # 18 vs 8 of 192 is weaker evidence
   table = comparison_table(rows)
   assert "12 / 172 = 0.070" in table and "0.031" in table
+  empty = _scored("dense", 0, (1, 4), (0, 1))
+  empty["scores"]["summaries"][0].update(consistency_kept=float("nan"), num_kept_shots=0)
+  assert pooled_counts([empty], "consistency_kept") == (0, 0)
+  rows = variant_comparisons([*records, empty])  # no kept shots: that pair is left out
+  assert ("consistency_kept", "paper", "dense") not in {
+    (r["field"], r["variant"], r["against"]) for r in rows
+  }
+  assert ("consistency", "paper", "dense") in {
+    (r["field"], r["variant"], r["against"]) for r in rows
+  }
   with pytest.raises(ValueError, match="field must be one of"):
     pooled_counts(records, "adherence")
 

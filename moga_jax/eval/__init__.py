@@ -1,4 +1,5 @@
-"""Evaluation metrics (numpy only): cross-shot subject consistency on the consistency set."""
+"""Evaluation metrics (numpy only): cross-shot subject consistency on the consistency set, and
+the small-sample statistics the reproduction compares them with."""
 
 from moga_jax.eval.consistency import (
   chance_levels,
@@ -12,11 +13,13 @@ from moga_jax.eval.consistency import (
   score_videos,
   token_mask,
 )
+from moga_jax.eval.stats import fisher_exact, wilson_interval
 
 __all__ = [
   "chance_levels",
   "classify_background",
   "classify_subject",
+  "fisher_exact",
   "group_mask_iou",
   "group_mask_iou_baseline",
   "group_mask_ious",
@@ -24,4 +27,5 @@ __all__ = [
   "score_clip",
   "score_videos",
   "token_mask",
+  "wilson_interval",
 ]
