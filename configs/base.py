@@ -48,7 +48,11 @@ def get_config(num_groups: int) -> ConfigDict:
   c.model = ConfigDict()
   c.model.patch = (1, 2, 2)
   c.model.scan_layers = False
-  c.model.remat = False
+  # What the backward pass keeps of each block (moga_jax.remat): "none", "full", "save_qkv",
+  # "save_attention" or "offload_block_input" (block inputs on the host between the passes).
+  c.model.remat = "none"
+  # Run each FFN over chunks of this many tokens per device (None: all at once).
+  c.model.ffn_token_chunk = config_dict.placeholder(int)
   # Compute dtype of the DiT's matmuls and attention: "float32" or "bfloat16" (parameters,
   # residual stream, norms, router, softmax statistics and the loss stay float32).
   c.model.dtype = "float32"

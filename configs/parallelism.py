@@ -1,32 +1,48 @@
 """Mesh, logical sharding rules and multi-host settings shared by every config.
 
-Axes ('data', 'fsdp', 'context', 'tensor'); one size may be -1 (all devices left). The rules map
-the model's logical axis names (see `moga_jax.sharding.LOGICAL_AXES`) to mesh axes: batches
-over data x fsdp, sequences over context between attention blocks, heads and FFN width over
-tensor, parameters and optimizer state over fsdp x context. Inside attention, heads are split
-over context too (Ulysses), so num_heads must be divisible by context x tensor.
+Axes ('data', 'fsdp', 'context', 'share', 'tensor'); one size may be -1 (all devices left). The
+rules map the model's logical axis names (see `moga_jax.sharding.LOGICAL_AXES`) to mesh axes:
+batches over data x fsdp, sequences over context x share between attention blocks, heads and
+FFN width over tensor, parameters and optimizer state over fsdp x context x share. Inside
+attention, heads are split over context too (Ulysses), so num_heads must be divisible by
+context x tensor; `share` goes past that limit: its devices hold the same heads' whole
+sequences and split the attention's work by units (MoGA's groups, STGA's windows, frames).
 """
 
 from ml_collections import ConfigDict
 
 RULES = (
   ("activation_batch", ("data", "fsdp")),
-  ("activation_length", "context"),
+  ("activation_length", ("context", "share")),
   ("activation_heads", "tensor"),
   ("activation_embed", None),
   ("activation_mlp", "tensor"),
   # Parameters are split over the sequence axis too (ZeRO-3 style): context devices hold
   # different tokens but the same weights, so gathering weights there costs no extra memory.
-  ("embed", ("fsdp", "context")),
+  ("embed", ("fsdp", "context", "share")),
   ("heads", "tensor"),
   ("mlp", "tensor"),
 )
 
 
-def sharding(*, data: int = -1, fsdp: int = 1, context: int = 1, tensor: int = 1) -> ConfigDict:
+def sharding(
+  *,
+  data: int = -1,
+  fsdp: int = 1,
+  context: int = 1,
+  share: int = 1,
+  tensor: int = 1,
+  tpu_slice: str = "",
+) -> ConfigDict:
+  """tpu_slice: the TPU slice this mesh is laid out for ("v5e-8"; v5p slices count cores, so
+  "v5p-64" is 32 chips), which `python -m moga_jax.plan --aot --aot_tpu CHIP` compiles for;
+  "" for none."""
   c = ConfigDict()
-  c.mesh = ConfigDict({"data": data, "fsdp": fsdp, "context": context, "tensor": tensor})
+  c.mesh = ConfigDict(
+    {"data": data, "fsdp": fsdp, "context": context, "share": share, "tensor": tensor}
+  )
   c.rules = RULES
+  c.tpu_slice = tpu_slice
   return c
 
 

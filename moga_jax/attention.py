@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moga_jax.model_config import AttentionConfig
-from moga_jax.rope import apply_rope, rope_angles
+from moga_jax.remat import tag_qkv
+from moga_jax.rope import apply_rope, rope_angles_traced
 from moga_jax.routing import GroupRouter, routed_group_attention
 from moga_jax.sequence_parallel import ulysses
 from moga_jax.sharding import ShardingRules, constrain
@@ -39,6 +40,10 @@ class MoGAAttention(nnx.Module):
       heads inside `jax.shard_map` (see `sequence_parallel.py`). None: no sharding annotations.
     dtype, param_dtype: compute and storage dtypes of the projections and norms (the router
       and the softmax statistics stay float32).
+    checkpoint_branches: run each attention branch as a checkpoint of its own
+      (`jax.checkpoint`), so that the backward pass of a rematerialised block recomputes and
+      holds one branch's packed layout at a time instead of all of them (the DiT sets it under
+      remat). Same result; costs each branch's forward once more in the backward pass.
 
   Call: `out, balance_loss = attn(x, grid_shape=(T, H, W), frame_shot=shots)` with x
   [B, T*H*W, dim] and shots int [B, T], the shot of every latent frame, non-decreasing (None:
@@ -56,6 +61,7 @@ class MoGAAttention(nnx.Module):
     rules: ShardingRules | None = None,
     dtype: jnp.dtype | None = None,
     param_dtype: jnp.dtype = jnp.float32,
+    checkpoint_branches: bool = False,
     rngs: nnx.Rngs,
     **settings,
   ):
@@ -78,7 +84,7 @@ class MoGAAttention(nnx.Module):
     # Set True to keep every call's routing as an nnx.Intermediate "routing" (group ids and
     # probabilities), for analysis: `nnx.pop(model, nnx.Intermediate)` after the call.
     self.record_routing = False
-    self.rules = rules
+    self.rules, self.checkpoint_branches = rules, checkpoint_branches
     inner = num_heads * head_dim
     linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q, self.k, self.v, self.o = (
@@ -143,8 +149,10 @@ class MoGAAttention(nnx.Module):
       "activation_heads",
       None,
     )
-    angles = jnp.asarray(rope_angles(grid_shape, self.head_dim, self.rope_theta))
-    q, k, v = apply_rope(heads(q), angles), apply_rope(heads(k), angles), heads(v)
+    angles = rope_angles_traced(grid_shape, self.head_dim, self.rope_theta)
+    q, k, v = (
+      tag_qkv(t) for t in (apply_rope(heads(q), angles), apply_rope(heads(k), angles), heads(v))
+    )
 
     # Routing is per token, so it runs sequence-sharded like the projections; the balance loss
     # (a mean over all tokens) is taken here too. Only ids and gates cross into attention.
@@ -164,42 +172,53 @@ class MoGAAttention(nnx.Module):
     balance = jnp.zeros((), jnp.float32) if routing is None else routing.balance_loss
     return self.o(out.reshape(batch, seq, -1)), balance
 
-  def _attend(self, q, k, v, *rest, grid_shape, routed: int):
+  def _attend(self, q, k, v, *rest, grid_shape, routed: int, share=None):
     """The branches over whole sequences: q, k, v [B, N, h, D] for the heads this device holds;
-    rest = (group_ids, gates) when routed, then the frames' shots [B, T]."""
+    rest = (group_ids, gates) when routed, then the frames' shots [B, T]. share: this device's
+    `WorkShare` of every branch (context parallelism past the head count), or None."""
     ops = dict(
       implementation=self.implementation, interpret=self.interpret, options=self.kernel_options
     )
+    if share is not None:
+      if not self.branches or self.window is not None:
+        raise ValueError(
+          "the mesh's 'share' axis splits attention by MoGA's groups, STGA's windows and "
+          "frames; dense attention and the 3D window branch cannot be shared: set "
+          f"sharding.mesh.share=1 (this block's branches: {self.branches or 'dense'})"
+        )
+      ops["share"] = share
     routing, frame_shot = rest[:routed], rest[routed]
-    outputs = []
+    # (function of q, k, v and its own arrays, those arrays): a branch's arrays are arguments,
+    # not closures, so that a checkpoint around it sees them.
+    branches = []
     if routing:
-      outputs.append(
-        routed_group_attention(
-          q, k, v, *routing, num_groups=self.num_groups, tile=self.group_tile, **ops
-        )
+      attend = lambda q, k, v, ids, gates: routed_group_attention(
+        q, k, v, ids, gates, num_groups=self.num_groups, tile=self.group_tile, **ops
       )
+      branches.append((attend, routing))
     if self.stga_windows is not None:
-      outputs.append(
-        shot_window_attention(
-          q,
-          k,
-          v,
-          frame_shot,
-          grid_shape=grid_shape,
-          spatial_groups=self.stga_windows,
-          temporal_group=self.stga_temporal_group,
-          context_frames=self.stga_context_frames,
-          **ops,
-        )
+      attend = lambda q, k, v, shots: shot_window_attention(
+        q,
+        k,
+        v,
+        shots,
+        grid_shape=grid_shape,
+        spatial_groups=self.stga_windows,
+        temporal_group=self.stga_temporal_group,
+        context_frames=self.stga_context_frames,
+        **ops,
       )
+      branches.append((attend, (frame_shot,)))
     if self.frame_attention:
-      outputs.append(frame_attention(q, k, v, grid_shape=grid_shape, **ops))
+      attend = lambda q, k, v: frame_attention(q, k, v, grid_shape=grid_shape, **ops)
+      branches.append((attend, ()))
     if self.window is not None:
-      outputs.append(
-        window_attention(
-          q, k, v, grid_shape=grid_shape, tile=self.window_tile, window=self.window, **ops
-        )
+      attend = lambda q, k, v: window_attention(
+        q, k, v, grid_shape=grid_shape, tile=self.window_tile, window=self.window, **ops
       )
+      branches.append((attend, ()))
+    wrap = jax.checkpoint if self.checkpoint_branches else lambda f: f
+    outputs = [wrap(attend)(q, k, v, *arrays) for attend, arrays in branches]
     if not outputs:
       return jax.nn.dot_product_attention(q, k, v)
     total = sum(o.astype(jnp.float32) for o in outputs)

@@ -6,8 +6,10 @@ import numbers
 
 from moga_jax.diffusion import SOLVERS
 from moga_jax.model_config import COMBINES
+from moga_jax.remat import normalise_remat
 from moga_jax.routing import BALANCE_LOSSES
-from moga_jax.sharding import ShardingRules, axes_size, resolve_mesh_shape
+from moga_jax.sharding import SHARE_AXIS, ShardingRules, axes_size, resolve_mesh_shape
+from moga_jax.tpu_slices import parse_slice
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.validation import check_int
 
@@ -82,6 +84,13 @@ def validate_config(cfg) -> None:
     raise ValueError(
       "config.model.attention.window and window_tile must both be set or both be None"
     )
+  try:
+    normalise_remat(m.get("remat", False))
+  except ValueError as err:
+    raise ValueError(f"config.model.{err}") from None
+  chunk = m.get("ffn_token_chunk")
+  if chunk is not None:
+    _positive("model.ffn_token_chunk", chunk)
   if m.scan_layers and m.dense_layers and a.num_groups is not None:
     raise ValueError(
       "config.model.scan_layers needs identical blocks; clear "
@@ -243,16 +252,35 @@ def validate_sharding(cfg, device_count: int) -> dict[str, int]:
   the resolved mesh shape. Ulysses attention gives each device whole sequences for
   num_heads / (context x tensor) heads, so that division must be exact."""
   s, m = cfg.sharding, cfg.model
+  if s.get("tpu_slice"):
+    try:
+      parse_slice(s.tpu_slice)
+    except ValueError as err:
+      raise ValueError(f"config.sharding.tpu_slice: {err}") from None
   mesh = resolve_mesh_shape(dict(s.mesh), device_count)
   rules = ShardingRules.from_config(s.rules)
   size = lambda logical: axes_size(mesh, rules.mesh_axes(logical))
   seq, heads, batch = size("activation_length"), size("activation_heads"), size("activation_batch")
-  if m.num_heads % (seq * heads):
+  shares = mesh[SHARE_AXIS] if SHARE_AXIS in rules.mesh_axes("activation_length") else 1
+  ulysses = seq // shares
+  if m.num_heads % (ulysses * heads):
+    divisors = [d for d in range(1, m.num_heads + 1) if m.num_heads % (d * heads) == 0]
     raise ValueError(
       f"config.model.num_heads ({m.num_heads}) must be divisible by the context axes x head "
-      f"axes of the mesh ({seq} x {heads} = {seq * heads}): Ulysses sequence parallelism "
-      f"splits the heads over both inside attention; mesh {mesh}"
+      f"axes of the mesh ({ulysses} x {heads} = {ulysses * heads}): Ulysses sequence "
+      f"parallelism splits the heads over both inside attention; context can be one of "
+      f"{divisors}, and sharding.mesh.share splits the sequence further; mesh {mesh}"
     )
+  if shares > 1:
+    a = m.attention
+    sparse = a.num_groups is not None or a.stga_windows is not None or a.frame_attention
+    if not sparse or a.get("window") is not None or tuple(m.dense_layers):
+      raise ValueError(
+        f"sharding.mesh.share = {shares} splits attention by MoGA's groups, STGA's windows "
+        "and frames; it needs every block sparse, without the 3D window branch "
+        f"(model.dense_layers = {tuple(m.dense_layers)}, model.attention.window = "
+        f"{a.get('window')}); set sharding.mesh.share=1"
+      )
   if cfg.train.batch_size % batch:
     raise ValueError(
       f"config.train.batch_size ({cfg.train.batch_size}) must be divisible by the "
@@ -261,8 +289,8 @@ def validate_sharding(cfg, device_count: int) -> dict[str, int]:
   tokens = _tokens(cfg)
   if tokens is not None and tokens % seq:
     raise ValueError(
-      f"the {tokens} video tokens per sample must be divisible by the context "
-      f"axes of the mesh ({seq}); mesh {mesh}"
+      f"the {tokens} video tokens per sample must be divisible by the sequence "
+      f"axes of the mesh (context x share = {seq}); mesh {mesh}"
     )
   return mesh
 

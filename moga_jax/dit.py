@@ -23,6 +23,7 @@ from flax import nnx
 from moga_jax.attention import MoGAAttention
 from moga_jax.layers import FeedForward, ShotCrossAttention, sinusoidal_embedding
 from moga_jax.model_config import DENSE, AttentionConfig, DiTConfig
+from moga_jax.remat import checkpoint_policy, normalise_remat, tag_block_input
 from moga_jax.sharding import ShardingRules, constrain
 
 _EPS = 1e-6
@@ -67,20 +68,33 @@ class DiTBlock(nnx.Module):
     dtype=None,
     param_dtype=jnp.float32,
     rules: ShardingRules | None = None,
+    nested_checkpoints: bool = False,
+    ffn_token_chunk: int | None = None,
     rngs: nnx.Rngs,
   ):
     """attention: the self-attention's settings (`.replace(**DENSE)` of them for a dense
     block). dtype: the linears' and attention's compute dtype (None: float32, whatever the
-    parameters' storage dtype). param_dtype: every parameter's storage dtype."""
+    parameters' storage dtype). param_dtype: every parameter's storage dtype.
+    nested_checkpoints: each attention branch is a checkpoint of its own (set under remat, so
+    the block's backward holds one branch's buffers at a time). ffn_token_chunk: the FFN runs
+    over chunks of this many tokens per device, each a checkpoint (None: all at once)."""
     dtypes = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm1 = _layer_norm(dim, rngs, affine=False)
     self.self_attn = MoGAAttention(
-      dim, num_heads, config=attention, rules=rules, rngs=rngs, **dtypes
+      dim,
+      num_heads,
+      config=attention,
+      rules=rules,
+      checkpoint_branches=nested_checkpoints,
+      rngs=rngs,
+      **dtypes,
     )
     self.norm3 = _layer_norm(dim, rngs, affine=True, param_dtype=param_dtype)
     self.cross_attn = ShotCrossAttention(dim, num_heads, rules=rules, rngs=rngs, **dtypes)
     self.norm2 = _layer_norm(dim, rngs, affine=False)
-    self.ffn = FeedForward(dim, ffn_dim, rngs=rngs, **dtypes)
+    self.ffn = FeedForward(
+      dim, ffn_dim, token_chunk=ffn_token_chunk, rules=rules, rngs=rngs, **dtypes
+    )
     self.modulation = _modulation(rngs, 6, dim, param_dtype)
 
   def __call__(self, x, time_modulation, context, context_mask, token_shot, frame_shot, grid_shape):
@@ -103,8 +117,12 @@ class VideoDiT(nnx.Module):
   attention: the MoGA blocks' `AttentionConfig` (or a mapping of its fields), or None for
     dense blocks.
   dense_layers: indices of blocks kept dense (e.g. the first one); rest use `attention`.
-  scan_layers: run the blocks with nnx.scan (all blocks must be alike); remat: rematerialise
-    each block in the backward pass (jax.checkpoint), trading compute for memory.
+  scan_layers: run the blocks with nnx.scan (all blocks must be alike).
+  remat: what the backward pass keeps of each block, a policy of `moga_jax.remat` ("none",
+    "full", "save_qkv", "save_attention", "offload_block_input"; True means "full"): the
+    block runs under jax.checkpoint with that policy, trading compute for memory; under any
+    policy but "none" its attention branches are nested checkpoints.
+  ffn_token_chunk: run each FFN over chunks of this many tokens per device (None: at once).
   rules: logical sharding rules (`moga_jax.sharding`): hidden states are kept split along the
     sequence between blocks and attention runs Ulysses-parallel when a mesh is set. None: no
     sharding annotations (one device, or the caller's own).
@@ -130,7 +148,8 @@ class VideoDiT(nnx.Module):
     attention: AttentionConfig | Mapping | None = None,
     dense_layers: Sequence[int] = (),
     scan_layers: bool = False,
-    remat: bool = False,
+    remat: bool | str = False,
+    ffn_token_chunk: int | None = None,
     dtype=None,
     param_dtype=jnp.float32,
     rules: ShardingRules | None = None,
@@ -146,7 +165,7 @@ class VideoDiT(nnx.Module):
     attention = None if attention is None else AttentionConfig.of(attention)
     self.patch = tuple(int(p) for p in patch)
     self.out_channels, self.freq_dim = out_channels, freq_dim
-    self.scan_layers, self.remat, self.rules = scan_layers, remat, rules
+    self.scan_layers, self.remat, self.rules = scan_layers, normalise_remat(remat), rules
     self.dtype = None if dtype is None or jnp.dtype(dtype) == jnp.float32 else jnp.dtype(dtype)
     dense = set(dense_layers)
     routed = attention is not None and attention.num_groups is not None
@@ -179,6 +198,8 @@ class VideoDiT(nnx.Module):
         dtype=self.dtype,
         param_dtype=param_dtype,
         rules=rules,
+        nested_checkpoints=self.remat != "none",
+        ffn_token_chunk=ffn_token_chunk,
         rngs=rngs,
       )
 
@@ -262,11 +283,12 @@ class VideoDiT(nnx.Module):
     context = self.text_embedding(context.astype(jnp.float32))
 
     def run(block, x):
+      x = tag_block_input(x)
       x, balance = block(x, time_modulation, context, context_mask, token_shot, grid_shot, grid)
       return hidden(x), balance
 
-    if self.remat:
-      run = nnx.remat(run)
+    if self.remat != "none":
+      run = nnx.remat(run, policy=checkpoint_policy(self.remat))
     if self.scan_layers:
 
       @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))

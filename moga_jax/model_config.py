@@ -16,6 +16,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from moga_jax.remat import normalise_remat
 from moga_jax.routing import BALANCE_LOSSES
 from pallas_kernels import KernelOptions
 from pallas_kernels.validation import check_int
@@ -158,7 +159,8 @@ class DiTConfig:
   attention: AttentionConfig | None = None
   dense_layers: tuple[int, ...] = ()
   scan_layers: bool = False
-  remat: bool = False
+  remat: bool | str = False
+  ffn_token_chunk: int | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -167,6 +169,9 @@ class DiTConfig:
     object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
     for name in ("dtype", "param_dtype"):
       object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
+    object.__setattr__(self, "remat", normalise_remat(self.remat))
+    if self.ffn_token_chunk is not None:
+      check_int("ffn_token_chunk", self.ffn_token_chunk)
     if self.attention is not None:
       object.__setattr__(self, "attention", AttentionConfig.of(self.attention))
 
@@ -191,6 +196,7 @@ class DiTConfig:
       dense_layers=tuple(m["dense_layers"]),
       scan_layers=m["scan_layers"],
       remat=m["remat"],
+      ffn_token_chunk=m.get("ffn_token_chunk"),
       dtype=m.get("dtype", "float32"),
       param_dtype=m.get("param_dtype", "float32"),
     )

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +41,8 @@ from moga_jax.flops import (
   table5,
   temporal_groups,
 )
-from moga_jax.sharding import ShardingRules, make_mesh
+from moga_jax.remat import normalise_remat
+from moga_jax.sharding import ShardingRules, make_mesh, ulysses_size
 from moga_jax.training import abstract_train_state, latent_loss_fn, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -51,6 +54,12 @@ _MESH = flags.DEFINE_string(
   "Mesh axis sizes, e.g. fsdp=8,context=8 (others 1); default: the config's sharding.mesh.",
 )
 _DEVICES = flags.DEFINE_integer("devices", None, "Device count when the mesh has a -1 axis.")
+_CHIPS = flags.DEFINE_integer(
+  "chips",
+  None,
+  "With --aot_tpu: the slice's chip count (default: the config's sharding.tpu_slice when it is "
+  "of the same generation, else the mesh's size).",
+)
 _AOT = flags.DEFINE_bool(
   "aot",
   False,
@@ -60,8 +69,9 @@ _AOT_TPU = flags.DEFINE_string(
   "aot_tpu",
   None,
   "With --aot: compile for a slice of this TPU "
-  "generation (v5e, v5p, v6e; compile-only devices from libtpu, "
-  "the tpu-compile extra) instead of fake CPU devices.",
+  "generation (v5e, v5p, v6e, or a slice name such as v5e-8; compile-only devices from libtpu, "
+  "the tpu-compile extra) instead of fake CPU devices; report the per-chip peak against the "
+  "chip's HBM and exit 1 when it does not fit.",
 )
 _JSON = flags.DEFINE_bool(
   "json", False, "Print only the plan (or Table 5) as one JSON object on stdout, no other text."
@@ -85,6 +95,9 @@ _SHOT_SECONDS = flags.DEFINE_float(
 )
 
 GiB = 2**30
+# A step fits a chip when its per-chip peak is at most this fraction of the chip's HBM (the rest
+# is headroom for XLA's runtime reservations and fragmentation).
+FIT_FRACTION = 0.9
 
 
 def _abstract_batch(cfg, latent, batch_sharding) -> dict:
@@ -103,6 +116,45 @@ def _device_bytes(abstract) -> int:
     math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
     for x in jax.tree.leaves(abstract)
   )
+
+
+# What one block's backward pass holds on a chip, as multiples of [tokens per chip, dim] float32
+# buffers and of [FFN chunk, ffn_dim] float32 ones: fitted (least squares) to the compiled
+# training steps of the Wan configs on TPU (benchmarks/results/tpu_fit.json, docs/tpu_fit.md:
+# 1.3B at 15,600-62,400 tokens per chip, 14B at 35,490-70,395) under a remat policy. The
+# planner's peak agrees with the compiler's within 25% on those rows; a config far from them
+# (another width ratio, no remat) may not.
+WORKING_SET_HIDDEN = 20.0
+WORKING_SET_FFN = 11.6
+
+
+def activation_estimate(cfg, mesh_shape: dict[str, int], rules: ShardingRules, tokens: int) -> dict:
+  """Per-chip activation bytes of a training step: the saved block inputs (on the device, or
+  on the host under "offload_block_input") and one block's backward working set."""
+  m = cfg.model
+  size = lambda logical: math.prod(mesh_shape[a] for a in rules.mesh_axes(logical))
+  batch_local = max(1, cfg.train.batch_size // size("activation_batch"))
+  seq_local = tokens // size("activation_length")
+  hidden = batch_local * seq_local * m.dim * 4  # one float32 [tokens per chip, dim]
+  remat = normalise_remat(m.remat)
+  chunk = min(seq_local, m.get("ffn_token_chunk") or seq_local)
+  ffn = batch_local * chunk * m.ffn_dim // size("activation_mlp") * 4
+  block = int(WORKING_SET_HIDDEN * hidden + WORKING_SET_FFN * ffn)
+  compute = 2 if m.get("dtype", "float32") == "bfloat16" else 4
+  heads_local = m.num_heads // (ulysses_size(mesh_shape, rules) * size("activation_heads"))
+  attention = batch_local * tokens * heads_local * (m.dim // m.num_heads) * compute
+  saved = {
+    "none": block,  # every block's working set stays for the backward pass
+    "full": hidden,
+    "offload_block_input": 0,
+    "save_qkv": hidden + 3 * batch_local * seq_local * m.dim * compute,
+    "save_attention": hidden + 3 * batch_local * seq_local * m.dim * compute + 3 * attention,
+  }[remat]
+  carried = saved * m.num_layers
+  return {
+    "activations_device": carried + (block if remat != "none" else 0),
+    "activations_host": hidden * m.num_layers if remat == "offload_block_input" else 0,
+  }
 
 
 def flops_summary(cfg, grid: tuple[int, int, int]) -> dict:
@@ -126,36 +178,29 @@ def flops_summary(cfg, grid: tuple[int, int, int]) -> dict:
 
 
 def make_plan(
-  cfg, mesh_shape: dict[str, int], *, aot: bool = False, device_list: list | None = None
+  cfg,
+  mesh_shape: dict[str, int],
+  *,
+  aot: bool = False,
+  device_list: list | None = None,
+  hbm_bytes: int | None = None,
 ) -> dict:
   """Everything the planner prints, as a dict (also used by the tests). device_list: the
-  devices to plan on (default: this process's first ones), e.g. compile-only TPU devices."""
+  devices to plan on (default: this process's first ones), e.g. compile-only TPU devices.
+  hbm_bytes: the chip's memory; with aot the plan then says whether the step `fits` (its
+  per-chip peak within FIT_FRACTION of it)."""
   devices = math.prod(mesh_shape.values())
   mesh = make_mesh(mesh_shape, devices=device_list or jax.devices()[:devices])
   rules = ShardingRules.from_config(cfg.sharding.rules)
   latent, grid = latent_and_token_grids(cfg)
   tokens = math.prod(grid)
-  m = cfg.model
   ts = abstract_train_state(cfg, mesh, rules)
   params = nnx.state(nnx.merge(ts.graphdef, ts.state)[0], nnx.Param)
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
   param_bytes = _device_bytes(params)
   state_bytes = _device_bytes(ts.state)
 
-  size = lambda logical: math.prod(mesh.shape[a] for a in rules.mesh_axes(logical))
-  batch_local = cfg.train.batch_size // size("activation_batch")
-  seq_local = tokens // size("activation_length")
-  heads_local = m.num_heads // (size("activation_length") * size("activation_heads"))
-  head_dim = m.dim // m.num_heads
-  f32 = 4
-  boundary = (m.num_layers if m.remat else 1) * batch_local * seq_local * m.dim * f32
-  # One block's working set: q, k, v, attention out and the sorted copies for the local heads
-  # over the whole sequence, plus the FFN hidden state of the local tokens.
-  block = (
-    batch_local
-    * (7 * tokens * heads_local * head_dim + 2 * seq_local * m.ffn_dim // size("activation_mlp"))
-    * f32
-  )
+  activations = activation_estimate(cfg, dict(mesh.shape), rules, tokens)
   plan = {
     "latent_grid": latent,
     "token_grid": grid,
@@ -167,38 +212,67 @@ def make_plan(
       "params": param_bytes,
       "optimizer_state": state_bytes - param_bytes,
       "gradients": param_bytes,
-      "activations_estimate": boundary + block,
+      **activations,
+      # What the compiler's peak counts: the state (arguments; the updated state is donated
+      # into them), the gradients and the activations on the device.
+      "peak_estimate": state_bytes + param_bytes + activations["activations_device"],
     },
   }
   plan.update(flops_summary(cfg, grid))
   if aot:
-    step = make_train_step(cfg, ts, loss=latent_loss_fn)
-    batch = _abstract_batch(cfg, latent, ts.batch_sharding)
-    key = jax.ShapeDtypeStruct(
-      (), jax.random.key(0).dtype, sharding=jax.NamedSharding(mesh, jax.P())
-    )
-    start = time.perf_counter()
-    device = mesh.devices.flat[0].device_kind
-    try:
-      with jax.set_mesh(mesh):
-        compiled = step.lower(ts.state, batch, key).compile()
-    except jax.errors.JaxRuntimeError as err:  # e.g. a compile-time HBM OOM: that is the answer
-      plan["aot"] = {
-        "device": device,
-        "compile_seconds": round(time.perf_counter() - start, 1),
-        "error": str(err).splitlines()[0][:400],
-      }
-      return plan
-    analysis = compiled.memory_analysis()
-    plan["aot"] = {
-      "device": device,
-      "compile_seconds": round(time.perf_counter() - start, 1),
-      "argument_bytes": analysis.argument_size_in_bytes,
-      "output_bytes": analysis.output_size_in_bytes,
-      "alias_bytes": analysis.alias_size_in_bytes,
-      "temp_bytes": analysis.temp_size_in_bytes,
-    }
+    plan["aot"] = compile_train_step(cfg, ts, latent)
+    if hbm_bytes is not None:
+      plan["aot"]["hbm_bytes"] = hbm_bytes
+      peak = plan["aot"].get("peak_bytes")
+      plan["aot"]["fits"] = peak is not None and peak <= FIT_FRACTION * hbm_bytes
   return plan
+
+
+def compile_train_step(cfg, ts, latent) -> dict:
+  """Lowers and compiles the real training step (forward, backward, optimizer update) for the
+  state's mesh and returns XLA's memory analysis per device: `peak_bytes` = arguments +
+  outputs + temporaries - aliased (donated) bytes on the device, host-memory bytes apart; a
+  compile-time out-of-memory is an answer too (`error`, with the temporaries XLA asked for)."""
+  step = make_train_step(cfg, ts, loss=latent_loss_fn)
+  batch = _abstract_batch(cfg, latent, ts.batch_sharding)
+  mesh = ts.batch_sharding.mesh
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=jax.NamedSharding(mesh, jax.P()))
+  start = time.perf_counter()
+  result = {"device": mesh.devices.flat[0].device_kind}
+  try:
+    with jax.set_mesh(mesh):
+      compiled = step.lower(ts.state, batch, key).compile()
+  except jax.errors.JaxRuntimeError as err:
+    message = str(err).splitlines()[0][:400]
+    result.update(compile_seconds=round(time.perf_counter() - start, 1), error=message)
+    # XLA:TPU lists the largest live allocations at the peak after the first line.
+    result["error_detail"] = "\n".join(str(err).splitlines()[1:80])
+    asked = re.search(r"required for HLO temporaries \(([\d.]+)G\)", message)
+    if asked:
+      result["temp_bytes_required"] = int(float(asked.group(1)) * GiB)
+    return result
+  a = compiled.memory_analysis()
+  result.update(
+    compile_seconds=round(time.perf_counter() - start, 1),
+    argument_bytes=a.argument_size_in_bytes,
+    output_bytes=a.output_size_in_bytes,
+    alias_bytes=a.alias_size_in_bytes,
+    temp_bytes=a.temp_size_in_bytes,
+    peak_bytes=(
+      a.argument_size_in_bytes
+      + a.output_size_in_bytes
+      + a.temp_size_in_bytes
+      - a.alias_size_in_bytes
+    ),
+    host_bytes={
+      "arguments": getattr(a, "host_argument_size_in_bytes", 0),
+      "outputs": getattr(a, "host_output_size_in_bytes", 0),
+      "temporaries": getattr(a, "host_temp_size_in_bytes", 0),
+    },
+    # Mosaic (Pallas TPU) kernels in the compiled step: the real kernels, not the XLA path.
+    pallas_tpu_calls=compiled.as_text().count('custom_call_target="tpu_custom_call"'),
+  )
+  return result
 
 
 def format_plan(plan: dict) -> str:
@@ -214,25 +288,39 @@ def format_plan(plan: dict) -> str:
     f"  params             {gib(mem['params'])}",
     f"  optimizer state    {gib(mem['optimizer_state'])}",
     f"  gradients          {gib(mem['gradients'])}",
-    f"  activations (est.) {gib(mem['activations_estimate'])}  (remat: block inputs + 1 block)",
-    f"  total (est.)       {gib(sum(mem.values()))}",
+    f"  activations (est.) {gib(mem['activations_device'])}  (saved block inputs + one "
+    f"block's backward)"
+    + (f", {gib(mem['activations_host'])} on the host" if mem["activations_host"] else ""),
+    f"  peak (est.)        {gib(mem['peak_estimate'])}",
   ]
   lines += _format_flops(plan)
-  if "aot" in plan and "error" in plan["aot"]:
-    a = plan["aot"]
+  if "aot" in plan:
+    lines += _format_aot(plan["aot"])
+  return "\n".join(lines)
+
+
+def _format_aot(a: dict) -> list[str]:
+  gib = lambda n: f"{n / GiB:.2f} GiB"
+  lines = [f"ahead-of-time compile of the training step for {a['device']}"]
+  if "error" in a:
+    lines[0] += f" FAILED after {a['compile_seconds']} s: {a['error']}"
+  else:
+    lines[0] += f" ({a['compile_seconds']} s), per device:"
+    host = sum(a["host_bytes"].values())
     lines += [
-      f"ahead-of-time compile of the training step for {a['device']} FAILED after "
-      f"{a['compile_seconds']} s: {a['error']}"
-    ]
-  elif "aot" in plan:
-    a = plan["aot"]
-    lines += [
-      f"ahead-of-time compile of the training step for {a['device']} "
-      f"({a['compile_seconds']} s), per device:",
       f"  arguments {gib(a['argument_bytes'])}, outputs {gib(a['output_bytes'])} "
       f"(aliased {gib(a['alias_bytes'])}), temporaries {gib(a['temp_bytes'])}",
+      f"  peak {gib(a['peak_bytes'])} = arguments + outputs + temporaries - aliased"
+      + (f"; host memory {gib(host)} apart" if host else ""),
     ]
-  return "\n".join(lines)
+  if "hbm_bytes" in a:
+    verdict = "fits" if a["fits"] else "does NOT fit"
+    budget = FIT_FRACTION * a["hbm_bytes"]
+    lines.append(
+      f"  {verdict}: the budget is {FIT_FRACTION:.0%} of the chip's {gib(a['hbm_bytes'])} "
+      f"HBM = {gib(budget)}"
+    )
+  return lines
 
 
 def _format_flops(plan: dict) -> list[str]:
@@ -293,22 +381,68 @@ def main(argv):
     mesh = {a: 1 for a in mesh} | parse_mesh(_MESH.value)
   fixed = math.prod(n for n in mesh.values() if n != -1)
   devices = _DEVICES.value or fixed
-  device_list = None
+  device_list, chip = None, None
   if _AOT_TPU.value:
     if not _AOT.value:
       raise app.UsageError("--aot_tpu goes with --aot")
-    from moga_jax.tpu_compile import tpu_devices
+    from moga_jax.tpu_slices import HBM_BYTES, tpu_devices
 
-    device_list = tpu_devices(_AOT_TPU.value, devices)
+    chip, devices = tpu_slice_size(_AOT_TPU.value, _CHIPS.value, cfg, mesh)
+    device_list = tpu_devices(chip, devices)
   else:
+    if _CHIPS.value:
+      raise app.UsageError("--chips goes with --aot_tpu")
     # Fake CPU devices for the mesh; must happen before jax starts its backend.
     jax.config.update("jax_num_cpu_devices", devices)
     if jax.device_count() < devices:
       raise ValueError(f"the mesh needs {devices} devices; this process has {jax.device_count()}")
   cfg.sharding.mesh = mesh
   shape = validate_sharding(cfg, devices)
-  plan = make_plan(cfg, shape, aot=_AOT.value, device_list=device_list)
+  plan = make_plan(
+    cfg, shape, aot=_AOT.value, device_list=device_list, hbm_bytes=HBM_BYTES[chip] if chip else None
+  )
+  if chip:
+    plan.update(fit_summary(plan, chip))
   _emit(plan, format_plan(plan))
+  if chip and not plan["fits"]:
+    sys.exit(1)
+
+
+def tpu_slice_size(text: str, chips: int | None, cfg, mesh: dict[str, int]) -> tuple[str, int]:
+  """(chip, chips) for --aot_tpu TEXT [--chips N]: a slice name gives its count, a bare
+  generation takes --chips, else the config's own slice (config.sharding.tpu_slice) when it is
+  of that generation, else the mesh's size."""
+  from moga_jax.tpu_slices import parse_slice
+
+  chip, count = parse_slice(text)
+  if chips is not None:
+    count = chips
+  if count is None and cfg.sharding.get("tpu_slice"):
+    own, own_count = parse_slice(cfg.sharding.tpu_slice)
+    count = own_count if own == chip else None
+  if count is None:
+    if -1 in mesh.values():
+      raise app.UsageError(f"the mesh {mesh} has a -1 axis: give --chips or a slice (v5e-8)")
+    count = math.prod(mesh.values())
+  return chip, count
+
+
+def fit_summary(plan: dict, chip: str) -> dict:
+  """The fields `--json` promises for a TPU compile: chip, slice, chips, hbm_bytes and
+  peak_bytes per chip, fits, compile_s (peak_bytes None when the compile ran out of memory)."""
+  from moga_jax.tpu_slices import slice_name
+
+  a = plan["aot"]
+  return {
+    "chip": chip,
+    "slice": slice_name(chip, plan["devices"]),
+    "chips": plan["devices"],
+    "hbm_bytes": a["hbm_bytes"],
+    "peak_bytes": a.get("peak_bytes"),
+    "host_bytes": sum(a["host_bytes"].values()) if "host_bytes" in a else None,
+    "fits": a["fits"],
+    "compile_s": a["compile_seconds"],
+  }
 
 
 if __name__ == "__main__":

@@ -32,6 +32,24 @@ def rope_angles(
   return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
+def rope_angles_traced(
+  grid_shape: tuple[int, int, int], head_dim: int, theta: float = 10000.0
+) -> jax.Array:
+  """`rope_angles` computed on the device from iotas: under jit only the frequency ladder
+  ([head_dim // 2] floats) is a constant, where the host table is [tokens, head_dim // 2]
+  (144 MiB at 563K tokens, baked into the executable and replicated on every chip); XLA then
+  computes each device's share of the sequence where it is used. Equal to `rope_angles` within
+  float32 rounding of the product (coordinates are exact; the frequencies are rounded once)."""
+  t, h, w = grid_shape
+  index = jnp.arange(t * h * w, dtype=jnp.int32)
+  coords = (index // (h * w), (index // w) % h, index % w)
+  parts = []
+  for coord, dim in zip(coords, axis_dims(head_dim), strict=True):
+    freqs = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    parts.append(coord.astype(jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)[None])
+  return jnp.concatenate(parts, axis=-1)
+
+
 def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
   """x: [B, N, H, D] with D even, pairs (2i, 2i+1) rotated by angles [N, D // 2]."""
   if angles.shape != (x.shape[1], x.shape[-1] // 2):

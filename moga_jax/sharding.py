@@ -1,9 +1,11 @@
 """The device mesh, logical axis rules, and the shardings they give parameters, optimizer state,
 batches and activations.
 
-Mesh axes ('data', 'fsdp', 'context', 'tensor'): batches split over data x fsdp, parameters and
-optimizer state over fsdp (and tensor for attention heads and FFN width), token sequences over
-context between attention blocks (Ulysses: see `sequence_parallel.py`), heads over tensor.
+Mesh axes ('data', 'fsdp', 'context', 'share', 'tensor'): batches split over data x fsdp,
+parameters and optimizer state over fsdp (and tensor for attention heads and FFN width), token
+sequences over context x share between attention blocks (inside attention, context splits the
+heads (Ulysses) and share splits the attention's work past the head count: see
+`sequence_parallel.py`), heads over tensor.
 Code names what an axis *is* (a logical name such as 'activation_length' or 'embed'); the
 config's rules say which mesh axes carry it, so one model runs on any mesh.
 
@@ -24,7 +26,10 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "context", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "share", "tensor")
+# The sequence axis that splits attention's work by units (groups, windows, frames) instead of
+# by heads; every other sequence axis trades the sequence for heads (Ulysses).
+SHARE_AXIS = "share"
 
 # Logical names the model uses. Activations: a [batch, length, embed] hidden state, attention
 # [batch, length, heads, head_dim], FFN [batch, length, mlp]. Parameters: embed (model width),
@@ -109,6 +114,12 @@ def axes_size(mesh_shape: Mapping[str, int], axes: Sequence[str]) -> int:
   return math.prod(mesh_shape[a] for a in axes)
 
 
+def ulysses_size(mesh_shape: Mapping[str, int], rules: ShardingRules) -> int:
+  """How many ways attention splits the heads over the sequence axes (all but 'share')."""
+  axes = [a for a in rules.mesh_axes("activation_length") if a != SHARE_AXIS]
+  return math.prod(mesh_shape.get(a, 1) for a in axes)
+
+
 def resolve_mesh_shape(mesh_shape: Mapping[str, int], device_count: int) -> dict[str, int]:
   """Fills the one -1 axis with the devices left; checks the product is device_count."""
   unknown = sorted(set(mesh_shape) - set(MESH_AXES))
@@ -138,15 +149,22 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int], device_count: int) -> dict
 
 
 def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence | None = None) -> jax.sharding.Mesh:
-  """A ('data', 'fsdp', 'context', 'tensor') mesh over `devices` (default: all), Auto axes."""
+  """A ('data', 'fsdp', 'context', 'share', 'tensor') mesh over `devices` (default: all).
+
+  Devices are laid out by `jax.make_mesh`, which keeps each mesh axis on physical torus axes;
+  where it cannot (an 8-way axis on v5p's 4x4x4 torus), an axis may span several physical
+  ones (`allow_split_physical_axes`): still correct, with longer paths for that axis."""
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(mesh_shape, len(devices))
-  return jax.make_mesh(
-    tuple(shape[a] for a in MESH_AXES),
-    MESH_AXES,
-    axis_types=(AxisType.Auto,) * len(MESH_AXES),
-    devices=devices,
-  )
+  sizes = tuple(shape[a] for a in MESH_AXES)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  try:
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    from jax.experimental import mesh_utils
+
+    grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 # Parameter path (joined with '.') -> logical axes, first match wins. Tensor parallelism follows
@@ -188,7 +206,7 @@ def param_spec(
   logical = param_logical_axes(path, len(shape))
   if not logical:  # FSDP on the largest dim the fsdp axes divide
     fsdp = rules.mesh_axes("embed")
-    size = axes_size(mesh_shape, fsdp)
+    size = math.prod(mesh_shape.get(a, 1) for a in fsdp)
     logical = [None] * len(shape)
     for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
       if shape[dim] % size == 0:
@@ -196,7 +214,8 @@ def param_spec(
         break
   entries, used = [], set()
   for dim, name in zip(shape, logical, strict=True):
-    axes = tuple(a for a in rules.mesh_axes(name) if a not in used)
+    # Axes of size 1 (or absent from mesh_shape) split nothing: left out of the spec.
+    axes = tuple(a for a in rules.mesh_axes(name) if a not in used and mesh_shape.get(a, 1) > 1)
     # A dim the axes do not divide stays replicated (e.g. a width-6 modulation axis).
     if axes and dim % axes_size(mesh_shape, axes) == 0:
       used.update(axes)

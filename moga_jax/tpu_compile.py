@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,11 +29,9 @@ import numpy as np
 from moga_jax.config_checks import resolve_mesh_shape
 from moga_jax.config_files import config_path
 from moga_jax.flops import clip_shots, latent_and_token_grids, shot_frames
-from moga_jax.sharding import ShardingRules, axes_size
+from moga_jax.sharding import ShardingRules, axes_size, ulysses_size
+from moga_jax.tpu_slices import CHIPS, tpu_devices
 
-# Topology names `jax.experimental.topologies.get_topology_desc` takes for one chip.
-# (v4 is left out: its topologies count two devices per chip.)
-CHIPS = {"v5e": "v5e=1x1", "v5p": "v5p=1x1x1", "v6e": "v6e=1x1"}
 SMEM_BYTES = 1 << 20  # per core on v5e, v5p and v6e
 BRANCHES = ("group", "stga", "frame", "window")
 
@@ -76,33 +73,12 @@ def attention_shapes(cfg, devices: int | None = None) -> AttentionShapes:
   )
   return AttentionShapes(
     batch=max(1, cfg.train.batch_size // size("activation_batch")),
-    heads=m.num_heads // (size("activation_length") * size("activation_heads")),
+    heads=m.num_heads // (ulysses_size(mesh, rules) * size("activation_heads")),
     head_dim=m.dim // m.num_heads,
     grid=tuple(grid),
     shot_frames=tuple(shot_frames(grid[0], clip_shots(cfg))),
     branches=branches,
   )
-
-
-def tpu_devices(chip: str, count: int) -> list:
-  """`count` compile-only devices of one TPU generation (a slice topology of that size)."""
-  from jax.experimental import topologies
-
-  if chip not in CHIPS:
-    raise ValueError(f"chip must be one of {sorted(CHIPS)}, got {chip!r}")
-  if count < 1 or count & (count - 1):
-    raise ValueError(f"a TPU slice has a power-of-two number of chips, got {count}")
-  log = count.bit_length() - 1
-  if CHIPS[chip].count("x") == 1:  # 2D tori (v5e, v6e): as square as possible
-    dims = (1 << (log // 2), 1 << (log - log // 2))
-  else:  # 3D (v5p)
-    dims = tuple(1 << (log // 3 + (i < log % 3)) for i in range(3))
-  name = f"{chip}={'x'.join(map(str, dims))}"
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  devices = topologies.get_topology_desc(name, platform="tpu").devices
-  if len(devices) != count:
-    raise ValueError(f"topology {name} has {len(devices)} devices, wanted {count}")
-  return list(devices)
 
 
 def _branch_fn(cfg, shapes: AttentionShapes, branch: str):

@@ -13,7 +13,7 @@ from pallas_kernels import validation
 from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import group_attention_reference
-from pallas_kernels.metadata import cdiv, group_layout
+from pallas_kernels.metadata import WorkShare, cdiv, group_layout
 
 
 def group_attention(
@@ -29,6 +29,7 @@ def group_attention(
   tile: int | None = None,
   backend: str | None = None,
   options: KernelOptions | Mapping | None = None,
+  share: WorkShare | tuple | None = None,
 ) -> jax.Array:
   """Full attention inside each group of tokens; tokens of other groups are never visited.
 
@@ -58,6 +59,10 @@ def group_attention(
       real TPU or GPU kernels from a CPU host (ahead-of-time compilation).
     options: a `KernelOptions` (or a mapping of its fields): xla chunk size, Triton warps and
       stages; interpret= is a shorthand for options.interpret.
+    share: a `WorkShare(index, count)`: compute only the groups of share `index` (group g
+      belongs to share g * count // num_groups) and return 0 for the other tokens, so that
+      the `count` shares add up to the whole (context parallelism past the head count: see
+      moga_jax.sequence_parallel). index may be traced. None: every group.
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -68,36 +73,58 @@ def group_attention(
     group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups
   )
   scale = validation.check_scale(scale, head_dim)
+  share = validation.check_share(share)
   name, options, tile = choose_implementation_and_tile(
     implementation, interpret, tile, x=q, backend=backend, options=options
   )
+  if share is not None:  # q, k, v and the output of other shares' tokens are 0 here
+    owned = share.owns_group(group_ids, num_groups)
+    owned = (owned if owned.ndim == 3 else owned[..., None])[..., None]
+    q, k, v = (jnp.where(owned, x, 0) for x in (q, k, v))
   if name == "reference":
-    return _reference(q, k, v, group_ids, scale=scale)
-  return _attend_grouped(
-    q,
-    k,
-    v,
-    group_ids,
-    num_groups=num_groups,
-    scale=scale,
-    tile=tile,
-    implementation=name,
-    options=options,
-  )
+    out = _reference(q, k, v, group_ids, scale=scale)
+  else:
+    out = _attend_grouped(
+      q,
+      k,
+      v,
+      group_ids,
+      None if share is None else share.index,
+      num_groups=num_groups,
+      share_count=None if share is None else share.count,
+      scale=scale,
+      tile=tile,
+      implementation=name,
+      options=options,
+    )
+  return out if share is None else jnp.where(owned, out, 0)
 
 
 _reference = jax.jit(group_attention_reference, static_argnames=("scale",))
 
 
 @functools.partial(
-  jax.jit, static_argnames=("num_groups", "scale", "tile", "implementation", "options")
+  jax.jit,
+  static_argnames=("num_groups", "share_count", "scale", "tile", "implementation", "options"),
 )
 def _attend_grouped(
-  q, k, v, group_ids, *, num_groups: int, scale: float, tile: int, implementation: str, options
+  q,
+  k,
+  v,
+  group_ids,
+  share_index,
+  *,
+  num_groups: int,
+  share_count: int | None,
+  scale: float,
+  tile: int,
+  implementation: str,
+  options,
 ):
   """Sort by group, run the block-sparse kernel over the group tiles, unsort."""
   rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
-  layout = group_layout(rows, num_groups=num_groups, tile=tile)
+  share = None if share_count is None else WorkShare(share_index, share_count)
+  layout = group_layout(rows, num_groups=num_groups, tile=tile, share=share)
   if options.visits_per_row is None:  # the TPU cost estimate's guess: uniform routing
     tiles_per_group = cdiv(cdiv(rows.shape[1], num_groups), tile)
     options = dataclasses.replace(options, visits_per_row=num_groups * tiles_per_group**2)

@@ -39,6 +39,29 @@ def sorted_capacity(seq_len: int, num_groups: int, tile: int) -> int:
   return cdiv(seq_len + min(num_groups, seq_len) * (tile - 1), tile) * tile
 
 
+class WorkShare(NamedTuple):
+  """Part `index` of `count` of an attention's work, for context parallelism past the head
+  count: `count` devices that all hold the whole sequence of the same heads each compute the
+  queries of one share, and the shares' outputs add up to the whole (each is 0 elsewhere).
+
+  The shares follow the attention's independent units, so that a share's queries read only its
+  own keys or whole key runs: groups (group g goes to share g * count // num_groups: contiguous
+  blocks of groups) and contiguous runs of a static layout's slots (STGA's window-major order,
+  per-frame attention's frames: slot i of n goes to share i * count // n). `index` may be
+  traced (a mesh axis index); `count` is static.
+  """
+
+  index: jax.Array | int
+  count: int
+
+  def owns_group(self, group: jax.Array, num_groups: int) -> jax.Array:
+    return group * self.count // num_groups == self.index
+
+  def owns_slot(self, slot: jax.Array, length: int) -> jax.Array:
+    """Whether slot (of a layout of `length` real slots) is this share's; padding is not."""
+    return (slot < length) & (jnp.minimum(slot, length - 1) * self.count // length == self.index)
+
+
 class BlockMask(NamedTuple):
   """Which key tiles each query tile visits: the metadata every block-sparse kernel reads.
 
@@ -126,10 +149,11 @@ def range_mask(key_lo: jax.Array, key_hi: jax.Array, *, tile: int, length: int) 
   first_tile = first // tile
   count = jnp.where(used, cdiv_array(last, tile) - first_tile, 0)
   # Key side: tile u is read by the query tiles whose [first, last) meets [u * tile, (u+1) *
-  # tile). Both bounds are sorted (tiles without queries, at the end, get `capacity`), so those
-  # tiles are the run between two searches.
-  first = jnp.where(used, first, capacity)
-  last = jnp.where(used, last, capacity)
+  # tile). Both bounds are sorted once tiles without queries take their neighbours' bounds
+  # (padding at the end; with a `WorkShare`, the tiles of other devices' queries before and
+  # after this device's run), so those tiles are the run between two searches.
+  first = jax.lax.cummin(jnp.where(used, first, capacity), axis=1, reverse=True)
+  last = jax.lax.cummax(jnp.where(used, last, 0), axis=1)
   edges = jnp.arange(num_tiles, dtype=jnp.int32) * tile
   # compare_all, not the default scan: XLA:TPU v6e offloads the scan's gathers to SparseCore
   # and fails to compile it at 1,463 tiles (an internal RET_CHECK, libtpu 0.0.50.1); an
@@ -183,13 +207,17 @@ class TileLayout(NamedTuple):
     return self.src.shape[-1]
 
 
-def group_layout(group_ids: jax.Array, *, num_groups: int, tile: int) -> TileLayout:
+def group_layout(
+  group_ids: jax.Array, *, num_groups: int, tile: int, share: WorkShare | None = None
+) -> TileLayout:
   """Builds the sorted, tile-padded layout of `group_ids` [R, N] (int, values in [0, G)).
 
   The sort is stable, so tokens keep their sequence order inside a group. Ids outside
   [0, num_groups) must have been rejected (or clipped) by the caller. The capacity is static
   (`sorted_capacity`); a tile of group g visits the contiguous run of tiles g owns (symmetric:
   a group's query and key tiles coincide) and tiles past the last group have count 0.
+  share: only the groups `share.groups(num_groups)` owns get visits (the others' tiles count
+  0, as if unused): the layout of one device's part of the work (`WorkShare`).
   """
   if group_ids.ndim != 2:
     raise ValueError(f"group_ids must be [rows, seq], got shape {group_ids.shape}")
@@ -218,6 +246,8 @@ def group_layout(group_ids: jax.Array, *, num_groups: int, tile: int) -> TileLay
   owner = jax.vmap(lambda e: jnp.searchsorted(e, tile_first_slot, side="right"))(padded_end)
   in_use = owner < num_groups
   owner = jnp.minimum(owner, num_groups - 1)
+  if share is not None:
+    in_use &= share.owns_group(owner, num_groups)
   take = lambda a: jnp.take_along_axis(a, owner, axis=-1)
   group_end = take(padded_start) + take(counts)
   mask = BlockMask(
@@ -420,13 +450,15 @@ def shot_window_layout(
   temporal_group: int | None,
   context_frames: int,
   tile: int,
+  share: WorkShare | None = None,
 ) -> TileLayout:
   """The layout of STGA (and, with 1x1 windows and one-frame groups, per-frame attention).
 
   After the static (window, t, h, w) order, the keys of every query are one contiguous run of
   slots: its window's blocks of frames [lo, hi) from `temporal_key_frames`. The ranges depend
   on the shot ids (data, per batch element) and are computed on device; one row per batch
-  element, shared by the heads.
+  element, shared by the heads. share: only the queries of `share.slots` (a contiguous run of
+  the order's slots) see keys; the others get empty ranges, as padding does.
   """
   order = shot_window_order(tuple(grid_shape), tuple(spatial_groups), tile)
   lo_frame, hi_frame = temporal_key_frames(
@@ -436,4 +468,6 @@ def shot_window_layout(
   key_lo = base + lo_frame[:, frame] * size  # [B, L]; padding slots: size 0 -> empty
   key_hi = base + hi_frame[:, frame] * size
   n = math.prod(grid_shape)
+  if share is not None:
+    key_hi = jnp.where(share.owns_slot(jnp.arange(key_lo.shape[1]), n), key_hi, key_lo)
   return TileLayout(order.src, order.slot, range_mask(key_lo, key_hi, tile=tile, length=n))

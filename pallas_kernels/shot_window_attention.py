@@ -14,7 +14,7 @@ from pallas_kernels import validation
 from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import shot_window_attention_reference
-from pallas_kernels.metadata import shot_window_layout
+from pallas_kernels.metadata import WorkShare, shot_window_layout, shot_window_order
 
 
 def shot_window_attention(
@@ -33,6 +33,7 @@ def shot_window_attention(
   tile: int | None = None,
   backend: str | None = None,
   options: KernelOptions | Mapping | None = None,
+  share: WorkShare | tuple | None = None,
 ) -> jax.Array:
   """Attention inside fixed spatial windows x temporal groups that never span a shot cut.
 
@@ -64,6 +65,9 @@ def shot_window_attention(
     scale, implementation, interpret, backend, options: as in `group_attention`.
     tile: tokens per tile (default as in `group_attention`: 128, less for short sequences or
       where the compiled GPU kernel needs it).
+    share: a `WorkShare(index, count)`: compute only the queries of share `index`, a
+      contiguous run of the window-major order (windows, then frames: `shot_window_order`),
+      and return 0 for the other tokens; the `count` shares add up to the whole.
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -81,6 +85,7 @@ def shot_window_attention(
   context_frames = validation.check_int("context_frames", context_frames, minimum=0)
   shot_ids = validation.check_shot_ids(shot_ids, batch=batch, frames=grid_shape[0])
   scale = validation.check_scale(scale, head_dim)
+  share = validation.check_share(share)
   name, options, tile = choose_implementation_and_tile(
     implementation, interpret, tile, x=q, backend=backend, options=options
   )
@@ -91,9 +96,26 @@ def shot_window_attention(
     context_frames=context_frames,
     scale=scale,
   )
+  if share is not None:  # other shares' queries (and their output) are 0 here
+    slot = jnp.asarray(shot_window_order(grid_shape, spatial_groups, tile).slot[0])
+    owned = share.owns_slot(slot, seq)[None, :, None, None]
+    q = jnp.where(owned, q, 0)
   if name == "reference":
-    return _reference(q, k, v, shot_ids, **static)
-  return _shot_windows(q, k, v, shot_ids, tile=tile, implementation=name, options=options, **static)
+    out = _reference(q, k, v, shot_ids, **static)
+  else:
+    out = _shot_windows(
+      q,
+      k,
+      v,
+      shot_ids,
+      None if share is None else share.index,
+      share_count=None if share is None else share.count,
+      tile=tile,
+      implementation=name,
+      options=options,
+      **static,
+    )
+  return out if share is None else jnp.where(owned, out, 0)
 
 
 def frame_attention(
@@ -108,12 +130,13 @@ def frame_attention(
   tile: int | None = None,
   backend: str | None = None,
   options: KernelOptions | Mapping | None = None,
+  share: WorkShare | tuple | None = None,
 ) -> jax.Array:
   """Full attention among the tokens of each latent frame (the paper's third branch).
 
   q, k, v: [batch, T * H * W, heads, head_dim] in raster (t, h, w) order. The same op as
   `shot_window_attention` with one window per frame, one-frame temporal groups and no context
-  frames; other arguments as there.
+  frames; other arguments as there (a share is a contiguous run of tokens).
   """
   batch = validation.check_qkv(q, k, v)[0]
   grid_shape = validation.check_int_triple("grid_shape", grid_shape)
@@ -133,6 +156,7 @@ def frame_attention(
     tile=tile,
     backend=backend,
     options=options,
+    share=share,
   )
 
 
@@ -140,13 +164,17 @@ _STATIC = ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "
 _reference = jax.jit(shot_window_attention_reference, static_argnames=_STATIC)
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "tile", "implementation", "options"))
+@functools.partial(
+  jax.jit, static_argnames=(*_STATIC, "share_count", "tile", "implementation", "options")
+)
 def _shot_windows(
   q,
   k,
   v,
   shot_ids,
+  share_index,
   *,
+  share_count,
   grid_shape,
   spatial_groups,
   temporal_group,
@@ -163,6 +191,7 @@ def _shot_windows(
     temporal_group=temporal_group,
     context_frames=context_frames,
     tile=tile,
+    share=None if share_count is None else WorkShare(share_index, share_count),
   )
   per_frame = (spatial_groups, temporal_group, context_frames) == ((1, 1), 1, 0)
   return attend_in_layout(

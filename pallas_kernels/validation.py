@@ -154,3 +154,19 @@ def check_shot_ids(shot_ids, *, batch: int, frames: int) -> jax.Array:
         f"{t + 1}"
       )
   return jnp.asarray(shot_ids, jnp.int32)
+
+
+def check_share(share):
+  """None, or a `WorkShare` (or an (index, count) pair) with count >= 1 and, when concrete,
+  0 <= index < count."""
+  from pallas_kernels.metadata import WorkShare
+
+  if share is None:
+    return None
+  if not isinstance(share, tuple) or len(share) != 2:
+    raise TypeError(f"share must be None or a WorkShare(index, count), got {share!r}")
+  index, count = share
+  count = check_int("share.count", count)
+  if not isinstance(index, jax.core.Tracer) and not 0 <= int(index) < count:
+    raise ValueError(f"share.index must be in [0, {count}), got {int(index)}")
+  return WorkShare(jnp.asarray(index, jnp.int32), count)

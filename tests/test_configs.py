@@ -27,8 +27,12 @@ ROOT = Path(__file__).parents[1]
 def test_wan1_3b_stages_follow_the_paper():
   one, two = wan1_3b_moga.get_config("stage1"), wan1_3b_moga.get_config("stage2")
   assert wan1_3b_moga.get_config().to_dict() == one.to_dict()  # no suffix: stage 1
-  assert (one.video.frames, one.train.steps) == (157, 3_000)  # 10 s at 16 fps
-  assert (two.video.frames, two.train.steps) == (477, 1_000)  # 30 s
+  # 3k optimizer updates on 10-s clips (16 fps), then 1k on 30-s clips, 8 clips each
+  updates = lambda c: c.train.steps // c.train.grad_accum_steps
+  assert (one.video.frames, updates(one)) == (157, 3_000)
+  assert (two.video.frames, updates(two)) == (477, 1_000)
+  for c in (one, two):
+    assert c.train.batch_size * c.train.grad_accum_steps == 8
   assert [np.prod(latent_and_token_grids(c)[1]) for c in (one, two)] == [62_400, 187_200]
   assert one.model.to_dict() == two.model.to_dict()  # stage 2 loads stage 1's weights
   for c in (one, two):
@@ -49,7 +53,7 @@ def test_config_flag_suffix_picks_the_stage():
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=values)
   values(["prog", f"--config={ROOT / 'configs' / 'wan1_3b_moga.py'}:stage2"])
-  assert values.config.video.frames == 477 and values.config.train.steps == 1_000
+  assert values.config.video.frames == 477 and values.config.sharding.tpu_slice == "v5e-32"
 
 
 def test_580k_config_is_the_papers_minute_long_block():
@@ -66,17 +70,28 @@ def test_580k_config_is_the_papers_minute_long_block():
   validate_config(c)
 
 
+ONE_DEVICE_MESH = (
+  "--config.sharding.mesh.data=-1",
+  "--config.sharding.mesh.fsdp=1",
+  "--config.sharding.mesh.context=1",
+)
+
+
 @pytest.mark.parametrize(
-  ("config", "message"),
+  ("config", "message", "extra"),
   [
-    ("wan1_3b_moga.py", "pass --init DIR"),
-    ("wan1_3b_moga.py:stage2", "pass --init DIR"),
-    ("wan1_3b.py", "pass --init DIR"),
-    # 64 devices' mesh on this one: refused by name before anything is built.
-    ("wan14b_moga_580k.py", "uses 64 devices but 1 are available"),
+    ("wan1_3b_moga.py", "pass --init DIR", ONE_DEVICE_MESH),
+    ("wan1_3b_moga.py:stage2", "pass --init DIR", ONE_DEVICE_MESH),
+    ("wan1_3b.py", "pass --init DIR", ONE_DEVICE_MESH),
+    # Each config's mesh is its TPU slice's: refused by name before anything is built.
+    ("wan1_3b_moga.py", "uses 8 devices but 1 are available", ()),
+    ("wan1_3b_moga.py:stage2", "uses 32 devices but 1 are available", ()),
+    ("wan14b_moga_580k.py", "uses 64 devices but 1 are available", ()),
   ],
 )
-def test_every_wan_config_reaches_train_py_and_fails_with_a_named_error(config, message, tmp_path):
+def test_every_wan_config_reaches_train_py_and_fails_with_a_named_error(
+  config, message, extra, tmp_path
+):
   """Each config has every section train.py reads (the 580K one once lacked data, sample and
   checkpoint_every and died in a bare AttributeError): without converted weights (or devices)
   it stops with one named line, exit 2. tests/test_wan_pipeline.py trains them with --init."""
@@ -90,6 +105,7 @@ def test_every_wan_config_reaches_train_py_and_fails_with_a_named_error(config, 
       f"--config={ROOT / 'configs' / config}",
       "--workdir",
       str(tmp_path / "run"),
+      *extra,
     ],
     cwd=ROOT,
     capture_output=True,
@@ -341,8 +357,14 @@ def test_the_model_configs_share_one_base():
   wan = wan1_3b_moga.get_config().to_dict()
   assert tiny["model"]["attention"] == base["model"]["attention"]
   assert wan["model"]["attention"] == base["model"]["attention"] | {"num_groups": 5}
-  for section in ("diffusion", "sharding", "distributed"):
+  for section in ("diffusion", "distributed"):
     assert tiny[section] == wan[section] == base[section]
-  shared_train = {k: v for k, v in base["train"].items() if k != "batch_size"}
+  # The Wan configs lay their mesh out for a TPU slice (and accumulate gradients to match).
+  assert tiny["sharding"] == base["sharding"]
+  assert wan["sharding"]["rules"] == base["sharding"]["rules"]
+  assert wan["sharding"]["tpu_slice"] == "v5e-8"
+  per_slice = {"batch_size", "grad_accum_steps", "checkpoint_every"}
+  shared_train = {k: v for k, v in base["train"].items() if k not in per_slice}
+  assert tiny["train"]["grad_accum_steps"] == base["train"]["grad_accum_steps"]
   for cfg in (tiny, wan):
     assert {k: cfg["train"][k] for k in shared_train} == shared_train

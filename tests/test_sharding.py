@@ -37,7 +37,12 @@ def _env(devices: int | None) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  "mesh,routing", [("data=2,context=4", "per_head"), ("fsdp=2,context=2,tensor=2", "shared")]
+  "mesh,routing",
+  [
+    ("data=2,context=4", "per_head"),
+    ("fsdp=2,context=2,tensor=2", "shared"),
+    ("fsdp=2,context=2,share=2", "shared"),  # past the head count: work shares
+  ],
 )
 def test_sharded_model_equals_unsharded_on_a_mesh(mesh, routing):
   """Forward, gradients and one train step on 8 fake devices == one device."""
@@ -52,6 +57,33 @@ def test_sharded_model_equals_unsharded_on_a_mesh(mesh, routing):
   )
   assert result.returncode == 0, result.stdout + result.stderr[-4000:]
   assert f"{mesh} {routing}: sharded == unsharded" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "mesh,implementation",
+  [
+    ("context=2,share=4,data=2", "xla"),
+    ("share=8,data=2", "xla"),
+    ("context=2,share=4,data=2", "pallas_tpu"),
+    ("context=4,share=4", "pallas_gpu"),
+  ],
+)
+def test_attention_split_past_the_head_count_equals_unsharded(mesh, implementation):
+  """The paper's block on 16 fake devices, its sequence split context x share ways (4 heads:
+  Ulysses alone stops at 4): output and every gradient equal one device's, with skewed groups
+  (one empty) and random shot layouts (tests/scripts/shared_attention.py)."""
+  script = ROOT / "tests" / "scripts" / "shared_attention.py"
+  result = subprocess.run(
+    [sys.executable, str(script), mesh, implementation],
+    capture_output=True,
+    text=True,
+    env=_env(None),
+    timeout=900,
+    check=False,
+  )
+  assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+  assert f"{mesh} {implementation}: shared == unsharded" in result.stdout
 
 
 RULES = ShardingRules.from_config(tiny.get_config().sharding.rules)
@@ -106,6 +138,7 @@ def test_mesh_shape_resolution_and_errors():
     "data": 2,
     "fsdp": 1,
     "context": 4,
+    "share": 1,
     "tensor": 1,
   }
   with pytest.raises(ValueError, match="at most one may be -1"):

@@ -62,6 +62,15 @@ TINY = {
   "sample.steps": 3,
   "sample.text_encoder_dtype": "float32",
   "train.batch_size": 1,
+  # One device, float32 and unscanned blocks as diffusers computes them (the config's own
+  # mesh, bfloat16 compute and memory settings are for its TPU slice).
+  "train.grad_accum_steps": 1,
+  "sharding.mesh.data": -1,
+  "sharding.mesh.fsdp": 1,
+  "sharding.mesh.context": 1,
+  "model.dtype": "float32",
+  "model.scan_layers": False,
+  "model.remat": "none",
 }
 
 

@@ -34,7 +34,9 @@ cfg.model.dim, cfg.model.ffn_dim, cfg.model.num_layers = 64, 96, 2
 cfg.model.num_heads, cfg.model.text_dim = 8, 32
 cfg.model.attention.per_head_router = routing == "per_head"
 cfg.train.batch_size = 4
-cfg.sharding.mesh = {"data": 1, "fsdp": 1, "context": 1, "tensor": 1, **mesh_shape}
+cfg.sharding.mesh = {"data": 1, "fsdp": 1, "context": 1, "share": 1, "tensor": 1, **mesh_shape}
+if mesh_shape.get("share", 1) > 1:  # work shares need every block sparse
+  cfg.model.dense_layers = ()
 validate_config(cfg)
 mesh = make_mesh(validate_sharding(cfg, 8))
 single = make_mesh({"data": 1}, devices=jax.devices()[:1])
