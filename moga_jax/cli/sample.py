@@ -18,6 +18,9 @@ DiT (routers included) from the run, umT5 and the VAE from the converted folder:
   python sample.py --config configs/wan1_3b_moga.py --weights weights/wan1_3b_moga \
       --workdir runs/wan --prompt "a red fox runs through snow"
 
+Installed, the same is `moga-sample` (`pip install 'moga-jax[train]'`; Wan configs also need the
+`wan` extra, imported only for them). The checkout's sample.py is a wrapper around this module.
+
 Integrates the flow from noise with classifier-free guidance (a progress bar over steps) and
 writes the mp4 and a PNG contact sheet beside it (one row per shot, labelled with its prompt).
 """
@@ -34,11 +37,8 @@ from tqdm import tqdm
 from moga_jax import video_io
 from moga_jax.config_checks import validate_config
 from moga_jax.config_files import config_path
-from moga_jax.run_guard import cli_main
 from moga_jax.sampling import generate
 from moga_jax.training import load_trained
-from moga_jax.wan import pipeline as wan_pipeline
-from moga_jax.wan.converted import with_converted_widths
 
 _CONFIG = config_flags.DEFINE_config_file("config", config_path("tiny"), "The run's config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to load (a run trained here).")
@@ -104,7 +104,10 @@ def main(argv):
       )
     cfg.sample.negative_prompt = _NEGATIVE.value
   prompts = list(_PROMPTS.value)
-  if wan:  # the DiT's widths are the converted checkpoint's
+  if wan:  # the DiT's widths are the converted checkpoint's; the `wan` extra, Wan configs only
+    from moga_jax.wan import pipeline as wan_pipeline
+    from moga_jax.wan.converted import with_converted_widths
+
     cfg = with_converted_widths(cfg, _WEIGHTS.value)
   validate_config(cfg)
   if wan:
@@ -138,7 +141,3 @@ def main(argv):
     f"video: {output} ({len(video)} frames of {video.shape[2]}x{video.shape[1]}, "
     f"{len(prompts)} shots)\ncontact sheet: {sheet}"
   )
-
-
-if __name__ == "__main__":
-  app.run(cli_main(main, "sample.py"))

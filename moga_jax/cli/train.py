@@ -4,6 +4,9 @@
   python train.py --config configs/wan1_3b_moga.py --init weights/wan1_3b_moga \
       --workdir runs/wan1_3b [--config.data.source_dir=my_clips ...]
 
+Installed, the same is `moga-train` (`pip install 'moga-jax[train]'`; Wan configs also need the
+`wan` extra, imported only for them). The checkout's train.py is a wrapper around this module.
+
 With --init (configs with a `video` section: a Wan DiT) the DiT starts from the converted
 transformer, MoGA replacing its full self-attention, and trains on latents and caption states
 precomputed once with the converted VAE and umT5 (moga_jax.wan.latent_data).
@@ -33,7 +36,7 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
@@ -45,7 +48,7 @@ from moga_jax.config_checks import validate_config, validate_sharding
 from moga_jax.config_files import config_path
 from moga_jax.data.pipeline import make_loader
 from moga_jax.data.prepare import prepare_data
-from moga_jax.run_guard import Preemption, check_finite, cli_main
+from moga_jax.run_guard import Preemption, check_finite
 from moga_jax.sharding import ShardingRules, make_mesh, process_batch_slice
 from moga_jax.training import (
   init_train_state,
@@ -54,8 +57,6 @@ from moga_jax.training import (
   make_train_step,
   optimizer_layout,
 )
-from moga_jax.wan.converted import restore_dit, with_converted_widths
-from moga_jax.wan.latent_data import prepare_latents
 
 _CONFIG = config_flags.DEFINE_config_file("config", config_path("tiny"), "Training config.")
 _WORKDIR = flags.DEFINE_string(
@@ -160,6 +161,8 @@ def _wan_setup(cfg, workdir: Path, init: str | None):
       "configs with a `video` section train a Wan DiT on precomputed latents: "
       "pass --init DIR, a folder written by `python -m moga_jax.convert_wan`"
     )
+  from moga_jax.wan.latent_data import prepare_latents  # the `wan` extra: Wan configs only
+
   return lambda: prepare_latents(cfg, workdir, init), latent_loss_fn
 
 
@@ -178,6 +181,8 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   faults = faults or Faults()
   maybe_initialize_distributed(cfg)
   if init is not None and "video" in cfg:  # the DiT's widths are the converted checkpoint's
+    from moga_jax.wan.converted import with_converted_widths
+
     cfg = with_converted_widths(cfg, init)
   validate_config(cfg)
   if cfg.model.get("param_dtype", "float32") != "float32":
@@ -226,6 +231,8 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
     restore_data_state(loader, saved)
     logging.info("resumed from step %d", step)
   elif init is not None:  # Adam's moments start at zero whatever the parameters
+    from moga_jax.wan.converted import restore_dit
+
     model, optimizer = train_state.merge()
     restore_dit(init, model, cfg.model)
     state = nnx.state((model, optimizer))
@@ -333,7 +340,3 @@ def main(argv):
     f"checkpoints: {workdir / 'checkpoints'}\nmetrics: {workdir / 'metrics.jsonl'}\n"
     f"loss curve: {workdir / 'loss.png'}"
   )
-
-
-if __name__ == "__main__":
-  app.run(cli_main(main, "train.py"))
