@@ -29,6 +29,7 @@ def group_attention(
   tile: int | None = None,
   backend: str | None = None,
   options: KernelOptions | Mapping | None = None,
+  check_ids: bool = False,
 ) -> jax.Array:
   """Full attention inside each group of tokens; tokens of other groups are never visited.
 
@@ -58,6 +59,11 @@ def group_attention(
       real TPU or GPU kernels from a CPU host (ahead-of-time compilation).
     options: a `KernelOptions` (or a mapping of its fields): xla chunk size, Triton warps and
       stages; interpret= is a shorthand for options.interpret.
+    check_ids: traced group_ids (under jit) cannot be range-checked here, and out-of-range
+      ones are clipped into [0, num_groups). True adds a `jax.experimental.checkify` check
+      on them: wrap the caller in `checkify.checkify(f)` and `err.throw()` raises naming the
+      values (without the wrapper jit refuses the unfunctionalized check). Concrete ids are
+      always checked.
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -65,7 +71,7 @@ def group_attention(
   batch, seq, heads, head_dim = validation.check_qkv(q, k, v)
   num_groups = validation.check_positive_int("num_groups", num_groups)
   group_ids = validation.check_group_ids(
-    group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups
+    group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups, check_ids=check_ids
   )
   scale = validation.check_scale(scale, head_dim)
   name, options, tile = choose_implementation_and_tile(

@@ -33,6 +33,7 @@ def shot_window_attention(
   tile: int | None = None,
   backend: str | None = None,
   options: KernelOptions | Mapping | None = None,
+  check_ids: bool = False,
 ) -> jax.Array:
   """Attention inside fixed spatial windows x temporal groups that never span a shot cut.
 
@@ -57,13 +58,15 @@ def shot_window_attention(
   Args:
     q, k, v: [batch, T * H * W, heads, head_dim], one floating dtype.
     shot_ids: int [batch, T], the shot of each latent frame, non-decreasing along T (checked
-      when concrete; traced ids are cut into runs of equal values).
+      when concrete; traced ids are cut into runs of equal values, unless `check_ids`).
     grid_shape: (T, H, W). spatial_groups: (sh, sw), 1 <= sh <= H, 1 <= sw <= W.
     temporal_group: None (a group is a whole shot) or the most frames per group.
     context_frames: frames of each adjacent group added to the keys, >= 0.
     scale, implementation, interpret, backend, options: as in `group_attention`.
     tile: tokens per tile (default as in `group_attention`: 128, less for short sequences or
       where the compiled GPU kernel needs it).
+    check_ids: True adds a `jax.experimental.checkify` check that traced shot_ids are
+      non-decreasing (as in `group_attention`: wrap the caller in `checkify.checkify`).
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -79,7 +82,9 @@ def shot_window_attention(
   if temporal_group is not None:
     temporal_group = validation.check_positive_int("temporal_group", temporal_group)
   context_frames = validation.check_int("context_frames", context_frames, minimum=0)
-  shot_ids = validation.check_shot_ids(shot_ids, batch=batch, frames=grid_shape[0])
+  shot_ids = validation.check_shot_ids(
+    shot_ids, batch=batch, frames=grid_shape[0], check_ids=check_ids
+  )
   scale = validation.check_scale(scale, head_dim)
   name, options, tile = choose_implementation_and_tile(
     implementation, interpret, tile, x=q, backend=backend, options=options
