@@ -41,6 +41,10 @@ def test_missing_extra_line_names_the_pip_command():
     "extra: pip install 'moga-jax[train]'"
   )
   assert cli.missing_extra_line("moga-train", ModuleNotFoundError("x", name="numpyy")) is None
+  # a command needing `shots` (which includes `train`) names `shots`; `wan` stays `wan`
+  tqdm, tokenizers = (ModuleNotFoundError("x", name=n) for n in ("tqdm", "tokenizers"))
+  assert cli.missing_extra_line("moga-shots", tqdm, "shots").endswith("'moga-jax[shots]'")
+  assert cli.missing_extra_line("moga-shots", tokenizers, "shots").endswith("'moga-jax[wan]'")
   assert cli.missing_extra_line("p", ImportError("no name")) is None
 
 

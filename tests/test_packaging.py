@@ -217,4 +217,20 @@ def test_a_core_install_from_the_wheel_runs_the_module_layer(wheel, tmp_path):
   )
   assert done.returncode == 0, done.stderr[-3000:]
   assert json.loads(done.stdout.splitlines()[-1])["file"].startswith(str(venv))
+  # The commands are installed, and without their extras say which one in a line (exit 2).
+  for command, extra in (("moga-train", "train"), ("moga-shots", "shots")):
+    ran = subprocess.run(
+      [str(venv / "bin" / command), "--workdir", str(tmp_path / "run"), "--videos", "."],
+      capture_output=True,
+      text=True,
+      cwd=tmp_path,
+      env=env,
+      timeout=300,
+    )
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert re.fullmatch(
+      rf"{command}: error: \w+ is not installed; this command needs the `{extra}` extra: "
+      rf"pip install 'moga-jax\[{extra}\]'\n",
+      ran.stderr,
+    ), ran.stderr[-3000:]
   print(f"core install: {installed:.1f} s")

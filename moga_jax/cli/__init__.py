@@ -58,16 +58,23 @@ EXTRA_OF_MODULE = {
   "safetensors": "wan",
   "scenedetect": "shots",
 }
+# Extras that install others (pyproject.toml): a command needing `shots` names it, not `train`.
+EXTRAS_INCLUDED = {"shots": ("train", "shots")}
 EXIT_MISSING_EXTRA = 2  # the exit status of a user error (moga_jax.run_guard)
 
 
-def missing_extra_line(program: str, error: ImportError) -> str | None:
+def missing_extra_line(
+  program: str, error: ImportError, command_extra: str | None = None
+) -> str | None:
   """The one line for an ImportError of a package an extra installs; None for any other (a
-  bug, or a package no extra names: its traceback stays)."""
+  bug, or a package no extra names: its traceback stays). `command_extra`: the extra the
+  command needs, named instead when it includes the package's."""
   module = (error.name or "").partition(".")[0]
   extra = EXTRA_OF_MODULE.get(module)
   if extra is None:
     return None
+  if command_extra is not None and extra in EXTRAS_INCLUDED.get(command_extra, (command_extra,)):
+    extra = command_extra
   return (
     f"{program}: error: {module} is not installed; this command needs the `{extra}` extra: "
     f"pip install 'moga-jax[{extra}]'"
@@ -75,13 +82,13 @@ def missing_extra_line(program: str, error: ImportError) -> str | None:
 
 
 @contextlib.contextmanager
-def missing_extras_exit(program: str) -> Iterator[None]:
+def missing_extras_exit(program: str, command_extra: str | None = None) -> Iterator[None]:
   """An ImportError of a package an extra installs, raised inside, prints missing_extra_line
   and exits 2 (MOGA_TRACEBACK=1 keeps the traceback)."""
   try:
     yield
   except ImportError as e:
-    line = missing_extra_line(program, e)
+    line = missing_extra_line(program, e, command_extra)
     if line is None or os.environ.get("MOGA_TRACEBACK"):
       raise
     print(line, file=sys.stderr)
@@ -100,12 +107,18 @@ def guard_extras(main: Callable[[list[str]], None], program: str) -> Callable[[l
 
 
 def _run(
-  module_name: str, program: str, *, user_errors: bool = True, define_flags: str | None = None
+  module_name: str,
+  program: str,
+  *,
+  extra: str | None = None,
+  user_errors: bool = True,
+  define_flags: str | None = None,
 ) -> None:
-  """Imports the command's module (a missing extra: one line, exit 2), makes its flags the ones
-  --help shows for this program, and runs its `main` through absl: with moga_jax.run_guard's
-  cli_main (user errors as one line) when `user_errors`, else with the extras guard alone."""
-  with missing_extras_exit(program):
+  """Imports the command's module (a missing extra: one line, exit 2; `extra` names the one the
+  command needs when it includes the missing package's), makes its flags the ones --help shows
+  for this program, and runs its `main` through absl: with moga_jax.run_guard's cli_main (user
+  errors as one line) when `user_errors`, else with the extras guard alone."""
+  with missing_extras_exit(program, extra):
     module = importlib.import_module(module_name)
     from absl import app, flags
 
@@ -141,4 +154,4 @@ def export_command(program: str = "moga-export") -> None:
 
 
 def shots_command(program: str = "moga-shots") -> None:
-  _run("moga_jax.data.shots", program, define_flags="_define_flags")
+  _run("moga_jax.data.shots", program, extra="shots", define_flags="_define_flags")
