@@ -15,7 +15,7 @@ env: $(STAMP)
 $(STAMP): pyproject.toml tools/pick_python.sh
 	@python="$$(tools/pick_python.sh)" && echo "make: building $(VENV) with $$python" && \
 	  "$$python" -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,shots,tpu-compile,gpu-compile]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,train,wan,shots,tpu-compile,gpu-compile]'
 	@$(PY) -c 'import sys, jax; print(f"make: Python {sys.version.split()[0]}, jax {jax.__version__}")'
 	@touch $(STAMP)
 

@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from moga_jax.model_config import AttentionConfig
@@ -16,6 +17,7 @@ from moga_jax.routing import GroupRouter, routed_group_attention
 from moga_jax.sequence_parallel import ulysses
 from moga_jax.sharding import ShardingRules, constrain
 from pallas_kernels import frame_attention, shot_window_attention, window_attention
+from pallas_kernels.validation import check_int_triple, check_positive_int
 
 
 class MoGAAttention(nnx.Module):
@@ -47,8 +49,17 @@ class MoGAAttention(nnx.Module):
 
   Call: `out, balance_loss = attn(x, grid_shape=(T, H, W), frame_shot=shots)` with x
   [B, T*H*W, dim] and shots int [B, T], the shot of every latent frame, non-decreasing (None:
-  one shot). The balancing loss is an explicit output (0 without MoGA) so that it survives
-  jit, scan and remat without collections; the model sums it into the training loss.
+  one shot); or `attn(x, frame_shot=shots)` with a latent grid x [B, T, H, W, dim] (the grid
+  from its shape, `out` in the same shape). The balancing loss is an explicit output (0
+  without MoGA) so that it survives jit, scan and remat without collections; the model sums it
+  into the training loss.
+
+  Bad input raises before anything is traced, naming this module's arguments (`x`,
+  `grid_shape`, `frame_shot`, `stga_windows`): a channel width other than `dim`, batch 0,
+  per-head or channels-first layouts, and float64. float64 is refused rather than computed:
+  every attention path accumulates in float32, so float64 would come back as float64 computed
+  in float32. Cast x to float32, or build the module with `dtype=jnp.float32` (the projections
+  then cast x, and out is float32).
   """
 
   def __init__(
@@ -65,15 +76,19 @@ class MoGAAttention(nnx.Module):
     rngs: nnx.Rngs,
     **settings,
   ):
+    check_positive_int("dim", dim)
+    check_positive_int("num_heads", num_heads)
     if head_dim is None:
       if dim % num_heads:
         raise ValueError(
           f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is not given"
         )
       head_dim = dim // num_heads
+    check_positive_int("head_dim", head_dim)
     c = AttentionConfig.of(config)
     c = c.replace(**settings) if settings else c
     self.config = c
+    self.dim, self.dtype = dim, dtype
     self.num_heads, self.head_dim, self.num_groups = num_heads, head_dim, c.num_groups
     self.stga_windows, self.stga_temporal_group = c.stga_windows, c.stga_temporal_group
     self.stga_context_frames, self.frame_attention = c.stga_context_frames, c.frame_attention
@@ -123,21 +138,18 @@ class MoGAAttention(nnx.Module):
     return tuple(name for name, enabled in on if enabled)
 
   def __call__(
-    self, x: jax.Array, *, grid_shape: tuple[int, int, int], frame_shot: jax.Array | None = None
+    self,
+    x: jax.Array,
+    *,
+    grid_shape: tuple[int, int, int] | None = None,
+    frame_shot: jax.Array | None = None,
   ) -> tuple[jax.Array, jax.Array]:
+    video_shape = tuple(x.shape) if getattr(x, "ndim", None) == 5 else None
+    grid_shape = self._check_input(x, grid_shape)
+    frame_shot = self._check_frame_shot(frame_shot, x.shape[0], grid_shape)
+    if video_shape is not None:  # [B, T, H, W, C] -> raster (t, h, w) tokens
+      x = x.reshape(x.shape[0], -1, x.shape[-1])
     batch, seq, _ = x.shape
-    grid_shape = tuple(int(g) for g in grid_shape)
-    if len(grid_shape) != 3 or math.prod(grid_shape) != seq:
-      raise ValueError(
-        f"grid_shape must be (T, H, W) with T * H * W == seq ({seq}), got {grid_shape}"
-      )
-    if frame_shot is None:
-      frame_shot = jnp.zeros((batch, grid_shape[0]), jnp.int32)
-    elif tuple(frame_shot.shape) != (batch, grid_shape[0]):
-      raise ValueError(
-        f"frame_shot must have shape [batch, T] = {(batch, grid_shape[0])} (the "
-        f"shot of each latent frame), got {tuple(frame_shot.shape)}"
-      )
     q, k, v = self.q(x), self.k(x), self.v(x)
     if self.norm_q is not None:
       q, k = self.norm_q(q), self.norm_k(k)
@@ -170,7 +182,97 @@ class MoGAAttention(nnx.Module):
       per_sample=(frame_shot.astype(jnp.int32),),
     )
     balance = jnp.zeros((), jnp.float32) if routing is None else routing.balance_loss
-    return self.o(out.reshape(batch, seq, -1)), balance
+    out = self.o(out.reshape(batch, seq, -1))
+    if video_shape is not None:
+      out = out.reshape(video_shape)
+    return out, balance
+
+  def _check_input(self, x, grid_shape) -> tuple[int, int, int]:
+    """Checks x against the module (shape, width, dtype) and returns the (T, H, W) grid."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+      raise TypeError(f"x must be an array, got {type(x).__name__}")
+    shape, dim = tuple(x.shape), self.dim
+    layouts = f"[batch, T*H*W, dim={dim}] (with grid_shape) or [batch, T, H, W, dim={dim}]"
+    if len(shape) == 4 and shape[1] == self.num_heads and shape[3] == self.head_dim:
+      raise ValueError(
+        f"x must be the block's input features {layouts}, got shape {shape}: per-head, "
+        f"heads-first [batch, heads={self.num_heads}, tokens, head_dim={self.head_dim}]? "
+        "MoGAAttention makes q, k and v from x itself (for per-head q, k, v use the ops: "
+        "pallas_kernels.group_attention, shot_window_attention)"
+      )
+    if len(shape) == 5 and shape[1] == dim and shape[-1] != dim:
+      raise ValueError(
+        f"x must be channels-last [batch, T, H, W, dim={dim}], got shape {shape}: channels "
+        "first (PyTorch's [B, C, F, H, W])? Move them last: jnp.moveaxis(x, 1, -1)"
+      )
+    if len(shape) not in (3, 5):
+      raise ValueError(f"x must have shape {layouts}, got shape {shape} ({len(shape)} dims)")
+    if shape[-1] != dim:
+      raise ValueError(
+        f"x must have the module's dim={dim} channels on its last axis, got shape {shape} "
+        f"({shape[-1]} channels)"
+      )
+    if shape[0] == 0:
+      raise ValueError(f"x must hold at least one batch element, got shape {shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f"x must have a floating dtype, got {x.dtype}")
+    if jnp.dtype(x.dtype).itemsize > 4 and self.dtype is None:
+      raise TypeError(
+        f"x is {x.dtype}, but MoGAAttention computes in float32 at most (float64 would come "
+        "back computed in float32): cast x to float32, or build the module with "
+        "dtype=jnp.float32 to compute in float32 and return float32"
+      )
+    if len(shape) == 5:
+      if grid_shape is not None and tuple(grid_shape) != shape[1:4]:
+        raise ValueError(
+          f"grid_shape must be x's (T, H, W) = {shape[1:4]} for x of shape [batch, T, H, W, "
+          f"dim] = {shape} (or left out), got {tuple(grid_shape)}"
+        )
+      grid = shape[1:4]
+    elif grid_shape is None:
+      raise ValueError(
+        f"grid_shape=(T, H, W) is needed for x of shape [batch, T*H*W, dim] = {shape} (or "
+        "pass x as [batch, T, H, W, dim])"
+      )
+    else:
+      grid = check_int_triple("grid_shape", tuple(grid_shape))
+      if math.prod(grid) != shape[1]:
+        raise ValueError(
+          f"grid_shape must be (T, H, W) with T * H * W == x's tokens ({shape[1]}, x shape "
+          f"{shape}), got {grid}"
+        )
+    if self.stga_windows is not None and not (
+      self.stga_windows[0] <= grid[1] and self.stga_windows[1] <= grid[2]
+    ):
+      raise ValueError(
+        f"stga_windows={self.stga_windows} must be at most the frame's (H, W) = "
+        f"{tuple(grid[1:])} tokens (grid_shape {grid})"
+      )
+    return grid
+
+  @staticmethod
+  def _check_frame_shot(frame_shot, batch: int, grid: tuple[int, int, int]) -> jax.Array:
+    """frame_shot as int32 [batch, T]: zeros (one shot) for None; checked as `frame_shot`."""
+    if frame_shot is None:
+      return jnp.zeros((batch, grid[0]), jnp.int32)
+    if not hasattr(frame_shot, "shape") or not hasattr(frame_shot, "dtype"):
+      raise TypeError(f"frame_shot must be an integer array, got {type(frame_shot).__name__}")
+    if not jnp.issubdtype(frame_shot.dtype, jnp.integer):
+      raise TypeError(f"frame_shot must have an integer dtype (int32), got {frame_shot.dtype}")
+    if tuple(frame_shot.shape) != (batch, grid[0]):
+      raise ValueError(
+        f"frame_shot must have shape [batch, T] = {(batch, grid[0])} (the "
+        f"shot of each latent frame), got {tuple(frame_shot.shape)}"
+      )
+    if not isinstance(frame_shot, jax.core.Tracer):
+      steps = np.diff(np.asarray(frame_shot), axis=1)
+      if (steps < 0).any():
+        b, t = (int(i) for i in np.argwhere(steps < 0)[0])
+        raise ValueError(
+          f"frame_shot must be non-decreasing along the frames; batch element {b} goes from "
+          f"{int(frame_shot[b, t])} to {int(frame_shot[b, t + 1])} at frame {t + 1}"
+        )
+    return frame_shot
 
   def _attend(self, q, k, v, *rest, grid_shape, routed: int, share=None):
     """The branches over whole sequences: q, k, v [B, N, h, D] for the heads this device holds;

@@ -4,13 +4,15 @@
       [--config configs/wan1_3b_moga.py] [--components transformer,vae,text_encoder,tokenizer]
 
 SRC is a diffusers pipeline folder (transformer/, vae/, text_encoder/, tokenizer/; the last three
-are converted when present) or a transformer folder on its own. Only safetensors are read; a
-pickle-based file (.bin, .pt, .ckpt) is refused. Any missing, unexpected or mis-shaped tensor
-stops the conversion and is listed by name. The transformer's widths (dim, heads, layers, FFN,
-text width, patch) come from its own config.json, so Wan2.1-T2V 1.3B, 14B or a custom size
-converts with one config; only MoGA's settings (and the seed) come from --config, and
-`train.py --init` and `sample.py --weights` build the DiT with the recorded widths. MoGA's
-routers are not in Wan and are initialised from the config's seed, which the report says.
+are converted when present) or a transformer folder on its own, or a Hugging Face Hub id of one
+(`--src Wan-AI/Wan2.1-T2V-1.3B-Diffusers`: only the files read for --components are fetched, into
+the cache HF_HOME names; HF_HUB_OFFLINE=1 uses the cache alone; moga_jax.wan.hub). Only safetensors
+are read; a pickle-based file (.bin, .pt, .ckpt) is refused. Any missing, unexpected or mis-shaped
+tensor stops the conversion and is listed by name. The transformer's widths (dim, heads, layers,
+FFN, text width, patch) come from its own config.json, so Wan2.1-T2V 1.3B, 14B or a custom size
+converts with one config; only MoGA's settings (and the seed) come from --config, and `train.py
+--init` and `sample.py --weights` build the DiT with the recorded widths. MoGA's routers are not in
+Wan and are initialised from the config's seed, which the report says.
 Output layout: `moga_jax.wan.converted`.
 """
 
@@ -31,7 +33,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   "Config whose MoGA settings the DiT is built with (its widths come from SRC).",
 )
 _SRC = flags.DEFINE_string(
-  "src", None, "diffusers Wan folder (or its transformer/).", required=True
+  "src", None, "diffusers Wan folder (or its transformer/), or a Hub id.", required=True
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _COMPONENTS = flags.DEFINE_list(

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from moga_jax.checkpoint import ConfigMismatchError, UnreadableCheckpointError
+from moga_jax.cli import missing_extras_exit
 from moga_jax.cli_logging import quiet_libraries
 
 # Metrics that must stay finite; `skipped` marks a step whose update was dropped for them.
@@ -90,13 +91,15 @@ def check_finite(rows: list[dict], *, skipped_so_far: int, max_skipped: int) -> 
 
 def cli_main(main: Callable[[list[str]], None], program: str) -> Callable[[list[str]], None]:
   """Wraps an absl main: a user error prints `PROGRAM: error: message` and exits 2, a diverged
-  run exits 3; anything else (a bug) keeps its traceback. Libraries' INFO logs are dropped
+  run exits 3, a package of an extra that is not installed names the pip command and exits 2
+  (moga_jax.cli); anything else (a bug) keeps its traceback. Libraries' INFO logs are dropped
   unless --verbosity asks for DEBUG (moga_jax.cli_logging)."""
 
   def run(argv: list[str]) -> None:
     quiet_libraries()
     try:
-      main(argv)
+      with missing_extras_exit(program):
+        main(argv)
     except (*USER_ERRORS, NonFiniteError) as e:
       if os.environ.get("MOGA_TRACEBACK"):
         raise

@@ -30,6 +30,7 @@ def group_attention(
   backend: str | None = None,
   options: KernelOptions | Mapping | None = None,
   share: WorkShare | tuple | None = None,
+  check_ids: bool = False,
 ) -> jax.Array:
   """Full attention inside each group of tokens; tokens of other groups are never visited.
 
@@ -63,6 +64,11 @@ def group_attention(
       belongs to share g * count // num_groups) and return 0 for the other tokens, so that
       the `count` shares add up to the whole (context parallelism past the head count: see
       moga_jax.sequence_parallel). index may be traced. None: every group.
+    check_ids: traced group_ids (under jit) cannot be range-checked here, and out-of-range
+      ones are clipped into [0, num_groups). True adds a `jax.experimental.checkify` check
+      on them: wrap the caller in `checkify.checkify(f)` and `err.throw()` raises naming the
+      values (without the wrapper jit refuses the unfunctionalized check). Concrete ids are
+      always checked.
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -70,7 +76,7 @@ def group_attention(
   batch, seq, heads, head_dim = validation.check_qkv(q, k, v)
   num_groups = validation.check_positive_int("num_groups", num_groups)
   group_ids = validation.check_group_ids(
-    group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups
+    group_ids, batch=batch, seq=seq, heads=heads, num_groups=num_groups, check_ids=check_ids
   )
   scale = validation.check_scale(scale, head_dim)
   share = validation.check_share(share)

@@ -34,6 +34,7 @@ def shot_window_attention(
   backend: str | None = None,
   options: KernelOptions | Mapping | None = None,
   share: WorkShare | tuple | None = None,
+  check_ids: bool = False,
 ) -> jax.Array:
   """Attention inside fixed spatial windows x temporal groups that never span a shot cut.
 
@@ -58,7 +59,7 @@ def shot_window_attention(
   Args:
     q, k, v: [batch, T * H * W, heads, head_dim], one floating dtype.
     shot_ids: int [batch, T], the shot of each latent frame, non-decreasing along T (checked
-      when concrete; traced ids are cut into runs of equal values).
+      when concrete; traced ids are cut into runs of equal values, unless `check_ids`).
     grid_shape: (T, H, W). spatial_groups: (sh, sw), 1 <= sh <= H, 1 <= sw <= W.
     temporal_group: None (a group is a whole shot) or the most frames per group.
     context_frames: frames of each adjacent group added to the keys, >= 0.
@@ -68,6 +69,8 @@ def shot_window_attention(
     share: a `WorkShare(index, count)`: compute only the queries of share `index`, a
       contiguous run of the window-major order (windows, then frames: `shot_window_order`),
       and return 0 for the other tokens; the `count` shares add up to the whole.
+    check_ids: True adds a `jax.experimental.checkify` check that traced shot_ids are
+      non-decreasing (as in `group_attention`: wrap the caller in `checkify.checkify`).
 
   Returns:
     [batch, seq, heads, head_dim] in q.dtype. Differentiable in q, k and v.
@@ -83,7 +86,9 @@ def shot_window_attention(
   if temporal_group is not None:
     temporal_group = validation.check_positive_int("temporal_group", temporal_group)
   context_frames = validation.check_int("context_frames", context_frames, minimum=0)
-  shot_ids = validation.check_shot_ids(shot_ids, batch=batch, frames=grid_shape[0])
+  shot_ids = validation.check_shot_ids(
+    shot_ids, batch=batch, frames=grid_shape[0], check_ids=check_ids
+  )
   scale = validation.check_scale(scale, head_dim)
   share = validation.check_share(share)
   name, options, tile = choose_implementation_and_tile(

@@ -7,6 +7,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 
 def check_qkv(q, k, v) -> tuple[int, int, int, int]:
@@ -21,14 +22,22 @@ def check_qkv(q, k, v) -> tuple[int, int, int, int]:
       )
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    if jnp.dtype(x.dtype).itemsize > 4:  # accumulation is float32: float64 would lose silently
+      raise ValueError(
+        f"{name} must be float32, bfloat16 or float16 (the kernels accumulate in float32), got "
+        f"{x.dtype}: cast it to float32"
+      )
   for name, x in (("k", k), ("v", v)):
     if x.shape != q.shape:
       raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(x.shape)}")
     if x.dtype != q.dtype:
       raise ValueError(f"{name} must have the dtype of q ({q.dtype}), got {x.dtype}")
   batch, seq, heads, head_dim = q.shape
-  if seq == 0:
-    raise ValueError(f"q must hold at least one token, got shape {tuple(q.shape)}")
+  for size, what in ((batch, "batch element"), (seq, "token"), (heads, "head")):
+    if size == 0:
+      raise ValueError(f"q must hold at least one {what}, got shape {tuple(q.shape)}")
+  if head_dim == 0:
+    raise ValueError(f"q must have head_dim >= 1, got shape {tuple(q.shape)}")
   return batch, seq, heads, head_dim
 
 
@@ -56,11 +65,14 @@ def check_scale(scale, head_dim: int) -> float:
   return float(scale)
 
 
-def check_group_ids(group_ids, *, batch: int, seq: int, heads: int, num_groups: int) -> jax.Array:
+def check_group_ids(
+  group_ids, *, batch: int, seq: int, heads: int, num_groups: int, check_ids: bool = False
+) -> jax.Array:
   """Returns group ids as int32 [batch, seq, routed_heads] with routed_heads in {1, heads}.
 
   Values are range-checked when they are concrete; traced ids are the caller's contract (ids
-  outside [0, num_groups) are clipped into it so that the computation stays defined).
+  outside [0, num_groups) are clipped into it so that the computation stays defined), unless
+  `check_ids`: then a `checkify.check` on them, for a caller wrapped in `checkify.checkify`.
   """
   if not hasattr(group_ids, "shape") or not hasattr(group_ids, "dtype"):
     raise TypeError(f"group_ids must be an integer array, got {type(group_ids).__name__}")
@@ -81,6 +93,14 @@ def check_group_ids(group_ids, *, batch: int, seq: int, heads: int, num_groups: 
       raise ValueError(
         f"group_ids must lie in [0, num_groups={num_groups}), got values in [{low}, {high}]"
       )
+  elif check_ids:
+    low, high = jnp.min(group_ids), jnp.max(group_ids)
+    checkify.check(
+      (low >= 0) & (high < num_groups),
+      f"group_ids must lie in [0, num_groups={num_groups}), got values in [{{low}}, {{high}}]",
+      low=low,
+      high=high,
+    )
   return jnp.clip(group_ids.astype(jnp.int32), 0, num_groups - 1)
 
 
@@ -133,8 +153,10 @@ def check_spatial_groups(value, grid_shape: tuple[int, int, int]) -> tuple[int, 
   return sh, sw
 
 
-def check_shot_ids(shot_ids, *, batch: int, frames: int) -> jax.Array:
-  """int [batch, frames], non-decreasing along frames when concrete; returned as int32."""
+def check_shot_ids(shot_ids, *, batch: int, frames: int, check_ids: bool = False) -> jax.Array:
+  """int [batch, frames], non-decreasing along frames when concrete (traced: a
+  `checkify.check` when `check_ids`, for a caller wrapped in `checkify.checkify`); returned
+  as int32."""
   if not hasattr(shot_ids, "shape") or not hasattr(shot_ids, "dtype"):
     raise TypeError(f"shot_ids must be an integer array, got {type(shot_ids).__name__}")
   if not jnp.issubdtype(shot_ids.dtype, jnp.integer):
@@ -153,6 +175,19 @@ def check_shot_ids(shot_ids, *, batch: int, frames: int) -> jax.Array:
         f"goes from {int(shot_ids[b, t])} to {int(shot_ids[b, t + 1])} at frame "
         f"{t + 1}"
       )
+  elif check_ids and frames > 1:
+    steps = jnp.diff(shot_ids, axis=1)
+    first = jnp.argmax((steps < 0).reshape(-1))  # the first decrease, row-major
+    b, t = first // (frames - 1), first % (frames - 1)
+    checkify.check(
+      jnp.all(steps >= 0),
+      "shot_ids must be non-decreasing along the frames; batch element {b} goes from {a} to "
+      "{c} at frame {t}",
+      b=b,
+      a=shot_ids[b, t],
+      c=shot_ids[b, t + 1],
+      t=t + 1,
+    )
   return jnp.asarray(shot_ids, jnp.int32)
 
 

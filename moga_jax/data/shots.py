@@ -22,6 +22,7 @@ change between two calm frames); only then are `trim_frames` frames dropped on e
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -101,7 +102,8 @@ def detect_shots(
     import scenedetect  # a dependency of this command only (it imports OpenCV)
   except ImportError as e:
     raise ImportError(
-      "shot detection needs PySceneDetect: pip install 'moga-jax[shots]' (or scenedetect)"
+      "shot detection needs PySceneDetect: pip install 'moga-jax[shots]' (or scenedetect)",
+      name="scenedetect",  # the command line turns it into one line (moga_jax.cli)
     ) from e
 
   if detector not in DETECTORS:
@@ -404,8 +406,13 @@ def main(argv) -> None:
   videos = Path(f.videos)
   if not videos.is_dir():
     raise app.UsageError(f"--videos {videos} is not a folder")
+  files = find_videos(videos)
+  if not files:  # --list too: an empty listing would pass for a folder without cuts
+    raise ValueError(f"--videos {videos} holds no video files ({', '.join(VIDEO_SUFFIXES)})")
+  if importlib.util.find_spec("scenedetect") is None:  # before any video is decoded
+    raise ImportError("scenedetect is not installed", name="scenedetect")
   if f.list:
-    for path in find_videos(videos):
+    for path in files:
       relative = path.relative_to(videos).as_posix()
       try:
         found = detect_shots(path, **_detect_options(f))
@@ -442,5 +449,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  from moga_jax.run_guard import cli_main
+
   _define_flags()
-  app.run(main)
+  app.run(cli_main(main, "moga_jax.data.shots"))

@@ -22,6 +22,7 @@ from flax import nnx
 from moga_jax.model import dit_from_config
 from moga_jax.wan.converted import TOKENIZER_FILES, WIDTHS, report_json, save_component
 from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit
+from moga_jax.wan.hub import resolve_source
 from moga_jax.wan.tokenizer import load_tokenizer
 from moga_jax.wan.umt5_weights import load_umt5
 from moga_jax.wan.vae_weights import load_wan_vae
@@ -34,7 +35,9 @@ def component_folders(src: str | Path) -> dict[str, Path]:
   """{component: folder} found in a diffusers pipeline folder or a bare transformer folder."""
   src = Path(src)
   if not src.is_dir():
-    raise FileNotFoundError(f"--src {src} is not a folder (give a diffusers Wan folder)")
+    raise FileNotFoundError(
+      f"--src {src} is not a folder (give a diffusers Wan folder or a Hub id, owner/name)"
+    )
   if (src / "config.json").is_file() and not (src / "transformer").is_dir():
     return {"transformer": src}
   found = {name: src / name for name in COMPONENTS if (src / name).is_dir()}
@@ -162,6 +165,7 @@ def convert(src: str | Path, out: str | Path, cfg, components=COMPONENTS) -> lis
   unknown = sorted(set(components) - set(COMPONENTS))
   if unknown:
     raise ValueError(f"--components: unknown {unknown}; choose from {', '.join(COMPONENTS)}")
+  src = resolve_source(src, components)  # a Hub id: its snapshot in the HF cache
   found = component_folders(src)
   todo = [name for name in COMPONENTS if name in components and name in found]
   if not todo:
