@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -258,6 +259,8 @@ def measure(bench, clip, mode: str, attention: str, deadline: float | None) -> d
       else resolve_implementation(bench.implementation, seq=tokens)
     ),
     "device_kind": _device_kind(),
+    # XLA's share of the GPU's memory (unset: its default, 75%), for reading an OOM row.
+    "xla_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
     "backend": jax.default_backend(),
     "jax": jax.__version__,
     "error": None,
@@ -332,11 +335,23 @@ def run(bench, json_out: str | Path | None = None) -> list[dict]:
   start = time.perf_counter()
   deadline = start + bench.budget_s if bench.budget_s > 0 else None
   records = []
+
+  def write(rows):
+    if json_out:
+      Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+      Path(json_out).write_text(json.dumps(rows, indent=2))
+
   for clip in bench.clips:
     for mode in bench.modes:
       for attention in bench.attentions:
+        # Killed mid-row (a time limit outside), the JSON still says which row was running.
+        grid = latent_and_token_grids(clip_config(bench, *clip, attention))[1]
+        running = dict(tokens=int(np.prod(grid)), mode=mode, attention=attention, median_s=None)
+        running.update(frames=clip[0], shots=clip[1], error="did not finish")
+        write([*records, {**running, "error_kind": "unfinished"}])
         record = measure(bench, tuple(clip), mode, attention, deadline)
         records.append(record)
+        write(records)
         status = (
           f"{record['median_s']:.4g} s median of {record['repeats']}, "
           f"{record['tflops_per_s']:.4g} TFLOP/s, compiled in {record['compile_s']:.1f} s"
@@ -348,9 +363,6 @@ def run(bench, json_out: str | Path | None = None) -> list[dict]:
           f"{attention:<5}  {status}",
           flush=True,
         )
-        if json_out:
-          Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-          Path(json_out).write_text(json.dumps(records, indent=2))
   return records
 
 
