@@ -31,7 +31,7 @@ def get_config(preset: str = "gpu") -> ConfigDict:
   c.param_dtype = config_dict.placeholder(str)  # None: the config's (float32, as train.py needs)
   # The training step's model.remat (None: the named config's). On, departing from
   # configs/wan1_3b_moga.py (remat off): without it one 62,400-token clip keeps ~100 KiB of
-  # activations per token and block for the backward pass (~190 GiB over 30 blocks, an
+  # activations per token and block for the backward pass (~180 GiB over 30 blocks, an
   # estimate), which no single GPU holds; the training rows would only record the OOM.
   c.remat = True
   c.dense_implementation = "cudnn"  # the dense rows' jax.nn.dot_product_attention
