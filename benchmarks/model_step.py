@@ -370,11 +370,14 @@ def main(argv, bench, json_out: str | None):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   quiet_libraries()
+  if bench.prng_impl:
+    jax.config.update("jax_default_prng_impl", bench.prng_impl)
   print(
     f"jax {jax.__version__} on {jax.default_backend()} ({_device_kind()}); preset "
     f"{bench.preset}: {bench.model_config} clips {list(map(tuple, bench.clips))} (frames, "
     f"shots), {bench.dtype} compute, dense = {bench.dense_implementation}, remat "
-    f"{bench.remat}, {bench.warmup} warm-up + {bench.repeats} timed calls",
+    f"{bench.remat}, {bench.warmup} warm-up + {bench.repeats} timed calls, PRNG "
+    f"{jax.config.jax_default_prng_impl}",
     flush=True,
   )
   records = run(bench, json_out)

@@ -44,6 +44,9 @@ def get_config(preset: str = "gpu") -> ConfigDict:
   # benchmark (benchmarks/gpu_session.sh) still leaves the JSON of every finished row.
   c.budget_s = 0.0
   c.seed = 0
+  # jax's PRNG for the run's keys (the loss's noise and dropout); "": jax's default (threefry,
+  # as train.py). Set by the command line only (it is process-wide).
+  c.prng_impl = ""
   # Overrides of the named config's sections (the smoke preset's tiny sizes).
   c.model = ConfigDict()
   c.video = ConfigDict()
@@ -55,6 +58,7 @@ def get_config(preset: str = "gpu") -> ConfigDict:
       dict(dim=64, ffn_dim=128, num_layers=1, num_heads=2, text_dim=32, freq_dim=32)
     )
     c.video = ConfigDict(dict(height=64, width=64, caption_len=8))
+    c.prng_impl = "rbg"  # threefry's programs take seconds more to compile on a CPU
   elif preset != "gpu":
     raise ValueError(f"unknown preset {preset!r}: use gpu or smoke")
   return c
