@@ -9,7 +9,8 @@ newest run is read). Calls are host annotations named `LABEL_call_I`
 (`jax.profiler.TraceAnnotation`, as benchmarks/profile_attention.py makes them); every call
 should block until its outputs are ready, so its device work lies inside its window.
 
-Per call, from the device's kernel events inside the window (GPU: the CUPTI stream lines;
+Per call (a host event; device events of that name are not calls), from the device's kernel
+events inside the window (GPU: the CUPTI stream lines;
 without a device process, e.g. on CPU: the host's XLA thunk events, which carry `hlo_op`):
   wall     the annotation's length;
   busy     the union of the kernels' intervals (overlapping kernels counted once);
@@ -131,9 +132,10 @@ def call_stats(window: tuple[float, float], kernels, kernel_regex: str = KERNEL_
 def summarise(events, kernel_regex: str = KERNEL_REGEX) -> dict:
   """{"source": where the kernels came from, "labels": {label: medians + per-call stats}}."""
   kernels, source = kernel_events(events)
+  hosts = {pid for pid, name in _names(events, "process_name").items() if name.startswith("/host")}
   calls = defaultdict(list)
   for e in events:
-    match = CALL.match(e.get("name", "")) if e.get("ph") == "X" else None
+    match = CALL.match(e.get("name", "")) if e.get("ph") == "X" and e["pid"] in hosts else None
     if match:
       calls[match["label"]].append((int(match["index"]), (e["ts"], e["ts"] + e["dur"])))
   labels = {}

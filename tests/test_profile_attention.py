@@ -51,12 +51,13 @@ def _gpu_trace():
     # call 1: one kernel filling it from 205 to 245; one past the window (not counted)
     _x(2, 13, 205, 40, "moga_group_fwd"),
     _x(2, 13, 400, 40, "moga_group_fwd"),
+    _x(2, 13, 500, 40, "fused_call_3"),  # a device event named like a call: not a call
   ]
 
 
 def test_summary_of_a_known_trace():
   summary = trace_summary.summarise(_gpu_trace())
-  assert summary["source"] == "device streams"
+  assert summary["source"] == "device streams" and set(summary["labels"]) == {"groups_32768"}
   calls = summary["labels"]["groups_32768"]["per_call"]
   first, second = calls
   assert first["wall_us"] == 100 and first["busy_us"] == 40 and first["kernels"] == 3
