@@ -48,7 +48,12 @@ from moga_jax.flops import latent_and_token_grids, model_flops
 from moga_jax.model import dit_from_config
 from moga_jax.model_config import DENSE
 from moga_jax.sharding import ShardingRules, make_mesh
-from moga_jax.training import init_train_state, latent_loss_fn, make_train_step
+from moga_jax.training import (
+  abstract_train_state,
+  init_train_state,
+  latent_loss_fn,
+  make_train_step,
+)
 from pallas_kernels import resolve_implementation
 
 MODES = ("sample", "train")
@@ -95,21 +100,29 @@ def _remat_setting(current, wanted):
   return wanted
 
 
-def clip_inputs(cfg, batch: int, seed: int) -> dict:
+def clip_inputs(cfg, batch: int, seed: int, *, abstract: bool = False) -> dict:
   """Random DiT inputs for `batch` clips of the config: latents, caption states (all mask
   True, as Wan hands them on) and the video's frames split into consecutive, near-equal shots
   (as moga_jax.wan.pipeline splits them). Drawn by numpy: jax.random would compile a program
-  per shape, seconds each on a CPU."""
+  per shape, seconds each on a CPU. abstract: shapes and dtypes only."""
   latent = config_checks.latent_grid(cfg)
   m, v = cfg.model, cfg.video
   rng = np.random.default_rng(seed)
-  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32))
   frame_shot = np.arange(latent[0]) * v.shots // latent[0]
+  arrays = {
+    "latents": ((batch, *latent, m.in_channels), np.float32),
+    "context": ((batch, v.shots, v.caption_len, m.text_dim), np.float32),
+    "context_mask": ((batch, v.shots, v.caption_len), np.bool_),
+    "frame_shot": ((batch, latent[0]), np.int32),
+  }
+  if abstract:
+    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in arrays.items()}
+  normal = lambda k: jnp.asarray(rng.standard_normal(arrays[k][0], np.float32))
   return {
-    "latents": normal(batch, *latent, m.in_channels),
-    "context": normal(batch, v.shots, v.caption_len, m.text_dim),
-    "context_mask": jnp.ones((batch, v.shots, v.caption_len), bool),
-    "frame_shot": jnp.asarray(np.broadcast_to(frame_shot, (batch, latent[0])), jnp.int32),
+    "latents": normal("latents"),
+    "context": normal("context"),
+    "context_mask": jnp.ones(arrays["context_mask"][0], bool),
+    "frame_shot": jnp.asarray(np.broadcast_to(frame_shot, arrays["frame_shot"][0]), jnp.int32),
   }
 
 
@@ -143,12 +156,14 @@ def _run_calls(call, bench, deadline: float | None) -> tuple[list[float], int]:
   return times, repeats
 
 
-def time_sample_step(cfg, bench, deadline) -> dict:
-  """One guided denoising step (both CFG branches in one batch of two, then an Euler step)."""
+def sample_program(cfg, *, abstract: bool = False):
+  """(jitted step, its arguments): one guided denoising step, both CFG branches in one batch
+  of two, then an Euler update. abstract: the arguments as shapes only (nothing allocated)."""
   build = lambda: dit_from_config(cfg.model, rngs=nnx.Rngs(cfg.seed))
-  graphdef = nnx.graphdef(nnx.eval_shape(build))
-  state = jax.jit(lambda: nnx.state(build()))()  # built on the device, not op by op
-  inputs = clip_inputs(cfg, 2, cfg.seed + 1)  # [conditional, unconditional]
+  graphdef, state = nnx.split(nnx.eval_shape(build))
+  if not abstract:
+    state = jax.jit(lambda: nnx.state(build()))()  # built on the device, not op by op
+  inputs = clip_inputs(cfg, 2, cfg.seed + 1, abstract=abstract)  # [conditional, unconditional]
   guidance = float(cfg.sample.guidance)
 
   def step(state, x, t, dt, context, mask, frame_shot):
@@ -163,16 +178,59 @@ def time_sample_step(cfg, bench, deadline) -> dict:
     )
     return x + dt * (v[1:] + guidance * (v[:1] - v[1:]))
 
-  x = inputs["latents"][:1]
-  t, dt = jnp.full((1,), 0.9, jnp.float32), jnp.float32(-0.02)
-  args = (inputs["context"], inputs["context_mask"], inputs["frame_shot"])
+  latents = inputs["latents"]
+  if abstract:
+    x = jax.ShapeDtypeStruct((1, *latents.shape[1:]), latents.dtype)
+    t, dt = jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32)
+  else:
+    x, t, dt = latents[:1], jnp.full((1,), 0.9, jnp.float32), jnp.float32(-0.02)
+  args = (state, x, t, dt, inputs["context"], inputs["context_mask"], inputs["frame_shot"])
+  return jax.jit(step), args
+
+
+def train_program(cfg, *, abstract: bool = False):
+  """(jitted step, its arguments, mesh): one optimizer step of the project's training loop
+  on a one-device mesh. abstract: the state and batch as shapes only (nothing allocated)."""
+  mesh = make_mesh(config_checks.validate_sharding(cfg, 1), devices=jax.devices()[:1])
+  rules = ShardingRules.from_config(cfg.sharding.rules)
+  train_state = (abstract_train_state if abstract else init_train_state)(cfg, mesh, rules)
+  step = make_train_step(cfg, train_state, loss=latent_loss_fn)
+  batch = clip_inputs(cfg, cfg.train.batch_size, cfg.seed + 1, abstract=abstract)
+  replicated = jax.NamedSharding(mesh, jax.P())
+  if abstract:
+    with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    batch = {k: with_sharding(x, train_state.batch_sharding) for k, x in batch.items()}
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+  else:
+    batch = jax.device_put(batch, train_state.batch_sharding)
+    key = jax.device_put(jax.random.key(cfg.seed + 2), replicated)
+  return step, (train_state.state, batch, key), mesh
+
+
+def trace_step(cfg, mode: str) -> dict:
+  """Traces the row's step at its real sizes without allocating or running anything: a check,
+  on any host, that the model and step build at those sizes (not that they fit or compile)."""
   start = time.perf_counter()
-  compiled = jax.jit(step).lower(state, x, t, dt, *args).compile()
+  if mode == "sample":
+    step, args = sample_program(cfg, abstract=True)
+    step.trace(*args)
+  else:
+    step, args, mesh = train_program(cfg, abstract=True)
+    with jax.set_mesh(mesh):
+      step.trace(*args)
+  return {"trace_s": time.perf_counter() - start}
+
+
+def time_sample_step(cfg, bench, deadline) -> dict:
+  """Compiles the sampling step, then warm-up and timed calls, each feeding on the last."""
+  step, (state, x, *rest) = sample_program(cfg)
+  start = time.perf_counter()
+  compiled = step.lower(state, x, *rest).compile()
   compile_s = time.perf_counter() - start
 
   def call():
     nonlocal x
-    x = jax.block_until_ready(compiled(state, x, t, dt, *args))
+    x = jax.block_until_ready(compiled(state, x, *rest))
 
   times, repeats = _run_calls(call, bench, deadline)
   if not bool(jnp.all(jnp.isfinite(x))):
@@ -181,17 +239,8 @@ def time_sample_step(cfg, bench, deadline) -> dict:
 
 
 def time_train_step(cfg, bench, deadline) -> dict:
-  """One optimizer step of the project's training loop on one device."""
-  devices = jax.devices()[:1]
-  mesh = make_mesh(config_checks.validate_sharding(cfg, 1), devices=devices)
-  rules = ShardingRules.from_config(cfg.sharding.rules)
-  train_state = init_train_state(cfg, mesh, rules)
-  step = make_train_step(cfg, train_state, loss=latent_loss_fn)
-  batch = jax.device_put(
-    clip_inputs(cfg, cfg.train.batch_size, cfg.seed + 1), train_state.batch_sharding
-  )
-  key = jax.device_put(jax.random.key(cfg.seed + 2), jax.NamedSharding(mesh, jax.P()))
-  state = train_state.state
+  """Compiles the training step, then warm-up and timed calls, each on the last one's state."""
+  step, (state, batch, key), mesh = train_program(cfg)
   with jax.set_mesh(mesh):
     start = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()
@@ -270,30 +319,39 @@ def measure(bench, clip, mode: str, attention: str, deadline: float | None) -> d
     record.update(error=f"not run: past budget_s = {bench.budget_s:g} s", error_kind="skipped")
     return record
   try:
-    timing = (time_sample_step if mode == "sample" else time_train_step)(cfg, bench, deadline)
+    if bench.trace_only:
+      timing = trace_step(cfg, mode)
+    else:
+      timing = (time_sample_step if mode == "sample" else time_train_step)(cfg, bench, deadline)
   except Exception as err:  # recorded (an OOM is a result); the other rows go on
     record.update(error=f"{type(err).__name__}: {str(err)[:2000]}", error_kind=_error_kind(err))
     return record
   finally:
     gc.collect()  # the row's weights and optimizer state, before the next row allocates
   record.update(timing)
+  if bench.trace_only:
+    return record
   record["median_s"] = statistics.median(timing["times_s"])
   record["tflops_per_s"] = counted / record["median_s"] / 1e12
   return record
 
 
 def speedups(records) -> list[dict]:
-  """dense median / paper median per (tokens, mode) where both rows ran."""
-  times = {
-    (r["tokens"], r["mode"], r["attention"]): r["median_s"]
-    for r in records
-    if r["median_s"] is not None
-  }
+  """dense median / paper median per (tokens, mode) where both rows ran, beside the FLOP
+  ratio (the speed-up the paper's block would give at the dense model's efficiency)."""
+  ran = {(r["tokens"], r["mode"], r["attention"]): r for r in records if r["median_s"] is not None}
   out = []
   for tokens, mode in dict.fromkeys((r["tokens"], r["mode"]) for r in records):
-    dense, paper = times.get((tokens, mode, "dense")), times.get((tokens, mode, "paper"))
+    dense, paper = ran.get((tokens, mode, "dense")), ran.get((tokens, mode, "paper"))
     if dense is not None and paper is not None:
-      out.append({"tokens": tokens, "mode": mode, "dense_over_paper": dense / paper})
+      out.append(
+        {
+          "tokens": tokens,
+          "mode": mode,
+          "dense_over_paper": dense["median_s"] / paper["median_s"],
+          "flops_ratio": dense["flops"] / paper["flops"],
+        }
+      )
   return out
 
 
@@ -325,7 +383,7 @@ def format_table(records) -> str:
   for s in speedups(records):
     out.append(
       f"{s['tokens']:,} tokens, {s['mode']}: dense / paper = {s['dense_over_paper']:.2f}x "
-      f"(the paper: {PAPER_SPEEDUP}x)"
+      f"(the paper: {PAPER_SPEEDUP}x; FLOP ratio {s['flops_ratio']:.2f}x)"
     )
   return "\n".join(out)
 
@@ -352,12 +410,15 @@ def run(bench, json_out: str | Path | None = None) -> list[dict]:
         record = measure(bench, tuple(clip), mode, attention, deadline)
         records.append(record)
         write(records)
-        status = (
-          f"{record['median_s']:.4g} s median of {record['repeats']}, "
-          f"{record['tflops_per_s']:.4g} TFLOP/s, compiled in {record['compile_s']:.1f} s"
-          if record["error"] is None
-          else f"{record['error_kind']}: {record['error'][:300]}"
-        )
+        if record["error"] is not None:
+          status = f"{record['error_kind']}: {record['error'][:300]}"
+        elif bench.trace_only:
+          status = f"traced in {record['trace_s']:.1f} s (trace_only: not compiled or run)"
+        else:
+          status = (
+            f"{record['median_s']:.4g} s median of {record['repeats']}, "
+            f"{record['tflops_per_s']:.4g} TFLOP/s, compiled in {record['compile_s']:.1f} s"
+          )
         print(
           f"[{time.perf_counter() - start:7.1f} s] {record['tokens']:>8,} tokens  {mode:<6} "
           f"{attention:<5}  {status}",
@@ -381,8 +442,9 @@ def main(argv, bench, json_out: str | None):
     flush=True,
   )
   records = run(bench, json_out)
-  print()
-  print(format_table(records))
+  if not bench.trace_only:
+    print()
+    print(format_table(records))
   if json_out:
     print(f"wrote {json_out}")
   if any(r["error_kind"] == "error" for r in records):

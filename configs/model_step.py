@@ -44,6 +44,9 @@ def get_config(preset: str = "gpu") -> ConfigDict:
   # benchmark (benchmarks/gpu_session.sh) still leaves the JSON of every finished row.
   c.budget_s = 0.0
   c.seed = 0
+  # Trace every row's step at its sizes (abstract: nothing allocated, compiled or run), e.g.
+  # the gpu preset on a CPU with --config.dense_implementation=xla: a check before a GPU run.
+  c.trace_only = False
   # jax's PRNG for the run's keys (the loss's noise and dropout); "": jax's default (threefry,
   # as train.py). Set by the command line only (it is process-wide).
   c.prng_impl = ""

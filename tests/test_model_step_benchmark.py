@@ -106,6 +106,11 @@ def test_smoke_preset_times_every_row_on_cpu(tmp_path):
       by["train", attention]["flops"] / 3
     )
   assert by["sample", "dense"]["flops"] != by["sample", "paper"]["flops"]
+  ratios = {s["mode"]: s for s in model_step.speedups(records)}
+  for mode in ("sample", "train"):
+    dense, paper = by[mode, "dense"], by[mode, "paper"]
+    assert ratios[mode]["dense_over_paper"] == dense["median_s"] / paper["median_s"]
+    assert ratios[mode]["flops_ratio"] == dense["flops"] / paper["flops"]
   assert "48 tokens, sample: dense / paper = " in done.stdout
   assert "48 tokens, train: dense / paper = " in done.stdout
 
@@ -154,3 +159,15 @@ def test_dense_implementation_reaches_the_dense_blocks_and_is_checked():
   if jax.default_backend() == "cpu":  # the knob really reaches the call
     with pytest.raises(RuntimeError, match="cuDNN"):
       cudnn(x, grid_shape=(2, 4, 4))
+
+
+def test_trace_only_builds_every_row_without_running_it():
+  bench = presets.get_config("smoke")
+  bench.trace_only = True
+  records = model_step.run(bench)
+  assert [(r["mode"], r["attention"]) for r in records] == [
+    (m, a) for m in ("sample", "train") for a in ("dense", "paper")
+  ]
+  for r in records:
+    assert r["error"] is None and r["trace_s"] > 0
+    assert r["median_s"] is None and r["compile_s"] is None and r["times_s"] == []
