@@ -30,6 +30,11 @@
 # device runner returns at most 8 files, at most 2 folders down; the raw profile is deeper).
 # A missing pure-Python dependency (ml_collections on the lent machines) can ride along as
 # wheels in .whl/; they are installed to a scratch folder, never into the machine's Python.
+# ml_collections (1.1.0 here; absl-py and PyYAML, which it needs, are there) is what
+# model_step.py and attention.py need; profile_attention.py runs without it. Prepared here:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
+# then the device call carries .whl and runs `PACK=1 bash benchmarks/gpu_session.sh`.
 set -u
 OUT="${OUT:-benchmarks/results/gpu_session}"
 mkdir -p "$OUT"
