@@ -322,7 +322,7 @@ class MoGAAttention(nnx.Module):
     wrap = jax.checkpoint if self.checkpoint_branches else lambda f: f
     outputs = [wrap(attend)(q, k, v, *arrays) for attend, arrays in branches]
     if not outputs:
-      return jax.nn.dot_product_attention(q, k, v)
+      return jax.nn.dot_product_attention(q, k, v, implementation=self.config.dense_implementation)
     total = sum(o.astype(jnp.float32) for o in outputs)
     if self.combine == "mean":
       total = total / len(outputs)

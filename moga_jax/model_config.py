@@ -22,6 +22,7 @@ from pallas_kernels import KernelOptions
 from pallas_kernels.validation import check_int
 
 COMBINES = ("mean", "sum")
+DENSE_IMPLEMENTATIONS = (None, "xla", "cudnn")  # jax.nn.dot_product_attention's `implementation`
 
 
 def _tuple(value):
@@ -48,6 +49,9 @@ class AttentionConfig:
   qk_norm: RMS-normalise q and k over the inner width (Wan 2.1). rope_theta: 3D RoPE's base.
   implementation, interpret: forwarded to the attention ops (None: best for the backend).
   kernel_options: the kernels' tuning knobs (xla chunk size, Triton warps / stages).
+  dense_implementation: how a block with every branch off attends, as
+    jax.nn.dot_product_attention's `implementation`: None (XLA's, which holds the N x N
+    scores), "xla", or "cudnn" (cuDNN's flash attention: GPU only, bfloat16 / float16).
   """
 
   num_groups: int | None = 5
@@ -67,6 +71,7 @@ class AttentionConfig:
   implementation: str | None = None
   interpret: bool | None = None
   kernel_options: KernelOptions = dataclasses.field(default_factory=KernelOptions)
+  dense_implementation: str | None = None
 
   def __post_init__(self):
     for name in ("stga_windows", "window", "window_tile"):
@@ -94,6 +99,11 @@ class AttentionConfig:
     if self.num_groups is not None:
       check_int("num_groups", self.num_groups)
     check_int("top_k", self.top_k)
+    if self.dense_implementation not in DENSE_IMPLEMENTATIONS:
+      raise ValueError(
+        f"dense_implementation must be one of {DENSE_IMPLEMENTATIONS}, got "
+        f"{self.dense_implementation!r}"
+      )
 
   @classmethod
   def of(cls, settings: AttentionConfig | Mapping | None) -> AttentionConfig:
@@ -192,7 +202,8 @@ class DiTConfig:
       text_dim=m["text_dim"],
       patch=tuple(m["patch"]),
       freq_dim=m.get("freq_dim", 256),
-      attention=None if attention.dense else attention,
+      # A dense section becomes None (dense blocks), unless it picks the dense kernel.
+      attention=None if attention.dense and attention.dense_implementation is None else attention,
       dense_layers=tuple(m["dense_layers"]),
       scan_layers=m["scan_layers"],
       remat=m["remat"],
