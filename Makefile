@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
 .PHONY: env demo test test-main test-parity test-fast bench bench-demo bench-long bench-interpret \
-        bench-block bench-580k plan reproduce reproduce-smoke lint clean gpu-check gpu-compile tpu-compile
+        bench-block bench-580k plan reproduce reproduce-smoke lint clean gpu-check gpu-compile tpu-compile \
+        tpu-fit
 
 env: $(STAMP)
 
@@ -41,6 +42,10 @@ gpu-check: $(STAMP)
 gpu-compile: $(STAMP)
 	$(PY) -m moga_jax.gpu_compile --head_dim 64 --head_dim 128 \
 	  --json_out benchmarks/results/gpu_compile_sm90.json
+
+# Does each Wan config's whole training step fit its TPU slice? (benchmarks/results/tpu_fit.json)
+tpu-fit: $(STAMP)
+	$(PY) benchmarks/tpu_fit.py
 
 # Compile every attention branch of the big configs for TPU v5e and v6e from this host (libtpu).
 tpu-compile: $(STAMP)
@@ -112,4 +117,5 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(PARITY_VENV) .pytest_cache benchmarks/results runs
+	rm -rf $(VENV) $(PARITY_VENV) .pytest_cache runs
+	find benchmarks/results -mindepth 1 ! -name tpu_fit.json -delete 2>/dev/null || true

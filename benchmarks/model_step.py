@@ -76,8 +76,11 @@ def clip_config(bench, frames: int, shots: int, attention: str):
   if bench.param_dtype is not None:
     cfg.model.param_dtype = bench.param_dtype
   if bench.remat is not None:
-    cfg.model.remat = _remat_setting(cfg.model.remat, bench.remat)
+    cfg.model.remat = bench.remat
   cfg.train.batch_size = bench.train_batch
+  cfg.train.grad_accum_steps = 1  # one step is one update here
+  # One device: the named config's mesh is its TPU slice's.
+  cfg.sharding.mesh.update({axis: 1 for axis in cfg.sharding.mesh})
   cfg.seed = bench.seed
   a = cfg.model.attention
   if attention == "dense":
@@ -86,18 +89,6 @@ def clip_config(bench, frames: int, shots: int, attention: str):
   elif bench.implementation is not None:
     a.implementation = bench.implementation
   return cfg
-
-
-def _remat_setting(current, wanted):
-  """`wanted` (True / False, or a policy name) in the type of the config's model.remat: a bool
-  in the configs of today, a policy name ("none", "full", ...) where the config has one."""
-  if isinstance(current, str) and isinstance(wanted, bool):
-    return "full" if wanted else "none"
-  if isinstance(current, bool) and isinstance(wanted, str):
-    if wanted not in ("none", "full"):
-      raise ValueError(f"remat={wanted!r}: this config's model.remat is a bool (none or full)")
-    return wanted == "full"
-  return wanted
 
 
 def clip_inputs(cfg, batch: int, seed: int, *, abstract: bool = False) -> dict:

@@ -27,25 +27,42 @@ GiB = 2**30
 ROWS = (
   ("stage1 (named)", "configs/wan1_3b_moga.py:stage1", "v5e-8", ()),
   (
-    "stage1 on v5e-4",
+    "stage1, smaller",
     "configs/wan1_3b_moga.py:stage1",
     "v5e-4",
     ("--mesh", "context=4", "--config.train.batch_size=1", "--config.train.grad_accum_steps=8"),
   ),
   ("stage2 (named)", "configs/wan1_3b_moga.py:stage2", "v5e-32", ()),
   (
-    "stage2 on v5e-16",
+    "stage2, smaller",
     "configs/wan1_3b_moga.py:stage2",
-    "v5e-16",
+    "v5e-8",
     (
       "--mesh",
-      "fsdp=4,context=4",
-      "--config.train.batch_size=4",
-      "--config.train.grad_accum_steps=2",
+      "fsdp=2,context=4",
+      "--config.train.batch_size=2",
+      "--config.train.grad_accum_steps=4",
     ),
   ),
   ("580k (named, v6e)", "configs/wan14b_moga_580k.py:v6e-64", "v6e-64", ()),
+  (
+    "580k on v6e-64 without shares",
+    "configs/wan14b_moga_580k.py:v6e-64",
+    "v6e-64",
+    (
+      "--mesh",
+      "fsdp=8,context=8",
+      "--config.train.batch_size=8",
+      "--config.train.grad_accum_steps=1",
+    ),
+  ),
   ("580k (named, v5p)", "configs/wan14b_moga_580k.py:v5p-64", "v5p-64", ()),
+  (
+    "580k, smaller v5p",
+    "configs/wan14b_moga_580k.py:v5p-64",
+    "v5p-16",
+    ("--mesh", "context=8", "--config.train.batch_size=1", "--config.train.grad_accum_steps=8"),
+  ),
 )
 
 
@@ -76,6 +93,7 @@ def run_row(name: str, config: str, tpu_slice: str, extra: tuple[str, ...]) -> d
     "extra_flags": list(extra),
     **{k: plan[k] for k in ("slice", "chip", "chips", "mesh", "hbm_bytes", "peak_bytes")},
     **{k: plan[k] for k in ("host_bytes", "fits", "compile_s", "tokens", "parameters")},
+    "settings": plan["settings"],
     "wall_s": round(time.perf_counter() - start, 1),
     "estimate_bytes": plan["per_device_bytes"]["peak_estimate"],
   }
@@ -116,6 +134,10 @@ def main() -> None:
   parser.add_argument("--only", default="", help="run the rows whose name contains this")
   parser.add_argument("--json_out", default=str(ROOT / "benchmarks/results/tpu_fit.json"))
   args = parser.parse_args()
+  out = Path(args.json_out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # Rows of an earlier run stay unless recompiled now (--only reruns some of them).
+  kept = json.loads(out.read_text()) if out.exists() else []
   rows = []
   for name, config, tpu_slice, extra in ROWS:
     if args.only not in name:
@@ -123,10 +145,14 @@ def main() -> None:
     print(f"compiling {name}: {config} for {tpu_slice} ...", flush=True)
     rows.append(run_row(name, config, tpu_slice, extra))
     print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-  print(format_rows(rows))
-  out = Path(args.json_out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(rows, indent=1) + "\n")
+    done = {r["name"] for r in rows}
+    order = [n for n, *_ in ROWS]
+    merged = sorted(
+      [r for r in kept if r["name"] not in done] + rows,
+      key=lambda r: order.index(r["name"]) if r["name"] in order else len(order),
+    )
+    out.write_text(json.dumps(merged, indent=1) + "\n")  # every finished row, as it finishes
+  print(format_rows(json.loads(out.read_text())))
   print(f"wrote {out}")
 
 

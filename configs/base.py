@@ -30,6 +30,8 @@ def attention_block(num_groups: int) -> ConfigDict:
   a.window_tile = config_dict.placeholder(tuple)
   a.combine = "mean"  # the paper: the mean of the branches' outputs
   a.implementation = None  # None: the best kernel for the backend
+  # Run the branches over this many of a device's heads at a time (memory; None: all at once).
+  a.head_chunk = config_dict.placeholder(int)
   # The kernels' tuning knobs (pallas_kernels.KernelOptions); None: the measured defaults.
   a.kernel_options = ConfigDict(
     dict(

@@ -29,11 +29,9 @@ def get_config(preset: str = "gpu") -> ConfigDict:
   c.attentions = ("dense", "paper")  # every branch off; the config's block
   c.dtype = "bfloat16"  # model.dtype: compute dtype of the matmuls and attention
   c.param_dtype = config_dict.placeholder(str)  # None: the config's (float32, as train.py needs)
-  # The training step's model.remat (None: the named config's). On, departing from
-  # configs/wan1_3b_moga.py (remat off): without it one 62,400-token clip keeps ~100 KiB of
-  # activations per token and block for the backward pass (~180 GiB over 30 blocks, an
-  # estimate), which no single GPU holds; the training rows would only record the OOM.
-  c.remat = True
+  # The training step's model.remat policy (moga_jax.remat; None: the named config's, whose
+  # blocks are rematerialised with their inputs in host memory between the passes).
+  c.remat = config_dict.placeholder(str)
   c.dense_implementation = "cudnn"  # the dense rows' jax.nn.dot_product_attention
   c.implementation = config_dict.placeholder(str)  # the paper's kernels; None: the backend's best
   c.train_batch = 1  # clips per training step (the sampling step's batch is 2: CFG)

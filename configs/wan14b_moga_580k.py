@@ -65,6 +65,11 @@ def get_config(tpu_slice: str = "v6e-64") -> ConfigDict:
   c.model.num_heads = 40  # head_dim 128
   c.model.attention.num_groups = 20  # the paper's M for the minute-long model
   c.model.attention.stga_windows = (4, 4)  # the paper's 4x4 for the 60-s model
+  # One of a chip's 5 heads at a time through the branches: their whole-sequence buffers at
+  # 567,840 tokens are 0.7 GiB per head and tensor (bfloat16), the bulk of a block's backward.
+  c.model.attention.head_chunk = 1
+  # The FFN over 4K-token chunks (dim 5,120 -> 13,824): 8K left the step 0.1 GiB over budget.
+  c.model.ffn_token_chunk = 4096
 
   c.diffusion.shift = 5.0  # Wan's training shift
 

@@ -277,7 +277,32 @@ class MoGAAttention(nnx.Module):
   def _attend(self, q, k, v, *rest, grid_shape, routed: int, share=None):
     """The branches over whole sequences: q, k, v [B, N, h, D] for the heads this device holds;
     rest = (group_ids, gates) when routed, then the frames' shots [B, T]. share: this device's
-    `WorkShare` of every branch (context parallelism past the head count), or None."""
+    `WorkShare` of every branch (context parallelism past the head count), or None.
+
+    With `head_chunk` the heads go through `head_chunk` at a time (`lax.map`), each chunk a
+    checkpoint: the whole-sequence buffers of the branches (packed layouts, outputs, their
+    gradients) are then held for one chunk of heads at a time."""
+    attend = functools.partial(
+      self._attend_heads, grid_shape=grid_shape, routed=routed, share=share
+    )
+    heads, chunk = q.shape[2], self.config.head_chunk
+    if chunk is None or chunk >= heads:
+      return attend(q, k, v, *rest)
+    if heads % chunk:
+      raise ValueError(
+        f"head_chunk ({chunk}) must divide the {heads} heads each device holds in attention "
+        f"(num_heads {self.num_heads} / the mesh's context x tensor axes)"
+      )
+    per_head = routed and rest[0].ndim == 4  # per-head routing: ids and gates [B, N, h, k]
+    stacked, fixed = ((q, k, v, *rest[:2]), rest[2:]) if per_head else ((q, k, v), rest)
+    count = heads // chunk
+    split = lambda x: jnp.moveaxis(x.reshape(*x.shape[:2], count, chunk, *x.shape[3:]), 2, 0)
+    body = jax.checkpoint(lambda arrays: attend(*arrays, *fixed))
+    out = jax.lax.map(body, tuple(split(x) for x in stacked))  # [count, B, N, chunk, D]
+    return jnp.moveaxis(out, 0, 2).reshape(*q.shape[:3], -1)
+
+  def _attend_heads(self, q, k, v, *rest, grid_shape, routed: int, share=None):
+    """`_attend` for all the heads it is given at once."""
     ops = dict(
       implementation=self.implementation, interpret=self.interpret, options=self.kernel_options
     )

@@ -40,9 +40,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 # Model-config fields (or sections, for every field under them) that change how the model
 # computes or stores its parameters, not what they are: a run trained in bfloat16 samples in
 # float32 and the other way round, a float32 checkpoint loads into bfloat16 parameters (cast),
-# and kernel knobs can be retuned for the machine that resumes or samples.
+# and kernel knobs and memory settings (remat, chunking) can be retuned for the machine that
+# resumes or samples.
 COMPUTE_ONLY = frozenset(
-  {"dtype", "param_dtype", "attention.implementation", "attention.kernel_options"}
+  {
+    "dtype",
+    "param_dtype",
+    "remat",
+    "ffn_token_chunk",
+    "attention.implementation",
+    "attention.kernel_options",
+    "attention.head_chunk",
+  }
 )
 
 

@@ -25,6 +25,7 @@ from moga_jax.layers import FeedForward, ShotCrossAttention, sinusoidal_embeddin
 from moga_jax.model_config import DENSE, AttentionConfig, DiTConfig
 from moga_jax.remat import checkpoint_policy, normalise_remat, tag_block_input
 from moga_jax.sharding import ShardingRules, constrain
+from pallas_kernels.validation import check_int
 
 _EPS = 1e-6
 
@@ -163,6 +164,8 @@ class VideoDiT(nnx.Module):
         f"{tuple(dense_layers)} differ from the MoGA blocks"
       )
     attention = None if attention is None else AttentionConfig.of(attention)
+    if ffn_token_chunk is not None:
+      check_int("ffn_token_chunk", ffn_token_chunk)
     self.patch = tuple(int(p) for p in patch)
     self.out_channels, self.freq_dim = out_channels, freq_dim
     self.scan_layers, self.remat, self.rules = scan_layers, normalise_remat(remat), rules

@@ -71,6 +71,7 @@ class AttentionConfig:
   implementation: str | None = None
   interpret: bool | None = None
   kernel_options: KernelOptions = dataclasses.field(default_factory=KernelOptions)
+  head_chunk: int | None = None
   dense_implementation: str | None = None
 
   def __post_init__(self):
@@ -99,6 +100,8 @@ class AttentionConfig:
     if self.num_groups is not None:
       check_int("num_groups", self.num_groups)
     check_int("top_k", self.top_k)
+    if self.head_chunk is not None:
+      check_int("head_chunk", self.head_chunk)
     if self.dense_implementation not in DENSE_IMPLEMENTATIONS:
       raise ValueError(
         f"dense_implementation must be one of {DENSE_IMPLEMENTATIONS}, got "

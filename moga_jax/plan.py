@@ -402,7 +402,7 @@ def main(argv):
     cfg, shape, aot=_AOT.value, device_list=device_list, hbm_bytes=HBM_BYTES[chip] if chip else None
   )
   if chip:
-    plan.update(fit_summary(plan, chip))
+    plan.update(fit_summary(plan, chip), settings=fit_settings(cfg))
   _emit(plan, format_plan(plan))
   if chip and not plan["fits"]:
     sys.exit(1)
@@ -425,6 +425,34 @@ def tpu_slice_size(text: str, chips: int | None, cfg, mesh: dict[str, int]) -> t
       raise app.UsageError(f"the mesh {mesh} has a -1 axis: give --chips or a slice (v5e-8)")
     count = math.prod(mesh.values())
   return chip, count
+
+
+def fit_settings(cfg) -> dict:
+  """The config fields a training step's memory depends on, JSON-plain (benchmarks/tpu_fit.py
+  records them beside each compile, and a test holds the committed results to the configs)."""
+  m, a = cfg.model, cfg.model.attention
+  settings = {
+    "video": [cfg.video.frames, cfg.video.height, cfg.video.width, cfg.video.shots],
+    "model": {
+      k: m.get(k)
+      for k in (
+        "dim",
+        "ffn_dim",
+        "num_layers",
+        "num_heads",
+        "scan_layers",
+        "remat",
+        "ffn_token_chunk",
+        "dtype",
+        "param_dtype",
+      )
+    },
+    "attention": {
+      k: a.get(k) for k in ("num_groups", "stga_windows", "frame_attention", "head_chunk")
+    },
+    "train": [cfg.train.batch_size, cfg.train.get("grad_accum_steps", 1)],
+  }
+  return json.loads(json.dumps(settings))
 
 
 def fit_summary(plan: dict, chip: str) -> dict:

@@ -37,6 +37,12 @@ cfg.train.batch_size = 4
 cfg.sharding.mesh = {"data": 1, "fsdp": 1, "context": 1, "share": 1, "tensor": 1, **mesh_shape}
 if mesh_shape.get("share", 1) > 1:  # work shares need every block sparse
   cfg.model.dense_layers = ()
+  # ... and with them the memory settings of the big configs: remat with offloaded block
+  # inputs (as "full" on CPU), the FFN over 100-token chunks of each device's 256 tokens (the
+  # last one padded), one head at a time through the branches.
+  cfg.model.remat = "offload_block_input"
+  cfg.model.ffn_token_chunk = 100
+  cfg.model.attention.head_chunk = 1
 validate_config(cfg)
 mesh = make_mesh(validate_sharding(cfg, 8))
 single = make_mesh({"data": 1}, devices=jax.devices()[:1])
