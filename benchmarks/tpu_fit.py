@@ -129,6 +129,16 @@ def format_rows(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _merge_into(path: Path, row: dict) -> None:
+  """Writes `row` into the JSON list at `path` in ROWS order, replacing its namesake: rows of
+  earlier runs stay unless recompiled (--only reruns some; two runs may share the file)."""
+  rows = json.loads(path.read_text()) if path.exists() else []
+  rows = [r for r in rows if r["name"] != row["name"]] + [row]
+  order = [name for name, *_ in ROWS]
+  rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+  path.write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--only", default="", help="run the rows whose name contains this")
@@ -136,8 +146,6 @@ def main() -> None:
   args = parser.parse_args()
   out = Path(args.json_out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  # Rows of an earlier run stay unless recompiled now (--only reruns some of them).
-  kept = json.loads(out.read_text()) if out.exists() else []
   rows = []
   for name, config, tpu_slice, extra in ROWS:
     if args.only not in name:
@@ -145,13 +153,7 @@ def main() -> None:
     print(f"compiling {name}: {config} for {tpu_slice} ...", flush=True)
     rows.append(run_row(name, config, tpu_slice, extra))
     print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-    done = {r["name"] for r in rows}
-    order = [n for n, *_ in ROWS]
-    merged = sorted(
-      [r for r in kept if r["name"] not in done] + rows,
-      key=lambda r: order.index(r["name"]) if r["name"] in order else len(order),
-    )
-    out.write_text(json.dumps(merged, indent=1) + "\n")  # every finished row, as it finishes
+    _merge_into(out, rows[-1])  # every finished row, as it finishes
   print(format_rows(json.loads(out.read_text())))
   print(f"wrote {out}")
 
