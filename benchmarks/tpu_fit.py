@@ -14,11 +14,14 @@ smaller slices that probe the smallest one that fits. A compile takes 1-8 minute
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -66,19 +69,64 @@ ROWS = (
 )
 
 
-def run_row(name: str, config: str, tpu_slice: str, extra: tuple[str, ...]) -> dict:
-  command = [
+def _plan_command(config: str, tpu_slice: str, extra, *, aot: bool) -> list[str]:
+  return [
     sys.executable,
     "-m",
     "moga_jax.plan",
     "--config",
     str(ROOT / config),
-    "--aot",
+    *(["--aot"] if aot else []),
     "--aot_tpu",
     tpu_slice,
     "--json",
     *extra,
   ]
+
+
+def estimate(config: str, tpu_slice: str, extra) -> dict:
+  """The planner's per-chip estimate for a row, without compiling (seconds): the peak, its
+  working-set part and that part's units (moga_jax.plan.working_set_units)."""
+  result = subprocess.run(
+    _plan_command(config, tpu_slice, extra, aot=False),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  mem = json.loads(result.stdout.strip().splitlines()[-1])["per_device_bytes"]
+  return {k: mem[k] for k in ("peak_estimate", "working_set", "working_set_units")}
+
+
+def fit_working_set(rows: list[dict]) -> dict[str, float]:
+  """Non-negative least squares of the compiled peaks' working-set part (peak - what the
+  planner counts exactly) on the working-set units, by trying every subset of terms: the
+  coefficients for moga_jax.plan.WORKING_SET."""
+  rows = [r for r in rows if r.get("peak_bytes") and "estimate" in r]
+  names = list(rows[0]["estimate"]["working_set_units"])
+  units = np.array([[r["estimate"]["working_set_units"][n] for n in names] for r in rows], float)
+  rest = np.array([r["estimate"]["peak_estimate"] - r["estimate"]["working_set"] for r in rows])
+  target = np.array([r["peak_bytes"] for r in rows], float) - rest
+  best = None
+  for mask in itertools.product((0, 1), repeat=len(names)):
+    cols = [i for i, on in enumerate(mask) if on]
+    if not cols:
+      continue
+    coef = np.zeros(len(names))
+    # Relative errors: divide each row by its compiled peak, so small chips count as much.
+    weight = 1 / np.array([r["peak_bytes"] for r in rows], float)
+    solution = np.linalg.lstsq(units[:, cols] * weight[:, None], target * weight, rcond=None)[0]
+    if (solution < 0).any():
+      continue
+    coef[cols] = solution
+    worst = np.max(np.abs((rest + units @ coef) * weight - 1))
+    if best is None or worst < best[0]:
+      best = (worst, coef)
+  return {n: round(float(c), 2) for n, c in zip(names, best[1], strict=True)}
+
+
+def run_row(name: str, config: str, tpu_slice: str, extra: tuple[str, ...]) -> dict:
+  command = _plan_command(config, tpu_slice, extra, aot=True)
   start = time.perf_counter()
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
   lines = result.stdout.strip().splitlines()
@@ -96,6 +144,9 @@ def run_row(name: str, config: str, tpu_slice: str, extra: tuple[str, ...]) -> d
     "settings": plan["settings"],
     "wall_s": round(time.perf_counter() - start, 1),
     "estimate_bytes": plan["per_device_bytes"]["peak_estimate"],
+    "estimate": {
+      k: plan["per_device_bytes"][k] for k in ("peak_estimate", "working_set", "working_set_units")
+    },
   }
   for key in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "pallas_tpu_calls"):
     if key in aot:
@@ -143,9 +194,33 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--only", default="", help="run the rows whose name contains this")
   parser.add_argument("--json_out", default=str(ROOT / "benchmarks/results/tpu_fit.json"))
+  parser.add_argument(
+    "--fit",
+    action="store_true",
+    help="fit the planner's working-set coefficients to the compiled rows (prints them)",
+  )
+  parser.add_argument(
+    "--estimates_only",
+    action="store_true",
+    help="refresh every row's planner estimate in --json_out (no compile; after retuning it)",
+  )
   args = parser.parse_args()
   out = Path(args.json_out)
   out.parent.mkdir(parents=True, exist_ok=True)
+  if args.estimates_only or args.fit:
+    rows = json.loads(out.read_text())
+    for row in rows:
+      row["estimate"] = estimate(row["config"], row["slice"], row["extra_flags"])
+      row["estimate_bytes"] = row["estimate"]["peak_estimate"]
+    if args.fit:
+      print(
+        f"WORKING_SET = {fit_working_set(rows)}  (paste into moga_jax/plan.py, then rerun"
+        " with --estimates_only)"
+      )
+    else:
+      out.write_text(json.dumps(rows, indent=1) + "\n")
+      print(format_rows(rows))
+    return
   rows = []
   for name, config, tpu_slice, extra in ROWS:
     if args.only not in name:

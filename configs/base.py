@@ -77,6 +77,8 @@ def get_config(num_groups: int) -> ConfigDict:
   c.train.log_every = 10  # steps between host fetches of the metrics (each fetch syncs)
   c.train.skip_nonfinite_steps = 0  # > 0: drop up to that many non-finite steps, then stop
   c.train.grad_accum_steps = 1  # k > 1: one update from every k steps' gradients
+  # Adam's first moment in "bfloat16" (memory) or None (float32); not needed by any config.
+  c.train.adam_mu_dtype = config_dict.placeholder(str)
   c.train.ema_decay = 0.0  # > 0 (e.g. 0.999): keep an EMA of the weights; sampling uses it
 
   # Data parallel over all devices by default; e.g. --config.sharding.mesh.context=4.

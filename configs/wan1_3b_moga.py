@@ -150,6 +150,7 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   c.sample.solver = "unipc"  # Wan's default (order 2, flow sigmas); or "euler"
   c.sample.guidance = 5.0  # Wan's default classifier-free guidance
   c.sample.negative_prompt = ""  # the unconditional branch's caption
-  # Wan runs umT5-XXL in bfloat16 (11 GiB of weights instead of 23 GiB); DiT and VAE: float32.
+  # Wan runs umT5-XXL in bfloat16 (11 GiB of weights instead of 23 GiB); the DiT computes in
+  # model.dtype (bfloat16 matmuls and attention, float32 weights), the VAE in float32.
   c.sample.text_encoder_dtype = "bfloat16"
   return c

@@ -113,6 +113,11 @@ def validate_config(cfg) -> None:
   accum = cfg.train.get("grad_accum_steps", 1)
   if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
     raise ValueError(f"config.train.grad_accum_steps must be an int >= 1, got {accum!r}")
+  mu_dtype = cfg.train.get("adam_mu_dtype")
+  if mu_dtype not in (None, "bfloat16", "float32"):
+    raise ValueError(
+      f"config.train.adam_mu_dtype must be None, 'float32' or 'bfloat16', got {mu_dtype!r}"
+    )
   decay = cfg.train.get("ema_decay", 0.0)
   if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= decay < 1.0:
     raise ValueError(f"config.train.ema_decay must be in [0, 1) (0: no EMA), got {decay!r}")

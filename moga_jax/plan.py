@@ -68,10 +68,10 @@ _AOT = flags.DEFINE_bool(
 _AOT_TPU = flags.DEFINE_string(
   "aot_tpu",
   None,
-  "With --aot: compile for a slice of this TPU "
-  "generation (v5e, v5p, v6e, or a slice name such as v5e-8; compile-only devices from libtpu, "
-  "the tpu-compile extra) instead of fake CPU devices; report the per-chip peak against the "
-  "chip's HBM and exit 1 when it does not fit.",
+  "Plan for a slice of this TPU generation (v5e, v5p, v6e, or a slice name such as v5e-8; "
+  "compile-only devices from libtpu, the tpu-compile extra) instead of fake CPU devices; with "
+  "--aot compile for it, report the per-chip peak against the chip's HBM and exit 1 when it "
+  "does not fit.",
 )
 _JSON = flags.DEFINE_bool(
   "json", False, "Print only the plan (or Table 5) as one JSON object on stdout, no other text."
@@ -118,42 +118,60 @@ def _device_bytes(abstract) -> int:
   )
 
 
-# What one block's backward pass holds on a chip, as multiples of [tokens per chip, dim] float32
-# buffers and of [FFN chunk, ffn_dim] float32 ones: fitted (least squares) to the compiled
-# training steps of the Wan configs on TPU (benchmarks/results/tpu_fit.json, docs/tpu_fit.md:
-# 1.3B at 15,600-62,400 tokens per chip, 14B at 35,490-70,395) under a remat policy. The
-# planner's peak agrees with the compiler's within 25% on those rows; a config far from them
-# (another width ratio, no remat) may not.
-WORKING_SET_HIDDEN = 20.0
-WORKING_SET_FFN = 11.6
+# What one block's backward pass holds on a chip, in units of: a float32 [tokens per chip, dim]
+# buffer (the residual stream, norms, modulations), a float32 [FFN chunk, ffn_dim] one, one
+# attention tensor over the whole sequence for the chip's heads (q, k, v, the layouts, the
+# output: [tokens, heads per chip x head_dim] in the compute dtype), and one block's float32
+# weights (gathered from their FSDP shards, and their gradients before the reduce-scatter).
+# Fitted (least squares, `python benchmarks/tpu_fit.py --fit`) to the compiled training steps
+# in benchmarks/results/tpu_fit.json (the Wan configs on their slices and smaller ones, under
+# remat); the planner's peak agrees with the compiler's within 25% on each of those rows, and
+# may not on configs far from them (no remat, other width ratios).
+WORKING_SET = {"hidden": 20.0, "ffn": 11.6, "attention": 0.0, "layer_weights": 0.0}
 
 
-def activation_estimate(cfg, mesh_shape: dict[str, int], rules: ShardingRules, tokens: int) -> dict:
-  """Per-chip activation bytes of a training step: the saved block inputs (on the device, or
-  on the host under "offload_block_input") and one block's backward working set."""
+def working_set_units(
+  cfg, mesh_shape: dict[str, int], rules: ShardingRules, tokens: int, n_params: int
+) -> dict[str, int]:
+  """The bytes of one unit of each WORKING_SET term on a chip."""
   m = cfg.model
   size = lambda logical: math.prod(mesh_shape[a] for a in rules.mesh_axes(logical))
   batch_local = max(1, cfg.train.batch_size // size("activation_batch"))
   seq_local = tokens // size("activation_length")
-  hidden = batch_local * seq_local * m.dim * 4  # one float32 [tokens per chip, dim]
-  remat = normalise_remat(m.remat)
   chunk = min(seq_local, m.get("ffn_token_chunk") or seq_local)
-  ffn = batch_local * chunk * m.ffn_dim // size("activation_mlp") * 4
-  block = int(WORKING_SET_HIDDEN * hidden + WORKING_SET_FFN * ffn)
   compute = 2 if m.get("dtype", "float32") == "bfloat16" else 4
   heads_local = m.num_heads // (ulysses_size(mesh_shape, rules) * size("activation_heads"))
-  attention = batch_local * tokens * heads_local * (m.dim // m.num_heads) * compute
+  return {
+    "hidden": batch_local * seq_local * m.dim * 4,
+    "ffn": batch_local * chunk * m.ffn_dim // size("activation_mlp") * 4,
+    "attention": batch_local * tokens * heads_local * (m.dim // m.num_heads) * compute,
+    "layer_weights": n_params // m.num_layers * 4,
+  }
+
+
+def activation_estimate(
+  cfg, mesh_shape: dict[str, int], rules: ShardingRules, tokens: int, n_params: int
+) -> dict:
+  """Per-chip activation bytes of a training step: the saved block inputs (on the device, or
+  on the host under "offload_block_input") and one block's backward working set."""
+  m = cfg.model
+  units = working_set_units(cfg, mesh_shape, rules, tokens, n_params)
+  block = int(sum(WORKING_SET[k] * units[k] for k in WORKING_SET))
+  hidden, attention = units["hidden"], units["attention"]
+  qkv = 3 * hidden // 4 * (2 if m.get("dtype", "float32") == "bfloat16" else 4)
+  remat = normalise_remat(m.remat)
   saved = {
     "none": block,  # every block's working set stays for the backward pass
     "full": hidden,
     "offload_block_input": 0,
-    "save_qkv": hidden + 3 * batch_local * seq_local * m.dim * compute,
-    "save_attention": hidden + 3 * batch_local * seq_local * m.dim * compute + 3 * attention,
+    "save_qkv": hidden + qkv,
+    "save_attention": hidden + qkv + 3 * attention,
   }[remat]
-  carried = saved * m.num_layers
   return {
-    "activations_device": carried + (block if remat != "none" else 0),
+    "activations_device": saved * m.num_layers + (block if remat != "none" else 0),
     "activations_host": hidden * m.num_layers if remat == "offload_block_input" else 0,
+    "working_set": block if remat != "none" else 0,  # one block's backward, in the above
+    "working_set_units": units,
   }
 
 
@@ -200,7 +218,7 @@ def make_plan(
   param_bytes = _device_bytes(params)
   state_bytes = _device_bytes(ts.state)
 
-  activations = activation_estimate(cfg, dict(mesh.shape), rules, tokens)
+  activations = activation_estimate(cfg, dict(mesh.shape), rules, tokens, n_params)
   plan = {
     "latent_grid": latent,
     "token_grid": grid,
@@ -290,7 +308,7 @@ def format_plan(plan: dict) -> str:
     f"  gradients          {gib(mem['gradients'])}",
     f"  activations (est.) {gib(mem['activations_device'])}  (saved block inputs + one "
     f"block's backward)"
-    + (f", {gib(mem['activations_host'])} on the host" if mem["activations_host"] else ""),
+    + (f", {gib(mem['activations_host']).strip()} on the host" if mem["activations_host"] else ""),
     f"  peak (est.)        {gib(mem['peak_estimate'])}",
   ]
   lines += _format_flops(plan)
@@ -382,9 +400,7 @@ def main(argv):
   fixed = math.prod(n for n in mesh.values() if n != -1)
   devices = _DEVICES.value or fixed
   device_list, chip = None, None
-  if _AOT_TPU.value:
-    if not _AOT.value:
-      raise app.UsageError("--aot_tpu goes with --aot")
+  if _AOT_TPU.value:  # without --aot: the estimate for the slice's mesh, no compile
     from moga_jax.tpu_slices import HBM_BYTES, tpu_devices
 
     chip, devices = tpu_slice_size(_AOT_TPU.value, _CHIPS.value, cfg, mesh)
@@ -401,10 +417,10 @@ def main(argv):
   plan = make_plan(
     cfg, shape, aot=_AOT.value, device_list=device_list, hbm_bytes=HBM_BYTES[chip] if chip else None
   )
-  if chip:
+  if chip and _AOT.value:
     plan.update(fit_summary(plan, chip), settings=fit_settings(cfg))
   _emit(plan, format_plan(plan))
-  if chip and not plan["fits"]:
+  if chip and _AOT.value and not plan["fits"]:
     sys.exit(1)
 
 

@@ -126,3 +126,28 @@ def test_remat_settings_are_named_and_checked():
     VideoDiT(**DIT, ffn_token_chunk=0, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="head_chunk"):
     VideoDiT(**{**DIT, "attention": {**DIT["attention"], "head_chunk": 0}}, rngs=nnx.Rngs(0))
+
+
+def test_adam_first_moment_in_bfloat16_is_an_option():
+  from ml_collections import ConfigDict
+
+  from moga_jax.training import make_optimizer
+
+  train = ConfigDict(
+    dict(
+      learning_rate=1e-3,
+      warmup_steps=0,
+      steps=10,
+      schedule="constant",
+      grad_clip=1.0,
+      weight_decay=0.0,
+      adam_mu_dtype="bfloat16",
+    )
+  )
+  model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+  leaves = jax.tree_util.tree_flatten_with_path(nnx.state(make_optimizer(model, train)))[0]
+  named = lambda name: [x for p, x in leaves if f"'{name}'" in jax.tree_util.keystr(p)]
+  mu, nu = named("mu"), named("nu")
+  assert mu and nu, [jax.tree_util.keystr(p) for p, _ in leaves]
+  assert {x.dtype for x in mu} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in nu} == {jnp.dtype(jnp.float32)}
