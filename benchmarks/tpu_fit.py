@@ -160,8 +160,8 @@ def run_row(name: str, config: str, tpu_slice: str, extra: tuple[str, ...]) -> d
 def format_rows(rows: list[dict]) -> str:
   gib = lambda n: "-" if n is None else f"{n / GiB:.2f}"
   lines = [
-    "| row | slice | mesh | peak GiB / chip | HBM GiB | fits | host GiB | estimate GiB "
-    "| compile s |",
+    "| row | slice | mesh | peak GiB / chip | HBM GiB | fits | host GiB | planner's estimate "
+    "GiB | compile s |",
     "|---|---|---|---:|---:|---|---:|---:|---:|",
   ]
   for r in rows:
@@ -175,7 +175,9 @@ def format_rows(rows: list[dict]) -> str:
     lines.append(
       f"| {r['name']} | {r['slice']} ({r['chips']} chips) | {mesh} | {peak} | "
       f"{gib(r['hbm_bytes'])} | {'yes' if r['fits'] else 'no'} | {gib(r['host_bytes'])} | "
-      f"{gib(r['estimate_bytes'])} | {r['compile_s']} |"
+      f"{gib(r['estimate_bytes'])}"
+      + (f" ({r['estimate_bytes'] / r['peak_bytes'] - 1:+.0%})" if r["peak_bytes"] else "")
+      + f" | {r['compile_s']} |"
     )
   return "\n".join(lines)
 
