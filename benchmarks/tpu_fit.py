@@ -61,7 +61,18 @@ ROWS = (
   ),
   ("580k (named, v5p)", "configs/wan14b_moga_580k.py:v5p-64", "v5p-64", ()),
   (
-    "580k, smaller v5p",
+    "580k on v5p-32",
+    "configs/wan14b_moga_580k.py:v5p-64",
+    "v5p-32",
+    (
+      "--mesh",
+      "fsdp=2,context=8",
+      "--config.train.batch_size=2",
+      "--config.train.grad_accum_steps=4",
+    ),
+  ),
+  (
+    "580k on v5p-16",
     "configs/wan14b_moga_580k.py:v5p-64",
     "v5p-16",
     ("--mesh", "context=8", "--config.train.batch_size=1", "--config.train.grad_accum_steps=8"),

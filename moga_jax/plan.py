@@ -121,17 +121,30 @@ def _device_bytes(abstract) -> int:
 # What one block's backward pass holds on a chip, in units of: a float32 [tokens per chip, dim]
 # buffer (the residual stream, norms, modulations), a float32 [FFN chunk, ffn_dim] one, one
 # attention tensor over the whole sequence for the chip's heads (q, k, v, the layouts, the
-# output: [tokens, heads per chip x head_dim] in the compute dtype), and one block's float32
-# weights (gathered from their FSDP shards, and their gradients before the reduce-scatter).
+# output: [tokens, heads per chip x head_dim] in the compute dtype), one block's float32
+# weights (gathered from their FSDP shards, and their gradients before the reduce-scatter), and
+# the chip's float32 weights (the optimizer update's temporaries: clipped gradients, new
+# moments, the update).
 # Fitted (least squares, `python benchmarks/tpu_fit.py --fit`) to the compiled training steps
 # in benchmarks/results/tpu_fit.json (the Wan configs on their slices and smaller ones, under
 # remat); the planner's peak agrees with the compiler's within 25% on each of those rows, and
 # may not on configs far from them (no remat, other width ratios).
-WORKING_SET = {"hidden": 18.03, "ffn": 11.66, "attention": 0.0, "layer_weights": 6.21}
+WORKING_SET = {
+  "hidden": 17.61,
+  "ffn": 3.93,
+  "attention": 11.56,
+  "layer_weights": 0.0,
+  "weights_per_chip": 3.73,
+}
 
 
 def working_set_units(
-  cfg, mesh_shape: dict[str, int], rules: ShardingRules, tokens: int, n_params: int
+  cfg,
+  mesh_shape: dict[str, int],
+  rules: ShardingRules,
+  tokens: int,
+  n_params: int,
+  param_bytes: int,
 ) -> dict[str, int]:
   """The bytes of one unit of each WORKING_SET term on a chip."""
   m = cfg.model
@@ -146,16 +159,22 @@ def working_set_units(
     "ffn": batch_local * chunk * m.ffn_dim // size("activation_mlp") * 4,
     "attention": batch_local * tokens * heads_local * (m.dim // m.num_heads) * compute,
     "layer_weights": n_params // m.num_layers * 4,
+    "weights_per_chip": param_bytes,
   }
 
 
 def activation_estimate(
-  cfg, mesh_shape: dict[str, int], rules: ShardingRules, tokens: int, n_params: int
+  cfg,
+  mesh_shape: dict[str, int],
+  rules: ShardingRules,
+  tokens: int,
+  n_params: int,
+  param_bytes: int,
 ) -> dict:
   """Per-chip activation bytes of a training step: the saved block inputs (on the device, or
   on the host under "offload_block_input") and one block's backward working set."""
   m = cfg.model
-  units = working_set_units(cfg, mesh_shape, rules, tokens, n_params)
+  units = working_set_units(cfg, mesh_shape, rules, tokens, n_params, param_bytes)
   block = int(sum(WORKING_SET[k] * units[k] for k in WORKING_SET))
   hidden, attention = units["hidden"], units["attention"]
   qkv = 3 * hidden // 4 * (2 if m.get("dtype", "float32") == "bfloat16" else 4)
@@ -218,7 +237,7 @@ def make_plan(
   param_bytes = _device_bytes(params)
   state_bytes = _device_bytes(ts.state)
 
-  activations = activation_estimate(cfg, dict(mesh.shape), rules, tokens, n_params)
+  activations = activation_estimate(cfg, dict(mesh.shape), rules, tokens, n_params, param_bytes)
   plan = {
     "latent_grid": latent,
     "token_grid": grid,

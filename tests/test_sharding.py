@@ -46,9 +46,14 @@ def _env(devices: int | None) -> dict:
 )
 def test_sharded_model_equals_unsharded_on_a_mesh(mesh, routing):
   """Forward, gradients and one train step on 8 fake devices == one device."""
-  script = ROOT / "tests" / "scripts" / "sharded_model.py"
+  stdout = _run_script("sharded_model.py", mesh, routing)
+  assert f"{mesh} {routing}: sharded == unsharded" in stdout
+
+
+def _run_script(name: str, *args: str) -> str:
+  """Runs tests/scripts/NAME in a fresh process (its own fake device count); its stdout."""
   result = subprocess.run(
-    [sys.executable, str(script), mesh, routing],
+    [sys.executable, str(ROOT / "tests" / "scripts" / name), *args],
     capture_output=True,
     text=True,
     env=_env(None),
@@ -56,7 +61,7 @@ def test_sharded_model_equals_unsharded_on_a_mesh(mesh, routing):
     check=False,
   )
   assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-  assert f"{mesh} {routing}: sharded == unsharded" in result.stdout
+  return result.stdout
 
 
 @pytest.mark.slow
@@ -73,17 +78,8 @@ def test_attention_split_past_the_head_count_equals_unsharded(mesh, implementati
   """The paper's block on 16 fake devices, its sequence split context x share ways (4 heads:
   Ulysses alone stops at 4): output and every gradient equal one device's, with skewed groups
   (one empty) and random shot layouts (tests/scripts/shared_attention.py)."""
-  script = ROOT / "tests" / "scripts" / "shared_attention.py"
-  result = subprocess.run(
-    [sys.executable, str(script), mesh, implementation],
-    capture_output=True,
-    text=True,
-    env=_env(None),
-    timeout=900,
-    check=False,
-  )
-  assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-  assert f"{mesh} {implementation}: shared == unsharded" in result.stdout
+  stdout = _run_script("shared_attention.py", mesh, implementation)
+  assert f"{mesh} {implementation}: shared == unsharded" in stdout
 
 
 RULES = ShardingRules.from_config(tiny.get_config().sharding.rules)

@@ -140,3 +140,24 @@ def test_the_committed_estimates_are_the_planners():
   shape = resolve_mesh_shape(dict(cfg.sharding.mesh), 8)
   plan = make_plan(cfg, shape, device_list=tpu_devices("v5e", 8))
   assert plan["per_device_bytes"]["peak_estimate"] == row["estimate_bytes"]
+
+
+@needs_libtpu
+def test_meshes_fit_every_topology_sold():
+  """An 8-way axis on v5p's 4x4x4 torus (v5p-128), which jax.make_mesh cannot place, is laid
+  out across physical axes; slice names count chips (v5p: cores) as Google sells them."""
+  import jax
+
+  from moga_jax.sharding import make_mesh
+  from moga_jax.tpu_slices import parse_slice, slice_name, tpu_devices
+
+  devices = tpu_devices("v5p", 64)
+  with pytest.raises(NotImplementedError):
+    jax.make_mesh((8, 8), ("fsdp", "context"), devices=devices)
+  mesh = make_mesh({"fsdp": 8, "context": 8}, devices=devices)
+  assert (mesh.shape["fsdp"], mesh.shape["context"]) == (8, 8)
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
+  assert parse_slice("v5p-64") == ("v5p", 32) and slice_name("v5p", 32) == "v5p-64"
+  assert parse_slice("v6e-64") == ("v6e", 64) and parse_slice("v5e") == ("v5e", None)
+  with pytest.raises(ValueError, match="a slice looks like v5p-8"):
+    parse_slice("v5p-7")
