@@ -452,7 +452,9 @@ def test_conversion_takes_the_widths_from_the_checkpoint(source, tmp_path):
   assert recorded["attention"] == json.loads(json.dumps(cfg.model.attention.to_dict()))
   assert cfg.model.dim == 1536  # the caller's config is left alone
   dit = converted.load_dit(out, sized.model)
-  assert dit.blocks[0].self_attn.q.kernel.shape == (want["dim"], want["dim"])
+  # The config scans its blocks: their weights are stacked, one row per layer.
+  assert sized.model.scan_layers
+  assert dit.blocks.self_attn.q.kernel.shape == (want["num_layers"], want["dim"], want["dim"])
 
 
 def test_dense_wan_config_converts_and_computes_what_diffusers_does(reference, tmp_path):
@@ -465,6 +467,7 @@ def test_dense_wan_config_converts_and_computes_what_diffusers_does(reference, t
   reports = convert(source, out, wan1_3b.get_config(), ["transformer"])
   assert "initialised" not in reports[0] and "router" not in reports[0], reports[0]
   cfg = converted.with_converted_widths(wan1_3b.get_config(), out)
+  cfg.model.dtype = "float32"  # the parity bar is float32's (the config trains in bfloat16)
   dit = converted.load_dit(out, cfg.model)
   rng = np.random.default_rng(4)
   latents = rng.standard_normal((1, 4, 3, 4, 6), np.float32)  # [B, C, F, H, W]

@@ -44,7 +44,7 @@ def _op(kind: str, key):
 
 @pytest.mark.parametrize("implementation", ["xla", "pallas_tpu", "pallas_gpu", "reference"])
 @pytest.mark.parametrize("kind", ["group", "stga", "frame"])
-@pytest.mark.parametrize("count", [3, 4])
+@pytest.mark.parametrize("count", [3])  # uneven: 5 groups, 4 windows, 6 frames over 3
 def test_shares_add_up_to_the_whole_op(kind, implementation, count):
   key = jax.random.key(7)
   q, k, v = random_qkv(key, (2, N, 2, 16))
