@@ -54,6 +54,7 @@ from moga_jax.training import (
   latent_loss_fn,
   make_train_step,
 )
+from moga_jax.wan.pipeline import cfg_velocity
 from pallas_kernels import resolve_implementation
 
 MODES = ("sample", "train")
@@ -158,16 +159,8 @@ def sample_program(cfg, *, abstract: bool = False):
   guidance = float(cfg.sample.guidance)
 
   def step(state, x, t, dt, context, mask, frame_shot):
-    dit = nnx.merge(graphdef, state)
-    batch = context.shape[0]
-    v, _ = dit(
-      jnp.broadcast_to(x, (batch, *x.shape[1:])),
-      jnp.broadcast_to(t, (batch,)),
-      context,
-      mask,
-      frame_shot,
-    )
-    return x + dt * (v[1:] + guidance * (v[:1] - v[1:]))
+    dit = nnx.merge(graphdef, state)  # the Wan sampler's own guided velocity
+    return x + dt * cfg_velocity(dit, x, t, context, mask, frame_shot, guidance)
 
   latents = inputs["latents"]
   if abstract:

@@ -71,6 +71,21 @@ def encode_text(weights: str | Path, cfg, prompts: Sequence[str]) -> np.ndarray:
   return np.asarray(embed.astype(jnp.float32))
 
 
+def cfg_velocity(dit, x, t, context, mask, frame_shot, guidance: float) -> jax.Array:
+  """The DiT's velocity at x [1, ...] and t with classifier-free guidance: one batch of the
+  conditional caption (row 0) and, when there are two rows, the unconditional one (row 1),
+  combined as uncond + guidance x (cond - uncond). One row: the conditional velocity."""
+  batch = context.shape[0]
+  v, _ = dit(
+    jnp.broadcast_to(x, (batch, *x.shape[1:])),
+    jnp.broadcast_to(t, (batch,)),
+    context,
+    mask,
+    frame_shot,
+  )
+  return v[:1] if batch == 1 else v[1:] + guidance * (v[:1] - v[1:])
+
+
 def sample_latents(
   dit: VideoDiT,
   cfg,
@@ -96,15 +111,7 @@ def sample_latents(
   # The caption states are arguments, not closed-over constants baked into the program.
   @nnx.jit
   def guided_velocity(dit, x, t, context, mask, frame_shot):
-    batch = context.shape[0]
-    v, _ = dit(
-      jnp.broadcast_to(x, (batch, *x.shape[1:])),
-      jnp.broadcast_to(t, (batch,)),
-      context,
-      mask,
-      frame_shot,
-    )
-    return v[:1] if batch == 1 else v[1:] + guidance * (v[:1] - v[1:])
+    return cfg_velocity(dit, x, t, context, mask, frame_shot, guidance)
 
   noise = jax.random.normal(jax.random.key(seed), (1, *geometry.latent, cfg.model.in_channels))
   return sample_flow(
