@@ -40,7 +40,7 @@ gpu-check: $(STAMP)
 
 # Registers, spills and shared memory of the GPU kernels compiled for sm_90a here (triton).
 gpu-compile: $(STAMP)
-	$(PY) -m moga_jax.gpu_compile --head_dim 64 --head_dim 128 \
+	$(PY) -m moga_jax.tools.gpu_compile --head_dim 64 --head_dim 128 \
 	  --json_out benchmarks/results/gpu_compile_sm90.json
 
 # Does each Wan config's whole training step fit its TPU slice? (benchmarks/results/tpu_fit.json)
@@ -49,9 +49,9 @@ tpu-fit: $(STAMP)
 
 # Compile every attention branch of the big configs for TPU v5e and v6e from this host (libtpu).
 tpu-compile: $(STAMP)
-	$(PY) -m moga_jax.tpu_compile --config configs/wan14b_moga_580k.py \
+	$(PY) -m moga_jax.tools.tpu_compile --config configs/wan14b_moga_580k.py \
 	  --json_out benchmarks/results/tpu_compile_580k.json
-	$(PY) -m moga_jax.tpu_compile --config configs/wan1_3b_moga.py:stage2 --devices 8 \
+	$(PY) -m moga_jax.tools.tpu_compile --config configs/wan1_3b_moga.py:stage2 --devices 8 \
 	  --json_out benchmarks/results/tpu_compile_1_3b_stage2.json
 
 # The whole suite: ruff (lint + format check), the main tests, then the Wan parity tests.
@@ -101,15 +101,15 @@ bench-580k: $(STAMP)
 
 # Tokens, parameters, per-device memory and FLOPs of the paper-scale config; AOT compile.
 plan: $(STAMP)
-	$(PY) -m moga_jax.plan --config configs/wan14b_moga_580k.py --aot
+	$(PY) -m moga_jax.tools.plan --config configs/wan14b_moga_580k.py --aot
 
 # The CPU reproduction of the paper's claims (configs/reproduce.py): trains every run, writes
 # results/reproduction.json and results/*.png. Resumes where it stopped. `-smoke`: minutes.
 reproduce: $(STAMP)
-	$(PY) -m moga_jax.reproduce --config configs/reproduce.py
+	$(PY) -m moga_jax.reproduction.run --config configs/reproduce.py
 
 reproduce-smoke: $(STAMP)
-	$(PY) -m moga_jax.reproduce --config configs/reproduce.py:smoke
+	$(PY) -m moga_jax.reproduction.run --config configs/reproduce.py:smoke
 
 # Lint and format check (ruff pinned in pyproject.toml); `make test` runs it first.
 lint: $(STAMP)

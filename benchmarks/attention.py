@@ -29,7 +29,7 @@ from absl import app
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from moga_jax.cli_logging import quiet_libraries
+from moga_jax.cli.logs import quiet_libraries
 from pallas_kernels import frame_attention, group_attention, shot_window_attention
 from pallas_kernels.metadata import spatial_window_ids, temporal_key_frames
 

@@ -3,7 +3,7 @@
   python benchmarks/data.py --config configs/data_bench.py [--config.videos=8]
 
 For each target shape (configs/data_bench.py: the tiny and the Wan 480p clips) it times:
-  decode: one sample per source video through moga_jax.video_io.read_video (seek, decode,
+  decode: one sample per source video through moga_jax.data.video_io.read_video (seek, decode,
     resample to the shape's fps, aspect-preserving resize and crop), in this process and in
     grain worker processes (worker start-up included);
   build: moga_jax.data.build_dataset over all videos (decode + array_record writes);
@@ -27,7 +27,7 @@ import numpy as np
 from absl import app
 from ml_collections import config_flags
 
-from moga_jax.cli_logging import quiet_libraries
+from moga_jax.cli.logs import quiet_libraries
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -56,7 +56,7 @@ def _panning_video(rng, frames: int, height: int, width: int) -> np.ndarray:
 
 def _make_sources(c, source: Path) -> list[Path]:
   """c.videos panning videos plus a captions.jsonl: two shots from _START_S to the end."""
-  from moga_jax.video_io import write_mp4
+  from moga_jax.data.video_io import write_mp4
 
   frames = round(c.source_seconds * c.source_fps)
   stamp = source / f"made_{c.videos}x{c.source_height}x{c.source_width}_{frames}f.json"
@@ -88,7 +88,7 @@ class _Decode:
     self.shape = dict(shape)
 
   def __call__(self, path: str) -> int:
-    from moga_jax.video_io import read_video
+    from moga_jax.data.video_io import read_video
 
     s = self.shape
     video = read_video(

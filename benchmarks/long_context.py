@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
 
-from moga_jax.attention import MoGAAttention
+from moga_jax.model.attention import MoGAAttention
 
 _GRID = flags.DEFINE_list("grid", ["361", "30", "52"], "Token grid T,H,W.")
 _HEADS = flags.DEFINE_integer("heads", 4, "Attention heads.")

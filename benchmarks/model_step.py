@@ -17,7 +17,7 @@ each clip of `clips` and each attention of `attentions`:
 
 Each row is compiled ahead of time (compile seconds and XLA's memory analysis recorded), run
 `warmup` times, then timed `repeats` times with block_until_ready; the median is reported.
-TFLOP/s are achieved model FLOPs: moga_jax.flops.model_flops (one sample's forward, the
+TFLOP/s are achieved model FLOPs: moga_jax.tools.flops.model_flops (one sample's forward, the
 planner's count) x 2 for a sampling step (CFG's two branches) and x 3 x batch for a training
 step (forward + backward); remat's recomputed forward is not counted. A row that fails (e.g.
 out of memory) records its error and the run goes on; the exit status is 1 only if a row failed
@@ -41,14 +41,14 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from moga_jax import config_checks
-from moga_jax.cli_logging import quiet_libraries
-from moga_jax.config_files import load_config_module
-from moga_jax.flops import latent_and_token_grids, model_flops
-from moga_jax.model import dit_from_config
-from moga_jax.model_config import DENSE
-from moga_jax.sharding import ShardingRules, make_mesh
-from moga_jax.training import (
+from moga_jax.cli.logs import quiet_libraries
+from moga_jax.model.config import DENSE
+from moga_jax.model.text_to_video import dit_from_config
+from moga_jax.parallel.sharding import ShardingRules, make_mesh
+from moga_jax.tools.flops import latent_and_token_grids, model_flops
+from moga_jax.train import config_checks
+from moga_jax.train.config_files import load_config_module
+from moga_jax.train.state import (
   abstract_train_state,
   init_train_state,
   latent_loss_fn,

@@ -3,7 +3,7 @@
   python benchmarks/tpu_fit.py                       # every row, benchmarks/results/tpu_fit.json
   python benchmarks/tpu_fit.py --only stage1         # rows whose name contains "stage1"
 
-Each row runs `python -m moga_jax.plan --config ... --aot --aot_tpu SLICE --json` in its own
+Each row runs `python -m moga_jax.tools.plan --config ... --aot --aot_tpu SLICE --json` in its own
 process (libtpu's compile-only devices; no TPU needed): the real training step (forward,
 backward, AdamW update, the Pallas TPU kernels) compiled by XLA:TPU for that slice, and its
 per-chip peak (arguments + outputs + temporaries - aliased; host-offloaded bytes apart) set
@@ -84,7 +84,7 @@ def _plan_command(config: str, tpu_slice: str, extra, *, aot: bool) -> list[str]
   return [
     sys.executable,
     "-m",
-    "moga_jax.plan",
+    "moga_jax.tools.plan",
     "--config",
     str(ROOT / config),
     *(["--aot"] if aot else []),
@@ -97,7 +97,7 @@ def _plan_command(config: str, tpu_slice: str, extra, *, aot: bool) -> list[str]
 
 def estimate(config: str, tpu_slice: str, extra) -> dict:
   """The planner's per-chip estimate for a row, without compiling (seconds): the peak, its
-  working-set part and that part's units (moga_jax.plan.working_set_units)."""
+  working-set part and that part's units (moga_jax.tools.plan.working_set_units)."""
   result = subprocess.run(
     _plan_command(config, tpu_slice, extra, aot=False),
     cwd=ROOT,
@@ -112,7 +112,7 @@ def estimate(config: str, tpu_slice: str, extra) -> dict:
 def fit_working_set(rows: list[dict]) -> dict[str, float]:
   """Non-negative least squares of the compiled peaks' working-set part (peak - what the
   planner counts exactly) on the working-set units, by trying every subset of terms: the
-  coefficients for moga_jax.plan.WORKING_SET."""
+  coefficients for moga_jax.tools.plan.WORKING_SET."""
   rows = [r for r in rows if r.get("peak_bytes") and "estimate" in r]
   names = list(rows[0]["estimate"]["working_set_units"])
   units = np.array([[r["estimate"]["working_set_units"][n] for n in names] for r in rows], float)
@@ -227,7 +227,7 @@ def main() -> None:
       row["estimate_bytes"] = row["estimate"]["peak_estimate"]
     if args.fit:
       print(
-        f"WORKING_SET = {fit_working_set(rows)}  (paste into moga_jax/plan.py, then rerun"
+        f"WORKING_SET = {fit_working_set(rows)}  (paste into moga_jax/tools/plan.py, then rerun"
         " with --estimates_only)"
       )
     else:

@@ -6,7 +6,7 @@ sampler); the other configs build on those two.
 
 from ml_collections import ConfigDict, config_dict
 
-from moga_jax.config_files import load_config_module
+from moga_jax.train.config_files import load_config_module
 
 parallelism = load_config_module("parallelism")
 
@@ -50,7 +50,7 @@ def get_config(num_groups: int) -> ConfigDict:
   c.model = ConfigDict()
   c.model.patch = (1, 2, 2)
   c.model.scan_layers = False
-  # What the backward pass keeps of each block (moga_jax.remat): "none", "full", "save_qkv",
+  # What the backward pass keeps of each block (moga_jax.model.remat): "none", "full", "save_qkv",
   # "save_attention" or "offload_block_input" (block inputs on the host between the passes).
   c.model.remat = "none"
   # Run each FFN over chunks of this many tokens per device (None: all at once).

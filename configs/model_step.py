@@ -29,7 +29,7 @@ def get_config(preset: str = "gpu") -> ConfigDict:
   c.attentions = ("dense", "paper")  # every branch off; the config's block
   c.dtype = "bfloat16"  # model.dtype: compute dtype of the matmuls and attention
   c.param_dtype = config_dict.placeholder(str)  # None: the config's (float32, as train.py needs)
-  # The training step's model.remat policy (moga_jax.remat; None: the named config's, whose
+  # The training step's model.remat policy (moga_jax.model.remat; None: the named config's, whose
   # blocks are rematerialised with their inputs in host memory between the passes).
   c.remat = config_dict.placeholder(str)
   c.dense_implementation = "cudnn"  # the dense rows' jax.nn.dot_product_attention

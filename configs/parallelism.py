@@ -1,9 +1,9 @@
 """Mesh, logical sharding rules and multi-host settings shared by every config.
 
 Axes ('data', 'fsdp', 'context', 'share', 'tensor'); one size may be -1 (all devices left). The
-rules map the model's logical axis names (see `moga_jax.sharding.LOGICAL_AXES`) to mesh axes:
-batches over data x fsdp, sequences over context x share between attention blocks, heads and
-FFN width over tensor, parameters and optimizer state over fsdp x context x share. Inside
+rules map the model's logical axis names (see `moga_jax.parallel.sharding.LOGICAL_AXES`) to
+mesh axes: batches over data x fsdp, sequences over context x share between attention blocks,
+heads and FFN width over tensor, parameters and optimizer state over fsdp x context x share. Inside
 attention, heads are split over context too (Ulysses), so num_heads must be divisible by
 context x tensor; `share` goes past that limit: its devices hold the same heads' whole
 sequences and split the attention's work by units (MoGA's groups, STGA's windows, frames).
@@ -35,7 +35,7 @@ def sharding(
   tpu_slice: str = "",
 ) -> ConfigDict:
   """tpu_slice: the TPU slice this mesh is laid out for ("v5e-8"; v5p slices count cores, so
-  "v5p-64" is 32 chips), which `python -m moga_jax.plan --aot --aot_tpu CHIP` compiles for;
+  "v5p-64" is 32 chips), which `python -m moga_jax.tools.plan --aot --aot_tpu CHIP` compiles for;
   "" for none."""
   c = ConfigDict()
   c.mesh = ConfigDict(

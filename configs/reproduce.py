@@ -1,18 +1,19 @@
 """The small CPU reproduction of the paper's claims (`make reproduce`, `make reproduce-smoke`).
 
-Runs (`python -m moga_jax.reproduce --config configs/reproduce.py[:smoke]`), all at one model
-size and step budget, on the cross-shot consistency set (`moga_jax.data.consistency`: 3-shot
-clips whose later shots show the first shot's subject again without naming it):
+Runs (`python -m moga_jax.reproduction.run --config configs/reproduce.py[:smoke]`), all at one
+model size and step budget, on the cross-shot consistency set
+(`moga_jax.reproduction.consistency_data`: 3-shot clips whose later shots show the first
+shot's subject again without naming it):
   fig11:  full attention vs MoGA alone vs STGA (+ per-frame) alone vs the paper's block;
   table4: the paper's block with M = 1, 2, 4, 8, 16;
   fig12:  the balancing loss in the paper's form, the Switch form, and off.
 Variants and the attention fields they set are `VARIANTS`. Every run trains from scratch with
-its own seed, then is scored on held-out caption sets (see `moga_jax/reproduce.py`).
+its own seed, then is scored on held-out caption sets (see `moga_jax/reproduction/run.py`).
 """
 
 from ml_collections import ConfigDict
 
-from moga_jax.config_files import load_config_module
+from moga_jax.train.config_files import load_config_module
 
 tiny = load_config_module("tiny")
 

@@ -9,7 +9,7 @@ per-frame attention. Override any field on the command line, e.g. --config.train
 
 from ml_collections import ConfigDict
 
-from moga_jax.config_files import load_config_module
+from moga_jax.train.config_files import load_config_module
 
 base = load_config_module("base")
 

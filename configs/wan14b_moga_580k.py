@@ -13,7 +13,8 @@ The paper's 60-s model is built on an MMDiT backbone (the text joins the attenti
 cross-attention) whose size it does not give; ours stays Wan-2.1-14B (cross-attention to each
 shot's own caption), so its weights can come from Wan. Plan it with
 
-  python -m moga_jax.plan --config configs/wan14b_moga_580k.py [--mesh fsdp=8,context=8] [--aot]
+  python -m moga_jax.tools.plan --config configs/wan14b_moga_580k.py \
+      [--mesh fsdp=8,context=8] [--aot]
 
 The text after ':' names the TPU slice it is laid out for: `:v6e-64` (the default; 64 chips,
 4-way FSDP x 8-way Ulysses x 2 work shares, two steps of 4 clips per update) or `:v5p-64` (32
@@ -23,7 +24,7 @@ chips, 4-way FSDP x 8-way Ulysses, two steps of 4 clips per update).
 
 from ml_collections import ConfigDict
 
-from moga_jax.config_files import load_config_module
+from moga_jax.train.config_files import load_config_module
 
 parallelism = load_config_module("parallelism")
 wan1_3b_moga = load_config_module("wan1_3b_moga")

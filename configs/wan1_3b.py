@@ -3,7 +3,7 @@
 A converted Wan2.1-T2V-1.3B checkpoint sampled with this config computes what the original model
 computes (full attention over all tokens; parity against diffusers in tests/test_wan_pipeline.py):
 
-  python -m moga_jax.convert_wan --src Wan2.1-T2V-1.3B-Diffusers --out weights/wan1_3b \
+  python -m moga_jax.wan.convert --src Wan2.1-T2V-1.3B-Diffusers --out weights/wan1_3b \
       --config configs/wan1_3b.py
   python sample.py --config configs/wan1_3b.py --weights weights/wan1_3b \
       --prompt "a red fox runs through snow"
@@ -16,7 +16,7 @@ dense Wan weights never saw, so it needs the fine-tuning of configs/wan1_3b_moga
 
 from ml_collections import ConfigDict
 
-from moga_jax.config_files import load_config_module
+from moga_jax.train.config_files import load_config_module
 
 wan1_3b_moga = load_config_module("wan1_3b_moga")
 

@@ -13,10 +13,10 @@ constant learning rate 1e-5 after a short linear warm-up (the warm-up is ours: t
 none, and Adam's moments start at zero).
 
 The DiT's widths are Wan2.1-T2V-1.3B's, so its weights load one to one (see
-`moga_jax.convert_wan`); the MoGA routers are new and start from this config's seed. Sampling
+`moga_jax.wan.convert`); the MoGA routers are new and start from this config's seed. Sampling
 uses the real umT5 encoder and Wan VAE from the converted folder:
 
-  python -m moga_jax.convert_wan --src Wan2.1-T2V-1.3B-Diffusers --out weights/wan1_3b_moga
+  python -m moga_jax.wan.convert --src Wan2.1-T2V-1.3B-Diffusers --out weights/wan1_3b_moga
   python sample.py --config configs/wan1_3b_moga.py --weights weights/wan1_3b_moga \
       --prompt "a red fox runs through snow" --prompt "the fox curls up by a fire"
 
@@ -32,9 +32,9 @@ Stage 2 starts from stage 1's weights. train.py's --init reads a converted folde
 umT5 + tokenizer), and a run resumes only from its own WORKDIR, so export stage 1's DiT
 (routers included) and convert it back beside the original VAE, umT5 and tokenizer:
 
-  python -m moga_jax.export --config configs/wan1_3b_moga.py:stage1 \
+  python -m moga_jax.wan.export --config configs/wan1_3b_moga.py:stage1 \
       --weights weights/wan1_3b_moga --workdir runs/wan1_3b_stage1 --out exported/stage1
-  python -m moga_jax.convert_wan --src exported/stage1 --out weights/wan1_3b_moga_stage1 \
+  python -m moga_jax.wan.convert --src exported/stage1 --out weights/wan1_3b_moga_stage1 \
       --config configs/wan1_3b_moga.py:stage2
   cp -r weights/wan1_3b_moga/{vae,text_encoder,tokenizer} weights/wan1_3b_moga_stage1/
   python train.py --config configs/wan1_3b_moga.py:stage2 --init weights/wan1_3b_moga_stage1 \
@@ -42,12 +42,12 @@ umT5 + tokenizer), and a run resumes only from its own WORKDIR, so export stage 
 
 Both stages have the same model section, so the weights fit; stage 2 restarts Adam's moments
 and its step count (1k steps of its own). Plan either stage with
-`python -m moga_jax.plan --config configs/wan1_3b_moga.py:stage2`.
+`python -m moga_jax.tools.plan --config configs/wan1_3b_moga.py:stage2`.
 """
 
 from ml_collections import ConfigDict
 
-from moga_jax.config_files import load_config_module
+from moga_jax.train.config_files import load_config_module
 
 base = load_config_module("base")
 

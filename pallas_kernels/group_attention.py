@@ -63,7 +63,7 @@ def group_attention(
     share: a `WorkShare(index, count)`: compute only the groups of share `index` (group g
       belongs to share g * count // num_groups) and return 0 for the other tokens, so that
       the `count` shares add up to the whole (context parallelism past the head count: see
-      moga_jax.sequence_parallel). index may be traced. None: every group.
+      moga_jax.parallel.sequence_parallel). index may be traced. None: every group.
     check_ids: traced group_ids (under jit) cannot be range-checked here, and out-of-range
       ones are clipped into [0, num_groups). True adds a `jax.experimental.checkify` check
       on them: wrap the caller in `checkify.checkify(f)` and `err.throw()` raises naming the

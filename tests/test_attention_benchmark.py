@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moga_jax.config_files import load_config_module
+from moga_jax.train.config_files import load_config_module
 
 attention_bench = load_config_module("attention_bench")
 

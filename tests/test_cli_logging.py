@@ -12,7 +12,7 @@ import orbax.checkpoint
 import pytest
 from absl import logging
 
-from moga_jax import cli_logging
+from moga_jax.cli import logs as cli_logging
 
 ROOT = Path(__file__).parents[1]
 
@@ -48,7 +48,7 @@ def test_a_program_honours_verbosity(tmp_path):
     textwrap.dedent("""
       from absl import app, logging
       import orbax.checkpoint as inside_orbax
-      from moga_jax.run_guard import cli_main
+      from moga_jax.train.run_guard import cli_main
 
       def main(argv):
         logging.info("our line")

@@ -13,10 +13,10 @@ from absl import flags
 from flax import nnx
 from ml_collections import ConfigDict, config_flags
 
-from moga_jax.config_checks import validate_config
-from moga_jax.config_files import load_config_module
-from moga_jax.flops import latent_and_token_grids
-from moga_jax.training import make_optimizer, make_schedule
+from moga_jax.tools.flops import latent_and_token_grids
+from moga_jax.train.config_checks import validate_config
+from moga_jax.train.config_files import load_config_module
+from moga_jax.train.state import make_optimizer, make_schedule
 
 wan1_3b_moga = load_config_module("wan1_3b_moga")
 wan14b_moga_580k = load_config_module("wan14b_moga_580k")
@@ -234,7 +234,7 @@ def test_gradient_accumulation_is_one_update_from_the_mean_gradient():
 def test_ema_of_the_weights_follows_its_formula_and_sampling_reads_it():
   """ema_decay = d: after each update ema = d ema + (1 - d) w, from the initial weights; the
   optimizer's state carries it (so checkpoints do) and sampling can put it into the model."""
-  from moga_jax.ema import ema_below, load_averaged
+  from moga_jax.train.ema import ema_below, load_averaged
 
   d = 0.8
   weights, model, optimizer = _linear_with_gradients(

@@ -1,4 +1,5 @@
-"""The cross-shot consistency set (moga_jax.data.consistency) and its metrics (moga_jax.eval).
+"""The cross-shot consistency set (moga_jax.reproduction.consistency_data) and its metrics
+(moga_jax.reproduction.eval).
 
 The metric is checked on ground truth: real clips of the set, decoded after H.264, must score
 near 1, and clips whose later shots show a random subject must score near chance.
@@ -13,7 +14,10 @@ import re
 import numpy as np
 import pytest
 
-from moga_jax.data.consistency import (
+from moga_jax.data.index import read_index
+from moga_jax.data.synthetic import COLOURS, DIRECTIONS, SHAPES
+from moga_jax.data.video_io import read_video, write_mp4
+from moga_jax.reproduction.consistency_data import (
   CAPTION_LEN,
   caption_shots,
   held_out_captions,
@@ -22,9 +26,7 @@ from moga_jax.data.consistency import (
   read_subjects,
   render_clip,
 )
-from moga_jax.data.index import read_index
-from moga_jax.data.synthetic import COLOURS, DIRECTIONS, SHAPES
-from moga_jax.eval import (
+from moga_jax.reproduction.eval import (
   chance_levels,
   classify_background,
   classify_subject,
@@ -36,7 +38,6 @@ from moga_jax.eval import (
   score_videos,
   token_mask,
 )
-from moga_jax.video_io import read_video, write_mp4
 
 NUM_VIDEOS, SHOTS, FRAMES_PER_SHOT, SIZE, SEED = 32, 3, 8, 32, 7
 FRAMES = SHOTS * FRAMES_PER_SHOT

@@ -22,7 +22,7 @@ from moga_jax.data import (
   read_index,
 )
 from moga_jax.data.synthetic import COLOURS, DIRECTIONS, SHAPES
-from moga_jax.video_io import read_video, resize_frames, write_mp4
+from moga_jax.data.video_io import read_video, resize_frames, write_mp4
 
 NUM_VIDEOS, SHOTS, FRAMES_PER_SHOT = 6, 2, 4
 NUM_FRAMES = SHOTS * FRAMES_PER_SHOT
@@ -502,7 +502,7 @@ def test_subject_scale_is_checked(tmp_path, value, error, match):
 
 
 def test_subject_scale_sets_the_subjects_size(tmp_path):
-  from moga_jax.data.consistency import render_clip
+  from moga_jax.reproduction.consistency_data import render_clip
 
   shots = [dict(start=0, end=2, background="red", colour="blue", shape="square", direction="left")]
   small = render_clip(shots, rng=0, subject_scale=0.15)[1].sum()

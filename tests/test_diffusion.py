@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moga_jax.diffusion import euler_sample, flow_matching_loss, sample_times, shift_time
-from moga_jax.training import latent_loss_fn
+from moga_jax.diffusion.flow import euler_sample, flow_matching_loss, sample_times, shift_time
+from moga_jax.train.state import latent_loss_fn
 
 
 def _x0(seed: int = 0, shape=(3, 2, 4, 4, 5)) -> jax.Array:
@@ -110,13 +110,13 @@ class _StubVideoModel(nnx.Module):
 
 
 def test_sample_py_guides_toward_the_prompt():
-  """Catches sample.py's sampler (moga_jax.sampling) handing the empty caption's prediction in
-  as the conditional one: one
+  """Catches sample.py's sampler (moga_jax.diffusion.sampling) handing the empty caption's
+  prediction in as the conditional one: one
   step with guidance w moves the noise by -(v_u + w (v_c - v_u)) = -(-1 + 2 w)."""
-  from moga_jax.config_files import load_config_module
+  from moga_jax.train.config_files import load_config_module
 
   tiny = load_config_module("tiny")
-  from moga_jax.sampling import generate
+  from moga_jax.diffusion.sampling import generate
 
   cfg = tiny.get_config()
   cfg.sample.steps, cfg.sample.guidance = 1, 0.75
@@ -133,7 +133,7 @@ def test_wan_pipeline_guides_toward_the_prompt():
   """Catches the Wan pipeline's guidance with prompt and negative prompt swapped: a stub DiT
   whose velocity is the caption's value (+1 prompt, -1 negative) must move one step by
   -(v_n + w (v_p - v_n))."""
-  from moga_jax.config_files import load_config_module
+  from moga_jax.train.config_files import load_config_module
 
   wan1_3b_moga = load_config_module("wan1_3b_moga")
   from moga_jax.wan import pipeline
@@ -157,7 +157,7 @@ def test_wan_pipeline_guides_toward_the_prompt():
 def test_unipc_recovers_x0_from_the_exact_velocity_field(order):
   """Along the straight path every data prediction x - sigma v is x0 exactly, so UniPC (any
   order, predictor and corrector) lands on x0; a state-dependent exact field too."""
-  from moga_jax.unipc import flow_sigmas, unipc_sample
+  from moga_jax.diffusion.unipc import flow_sigmas, unipc_sample
 
   x0, noise = _x0(4), _x0(5)
   sigmas = flow_sigmas(6, 3.0)
@@ -172,7 +172,7 @@ def test_unipc_beats_euler_on_gaussian_data():
   noise eps to mu + s eps. At 16 evaluations UniPC (order 2) lands far closer than Euler.
   Kills a corrector or predictor with a flipped sign (error doubles; diffusers parity in
   tests/test_unipc_parity.py pins the rest)."""
-  from moga_jax.diffusion import sample_flow
+  from moga_jax.diffusion.flow import sample_flow
 
   noise = _x0(6, (2, 3, 4, 4, 1))
   mu, s2 = jnp.tanh(_x0(7, noise.shape)), 0.25
@@ -196,7 +196,7 @@ def test_unipc_beats_euler_on_gaussian_data():
 
 
 def test_sample_flow_refuses_an_unknown_solver():
-  from moga_jax.diffusion import sample_flow
+  from moga_jax.diffusion.flow import sample_flow
 
   with pytest.raises(
     ValueError,

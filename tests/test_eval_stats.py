@@ -1,5 +1,5 @@
-"""Wilson intervals and Fisher's exact test (moga_jax.eval.stats), checked against published
-values and an exact enumeration in rationals."""
+"""Wilson intervals and Fisher's exact test (moga_jax.reproduction.eval.stats), checked against
+published values and an exact enumeration in rationals."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from moga_jax.eval.stats import fisher_exact, wilson_interval
+from moga_jax.reproduction.eval.stats import fisher_exact, wilson_interval
 
 
 def _fisher_by_enumeration(k_a, n_a, k_b, n_b) -> float:

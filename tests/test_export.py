@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moga_jax.config_files import load_config_module
-from moga_jax.model import dit_from_config
+from moga_jax.model.text_to_video import dit_from_config
+from moga_jax.train.config_files import load_config_module
 from moga_jax.wan.dit_weights import (
   diffusers_config_for,
   dit_kwargs_from_diffusers,

@@ -12,7 +12,7 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from moga_jax import gpu_compile
+from moga_jax.tools import gpu_compile
 
 needs_triton = pytest.mark.skipif(
   importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton)"

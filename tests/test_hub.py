@@ -19,8 +19,8 @@ pytest.importorskip("huggingface_hub")  # the `wan` extra
 from flax import nnx
 from huggingface_hub.utils import filter_repo_objects
 
-from moga_jax.config_files import load_config_module
-from moga_jax.model import dit_from_config
+from moga_jax.model.text_to_video import dit_from_config
+from moga_jax.train.config_files import load_config_module
 from moga_jax.wan.dit_weights import diffusers_config_for, dit_to_diffusers
 from moga_jax.wan.hub import hub_patterns, is_hub_id
 from moga_jax.wan.weights import write_safetensors
@@ -97,7 +97,7 @@ def _convert(tmp_path: Path, src: str, hf_home: Path) -> subprocess.CompletedPro
   env |= {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
   return subprocess.run(
     [
-      *(sys.executable, "-m", "moga_jax.convert_wan", "--src", src),
+      *(sys.executable, "-m", "moga_jax.wan.convert", "--src", src),
       *("--out", str(tmp_path / "out"), "--components", "transformer"),
     ],
     capture_output=True,

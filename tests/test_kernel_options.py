@@ -13,11 +13,11 @@ from flax import nnx
 from helpers import assert_close, random_qkv
 from jax import export
 
-from moga_jax.attention import MoGAAttention
-from moga_jax.checkpoint import check_config
-from moga_jax.config_checks import validate_config
-from moga_jax.config_files import load_config_module
-from moga_jax.model import TextToVideo
+from moga_jax.model.attention import MoGAAttention
+from moga_jax.model.text_to_video import TextToVideo
+from moga_jax.train.checkpoint import check_config
+from moga_jax.train.config_checks import validate_config
+from moga_jax.train.config_files import load_config_module
 from pallas_kernels import KernelOptions, group_attention, shot_window_attention
 from pallas_kernels.block_sparse.gpu import LaunchParams, launch_params
 

@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from moga_jax import checkpoint as checkpoint_lib
-from moga_jax.ema import ema_below, is_ema_path
-from moga_jax.model import TextToVideo
-from moga_jax.training import load_trained, make_optimizer, optimizer_layout
+from moga_jax.model.text_to_video import TextToVideo
+from moga_jax.train import checkpoint as checkpoint_lib
+from moga_jax.train.ema import ema_below, is_ema_path
+from moga_jax.train.state import load_trained, make_optimizer, optimizer_layout
 
 
 def _config(ema_decay: float, accum: int):

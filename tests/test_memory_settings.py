@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 from helpers import assert_close
 
-from moga_jax.dit import VideoDiT
-from moga_jax.remat import checkpoint_policy, normalise_remat
+from moga_jax.model.dit import VideoDiT
+from moga_jax.model.remat import checkpoint_policy, normalise_remat
 
 DIT = dict(
   in_channels=4,
@@ -131,7 +131,7 @@ def test_remat_settings_are_named_and_checked():
 def test_adam_first_moment_in_bfloat16_is_an_option():
   from ml_collections import ConfigDict
 
-  from moga_jax.training import make_optimizer
+  from moga_jax.train.state import make_optimizer
 
   train = ConfigDict(
     dict(

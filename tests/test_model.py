@@ -9,17 +9,17 @@ import pytest
 from flax import nnx
 from helpers import assert_close
 
-from moga_jax import latents
-from moga_jax.attention import MoGAAttention
-from moga_jax.config_checks import validate_config
-from moga_jax.config_files import load_config_module
-from moga_jax.dit import VideoDiT
-from moga_jax.layers import shot_attention
-from moga_jax.model import frame_shots
-from moga_jax.model_config import DENSE
-from moga_jax.rope import apply_rope, rope_angles
-from moga_jax.sharding import ShardingRules, make_mesh
-from moga_jax.training import init_train_state, make_train_step
+from moga_jax.model import latents
+from moga_jax.model.attention import MoGAAttention
+from moga_jax.model.config import DENSE
+from moga_jax.model.dit import VideoDiT
+from moga_jax.model.layers import shot_attention
+from moga_jax.model.rope import apply_rope, rope_angles
+from moga_jax.model.text_to_video import frame_shots
+from moga_jax.parallel.sharding import ShardingRules, make_mesh
+from moga_jax.train.config_checks import validate_config
+from moga_jax.train.config_files import load_config_module
+from moga_jax.train.state import init_train_state, make_train_step
 
 tiny = load_config_module("tiny")
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from moga_jax import DENSE, AttentionConfig, DiTConfig, MoGAAttention, VideoDiT
-from moga_jax.config_files import load_config_module
+from moga_jax.train.config_files import load_config_module
 from pallas_kernels import KernelOptions
 
 

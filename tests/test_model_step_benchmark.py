@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 
 from moga_jax import DENSE, AttentionConfig, DiTConfig, MoGAAttention
-from moga_jax.config_files import load_config_module
-from moga_jax.flops import latent_and_token_grids, model_flops
+from moga_jax.tools.flops import latent_and_token_grids, model_flops
+from moga_jax.train.config_files import load_config_module
 
 ROOT = Path(__file__).parents[1]
 presets = load_config_module("model_step")

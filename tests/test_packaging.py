@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from moga_jax import config_files
+from moga_jax.train import config_files
 
 ROOT = Path(__file__).parents[1]
 
@@ -69,7 +69,7 @@ def test_named_configs_resolve_from_the_package():
 
 def test_a_program_finds_its_default_config_from_any_folder(tmp_path):
   done = subprocess.run(
-    [sys.executable, "-m", "moga_jax.plan"],
+    [sys.executable, "-m", "moga_jax.tools.plan"],
     capture_output=True,
     text=True,
     cwd=tmp_path,

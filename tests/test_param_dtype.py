@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from moga_jax.checkpoint import Checkpointer
-from moga_jax.config_checks import validate_config
-from moga_jax.model import TextToVideo
-from moga_jax.training import load_trained, make_optimizer, optimizer_layout
+from moga_jax.model.text_to_video import TextToVideo
+from moga_jax.train.checkpoint import Checkpointer
+from moga_jax.train.config_checks import validate_config
+from moga_jax.train.state import load_trained, make_optimizer, optimizer_layout
 
 
 def _config(param_dtype: str = "float32"):

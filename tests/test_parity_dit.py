@@ -21,7 +21,7 @@ from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 from wan_reference import rel_err  # noqa: E402
 
-from moga_jax.dit import VideoDiT  # noqa: E402
+from moga_jax.model.dit import VideoDiT  # noqa: E402
 from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit  # noqa: E402
 
 # One worker builds the module fixtures (reference models) once (--dist loadgroup).

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moga_jax.config_files import load_config_module
-from moga_jax.flops import (
+from moga_jax.tools.flops import (
   PAPER_TABLE5,
   TABLE5_ROWS,
   format_table5,
@@ -25,7 +24,8 @@ from moga_jax.flops import (
   table5,
   temporal_groups,
 )
-from moga_jax.plan import format_plan, make_plan, parse_mesh
+from moga_jax.tools.plan import format_plan, make_plan, parse_mesh
+from moga_jax.train.config_files import load_config_module
 
 wan1_3b_moga = load_config_module("wan1_3b_moga")
 wan14b_moga_580k = load_config_module("wan14b_moga_580k")
@@ -171,7 +171,7 @@ def test_plan_json_prints_one_object_for_the_30s_wan_config(tmp_path):
     [
       sys.executable,
       "-m",
-      "moga_jax.plan",
+      "moga_jax.tools.plan",
       "--config",
       str(ROOT / "configs" / "wan1_3b_moga.py") + ":stage2",
       "--json",
@@ -196,7 +196,7 @@ def test_plan_json_prints_one_object_for_the_30s_wan_config(tmp_path):
 
 def test_table5_cli_json():
   result = subprocess.run(
-    [sys.executable, "-m", "moga_jax.plan", "--table5", "--json"],
+    [sys.executable, "-m", "moga_jax.tools.plan", "--table5", "--json"],
     cwd=ROOT,
     env=_clean_env(),
     capture_output=True,
@@ -263,14 +263,14 @@ REDUCED = [
 
 @pytest.mark.slow
 def test_plan_aot_compiles_the_train_step_on_a_fake_mesh(tmp_path):
-  """`python -m moga_jax.plan --aot` on 8 fake devices (fsdp=2 x context=4): the real training
+  """`python -m moga_jax.tools.plan --aot` on 8 fake devices (fsdp=2 x context=4): the real training
   step lowers and compiles, and each device's arguments are a fraction of the whole state."""
   out = tmp_path / "plan.json"
   result = subprocess.run(
     [
       sys.executable,
       "-m",
-      "moga_jax.plan",
+      "moga_jax.tools.plan",
       "--config",
       str(ROOT / "configs" / "wan14b_moga_580k.py"),
       "--mesh",

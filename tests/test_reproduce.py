@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from moga_jax.config_files import load_config_module
-from moga_jax.model_config import AttentionConfig
-from moga_jax.reproduce import reproduce, run_config
-from moga_jax.reproduce_plots import comparison_table, pooled_counts, variant_comparisons
+from moga_jax.model.config import AttentionConfig
+from moga_jax.reproduction.plots import comparison_table, pooled_counts, variant_comparisons
+from moga_jax.reproduction.run import reproduce, run_config
+from moga_jax.train.config_files import load_config_module
 
 reproduce_config = load_config_module("reproduce")
 

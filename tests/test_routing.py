@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from helpers import assert_close, random_qkv
 
-from moga_jax.routing import GroupRouter, balance_loss, routed_group_attention
+from moga_jax.model.routing import GroupRouter, balance_loss, routed_group_attention
 from pallas_kernels import group_attention
 
 

@@ -16,9 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moga_jax.config_checks import validate_sharding
-from moga_jax.config_files import load_config_module
-from moga_jax.sharding import ShardingRules, param_logical_axes, param_spec, resolve_mesh_shape
+from moga_jax.parallel.sharding import (
+  ShardingRules,
+  param_logical_axes,
+  param_spec,
+  resolve_mesh_shape,
+)
+from moga_jax.train.config_checks import validate_sharding
+from moga_jax.train.config_files import load_config_module
 
 tiny = load_config_module("tiny")
 
@@ -116,7 +121,7 @@ def test_param_mesh_shardings_by_path(path, shape, spec):
 def test_every_tiny_model_parameter_gets_logical_axes_or_fsdp():
   from flax import nnx
 
-  from moga_jax.model import TextToVideo
+  from moga_jax.model.text_to_video import TextToVideo
 
   model = nnx.eval_shape(lambda: TextToVideo(tiny.get_config().model, rngs=nnx.Rngs(0)))
   ruled = 0

@@ -20,7 +20,7 @@ from moga_jax.data.shots import (
   trim_gradual,
   write_source,
 )
-from moga_jax.video_io import probe_video, write_mp4
+from moga_jax.data.video_io import probe_video, write_mp4
 
 pytestmark = pytest.mark.xdist_group("shots")
 

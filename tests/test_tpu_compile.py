@@ -10,8 +10,8 @@ import importlib.util
 
 import pytest
 
-from moga_jax import tpu_compile
-from moga_jax.config_files import load_config_module
+from moga_jax.tools import tpu_compile
+from moga_jax.train.config_files import load_config_module
 
 reproduce = load_config_module("reproduce")
 tiny = load_config_module("tiny")

@@ -1,7 +1,8 @@
 """Each Wan config's whole training step fits the TPU slice it names: compiled for the chips
-from this CPU host (libtpu's compile-only devices) by `python -m moga_jax.plan --aot --aot_tpu`,
-at full depth (scanned blocks: the compile costs the same at any depth), with the real Pallas
-TPU kernels; and the planner's estimate without compiling agrees with the compiler within 25%.
+from this CPU host (libtpu's compile-only devices) by
+`python -m moga_jax.tools.plan --aot --aot_tpu`, at full depth (scanned blocks: the compile
+costs the same at any depth), with the real Pallas TPU kernels; and the planner's estimate
+without compiling agrees with the compiler within 25%.
 
 CI compiles stage 1 on v5e-8 (about a minute and a half on 2 cores). The other rows (stage 2,
 the paper-scale model on v6e-64 and v5p, smaller slices) take 5-15 minutes each here, so
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from moga_jax.plan import fit_settings
+from moga_jax.tools.plan import fit_settings
 
 ROOT = Path(__file__).parents[1]
 
@@ -35,7 +36,7 @@ needs_libtpu = pytest.mark.skipif(
 def _plan(*args: str) -> tuple[int, dict]:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   result = subprocess.run(
-    [sys.executable, "-m", "moga_jax.plan", "--aot", "--json", *args],
+    [sys.executable, "-m", "moga_jax.tools.plan", "--aot", "--json", *args],
     cwd=ROOT,
     env=env,
     capture_output=True,
@@ -100,7 +101,7 @@ NAMED = {
 def test_the_committed_fit_results_match_the_configs():
   """benchmarks/results/tpu_fit.json has a fitting row for every config's named slice, compiled
   with the config's mesh, batch and memory settings as they are now."""
-  from moga_jax.config_files import load_config_module
+  from moga_jax.train.config_files import load_config_module
 
   rows = {r["name"]: r for r in json.loads((ROOT / "benchmarks/results/tpu_fit.json").read_text())}
   for name, (module, arg) in NAMED.items():
@@ -129,10 +130,10 @@ def test_the_planner_agrees_with_every_compiled_row_within_25_percent():
 
 @needs_libtpu
 def test_the_committed_estimates_are_the_planners():
-  from moga_jax.config_files import load_config_module
-  from moga_jax.plan import make_plan
-  from moga_jax.sharding import resolve_mesh_shape
-  from moga_jax.tpu_slices import tpu_devices
+  from moga_jax.parallel.sharding import resolve_mesh_shape
+  from moga_jax.parallel.tpu_slices import tpu_devices
+  from moga_jax.tools.plan import make_plan
+  from moga_jax.train.config_files import load_config_module
 
   row = {r["name"]: r for r in json.loads((ROOT / "benchmarks/results/tpu_fit.json").read_text())}
   row = row["stage1 (named)"]
@@ -148,8 +149,8 @@ def test_meshes_fit_every_topology_sold():
   out across physical axes; slice names count chips (v5p: cores) as Google sells them."""
   import jax
 
-  from moga_jax.sharding import make_mesh
-  from moga_jax.tpu_slices import parse_slice, slice_name, tpu_devices
+  from moga_jax.parallel.sharding import make_mesh
+  from moga_jax.parallel.tpu_slices import parse_slice, slice_name, tpu_devices
 
   devices = tpu_devices("v5p", 64)
   with pytest.raises(NotImplementedError):

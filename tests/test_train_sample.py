@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moga_jax import video_io
+from moga_jax.data import video_io
 
 ROOT = Path(__file__).parents[1]
 TINY = [

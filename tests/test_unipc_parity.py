@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 schedulers = pytest.importorskip("diffusers.schedulers")
 
-from moga_jax.unipc import flow_sigmas, unipc_sample  # noqa: E402
+from moga_jax.diffusion.unipc import flow_sigmas, unipc_sample  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moga_jax.video_io import (
+from moga_jax.data.video_io import (
   VideoReadError,
   contact_sheet,
   fit_geometry,

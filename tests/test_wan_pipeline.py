@@ -27,13 +27,14 @@ from flax import nnx  # noqa: E402
 from PIL import Image  # noqa: E402
 from wan_reference import rel_err  # noqa: E402
 
-from moga_jax import video_io  # noqa: E402
-from moga_jax.checkpoint import Checkpointer  # noqa: E402
-from moga_jax.config_files import load_config_module  # noqa: E402
+from moga_jax.data import video_io  # noqa: E402
 from moga_jax.data.pipeline import make_loader  # noqa: E402
-from moga_jax.model import dit_from_config  # noqa: E402
-from moga_jax.training import make_optimizer  # noqa: E402
-from moga_jax.wan import converted, pipeline  # noqa: E402
+from moga_jax.model.text_to_video import dit_from_config  # noqa: E402
+from moga_jax.train.checkpoint import Checkpointer  # noqa: E402
+from moga_jax.train.config_files import load_config_module  # noqa: E402
+from moga_jax.train.state import make_optimizer  # noqa: E402
+from moga_jax.wan import converted_folder as converted  # noqa: E402
+from moga_jax.wan import pipeline  # noqa: E402
 from moga_jax.wan.convert import convert  # noqa: E402
 from moga_jax.wan.dit_weights import load_wan_dit  # noqa: E402
 
@@ -391,7 +392,7 @@ def test_sample_py_samples_a_finetuned_run(weights, tmp_path):
     [
       sys.executable,
       "-m",
-      "moga_jax.export",
+      "moga_jax.wan.export",
       *config,
       "--workdir",
       str(workdir),

@@ -2,9 +2,9 @@
 
   moga-train         train.py                  needs the `train` extra
   moga-sample        sample.py                 `train`; Wan configs also `wan`
-  moga-plan          python -m moga_jax.plan   `train`
-  moga-convert-wan   python -m moga_jax.convert_wan       `train`, `wan`
-  moga-export        python -m moga_jax.export            `train`, `wan`
+  moga-plan          python -m moga_jax.tools.plan   `train`
+  moga-convert-wan   python -m moga_jax.wan.convert       `train`, `wan`
+  moga-export        python -m moga_jax.wan.export            `train`, `wan`
   moga-shots         python -m moga_jax.data.shots        `shots`
 
 `pip install moga-jax` installs the module layer only (jax and flax: `MoGAAttention`, `VideoDiT`,
@@ -60,7 +60,7 @@ EXTRA_OF_MODULE = {
 }
 # Extras that install others (pyproject.toml): a command needing `shots` names it, not `train`.
 EXTRAS_INCLUDED = {"shots": ("train", "shots")}
-EXIT_MISSING_EXTRA = 2  # the exit status of a user error (moga_jax.run_guard)
+EXIT_MISSING_EXTRA = 2  # the exit status of a user error (moga_jax.train.run_guard)
 
 
 def missing_extra_line(
@@ -116,13 +116,13 @@ def _run(
 ) -> None:
   """Imports the command's module (a missing extra: one line, exit 2; `extra` names the one the
   command needs when it includes the missing package's), makes its flags the ones --help shows
-  for this program, and runs its `main` through absl: with moga_jax.run_guard's cli_main (user
+  for this program, and runs its `main` through absl: with moga_jax.train.run_guard's cli_main (user
   errors as one line) when `user_errors`, else with the extras guard alone."""
   with missing_extras_exit(program, extra):
     module = importlib.import_module(module_name)
     from absl import app, flags
 
-    from moga_jax.run_guard import cli_main
+    from moga_jax.train.run_guard import cli_main
   if define_flags is not None:
     getattr(module, define_flags)()
   # absl's --help lists the flags of the module named by sys.argv[0] (this wrapper's file, or
@@ -142,15 +142,15 @@ def sample_command(program: str = "moga-sample") -> None:
 
 
 def plan_command(program: str = "moga-plan") -> None:
-  _run("moga_jax.plan", program, user_errors=False)
+  _run("moga_jax.tools.plan", program, user_errors=False)
 
 
 def convert_wan_command(program: str = "moga-convert-wan") -> None:
-  _run("moga_jax.convert_wan", program)
+  _run("moga_jax.wan.convert", program, define_flags="_define_flags")
 
 
 def export_command(program: str = "moga-export") -> None:
-  _run("moga_jax.export", program)
+  _run("moga_jax.wan.export", program)
 
 
 def shots_command(program: str = "moga-shots") -> None:

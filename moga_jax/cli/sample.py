@@ -6,7 +6,7 @@ From a run trained here (the latest checkpoint of WORKDIR):
       --prompt "a red circle moving right on a blue background" \
       --prompt "a yellow square moving up on a green background" --output runs/tiny/sample.mp4
 
-From converted Wan 2.1 weights (`python -m moga_jax.convert_wan`), with the real umT5 encoder
+From converted Wan 2.1 weights (`python -m moga_jax.wan.convert`), with the real umT5 encoder
 and Wan VAE:
 
   python sample.py --config configs/wan1_3b_moga.py --weights weights/wan1_3b_moga \
@@ -34,15 +34,15 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from moga_jax import video_io
-from moga_jax.config_checks import validate_config
-from moga_jax.config_files import config_path
-from moga_jax.sampling import generate
-from moga_jax.training import load_trained
+from moga_jax.data import video_io
+from moga_jax.diffusion.sampling import generate
+from moga_jax.train.config_checks import validate_config
+from moga_jax.train.config_files import config_path
+from moga_jax.train.state import load_trained
 
 _CONFIG = config_flags.DEFINE_config_file("config", config_path("tiny"), "The run's config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to load (a run trained here).")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Converted Wan folder (moga_jax.convert_wan).")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Converted Wan folder (moga_jax.wan.convert).")
 _PROMPTS = flags.DEFINE_multi_string(
   "prompt", None, "Caption of one shot; repeat per shot.", required=True
 )
@@ -106,7 +106,7 @@ def main(argv):
   prompts = list(_PROMPTS.value)
   if wan:  # the DiT's widths are the converted checkpoint's; the `wan` extra, Wan configs only
     from moga_jax.wan import pipeline as wan_pipeline
-    from moga_jax.wan.converted import with_converted_widths
+    from moga_jax.wan.converted_folder import with_converted_widths
 
     cfg = with_converted_widths(cfg, _WEIGHTS.value)
   validate_config(cfg)

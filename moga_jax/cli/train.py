@@ -42,15 +42,15 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from moga_jax import plots
-from moga_jax.checkpoint import Checkpointer
-from moga_jax.config_checks import validate_config, validate_sharding
-from moga_jax.config_files import config_path
 from moga_jax.data.pipeline import make_loader
 from moga_jax.data.prepare import prepare_data
-from moga_jax.run_guard import Preemption, check_finite
-from moga_jax.sharding import ShardingRules, make_mesh, process_batch_slice
-from moga_jax.training import (
+from moga_jax.parallel.sharding import ShardingRules, make_mesh, process_batch_slice
+from moga_jax.train import plots
+from moga_jax.train.checkpoint import Checkpointer
+from moga_jax.train.config_checks import validate_config, validate_sharding
+from moga_jax.train.config_files import config_path
+from moga_jax.train.run_guard import Preemption, check_finite
+from moga_jax.train.state import (
   init_train_state,
   latent_loss_fn,
   loss_fn,
@@ -65,7 +65,7 @@ _WORKDIR = flags.DEFINE_string(
 _INIT = flags.DEFINE_string(
   "init",
   None,
-  "Converted Wan folder (python -m moga_jax.convert_wan) to fine-tune from; "
+  "Converted Wan folder (python -m moga_jax.wan.convert) to fine-tune from; "
   "required by configs with a `video` section. Ignored when WORKDIR has a checkpoint.",
 )
 # Testing aids: the faults a long run meets, made to happen at a chosen step.
@@ -159,7 +159,7 @@ def _wan_setup(cfg, workdir: Path, init: str | None):
   if init is None:
     raise ValueError(
       "configs with a `video` section train a Wan DiT on precomputed latents: "
-      "pass --init DIR, a folder written by `python -m moga_jax.convert_wan`"
+      "pass --init DIR, a folder written by `python -m moga_jax.wan.convert`"
     )
   from moga_jax.wan.latent_data import prepare_latents  # the `wan` extra: Wan configs only
 
@@ -181,7 +181,7 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
   faults = faults or Faults()
   maybe_initialize_distributed(cfg)
   if init is not None and "video" in cfg:  # the DiT's widths are the converted checkpoint's
-    from moga_jax.wan.converted import with_converted_widths
+    from moga_jax.wan.converted_folder import with_converted_widths
 
     cfg = with_converted_widths(cfg, init)
   validate_config(cfg)
@@ -231,7 +231,7 @@ def train(cfg, workdir: Path, init: str | None = None, faults: Faults | None = N
     restore_data_state(loader, saved)
     logging.info("resumed from step %d", step)
   elif init is not None:  # Adam's moments start at zero whatever the parameters
-    from moga_jax.wan.converted import restore_dit
+    from moga_jax.wan.converted_folder import restore_dit
 
     model, optimizer = train_state.merge()
     restore_dit(init, model, cfg.model)

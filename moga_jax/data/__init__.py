@@ -1,27 +1,22 @@
-"""Data layer: synthetic multi-shot videos, a TF-free TFDS builder and a resumable grain loader."""
+"""Data layer: synthetic multi-shot videos, a TF-free TFDS builder, a resumable grain loader, shot
+detection on real footage and video I/O. Names load on first use, so `from moga_jax.data import
+video_io` does not import the builder's tensorflow-datasets."""
 
-from moga_jax.data.builder import (
-  MultiShotConfig,
-  MultiShotVideos,
-  SkippedVideoWarning,
-  build_dataset,
-)
-from moga_jax.data.captions import decode_captions, encode_captions
-from moga_jax.data.index import Shot, VideoEntry, read_index
-from moga_jax.data.pipeline import find_dataset_dir, make_loader
-from moga_jax.data.synthetic import make_synthetic_videos
+from moga_jax._lazy import lazy_exports
 
-__all__ = [
-  "MultiShotConfig",
-  "MultiShotVideos",
-  "Shot",
-  "SkippedVideoWarning",
-  "VideoEntry",
-  "build_dataset",
-  "decode_captions",
-  "encode_captions",
-  "find_dataset_dir",
-  "make_loader",
-  "make_synthetic_videos",
-  "read_index",
-]
+_EXPORTS = {
+  "MultiShotConfig": "moga_jax.data.builder",
+  "MultiShotVideos": "moga_jax.data.builder",
+  "SkippedVideoWarning": "moga_jax.data.builder",
+  "build_dataset": "moga_jax.data.builder",
+  "decode_captions": "moga_jax.data.captions",
+  "encode_captions": "moga_jax.data.captions",
+  "Shot": "moga_jax.data.index",
+  "VideoEntry": "moga_jax.data.index",
+  "read_index": "moga_jax.data.index",
+  "find_dataset_dir": "moga_jax.data.pipeline",
+  "make_loader": "moga_jax.data.pipeline",
+  "make_synthetic_videos": "moga_jax.data.synthetic",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 
 from moga_jax.data.captions import encode_captions
 from moga_jax.data.index import Shot, VideoEntry, read_index
-from moga_jax.video_io import FIT_MODES, VideoReadError, probe_video, read_video
+from moga_jax.data.video_io import FIT_MODES, VideoReadError, probe_video, read_video
 from pallas_kernels.validation import check_int
 
 __all__ = [

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from moga_jax import video_io
+from moga_jax.data import video_io
 from pallas_kernels.validation import check_int
 
 __all__ = ["BATCH_KEYS", "LATENT_KEYS", "find_dataset_dir", "make_loader"]

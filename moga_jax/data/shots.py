@@ -34,9 +34,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from moga_jax.config_files import config_path
 from moga_jax.data.index import INDEX_FILENAME, PLACEHOLDER_CAPTION
-from moga_jax.video_io import VideoReadError, probe_video
+from moga_jax.data.video_io import VideoReadError, probe_video
+from moga_jax.train.config_files import config_path
 from pallas_kernels.validation import check_positive_int
 
 __all__ = [
@@ -449,7 +449,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from moga_jax.run_guard import cli_main
+  from moga_jax.train.run_guard import cli_main
 
   _define_flags()
   app.run(cli_main(main, "moga_jax.data.shots"))

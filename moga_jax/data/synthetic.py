@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moga_jax.video_io import write_mp4
+from moga_jax.data.video_io import write_mp4
 from pallas_kernels.validation import check_int
 
 __all__ = [

@@ -1,7 +1,22 @@
-"""Converting a diffusers Wan 2.1 text-to-video folder into moga-jax's orbax layout.
+"""Convert a diffusers Wan 2.1 text-to-video checkpoint into moga-jax's orbax layout.
 
-The library behind `python -m moga_jax.convert_wan` (see there); output layout:
-`moga_jax.wan.converted`.
+  python -m moga_jax.wan.convert --src Wan2.1-T2V-1.3B-Diffusers --out weights/wan1_3b_moga \
+      [--config configs/wan1_3b_moga.py] [--components transformer,vae,text_encoder,tokenizer]
+
+SRC is a diffusers pipeline folder (transformer/, vae/, text_encoder/, tokenizer/; the last three
+are converted when present) or a transformer folder on its own, or a Hugging Face Hub id of one
+(`--src Wan-AI/Wan2.1-T2V-1.3B-Diffusers`: only the files read for --components are fetched, into
+the cache HF_HOME names; HF_HUB_OFFLINE=1 uses the cache alone; moga_jax.wan.hub). Only safetensors
+are read; a pickle-based file (.bin, .pt, .ckpt) is refused. Any missing, unexpected or mis-shaped
+tensor stops the conversion and is listed by name. The transformer's widths (dim, heads, layers,
+FFN, text width, patch) come from its own config.json, so Wan2.1-T2V 1.3B, 14B or a custom size
+converts with one config; only MoGA's settings (and the seed) come from --config, and `train.py
+--init` and `sample.py --weights` build the DiT with the recorded widths. MoGA's routers are not in
+Wan and are initialised from the config's seed, which the report says.
+Output layout: `moga_jax.wan.converted_folder`, which reads it back.
+
+This module is the library (`convert`, one `convert_*` per component) and the command; its flags
+are defined only when the command runs, so importing it claims no flag names.
 """
 
 from __future__ import annotations
@@ -16,11 +31,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
 from flax import nnx
 
-from moga_jax.model import dit_from_config
-from moga_jax.wan.converted import TOKENIZER_FILES, WIDTHS, report_json, save_component
+from moga_jax.model.text_to_video import dit_from_config
+from moga_jax.wan.converted_folder import TOKENIZER_FILES, WIDTHS, report_json, save_component
 from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit
 from moga_jax.wan.hub import resolve_source
 from moga_jax.wan.tokenizer import load_tokenizer
@@ -181,3 +196,37 @@ def convert(src: str | Path, out: str | Path, cfg, components=COMPONENTS) -> lis
     reports.append(CONVERTERS[name](found[name], out, cfg))
     print(f"{reports[-1]}\n  ({time.perf_counter() - start:.1f} s)", flush=True)
   return reports
+
+
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs (see the module docstring)."""
+  from ml_collections import config_flags
+
+  from moga_jax.train.config_files import config_path
+
+  config_flags.DEFINE_config_file(
+    "config",
+    config_path("wan1_3b_moga"),
+    "Config whose MoGA settings the DiT is built with (its widths come from SRC).",
+  )
+  flags.DEFINE_string(
+    "src", None, "diffusers Wan folder (or its transformer/), or a Hub id.", required=True
+  )
+  flags.DEFINE_string("out", None, "Output folder.", required=True)
+  flags.DEFINE_list(
+    "components", list(COMPONENTS), "Which components to convert (those present in SRC)."
+  )
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  convert(f.src, f.out, f.config, f.components)
+  print(f"converted to {Path(f.out).absolute()}")
+
+
+if __name__ == "__main__":
+  from moga_jax.train.run_guard import cli_main
+
+  _define_flags()
+  app.run(cli_main(main, "convert_wan"))

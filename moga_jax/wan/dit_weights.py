@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from moga_jax.dit import VideoDiT
+from moga_jax.model.dit import VideoDiT
 from moga_jax.wan.weights import (
   Transform,
   WeightReport,

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from moga_jax.wan.converted import TOKENIZER_FILES
+from moga_jax.wan.converted_folder import TOKENIZER_FILES
 
 # owner/name as the Hub spells repo ids (letters, digits, '-', '_', '.'); a local path wins.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")

@@ -29,12 +29,13 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from moga_jax import config_checks, video_io
+from moga_jax.data import video_io
 from moga_jax.data.captions import decode_captions
 from moga_jax.data.pipeline import NULL_CONTEXT, find_dataset_dir
 from moga_jax.data.prepare import prepare_data
-from moga_jax.model import frame_shots
-from moga_jax.wan.converted import load_converted_tokenizer, load_text_encoder, load_vae
+from moga_jax.model.text_to_video import frame_shots
+from moga_jax.train import config_checks
+from moga_jax.wan.converted_folder import load_converted_tokenizer, load_text_encoder, load_vae
 from moga_jax.wan.tokenizer import encode_prompts
 from moga_jax.wan.umt5 import prompt_embeddings
 

@@ -18,10 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from moga_jax import config_checks, video_io
-from moga_jax.diffusion import sample_flow
-from moga_jax.dit import VideoDiT
-from moga_jax.wan.converted import load_converted_tokenizer, load_dit, load_text_encoder, load_vae
+from moga_jax.data import video_io
+from moga_jax.diffusion.flow import sample_flow
+from moga_jax.model.dit import VideoDiT
+from moga_jax.train import config_checks
+from moga_jax.wan.converted_folder import (
+  load_converted_tokenizer,
+  load_dit,
+  load_text_encoder,
+  load_vae,
+)
 from moga_jax.wan.tokenizer import encode_prompts
 from moga_jax.wan.umt5 import prompt_embeddings
 

@@ -54,7 +54,7 @@ class LaunchParams:
   num_stages: int = 2
 
 
-# Keys per dk/dv program. Measured with moga_jax.gpu_compile (Triton IR -> PTX for sm_90a,
+# Keys per dk/dv program. Measured with moga_jax.tools.gpu_compile (Triton IR -> PTX for sm_90a,
 # ptxas -v, bf16): at 128 keys the dk/dv kernel spills at every warp / stage setting (8 warps:
 # 0.2 KB per thread at head_dim 64, 1.2 KB at 128); with 64-key programs it does not.
 DKDV_KEYS = 64
@@ -65,7 +65,7 @@ def launch_params(
 ) -> LaunchParams:
   """Warps and pipeline stages for every kernel (forward, dq, dk/dv) at a tile size.
 
-  From the sweep in moga_jax/gpu_compile.py (sm_90a, bf16, tile 128): at 4 warps every kernel
+  From the sweep in moga_jax/tools/gpu_compile.py (sm_90a, bf16, tile 128): at 4 warps every kernel
   spills registers (forward 1.3 KB per thread, dq 1.5 KB at head_dim 128); at 8 warps forward
   and dq do not. Two stages keep every kernel under the H100's 227 KiB of shared memory at
   head_dim 128 (three take dq to 256 KiB). Small tiles (at most 64 x 64 values) need only 4.

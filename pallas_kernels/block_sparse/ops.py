@@ -176,7 +176,7 @@ DEFAULT_TILE = 128
 # The compiled GPU kernels keep a query tile and two pipeline stages of key and value tiles in
 # shared memory, so what they ask for grows with tile x head_dim x bytes per value. At 128 x 128
 # in bfloat16 (32 KiB a tile) the three kernels ask for 145-192 KiB of the 227 KiB an H100/H200
-# block may have; the same tile in float32 asks for 320-384 KiB (moga_jax.gpu_compile for
+# block may have; the same tile in float32 asks for 320-384 KiB (moga_jax.tools.gpu_compile for
 # sm_90a; an H200 refused it with RESOURCE_EXHAUSTED), and 64 x 128 in float32 for 160-192 KiB.
 GPU_TILE_BYTES = 128 * 128 * 2
 

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from moga_jax.config_checks import validate_config, validate_sharding
-from moga_jax.config_files import load_config_module
-from moga_jax.model import TextToVideo
-from moga_jax.sharding import ShardingRules, make_mesh, state_shardings
-from moga_jax.training import init_train_state, loss_fn, make_train_step
+from moga_jax.model.text_to_video import TextToVideo
+from moga_jax.parallel.sharding import ShardingRules, make_mesh, state_shardings
+from moga_jax.train.config_checks import validate_config, validate_sharding
+from moga_jax.train.config_files import load_config_module
+from moga_jax.train.state import init_train_state, loss_fn, make_train_step
 
 assert jax.device_count() == 8, jax.devices()
 mesh_arg, routing = sys.argv[1], sys.argv[2]

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from moga_jax.attention import MoGAAttention
-from moga_jax.config_files import load_config_module
-from moga_jax.sharding import MESH_AXES, ShardingRules, make_mesh, state_shardings
+from moga_jax.model.attention import MoGAAttention
+from moga_jax.parallel.sharding import MESH_AXES, ShardingRules, make_mesh, state_shardings
+from moga_jax.train.config_files import load_config_module
 
 assert jax.device_count() == 16, jax.devices()
 mesh_arg, implementation = sys.argv[1], sys.argv[2]
