@@ -45,6 +45,10 @@ def attention_block(num_groups: int) -> ConfigDict:
 
 def get_config(num_groups: int) -> ConfigDict:
   c = ConfigDict()
+  # Which product the run trains and samples (moga_jax.train.pipeline): "tiny", the stand-in
+  # text encoder and pixel fold around a small DiT, trained from scratch; or "wan", a Wan 2.1 DiT
+  # on precomputed VAE latents and umT5 states (the Wan configs set it with their `video` section).
+  c.pipeline = "tiny"
   c.seed = 0
 
   c.model = ConfigDict()

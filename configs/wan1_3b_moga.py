@@ -87,6 +87,7 @@ def get_config(stage: str = "stage1") -> ConfigDict:
   # seed also seeds the new MoGA routers at conversion.
   c = base.get_config(num_groups=5)
   c.stage = stage
+  c.pipeline = "wan"
 
   c.video = ConfigDict()
   c.video.frames = frames
