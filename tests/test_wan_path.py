@@ -214,6 +214,7 @@ def _config(values: dict) -> list[str]:
   return ["--config", str(ROOT / "configs/wan1_3b_moga.py"), *flags(values)]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_sample_py_writes_a_multi_shot_video_and_contact_sheet(weights, tmp_path):
   out, _ = weights
@@ -250,6 +251,7 @@ def _run_dit(workdir: Path, cfg):
   return dit
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_train_py_fine_tunes_from_converted_weights(weights, tmp_path):
   """Two-shot synthetic clips -> latents through the converted VAE and umT5 -> 2 steps from the
@@ -315,6 +317,7 @@ def _latents_equal_encoding_of_their_clips(latents: Path, weights: Path) -> None
     assert rel_err(batch["context"][i, :shots], states) < 2e-3, name
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_sample_py_samples_a_finetuned_run_and_export_round_trips(weights, tmp_path):
   """convert -> `train.py --init` (2 steps that change the weights) -> `sample.py --workdir RUN
