@@ -57,8 +57,9 @@ tpu-compile: $(STAMP)
 # The whole suite: ruff (lint + format check), the main tests, then the Wan parity tests.
 test: lint test-main test-parity
 
+# --durations=25: CI's log names the slowest tests (setup included), so a test that grew shows.
 test-main: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup -q
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -q --durations=25
 
 # Parity tests need torch + diffusers + transformers (the `parity` extra), never runtime
 # dependencies, so they get their own venv. Python 3.11: the CPU build of torch lies on these
@@ -74,12 +75,18 @@ $(PARITY_STAMP): pyproject.toml
 	$(PARITY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,parity]'
 	@touch $(PARITY_STAMP)
 
+# `wan`: the Wan path on torch-free fixtures (tests/test_wan_path.py) runs here too, on this
+# venv's oldest jax, as well as in test-main on the newest.
 test-parity: $(PARITY_STAMP)
-	$(PARITY_VENV)/bin/python -m pytest -n $(JOBS) --dist loadgroup -q -m parity
+	$(PARITY_VENV)/bin/python -m pytest -n $(JOBS) --dist loadgroup -q -m "parity or wan" --durations=25
 
-# Everything but the tests marked slow, for quick local iteration.
+# The fast tier (under 5 minutes on 2 cores), for quick local iteration: every module's tests at
+# small sizes, kernels interpreted, without the markers below (pyproject.toml says what each
+# means): slow (more than a few seconds), subprocess (starts a program: train.py, python -m ...,
+# a fresh interpreter) and compile (TPU / GPU compile toolchains). `make test` runs them all.
+FAST_TIER := not slow and not subprocess and not compile
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) -q -m "not slow"
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -q -m "$(FAST_TIER)" --durations=10
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py --config configs/attention_bench.py:full

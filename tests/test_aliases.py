@@ -58,6 +58,7 @@ def test_modules_that_became_packages_keep_their_names():
     importlib.import_module("moga_jax.model").nothing  # noqa: B018
 
 
+@pytest.mark.subprocess
 def test_top_level_is_light_and_old_commands_run():
   """One interpreter: `import moga_jax` loads no submodule but the alias and lazy-export helpers
   (no jax, no flax); a name loads its module; `python -m moga_jax.plan --help` still runs."""

@@ -32,6 +32,7 @@ def test_an_unknown_preset_is_named():
     attention_bench.get_config("gpu_blok")
 
 
+@pytest.mark.subprocess
 def test_gpu_block_preset_runs_on_cpu_at_tiny_size(tmp_path):
   """The preset the H200 ran, with the xla kernels and 2 frames of 32 x 32 tokens."""
   out = tmp_path / "block.json"

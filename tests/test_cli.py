@@ -48,6 +48,7 @@ def test_missing_extra_line_names_the_pip_command():
   assert cli.missing_extra_line("p", ImportError("no name")) is None
 
 
+@pytest.mark.subprocess
 def test_train_without_the_train_extra_is_one_line_exit_2(tmp_path):
   done = _run(
     'runpy.run_path("train.py", run_name="__main__")',
@@ -62,6 +63,7 @@ def test_train_without_the_train_extra_is_one_line_exit_2(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("entry", ["module", "command"])
 def test_shots_without_pyscenedetect_is_one_line_exit_2(tmp_path, entry):
   """`python -m moga_jax.data.shots` and `moga-shots`, before any video is decoded."""
@@ -80,6 +82,7 @@ def test_shots_without_pyscenedetect_is_one_line_exit_2(tmp_path, entry):
   assert done.stdout == ""
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("mode", [["--list"], ["--out", "OUT"]])
 def test_shots_on_a_folder_without_videos_says_so(tmp_path, mode):
   videos = tmp_path / "videos"
@@ -101,6 +104,7 @@ def test_shots_on_a_folder_without_videos_says_so(tmp_path, mode):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_help_lists_the_commands_own_flags():
   done = subprocess.run(
     [sys.executable, "sample.py", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=300

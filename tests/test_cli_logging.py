@@ -40,6 +40,7 @@ def test_library_info_is_dropped_until_debug(verbosity):
   assert quiet.filter(_record(orbax_file, std_logging.INFO))
 
 
+@pytest.mark.subprocess
 def test_a_program_honours_verbosity(tmp_path):
   """A cli_main program: INFO from its own code shows by default and goes at --verbosity=-1;
   INFO logged from inside orbax's package shows only at --verbosity=1."""

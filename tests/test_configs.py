@@ -77,6 +77,7 @@ ONE_DEVICE_MESH = (
 )
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
   ("config", "message", "extra"),
   [

@@ -27,6 +27,7 @@ def test_presets_build_and_an_unknown_one_is_named():
     data_bench.get_config("fast")
 
 
+@pytest.mark.subprocess
 def test_smoke_preset_times_every_stage(tmp_path):
   out = tmp_path / "data.json"
   subprocess.run(

@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu_and_every_check_passes(tmp_path):
   done = subprocess.run(

@@ -19,6 +19,7 @@ needs_triton = pytest.mark.skipif(
 )
 
 
+@pytest.mark.compile
 @needs_triton
 @pytest.mark.slow
 @pytest.mark.parametrize("ranges", [False, True], ids=["group_mask", "range_mask"])

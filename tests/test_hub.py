@@ -108,6 +108,7 @@ def _convert(tmp_path: Path, src: str, hf_home: Path) -> subprocess.CompletedPro
   )
 
 
+@pytest.mark.subprocess
 def test_convert_wan_from_a_cached_hub_id_offline(tmp_path):
   hf_home = tmp_path / "hf"
   repo = hf_home / "hub" / "models--acme--tiny-wan"

@@ -32,6 +32,7 @@ def _readme_section_code(heading: str) -> list[str]:
   return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
+@pytest.mark.subprocess
 def test_readme_library_section_code_runs():
   """Each python block of "## Use as a library", as written, in a fresh process."""
   blocks = _readme_section_code("Use as a library")

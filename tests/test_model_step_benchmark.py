@@ -70,6 +70,7 @@ def test_gpu_preset_is_wan_1_3b_at_both_stages_clips_against_cudnn():
     presets.get_config("cpu")
 
 
+@pytest.mark.subprocess
 def test_smoke_preset_times_every_row_on_cpu(tmp_path):
   out = tmp_path / "model_step.json"
   done = subprocess.run(

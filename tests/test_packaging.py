@@ -67,6 +67,7 @@ def test_named_configs_resolve_from_the_package():
   assert module.get_config().video.frames > 0
 
 
+@pytest.mark.subprocess
 def test_a_program_finds_its_default_config_from_any_folder(tmp_path):
   done = subprocess.run(
     [sys.executable, "-m", "moga_jax.tools.plan"],
@@ -96,6 +97,7 @@ def _project() -> dict:
   return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
+@pytest.mark.subprocess
 def test_the_module_layer_loads_no_extras_package():
   """MoGAAttention, group_attention and shot_window_attention forward + grad with every
   `train` / `wan` package refused at import (tests/scripts/core_ops.py --block)."""
@@ -161,6 +163,7 @@ def wheel(tmp_path_factory) -> Path:
   return found
 
 
+@pytest.mark.subprocess
 def test_the_wheel_installs_the_commands(wheel):
   with zipfile.ZipFile(wheel) as z:
     (entry_points,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
@@ -175,6 +178,7 @@ def test_the_wheel_installs_the_commands(wheel):
     assert callable(getattr(moga_jax.cli, target.partition(":")[2]))
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_a_core_install_from_the_wheel_runs_the_module_layer(wheel, tmp_path):
   """A fresh venv with the wheel and its core dependencies only (the versions this suite runs

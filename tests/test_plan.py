@@ -165,6 +165,7 @@ def test_table5_has_every_cell_and_tracks_the_paper_at_30s():
   assert one_shot["pflops"]["M=5"][-1] > t["pflops"]["M=5"][-1]  # STGA spans the whole clip
 
 
+@pytest.mark.subprocess
 def test_plan_json_prints_one_object_for_the_30s_wan_config(tmp_path):
   out = tmp_path / "plan.json"
   result = subprocess.run(
@@ -194,6 +195,7 @@ def test_plan_json_prints_one_object_for_the_30s_wan_config(tmp_path):
   assert json.loads(out.read_text()) == plan
 
 
+@pytest.mark.subprocess
 def test_table5_cli_json():
   result = subprocess.run(
     [sys.executable, "-m", "moga_jax.tools.plan", "--table5", "--json"],
@@ -261,6 +263,8 @@ REDUCED = [
 ]
 
 
+@pytest.mark.subprocess
+@pytest.mark.compile
 @pytest.mark.slow
 def test_plan_aot_compiles_the_train_step_on_a_fake_mesh(tmp_path):
   """`python -m moga_jax.tools.plan --aot` on 8 fake devices (fsdp=2 x context=4): the real training

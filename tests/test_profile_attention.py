@@ -91,6 +91,7 @@ def test_host_thunks_stand_in_without_a_device(tmp_path):
   assert summary["labels"]["dense_8"]["busy_us"] == 3
 
 
+@pytest.mark.subprocess
 def test_profile_step_runs_on_cpu(tmp_path):
   done = subprocess.run(
     [

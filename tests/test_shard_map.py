@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent / "scripts" / "shard_map_kernels.py"
 
 
 IMPLEMENTATIONS = ("xla", "pallas_tpu", "pallas_gpu")
 
 
+@pytest.mark.subprocess
 def test_group_attention_inside_shard_map_equals_unsharded():
   """One process checks every implementation (one jax start-up instead of three)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

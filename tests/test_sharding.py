@@ -40,6 +40,7 @@ def _env(devices: int | None) -> dict:
   return env
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "mesh,routing",
@@ -69,6 +70,7 @@ def _run_script(name: str, *args: str) -> str:
   return result.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "mesh,implementation",
@@ -258,6 +260,7 @@ def _losses(workdir: Path) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in rows}
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_distributed_two_processes_match_one_process(tmp_path):
   """2 processes x 4 CPU devices (coordinator on 127.0.0.1) train, checkpoint and resume, and

@@ -144,6 +144,7 @@ def test_write_source_index_trains(videos, tmp_path):
   assert built["num_examples"] == len(entries) and built["num_skipped"] == 0
 
 
+@pytest.mark.subprocess
 def test_shots_command_lists_then_writes_captioned_source(videos, tmp_path):
   root, cuts = videos
   command = [sys.executable, "-m", "moga_jax.data.shots", "--videos", str(root)]

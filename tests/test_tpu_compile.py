@@ -34,6 +34,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.compile
 @needs_libtpu
 @pytest.mark.slow
 @pytest.mark.parametrize("chip", ["v5e", "v6e"])
@@ -105,6 +106,7 @@ def _cost_in(text: str, kernel: str) -> dict:
   return {name: int(value) for name, value in pairs}
 
 
+@pytest.mark.compile
 @needs_libtpu
 def test_tpu_kernels_carry_a_cost_estimate_from_the_visit_count():
   """Routed groups (a mask that is data when tracing): the uniform-routing guess; a 3D window

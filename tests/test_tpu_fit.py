@@ -49,6 +49,8 @@ def _plan(*args: str) -> tuple[int, dict]:
   return result.returncode, json.loads(lines[-1])
 
 
+@pytest.mark.subprocess
+@pytest.mark.compile
 @needs_libtpu
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -66,6 +68,8 @@ def test_the_training_step_fits_the_slice_the_config_names(config, chip, chips):
   assert abs(estimate / peak - 1) <= 0.25, (estimate / 2**30, peak / 2**30)
 
 
+@pytest.mark.subprocess
+@pytest.mark.compile
 @needs_libtpu
 def test_a_step_that_does_not_fit_exits_1_and_says_so():
   """A reduced stage 1 whose FFN alone (2 x 128 x 2^25 float32 weights, with Adam's moments
@@ -128,6 +132,7 @@ def test_the_planner_agrees_with_every_compiled_row_within_25_percent():
     assert 0.75 <= ratio <= 1.25, f"{r['name']}: estimate / compiled = {ratio:.2f}"
 
 
+@pytest.mark.compile
 @needs_libtpu
 def test_the_committed_estimates_are_the_planners():
   from moga_jax.parallel.sharding import resolve_mesh_shape
@@ -143,6 +148,7 @@ def test_the_committed_estimates_are_the_planners():
   assert plan["per_device_bytes"]["peak_estimate"] == row["estimate_bytes"]
 
 
+@pytest.mark.compile
 @needs_libtpu
 def test_meshes_fit_every_topology_sold():
   """An 8-way axis on v5p's 4x4x4 torus (v5p-128), which jax.make_mesh cannot place, is laid

@@ -14,6 +14,8 @@ import pytest
 
 from moga_jax.data import video_io
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).parents[1]
 TINY = [
   "--config",

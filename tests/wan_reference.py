@@ -14,52 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DIT = dict(
-  patch_size=(1, 2, 2),
-  num_attention_heads=2,
-  attention_head_dim=16,
-  in_channels=4,
-  out_channels=4,
-  text_dim=24,
-  freq_dim=32,
-  ffn_dim=64,
-  num_layers=2,
-)
-VAE = dict(
-  base_dim=8,
-  z_dim=4,
-  dim_mult=[1, 2, 2, 2],
-  num_res_blocks=1,
-  attn_scales=[],
-  temperal_downsample=[False, True, True],
-  latents_mean=[0.3, -0.5, 0.1, 1.2],
-  latents_std=[1.7, 0.6, 2.3, 1.1],
-)
-UMT5 = dict(
-  vocab_size=300,
-  d_model=32,
-  d_kv=8,
-  d_ff=64,
-  num_layers=2,
-  num_heads=4,
-  relative_attention_num_buckets=32,
-  relative_attention_max_distance=128,
-)
-
-SENTENCES = [
-  "A cat walks across a sunny garden, slowly.",
-  "Ein Hund läuft über die grüne Wiese.",
-  "Le chat dort sur le canapé rouge.",
-  "Waves crash on a rocky shore at sunset.",
-  "一只猫在花园里散步。",
-  "The camera pans over a city at night; neon lights flicker.",
-]
-
-
-def rel_err(a, b) -> float:
-  """||a - b|| / ||b|| in float64."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+# The sizes, the sentences and rel_err are the torch-free fixtures' (tests/wan_fixtures.py).
+from wan_fixtures import DIT, SENTENCES, UMT5, VAE, rel_err  # noqa: F401
 
 
 def save_dit(folder: Path, **overrides):
