@@ -179,12 +179,15 @@ def train(
   checkpoints = (
     Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints) if persistent else None
   )
-  step = 0
-  resumed = None
+  step, resumed = 0, None
   if checkpoints is not None:
-    resumed = checkpoints.restore_newest_readable(
-      state, model_config=model_config, optimizer_config=optimizer_config
-    )
+    try:
+      resumed = checkpoints.restore_newest_readable(
+        state, model_config=model_config, optimizer_config=optimizer_config
+      )
+    except BaseException:  # another run's config: release orbax's threads before raising
+      checkpoints.close()
+      raise
   if resumed is not None:
     # Every process takes the same number of batches, so the primary process's loader
     # position (the one orbax writes) is every process's.

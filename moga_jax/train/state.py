@@ -82,8 +82,8 @@ def optimizer_layout(cfg) -> dict:
 
 
 def load_trained(cfg, workdir, *, use_ema: bool = True):
-  """The model of the newest checkpoint in WORKDIR/checkpoints: a TextToVideo, or for configs
-  with a `video` section (Wan) the fine-tuned VideoDiT, routers included; with use_ema the EMA
+  """The model of the newest checkpoint in WORKDIR/checkpoints: a TextToVideo, or for
+  config.pipeline "wan" the fine-tuned VideoDiT, routers included; with use_ema the EMA
   of its weights when the run kept one. Raises MissingInputError without a checkpoint.
 
   The model is built as shapes only and filled from the checkpoint, which reads one copy of
