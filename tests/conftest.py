@@ -47,17 +47,22 @@ def pytest_runtest_makereport(item, call):
     )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _shared_compilation_cache(tmp_path_factory):
-  """The train.py / sample.py subprocesses the end-to-end tests start compile the same
-  programs over and over: a JAX compilation cache shared by the session (and its xdist
-  workers) cuts a tiny run from ~25 s to ~10 s. In-process jax (already initialised) is not
-  affected; a test that sets its own env for a subprocess copies this one."""
-  base = tmp_path_factory.getbasetemp()
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin has set up the session's basetemp
+def pytest_configure(config):
+  """A JAX compilation cache shared by the session (and its xdist workers): the train.py /
+  sample.py subprocesses and the in-process training runs (tests/test_train_sample.py) compile
+  the same programs over and over; the cache cuts a tiny run from ~25 s to ~10 s. Set here,
+  before collection imports any test module: the first compile in a process decides whether
+  that process uses the cache. A test that sets its own env for a subprocess copies this one."""
+  factory = getattr(config, "_tmp_path_factory", None)
+  if factory is None:
+    return
+  base = factory.getbasetemp()
   # Under xdist each worker's base folder sits in the session's: share that one.
   shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
   shared.mkdir(exist_ok=True)
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(shared))
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.fixture

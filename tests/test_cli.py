@@ -1,5 +1,6 @@
 """The commands (moga_jax.cli): a missing extra is one line naming the pip command (exit 2),
-an empty videos folder says so (exit 2), and --help lists the command's own flags."""
+an empty videos folder says so (exit 2), and --help lists the command's own flags. In-process
+where it can be (tests/commands.py); a subprocess where an entry point itself is the subject."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from commands import run_command
 
 from moga_jax import cli
 
@@ -48,15 +50,15 @@ def test_missing_extra_line_names_the_pip_command():
   assert cli.missing_extra_line("p", ImportError("no name")) is None
 
 
-@pytest.mark.subprocess
-def test_train_without_the_train_extra_is_one_line_exit_2(tmp_path):
-  done = _run(
-    'runpy.run_path("train.py", run_name="__main__")',
-    ["train.py", "--workdir", str(tmp_path / "run")],
-    blocked=("ml_collections",),
-  )
-  assert done.returncode == 2, done.stderr[-3000:]
-  assert done.stderr.strip().splitlines() == [
+def test_train_without_the_train_extra_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+  """In-process: ml_collections refused on import (None in sys.modules), as if not installed."""
+  monkeypatch.setitem(sys.modules, "ml_collections", None)
+  monkeypatch.delitem(sys.modules, "moga_jax.cli.train", raising=False)
+  monkeypatch.setattr(sys, "argv", ["train.py", "--workdir", str(tmp_path / "run")])
+  with pytest.raises(SystemExit) as done:
+    cli.train_command("train.py")
+  assert done.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
     "train.py: error: ml_collections is not installed; this command needs the `train` extra: "
     "pip install 'moga-jax[train]'"
   ]
@@ -82,22 +84,17 @@ def test_shots_without_pyscenedetect_is_one_line_exit_2(tmp_path, entry):
   assert done.stdout == ""
 
 
-@pytest.mark.subprocess
 @pytest.mark.parametrize("mode", [["--list"], ["--out", "OUT"]])
 def test_shots_on_a_folder_without_videos_says_so(tmp_path, mode):
   videos = tmp_path / "videos"
   (videos / "sub").mkdir(parents=True)
   (videos / "notes.txt").write_text("no video here")
   argv = [a.replace("OUT", str(tmp_path / "out")) for a in mode]
-  done = subprocess.run(
-    [sys.executable, "-m", "moga_jax.data.shots", "--videos", str(videos), *argv],
-    capture_output=True,
-    text=True,
-    cwd=ROOT,
-    timeout=300,
+  done = run_command(
+    "moga_jax.data.shots", "moga_jax.data.shots", ["--videos", str(videos), *argv], "_define_flags"
   )
-  assert done.returncode == 2, done.stderr[-3000:]
-  assert done.stderr.strip().splitlines() == [
+  assert done.code == 2, done.err[-3000:]
+  assert done.err.strip().splitlines() == [
     f"moga_jax.data.shots: error: --videos {videos} holds no video files "
     "(.mp4, .m4v, .mov, .mkv, .webm, .avi)"
   ]

@@ -95,28 +95,18 @@ def test_every_wan_config_reaches_train_py_and_fails_with_a_named_error(
 ):
   """Each config has every section train.py reads (the 580K one once lacked data, sample and
   checkpoint_every and died in a bare AttributeError): without converted weights (or devices)
-  it stops with one named line, exit 2. tests/test_wan_pipeline.py trains them with --init."""
-  import subprocess
-  import sys
+  it stops with one named line, exit 2 (train.py's main, in-process: tests/commands.py).
+  tests/test_wan_pipeline.py trains them with --init."""
+  from commands import run_command
 
-  result = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / "train.py"),
-      f"--config={ROOT / 'configs' / config}",
-      "--workdir",
-      str(tmp_path / "run"),
-      *extra,
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
+  result = run_command(
+    "moga_jax.cli.train",
+    "train.py",
+    [f"--config={ROOT / 'configs' / config}", "--workdir", str(tmp_path / "run"), *extra],
   )
-  assert result.returncode == 2, result.stderr[-3000:]
-  assert "train.py: error:" in result.stderr and message in result.stderr, result.stderr[-2000:]
-  assert "Traceback" not in result.stderr
+  assert result.code == 2, result.err[-3000:]
+  assert "train.py: error:" in result.err and message in result.err, result.err[-2000:]
+  assert "Traceback" not in result.err
 
 
 def _train(**overrides) -> ConfigDict:

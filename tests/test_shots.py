@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from commands import run_command
 
 from moga_jax.data import build_dataset, read_index
 from moga_jax.data.index import PLACEHOLDER_CAPTION
@@ -24,7 +23,6 @@ from moga_jax.data.video_io import probe_video, write_mp4
 
 pytestmark = pytest.mark.xdist_group("shots")
 
-REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 36, 64
 
 
@@ -146,12 +144,17 @@ def test_write_source_index_trains(videos, tmp_path):
 
 @pytest.mark.subprocess
 def test_shots_command_lists_then_writes_captioned_source(videos, tmp_path):
+  """The command's main in-process (tests/commands.py; test_cli.py runs its entry points)."""
   root, cuts = videos
-  command = [sys.executable, "-m", "moga_jax.data.shots", "--videos", str(root)]
-  listed = subprocess.run(
-    [*command, "--list"], cwd=REPO, capture_output=True, text=True, check=True, timeout=300
-  )
-  rows = [json.loads(line) for line in listed.stdout.splitlines()]
+
+  def shots(*args: str) -> str:
+    done = run_command(
+      "moga_jax.data.shots", "moga_jax.data.shots", ["--videos", str(root), *args], "_define_flags"
+    )
+    assert done.code == 0, done.err[-3000:]
+    return done.out
+
+  rows = [json.loads(line) for line in shots("--list").splitlines()]
   assert {r["video"] for r in rows} == {"a/long.mp4", "b.mp4"}
   assert sum(r["video"] == "b.mp4" for r in rows) == len(cuts["b.mp4"]) + 1
   first = rows[0]
@@ -164,14 +167,7 @@ def test_shots_command_lists_then_writes_captioned_source(videos, tmp_path):
     )
   )
   out = tmp_path / "source"
-  subprocess.run(
-    [*command, "--out", str(out), "--captions", str(captions)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=True,
-    timeout=300,
-  )
+  shots("--out", str(out), "--captions", str(captions))
   entries = read_index(out)
   assert entries and all(s.caption.startswith("shot ") for e in entries for s in e.shots)
   assert (out / "videos").resolve() == root.resolve()  # a link: nothing copied

@@ -134,11 +134,11 @@ def _run(
 
 
 def train_command(program: str = "moga-train") -> None:
-  _run("moga_jax.cli.train", program)
+  _run("moga_jax.cli.train", program, define_flags="define_flags")
 
 
 def sample_command(program: str = "moga-sample") -> None:
-  _run("moga_jax.cli.sample", program)
+  _run("moga_jax.cli.sample", program, define_flags="define_flags")
 
 
 def plan_command(program: str = "moga-plan") -> None:

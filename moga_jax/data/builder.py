@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from moga_jax.data.captions import encode_captions
 from moga_jax.data.index import Shot, VideoEntry, read_index
 from moga_jax.data.video_io import FIT_MODES, VideoReadError, probe_video, read_video
+from moga_jax.errors import ConfigError, InputError
 from pallas_kernels.validation import check_int
 
 __all__ = [
@@ -72,11 +73,11 @@ class MultiShotConfig(tfds.core.BuilderConfig):
     for field in ("num_frames", "height", "width", "max_shots", "caption_len"):
       setattr(self, field, check_int(field, getattr(self, field)))
     if not 0.0 <= self.validation_fraction < 1.0:
-      raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+      raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
     if isinstance(self.fps, bool) or not isinstance(self.fps, int | float) or self.fps < 0:
-      raise ValueError(f"fps must be a number >= 0 (0: the files' own frames), got {self.fps!r}")
+      raise ConfigError(f"fps must be a number >= 0 (0: the files' own frames), got {self.fps!r}")
     if self.fit not in FIT_MODES:
-      raise ValueError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
+      raise ConfigError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
     if not self.name:
       self.name = (
         f"f{self.num_frames}_{self.height}x{self.width}_s{self.max_shots}_l{self.caption_len}"
@@ -162,7 +163,7 @@ def _validation_videos(entries: list[VideoEntry], fraction: float) -> set[str]:
   videos = sorted({e.video for e in entries})
   count = max(1, round(fraction * len(videos)))
   if count >= len(videos):
-    raise ValueError(
+    raise ConfigError(
       f"validation_fraction={fraction} leaves no training videos out of {len(videos)}"
     )
   ranked = sorted(videos, key=lambda v: (zlib.crc32(v.encode("utf-8")), v))
@@ -218,7 +219,7 @@ class MultiShotVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager  # Everything is local.
     c = self.builder_config
     if not c.source_dir:
-      raise ValueError("MultiShotConfig.source_dir must name the folder holding captions.jsonl")
+      raise ConfigError("MultiShotConfig.source_dir must name the folder holding captions.jsonl")
     entries = read_index(c.source_dir)
     held_out = _validation_videos(entries, c.validation_fraction)
     splits = {"train": self._generate_examples([e for e in entries if e.video not in held_out])}
@@ -303,7 +304,7 @@ class MultiShotVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       # tfds asserts when a split ends up empty; say which videos were the reason.
       if "No examples were yielded" not in str(e):
         raise
-      raise ValueError(
+      raise InputError(
         f"no usable videos for a split of {self.builder_config.source_dir}: {e}; "
         f"skipped {len(self.skipped)}: {self.skipped}"
       ) from e
@@ -373,7 +374,7 @@ def build_dataset(
   """
   source_dir = Path(source_dir)
   if not source_dir.is_dir():
-    raise ValueError(f"source_dir must be an existing folder, got {source_dir}")
+    raise InputError(f"source_dir must be an existing folder, got {source_dir}")
   config = MultiShotConfig(
     source_dir=str(source_dir),
     num_frames=num_frames,
@@ -391,7 +392,7 @@ def build_dataset(
   if reused:
     summary = json.loads((dataset_dir / SUMMARY_FILENAME).read_text())
     if summary["source_dir"] != str(source_dir.resolve()):
-      raise ValueError(
+      raise InputError(
         f"{dataset_dir} was built from {summary['source_dir']}, not {source_dir.resolve()}; "
         "pass overwrite=True or another data_dir"
       )
@@ -406,7 +407,7 @@ def build_dataset(
     download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode),
   )
   if not (dataset_dir / SUMMARY_FILENAME).is_file():
-    raise ValueError(
+    raise InputError(
       f"{dataset_dir} holds a dataset without {SUMMARY_FILENAME} (not built by build_dataset); "
       "pass overwrite=True or another data_dir"
     )

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from moga_jax.errors import InputError
+
 __all__ = ["decode_captions", "encode_captions"]
 
 
@@ -21,14 +23,14 @@ def encode_captions(captions: Sequence[str], *, rows: int, length: int) -> np.nd
   if isinstance(captions, str):
     raise TypeError("captions must be a sequence of str, got a single str")
   if len(captions) > rows:
-    raise ValueError(f"captions has {len(captions)} entries but only rows={rows} fit")
+    raise InputError(f"captions has {len(captions)} entries but only rows={rows} fit")
   out = np.zeros((rows, length), np.uint8)
   for row, text in enumerate(captions):
     if not isinstance(text, str):
       raise TypeError(f"captions[{row}] must be str, got {type(text).__name__}")
     data = text.encode("utf-8")[:length].decode("utf-8", errors="ignore").encode("utf-8")
     if b"\0" in data:
-      raise ValueError(f"captions[{row}] contains a NUL character, which is the padding byte")
+      raise InputError(f"captions[{row}] contains a NUL character, which is the padding byte")
     out[row, : len(data)] = np.frombuffer(data, np.uint8)
   return out
 

@@ -19,6 +19,8 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from moga_jax.errors import InputError
+
 __all__ = ["INDEX_FILENAME", "PLACEHOLDER_CAPTION", "Shot", "VideoEntry", "read_index"]
 
 INDEX_FILENAME = "captions.jsonl"
@@ -52,17 +54,17 @@ def _is_int(value) -> bool:
 
 def _parse_shot(raw, where: str) -> Shot:
   if not isinstance(raw, dict):
-    raise ValueError(f"{where}: each shot must be an object, got {type(raw).__name__}")
+    raise InputError(f"{where}: each shot must be an object, got {type(raw).__name__}")
   missing = {"start", "end", "caption"} - raw.keys()
   if missing:
-    raise ValueError(f"{where}: shot is missing {sorted(missing)}")
+    raise InputError(f"{where}: shot is missing {sorted(missing)}")
   start, end, caption = raw["start"], raw["end"], raw["caption"]
   if not (_is_int(start) and _is_int(end) and 0 <= start < end):
-    raise ValueError(f"{where}: shot needs ints 0 <= start < end, got start={start!r} end={end!r}")
+    raise InputError(f"{where}: shot needs ints 0 <= start < end, got start={start!r} end={end!r}")
   if not isinstance(caption, str):
-    raise ValueError(f"{where}: shot caption must be a string, got {type(caption).__name__}")
+    raise InputError(f"{where}: shot caption must be a string, got {type(caption).__name__}")
   if "\0" in caption:
-    raise ValueError(f"{where}: shot caption contains a NUL character, the padding byte")
+    raise InputError(f"{where}: shot caption contains a NUL character, the padding byte")
   return Shot(start, end, caption)
 
 
@@ -70,24 +72,24 @@ def _parse_line(line: str, where: str) -> VideoEntry:
   try:
     raw = json.loads(line)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{where}: not valid JSON ({e.msg})") from e
+    raise InputError(f"{where}: not valid JSON ({e.msg})") from e
   if not isinstance(raw, dict) or not isinstance(raw.get("video"), str) or not raw["video"]:
-    raise ValueError(f'{where}: needs an object with a non-empty string "video", got {line!r}')
+    raise InputError(f'{where}: needs an object with a non-empty string "video", got {line!r}')
   video = PurePosixPath(raw["video"].replace(os.sep, "/"))
   if video.is_absolute() or ".." in video.parts:
-    raise ValueError(f'{where}: "video" must be a path inside the source folder, got {video}')
+    raise InputError(f'{where}: "video" must be a path inside the source folder, got {video}')
   shots = raw.get("shots")
   if not isinstance(shots, list) or not shots:
-    raise ValueError(f'{where}: "shots" must be a non-empty list, got {shots!r}')
+    raise InputError(f'{where}: "shots" must be a non-empty list, got {shots!r}')
   parsed = tuple(_parse_shot(shot, where) for shot in shots)
   for before, after in itertools.pairwise(parsed):
     if after.start < before.end:
-      raise ValueError(f"{where}: shots must be in order and not overlap, got {before} {after}")
+      raise InputError(f"{where}: shots must be in order and not overlap, got {before} {after}")
   fps = raw.get("fps")
   if fps is not None and (
     isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < float("inf")
   ):
-    raise ValueError(f'{where}: "fps" must be a positive number or absent, got {fps!r}')
+    raise InputError(f'{where}: "fps" must be a positive number or absent, got {fps!r}')
   return VideoEntry(str(video), parsed, None if fps is None else float(fps))
 
 
@@ -96,7 +98,7 @@ def read_index(source_dir: str | os.PathLike) -> list[VideoEntry]:
   source_dir = Path(source_dir)
   path = source_dir / INDEX_FILENAME
   if not path.is_file():
-    raise ValueError(f"source_dir {source_dir} has no {INDEX_FILENAME}")
+    raise InputError(f"source_dir {source_dir} has no {INDEX_FILENAME}")
   entries, lines = [], []
   by_video: dict[str, list[int]] = {}
   with path.open(encoding="utf-8") as f:
@@ -108,7 +110,7 @@ def read_index(source_dir: str | os.PathLike) -> list[VideoEntry]:
       entries.append(entry)
       lines.append(number)
   if not entries:
-    raise ValueError(f"{path} lists no videos")
+    raise InputError(f"{path} lists no videos")
   for video, positions in by_video.items():
     if len(positions) == 1:
       entries[positions[0]] = entries[positions[0]]._replace(name=video)
@@ -116,11 +118,11 @@ def read_index(source_dir: str | os.PathLike) -> list[VideoEntry]:
     rates = {entries[i].fps for i in positions}
     if len(rates) > 1:
       where = f"{path}:{lines[positions[-1]]}"
-      raise ValueError(f"{where}: the samples of {video} count frames at different fps {rates}")
+      raise InputError(f"{where}: the samples of {video} count frames at different fps {rates}")
     spans = sorted((entries[i].shots[0].start, entries[i].shots[-1].end, i) for i in positions)
     for (_, end, i), (start, _, j) in itertools.pairwise(spans):
       if start < end:
-        raise ValueError(
+        raise InputError(
           f"{path}:{lines[max(i, j)]}: this sample of {video} overlaps the one on line "
           f"{lines[min(i, j)]}"
         )

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from moga_jax.data import video_io
+from moga_jax.errors import InputError
 from pallas_kernels.validation import check_int
 
 __all__ = ["BATCH_KEYS", "LATENT_KEYS", "find_dataset_dir", "make_loader"]
@@ -36,7 +37,7 @@ def find_dataset_dir(data_dir: str | os.PathLike) -> Path:
   """
   data_dir = Path(data_dir)
   if not data_dir.is_dir():
-    raise ValueError(f"data_dir {data_dir} is not a folder; run build_dataset first")
+    raise InputError(f"data_dir {data_dir} is not a folder; run build_dataset first")
   if (data_dir / _INFO_FILENAME).is_file():
     return data_dir
   # <name>/<config>/<version>/ or, for builders without configs, <name>/<version>/. tfds writes
@@ -48,13 +49,13 @@ def find_dataset_dir(data_dir: str | os.PathLike) -> Path:
     if not any(part.startswith("incomplete.") for part in info.relative_to(data_dir).parts)
   )
   if not found:
-    raise ValueError(
+    raise InputError(
       f"data_dir {data_dir} holds no prepared dataset (no {_INFO_FILENAME} in it or in "
       "<name>/<config>/<version>/ below it); run build_dataset first"
     )
   if len(found) > 1:
     listing = ", ".join(str(p) for p in found)
-    raise ValueError(f"data_dir {data_dir} holds {len(found)} datasets, pass one of: {listing}")
+    raise InputError(f"data_dir {data_dir} holds {len(found)} datasets, pass one of: {listing}")
   return found[0]
 
 
@@ -156,7 +157,7 @@ def make_loader(
   dataset_dir = find_dataset_dir(data_dir)
   builder = tfds.builder_from_directory(dataset_dir)
   if split not in builder.info.splits:
-    raise ValueError(
+    raise InputError(
       f"split {split!r} is not in {dataset_dir}; it has {sorted(builder.info.splits.keys())}"
     )
   features = set(builder.info.features.keys())
@@ -165,7 +166,7 @@ def make_loader(
   elif set(BATCH_KEYS) <= features:
     to_inputs = _ToModelInputs(include_name)
   else:
-    raise ValueError(
+    raise InputError(
       f"{dataset_dir} is neither a multi-shot video dataset (features "
       f"{BATCH_KEYS}) nor a latent one ({LATENT_KEYS}): it has {sorted(features)}"
     )
@@ -176,7 +177,7 @@ def make_loader(
     flags.FLAGS.mark_as_parsed()
   global_batch = batch_size * shard_count
   if len(source) < global_batch:
-    raise ValueError(
+    raise InputError(
       f"split {split!r} has {len(source)} records, too few for one global batch of "
       f"batch_size x shard_count = {batch_size} x {shard_count}"
     )

@@ -11,6 +11,7 @@ from moga_jax.data.builder import SUMMARY_FILENAME, build_dataset
 from moga_jax.data.index import PLACEHOLDER_CAPTION, read_index
 from moga_jax.data.pipeline import find_dataset_dir
 from moga_jax.data.synthetic import make_synthetic_videos
+from moga_jax.errors import ConfigError, InputError, MissingInputError
 
 
 def prepare_data(cfg, workdir: Path) -> Path:
@@ -27,7 +28,7 @@ def prepare_data(cfg, workdir: Path) -> Path:
   frames = cfg.get("num_frames") or cfg.shots * cfg.frames_per_shot
   if not (source / "captions.jsonl").exists():
     if cfg.source_dir:
-      raise FileNotFoundError(f"config.data.source_dir {source} has no captions.jsonl")
+      raise MissingInputError(f"config.data.source_dir {source} has no captions.jsonl")
     logging.warning("making %d synthetic clips in %s", cfg.synthetic_videos, source)
     make_synthetic_videos(
       source,
@@ -55,7 +56,7 @@ def prepare_data(cfg, workdir: Path) -> Path:
   if found is not None:
     built_from = json.loads((found / SUMMARY_FILENAME).read_text()).get("source_dir")
     if built_from != str(source.resolve()):
-      raise ValueError(
+      raise ConfigError(
         f"the prepared dataset in {found} was built from {built_from}, not from "
         f"config.data.source_dir {source.resolve()}; leave config.data.dataset_dir empty (each "
         "source then gets its own dataset beside it) or point it at another folder"
@@ -80,7 +81,7 @@ def _check_captions(source: Path, cfg) -> None:
   entries = read_index(source)
   missing = sum(s.caption == PLACEHOLDER_CAPTION for e in entries for s in e.shots)
   if missing and not cfg.get("allow_placeholder_captions", False):
-    raise ValueError(
+    raise InputError(
       f"{source / 'captions.jsonl'} has {missing} shots captioned {PLACEHOLDER_CAPTION!r} "
       "(written by moga_jax.data.shots without --captions); caption them, or pass "
       "--config.data.allow_placeholder_captions=True to train on them anyway"

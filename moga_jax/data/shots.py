@@ -36,6 +36,7 @@ from ml_collections import config_flags
 
 from moga_jax.data.index import INDEX_FILENAME, PLACEHOLDER_CAPTION
 from moga_jax.data.video_io import VideoReadError, probe_video
+from moga_jax.errors import InputError
 from moga_jax.train.config_files import config_path
 from pallas_kernels.validation import check_positive_int
 
@@ -107,7 +108,7 @@ def detect_shots(
     ) from e
 
   if detector not in DETECTORS:
-    raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+    raise InputError(f"detector must be one of {DETECTORS}, got {detector!r}")
   info = probe_video(path)  # VideoReadError with a reason for missing, corrupt, audio-only
   min_len = max(1, round(min_scene_s * info.fps))
   if detector == "content":
@@ -145,7 +146,7 @@ def trim_gradual(
   still, changing. A shot trimmed to nothing keeps its frames (it is then dropped as too short).
   """
   if isinstance(trim_frames, bool) or not isinstance(trim_frames, int) or trim_frames < 0:
-    raise ValueError(f"trim_frames must be an int >= 0, got {trim_frames!r}")
+    raise InputError(f"trim_frames must be an int >= 0, got {trim_frames!r}")
   out = [list(s) for s in shots]
   for i in range(len(shots) - 1):
     b = shots[i][1]
@@ -176,9 +177,9 @@ def merge_shots(
   max_shots = check_positive_int("max_shots", max_shots)
   for name, value in (("fps_in", fps_in), ("fps_out", fps_out)):
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-      raise ValueError(f"{name} must be a positive number, got {value!r}")
+      raise InputError(f"{name} must be a positive number, got {value!r}")
   if not min_shot_s >= 0:
-    raise ValueError(f"min_shot_s must be >= 0, got {min_shot_s!r}")
+    raise InputError(f"min_shot_s must be >= 0, got {min_shot_s!r}")
   ranges = [(round(s / fps_in * fps_out), round(e / fps_in * fps_out)) for s, e in shots]
   keep = [
     (e - s) / fps_in >= min_shot_s and b - a > 0
@@ -217,17 +218,17 @@ def _read_captions(path: Path) -> list[dict]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from e
+        raise InputError(f"{where}: not valid JSON ({e.msg})") from e
       if not isinstance(row, dict) or not isinstance(row.get("video"), str):
-        raise ValueError(f'{where}: needs an object with a string "video"')
+        raise InputError(f'{where}: needs an object with a string "video"')
       if not isinstance(row.get("caption"), str) or not row["caption"].strip():
-        raise ValueError(f'{where}: needs a non-empty string "caption"')
+        raise InputError(f'{where}: needs a non-empty string "caption"')
       by_shot = isinstance(row.get("shot"), int) and not isinstance(row["shot"], bool)
       by_range = all(isinstance(row.get(k), int) for k in ("start", "end"))
       if by_shot == by_range:
-        raise ValueError(f'{where}: give either "shot" (an index) or "start" and "end" (frames)')
+        raise InputError(f'{where}: give either "shot" (an index) or "start" and "end" (frames)')
       if by_range and not 0 <= row["start"] < row["end"]:
-        raise ValueError(f"{where}: needs 0 <= start < end, got {row['start']}, {row['end']}")
+        raise InputError(f"{where}: needs 0 <= start < end, got {row['start']}, {row['end']}")
       rows.append(row)
   return rows
 
@@ -263,7 +264,7 @@ def _link_videos(out: Path, videos: Path) -> None:
   if link.is_symlink() and link.resolve() == target:
     return
   if link.exists() or link.is_symlink():
-    raise ValueError(f"{link} exists and is not a link to {target}; choose another --out")
+    raise InputError(f"{link} exists and is not a link to {target}; choose another --out")
   link.symlink_to(target, target_is_directory=True)
 
 
@@ -288,7 +289,7 @@ def write_source(
   detect = dict(detect or {})
   files = find_videos(videos)
   if not files:
-    raise ValueError(f"--videos {videos} holds no video files ({', '.join(VIDEO_SUFFIXES)})")
+    raise InputError(f"--videos {videos} holds no video files ({', '.join(VIDEO_SUFFIXES)})")
   out.mkdir(parents=True, exist_ok=True)
   _link_videos(out, videos)
   threshold = (
@@ -338,7 +339,7 @@ def write_source(
       )
     counts["samples"] += len(samples)
   if not lines:
-    raise ValueError(
+    raise InputError(
       f"no sample of {num_frames} frames at {fps:g} fps came out of {len(files)} videos "
       f"({len(skipped)} unreadable); lower --min_shot_seconds or use a config with shorter clips"
     )
@@ -365,27 +366,48 @@ def write_source(
 # --- command line ---------------------------------------------------------------------------------
 
 
-def _define_flags() -> None:
+def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """The command's flags, defined only when it runs: importing this module (the library) must
-  not claim flag names like --config that the programs importing it define themselves."""
-  flags.DEFINE_string("videos", None, "Folder of videos (searched recursively).")
-  flags.DEFINE_string("out", None, "Source folder to write (captions.jsonl, videos link).")
+  not claim flag names like --config that the programs importing it define themselves (and a
+  test runs it in-process with its own FlagValues)."""
+  fv = flag_values
+  flags.DEFINE_string("videos", None, "Folder of videos (searched recursively).", flag_values=fv)
   flags.DEFINE_string(
-    "captions", None, 'JSONL of {"video", "shot", "caption"} or {"video", "start", "end", ...}.'
+    "out", None, "Source folder to write (captions.jsonl, videos link).", flag_values=fv
   )
-  flags.DEFINE_bool("list", False, "Print the detected shots as JSON lines and stop.")
-  flags.DEFINE_enum("detector", "content", DETECTORS, "PySceneDetect detector.")
-  flags.DEFINE_float("threshold", 27.0, "content: cut above this frame change.")
-  flags.DEFINE_float("adaptive_threshold", 3.0, "adaptive: ratio to the rolling mean.")
-  flags.DEFINE_float("min_content_val", 15.0, "adaptive: least change for a cut.")
-  flags.DEFINE_float("min_scene_seconds", 0.5, "No two cuts closer than this.")
-  flags.DEFINE_float("min_shot_seconds", 1.0, "Shots shorter than this are dropped.")
-  flags.DEFINE_integer("trim_frames", 2, "Frames dropped each side of a gradual transition.")
+  flags.DEFINE_string(
+    "captions",
+    None,
+    'JSONL of {"video", "shot", "caption"} or {"video", "start", "end", ...}.',
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    "list", False, "Print the detected shots as JSON lines and stop.", flag_values=fv
+  )
+  flags.DEFINE_enum("detector", "content", DETECTORS, "PySceneDetect detector.", flag_values=fv)
+  flags.DEFINE_float("threshold", 27.0, "content: cut above this frame change.", flag_values=fv)
   flags.DEFINE_float(
-    "gradual_fraction", 0.3, "A cut is gradual when a frame beside it scores this x the threshold."
+    "adaptive_threshold", 3.0, "adaptive: ratio to the rolling mean.", flag_values=fv
+  )
+  flags.DEFINE_float("min_content_val", 15.0, "adaptive: least change for a cut.", flag_values=fv)
+  flags.DEFINE_float("min_scene_seconds", 0.5, "No two cuts closer than this.", flag_values=fv)
+  flags.DEFINE_float(
+    "min_shot_seconds", 1.0, "Shots shorter than this are dropped.", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "trim_frames", 2, "Frames dropped each side of a gradual transition.", flag_values=fv
+  )
+  flags.DEFINE_float(
+    "gradual_fraction",
+    0.3,
+    "A cut is gradual when a frame beside it scores this x the threshold.",
+    flag_values=fv,
   )
   config_flags.DEFINE_config_file(
-    "config", config_path("tiny"), "Config whose data section sets clip length, fps, max shots."
+    "config",
+    config_path("tiny"),
+    "Config whose data section sets clip length, fps, max shots.",
+    flag_values=fv,
   )
 
 
@@ -398,9 +420,9 @@ def _detect_options(f) -> dict:
   return options
 
 
-def main(argv) -> None:
+def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> None:
   del argv
-  f = flags.FLAGS
+  f = flag_values
   if f.videos is None:
     raise app.UsageError("give --videos, a folder of videos")
   videos = Path(f.videos)
@@ -408,7 +430,7 @@ def main(argv) -> None:
     raise app.UsageError(f"--videos {videos} is not a folder")
   files = find_videos(videos)
   if not files:  # --list too: an empty listing would pass for a folder without cuts
-    raise ValueError(f"--videos {videos} holds no video files ({', '.join(VIDEO_SUFFIXES)})")
+    raise InputError(f"--videos {videos} holds no video files ({', '.join(VIDEO_SUFFIXES)})")
   if importlib.util.find_spec("scenedetect") is None:  # before any video is decoded
     raise ImportError("scenedetect is not installed", name="scenedetect")
   if f.list:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from moga_jax.data.video_io import write_mp4
+from moga_jax.errors import InputError
 from pallas_kernels.validation import check_int
 
 __all__ = [
@@ -72,7 +73,7 @@ def check_subject_scale(subject_scale) -> float:
       f"{type(subject_scale).__name__} {subject_scale!r}"
     )
   if not 0.0 < float(subject_scale) < 0.5:
-    raise ValueError(
+    raise InputError(
       f"subject_scale must be in (0, 0.5) (the radius as a fraction of the "
       f"frame's smaller side), got {subject_scale}"
     )
@@ -148,7 +149,7 @@ def make_synthetic_videos(
   for name, value in (("height", height), ("width", width)):
     check_int(name, value, minimum=8)
     if value % 2:
-      raise ValueError(f"{name} must be even (H.264 yuv420p), got {value}")
+      raise InputError(f"{name} must be even (H.264 yuv420p), got {value}")
   check_int("seed", seed, minimum=0)
   subject_scale = check_subject_scale(subject_scale)
   out_dir = Path(out_dir)

@@ -20,6 +20,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
+from moga_jax.errors import UserError
 from pallas_kernels.metadata import cdiv
 from pallas_kernels.validation import check_positive_int
 
@@ -52,7 +53,7 @@ if hasattr(av.logging, "set_libav_level"):
 _TIME_EPS = 1e-6
 
 
-class VideoReadError(OSError):
+class VideoReadError(UserError, OSError):
   """A video that is missing, unreadable, corrupt, holds no video stream or no frames.
 
   `kind` names the failure in one word for counting ("missing", "empty", "unreadable",

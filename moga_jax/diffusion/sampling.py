@@ -1,4 +1,4 @@
-"""Sampling a model trained here (configs without a `video` section): captions -> video.
+"""Sampling a model trained here (config.pipeline "tiny"): captions -> video.
 
 The Wan path (umT5, the Wan VAE) is `moga_jax.wan.pipeline`; both integrate with
 `diffusion.sample_flow`.
@@ -15,22 +15,57 @@ from tqdm import tqdm
 from moga_jax.data import video_io
 from moga_jax.data.captions import encode_captions
 from moga_jax.diffusion.flow import sample_flow
+from moga_jax.errors import InputError
 from moga_jax.model.text_to_video import TextToVideo
 
 
 def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.ndarray:
-  """uint8 video [shots * frames_per_shot, H, W, 3], shot i captioned by prompts[i]."""
+  """uint8 video [shots * frames_per_shot, H, W, 3], shot i captioned by prompts[i], with the
+  config's sampler settings (config.sample) and a progress bar."""
   d = cfg.data
   if not 1 <= len(prompts) <= d.max_shots:
-    raise ValueError(
+    raise InputError(
       f"give between 1 and config.data.max_shots = {d.max_shots} prompts, got {len(prompts)}"
     )
-  shots, per_shot = len(prompts), d.frames_per_shot
-  captions = jnp.asarray(encode_captions(prompts, rows=shots, length=d.caption_len))[None]
+  s = cfg.sample
+  with tqdm(total=s.steps, desc="sample", unit="step") as bar:
+    videos = sample_videos(
+      model,
+      cfg,
+      [prompts],
+      seed=seed,
+      steps=s.steps,
+      guidance=s.guidance,
+      solver=s.get("solver", "euler"),
+      progress=lambda _: bar.update(1),
+    )
+  return videos[0]
+
+
+def sample_videos(
+  model: TextToVideo,
+  cfg,
+  prompt_sets: list[list[str]],
+  *,
+  seed: int,
+  steps: int,
+  guidance: float,
+  solver: str = "euler",
+  progress=None,
+) -> np.ndarray:
+  """uint8 videos [sets, shots * frames_per_shot, H, W, 3]: every set of prompts (each the
+  same number of shots) sampled at once, from the noise key(seed) draws for the whole batch."""
+  d = cfg.data
+  shots, per_shot = len(prompt_sets[0]), d.frames_per_shot
+  captions = jnp.asarray(
+    np.stack([encode_captions(p, rows=shots, length=d.caption_len) for p in prompt_sets])
+  )
   frame_shot = jnp.repeat(jnp.arange(shots, dtype=jnp.int32), per_shot)[None]
+  frame_shot = jnp.broadcast_to(frame_shot, (len(prompt_sets), shots * per_shot))
   f = cfg.model.latent_factor
   noise = jax.random.normal(
-    jax.random.key(seed), (1, shots * per_shot, d.height // f, d.width // f, 3 * f * f)
+    jax.random.key(seed),
+    (len(prompt_sets), shots * per_shot, d.height // f, d.width // f, 3 * f * f),
   )
   context = model.encode_text(captions)
   empty = model.encode_text(jnp.zeros_like(captions))
@@ -43,15 +78,13 @@ def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.nd
     ctx, mask = context if conditional else empty
     return velocity(model, x, t, ctx, mask)
 
-  with tqdm(total=cfg.sample.steps, desc="sample", unit="step") as bar:
-    z = sample_flow(
-      predict,
-      noise,
-      solver=cfg.sample.get("solver", "euler"),
-      steps=cfg.sample.steps,
-      shift=cfg.diffusion.shift,
-      guidance=cfg.sample.guidance,
-      progress=lambda _: bar.update(1),
-    )
-  video = model.to_video(z)[0]
-  return video_io.unit_to_pixels(video)
+  z = sample_flow(
+    predict,
+    noise,
+    solver=solver,
+    steps=steps,
+    shift=cfg.diffusion.shift,
+    guidance=guidance,
+    progress=progress,
+  )
+  return video_io.unit_to_pixels(model.to_video(z))

@@ -39,6 +39,7 @@ from moga_jax.data.synthetic import (
   check_subject_scale,
 )
 from moga_jax.data.video_io import write_mp4
+from moga_jax.errors import InputError
 from pallas_kernels.validation import check_int
 
 __all__ = [
@@ -191,7 +192,7 @@ def _check_change_rate(change_rate) -> float:
       f"change_rate must be a float in [0, 1], got {type(change_rate).__name__} {change_rate!r}"
     )
   if not 0.0 <= float(change_rate) <= 1.0:
-    raise ValueError(f"change_rate must be in [0, 1], got {change_rate}")
+    raise InputError(f"change_rate must be in [0, 1], got {change_rate}")
   return float(change_rate)
 
 
@@ -223,9 +224,9 @@ def make_consistency_videos(
   for name, value in (("height", height), ("width", width)):
     check_int(name, value, minimum=8)
     if value % 2:
-      raise ValueError(f"{name} must be even (H.264 yuv420p), got {value}")
+      raise InputError(f"{name} must be even (H.264 yuv420p), got {value}")
   if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0:
-    raise ValueError(f"fps must be a positive number, got {fps!r}")
+    raise InputError(f"fps must be a positive number, got {fps!r}")
   check_int("seed", seed, minimum=0)
   change_rate = _check_change_rate(change_rate)
   subject_scale = check_subject_scale(subject_scale)

@@ -36,14 +36,12 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from moga_jax.cli.logs import quiet_libraries
 from moga_jax.data import video_io
 from moga_jax.data.captions import encode_captions
-from moga_jax.data.pipeline import make_loader
 from moga_jax.data.prepare import prepare_data
-from moga_jax.diffusion.flow import euler_sample
+from moga_jax.diffusion.sampling import sample_videos
+from moga_jax.errors import ConfigError
 from moga_jax.model.text_to_video import frame_shots
-from moga_jax.parallel.sharding import ShardingRules, make_mesh
 from moga_jax.reproduction import plots as reproduce_plots
 from moga_jax.reproduction.consistency_data import (
   held_out_captions,
@@ -52,9 +50,12 @@ from moga_jax.reproduction.consistency_data import (
 )
 from moga_jax.reproduction.eval import group_mask_iou, score_videos
 from moga_jax.tools.flops import model_flops
-from moga_jax.train.config_checks import validate_config, validate_sharding
+from moga_jax.train import loop
+from moga_jax.train.config_checks import validate_config
 from moga_jax.train.config_files import config_path, load_config_module
-from moga_jax.train.state import init_train_state, loss_fn, make_train_step
+from moga_jax.train.pipeline import TinyPipeline
+from moga_jax.train.run_guard import cli_main
+from moga_jax.train.state import loss_fn
 
 
 def run_name(run: dict) -> str:
@@ -68,12 +69,12 @@ def run_config(c, run: dict):
   a = cfg.model.attention
   variants = load_config_module("reproduce").VARIANTS  # the variants' one home
   if run["variant"] not in variants:
-    raise ValueError(f"run variant must be one of {sorted(variants)}, got {run['variant']!r}")
+    raise ConfigError(f"run variant must be one of {sorted(variants)}, got {run['variant']!r}")
   a.num_groups = run["num_groups"]
   for field, value in variants[run["variant"]].items():
     a[field] = value
   if (a.num_groups is None) != (run["num_groups"] is None):
-    raise ValueError(f"run {run}: variant {run['variant']!r} and num_groups disagree")
+    raise ConfigError(f"run {run}: variant {run['variant']!r} and num_groups disagree")
   if run["balance"] == "off":
     cfg.diffusion.balance_weight = 0.0
   else:
@@ -233,33 +234,25 @@ def router_stats(ids_per_layer: list[np.ndarray], masks: np.ndarray, grid, num_g
 # --- Training and evaluation ---------------------------------------------------------------
 
 
-def train(cfg, dataset_dir: Path, c, probe) -> tuple[nnx.Module, dict]:
-  """Trains cfg from scratch; probe(model, step) is called every log_every steps."""
-  mesh = make_mesh(validate_sharding(cfg, 1), devices=jax.devices()[:1])
-  rules = ShardingRules.from_config(cfg.sharding.rules)
-  train_state = init_train_state(cfg, mesh, rules)
-  step_fn = make_train_step(cfg, train_state)
-  loader = make_loader(dataset_dir, batch_size=cfg.train.batch_size, seed=cfg.seed)
-  state, key = train_state.state, jax.random.key(cfg.seed)
-  to_device = lambda batch: jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(train_state.batch_sharding, x), batch
+def train(cfg, c, probe) -> tuple[nnx.Module, dict]:
+  """Trains cfg from scratch on one device, in memory (no checkpoints: a finished run's record
+  is its save); probe(model, step) is called before the first step, every c.log_every steps and
+  after the last. step_s leaves out the first step (the compile) and the probes."""
+  history = []
+
+  def record(model, step, metrics):
+    if step:
+      history.append({"step": step, **metrics})
+    probe(model, step)
+
+  result = loop.train(
+    cfg,
+    None,
+    TinyPipeline(),
+    hooks=[loop.Every(c.log_every, record, at_start=True)],
+    devices=jax.devices()[:1],
   )
-  history, started, probing = [], None, 0.0
-  probe(train_state.merge()[0], 0)
-  with jax.set_mesh(mesh):
-    for step in tqdm(range(1, cfg.train.steps + 1), desc="train", unit="step", leave=False):
-      state, metrics = step_fn(state, to_device(next(loader)), jax.random.fold_in(key, step))
-      if step == 1:
-        jax.block_until_ready(state)
-        started = time.perf_counter()  # after the compile
-      if step % c.log_every == 0 or step == cfg.train.steps:
-        history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
-        probe_start = time.perf_counter()
-        probe(nnx.merge(train_state.graphdef, state)[0], step)
-        probing += time.perf_counter() - probe_start
-  jax.block_until_ready(state)
-  step_s = (time.perf_counter() - started - probing) / max(cfg.train.steps - 1, 1)
-  return nnx.merge(train_state.graphdef, state)[0], {"history": history, "step_s": step_s}
+  return result.model(), {"history": history, "step_s": result.step_s}
 
 
 def validation_loss(model, cfg, batch: dict, draws: int) -> float:
@@ -268,33 +261,6 @@ def validation_loss(model, cfg, batch: dict, draws: int) -> float:
   cfg.diffusion.caption_dropout = 0.0
   loss = nnx.jit(lambda model, batch, key: loss_fn(model, batch, key, cfg)[1][0])
   return float(np.mean([loss(model, batch, jax.random.key(10_000 + i)) for i in range(draws)]))
-
-
-def sample_videos(
-  model, cfg, specs: list[list[dict]], *, seed: int, steps: int, guidance: float
-) -> np.ndarray:
-  """uint8 [sets, F, H, W, 3]: every caption set sampled at once (Euler, guidance)."""
-  d, f = cfg.data, cfg.model.latent_factor
-  captions = jnp.asarray(_captions(specs, d))
-  frame_shot = jnp.broadcast_to(
-    jnp.repeat(jnp.arange(d.shots), d.frames_per_shot), (len(specs), d.shots * d.frames_per_shot)
-  ).astype(jnp.int32)
-  noise = jax.random.normal(
-    jax.random.key(seed),
-    (len(specs), d.shots * d.frames_per_shot, d.height // f, d.width // f, 3 * f * f),
-  )
-  context, empty = model.encode_text(captions), model.encode_text(jnp.zeros_like(captions))
-
-  @nnx.jit
-  def velocity(model, x, t, context, mask):
-    return model.velocity(x, t, context, mask, frame_shot)[0]
-
-  def predict(x, t, conditional):
-    return velocity(model, x, t, *(context if conditional else empty))
-
-  z = euler_sample(predict, noise, steps=steps, shift=cfg.diffusion.shift, guidance=guidance)
-  video = model.to_video(z)
-  return video_io.unit_to_pixels(video)
 
 
 def samples_sheet(videos: np.ndarray, specs, path: Path, zoom: int = 3) -> Path:
@@ -309,8 +275,9 @@ def samples_sheet(videos: np.ndarray, specs, path: Path, zoom: int = 3) -> Path:
   )
 
 
-def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.ndarray]) -> dict:
+def evaluate_run(c, run: dict, source: Path, specs, val: tuple[dict, np.ndarray]) -> dict:
   cfg = run_config(c, run)
+  cfg.data.source_dir = str(source)  # the consistency set (prepare_training_data made it)
   batch, masks = val
   grid = (
     cfg.data.shots * cfg.data.frames_per_shot,
@@ -337,11 +304,16 @@ def evaluate_run(c, run: dict, dataset_dir: Path, specs, val: tuple[dict, np.nda
         curve[-1]["untrained"] = stats
 
   start = time.perf_counter()
-  model, trained = train(cfg, dataset_dir, c, probe)
+  model, trained = train(cfg, c, probe)
   scores = {"sample_seed": [], "consistency": [], "adherence": []}
   for seed in c.eval.sample_seeds:
     videos = sample_videos(
-      model, cfg, specs, seed=seed, steps=c.eval.sample_steps, guidance=c.eval.guidance
+      model,
+      cfg,
+      [[s["caption"] for s in spec] for spec in specs],
+      seed=seed,
+      steps=c.eval.sample_steps,
+      guidance=c.eval.guidance,
     )
     if seed == c.eval.sample_seeds[0]:
       samples_sheet(
@@ -386,7 +358,7 @@ def reproduce(c) -> Path:
   workdir, results = Path(c.workdir), Path(c.results_dir)
   records_dir = workdir / "records"
   records_dir.mkdir(parents=True, exist_ok=True)
-  dataset_dir, source = prepare_training_data(c, workdir)
+  _, source = prepare_training_data(c, workdir)
   specs, val = held_out_set(c, source), validation_batch(c, source)
   runs = [dict(r) for r in c.runs if set(r["experiments"]) & set(c.experiments)]
 
@@ -405,7 +377,7 @@ def reproduce(c) -> Path:
   for run in tqdm(runs, desc="reproduce", unit="run"):
     if done(run):
       continue
-    record = evaluate_run(c, dict(run), dataset_dir, specs, val)
+    record = evaluate_run(c, dict(run), source, specs, val)
     (records_dir / f"{run_name(run)}.json").write_text(json.dumps(record, indent=1))
     tqdm.write(
       f"{record['name']}: consistency {record['consistency']:.3f}, adherence "
@@ -439,10 +411,9 @@ def main() -> None:
 
   def run(argv):
     del argv
-    quiet_libraries()
     reproduce(config.value)
 
-  app.run(run)
+  app.run(cli_main(run, "moga_jax.reproduction.run"))
 
 
 if __name__ == "__main__":

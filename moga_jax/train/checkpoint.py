@@ -18,12 +18,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from moga_jax.errors import MissingInputError, UserError
 
-class ConfigMismatchError(ValueError):
+
+class ConfigMismatchError(UserError, ValueError):
   """The checkpoint was trained with another model config (the message names the fields)."""
 
 
-class UnreadableCheckpointError(OSError):
+class UnreadableCheckpointError(UserError, OSError):
   """Checkpoints exist but none of them can be read."""
 
 
@@ -144,7 +146,7 @@ class Checkpointer:
     moments): only its leaves are read from disk."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+      raise MissingInputError(f"no checkpoint in {self.directory}")
     meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     check_config(meta.meta["model_config"], model_config, str(self.directory))
     saved_optimizer = meta.meta.get("optimizer_config")

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from moga_jax.errors import MissingInputError
+
 _PACKAGE = Path(__file__).resolve().parents[1]  # the moga_jax package
 _MODULE_PREFIX = "moga_jax_config_files."
 
@@ -27,7 +29,7 @@ def config_dir() -> Path:
   for folder in (_PACKAGE / "configs", _PACKAGE.parent / "configs"):
     if (folder / "tiny.py").is_file():
       return folder
-  raise FileNotFoundError(
+  raise MissingInputError(
     f"no configs folder beside {_PACKAGE} (looked for configs/tiny.py in {_PACKAGE} and its "
     "parent): reinstall moga-jax, or pass --config with a path"
   )
@@ -38,7 +40,7 @@ def config_path(name: str) -> str:
   path = config_dir() / (name if name.endswith(".py") else f"{name}.py")
   if not path.is_file():
     known = ", ".join(sorted(p.stem for p in config_dir().glob("*.py") if p.stem != "__init__"))
-    raise FileNotFoundError(f"no config named {name!r} in {config_dir()}; known: {known}")
+    raise MissingInputError(f"no config named {name!r} in {config_dir()}; known: {known}")
   return str(path)
 
 

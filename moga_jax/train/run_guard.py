@@ -1,10 +1,11 @@
 """What keeps a long training run safe: preemption by SIGTERM, a diverged loss, user errors.
 
 TPU pods and cluster schedulers preempt with SIGTERM and a grace period; `Preemption` turns it
-into a flag the training loop reads between steps (it finishes the step, saves, exits 0). A
-non-finite loss or gradient stops the run with `NonFiniteError` before anything is saved, so the
-newest checkpoint is always the last good state. `cli_main` prints user errors (a bad flag value,
-a missing folder, a malformed captions file) as one line without a traceback.
+into a flag the training loop reads between steps (it finishes the step, saves, exits 0), and
+`preempted` makes the processes of a multi-host run agree on the step. A non-finite loss or
+gradient stops the run with `NonFiniteError` before anything is saved, so the newest checkpoint
+is always the last good state. `cli_main` prints user errors (moga_jax.errors.UserError: a bad
+flag value, a missing folder, a malformed captions file) as one line without a traceback.
 """
 
 from __future__ import annotations
@@ -18,20 +19,15 @@ from collections.abc import Callable, Iterable
 
 from moga_jax.cli import missing_extras_exit
 from moga_jax.cli.logs import quiet_libraries
-from moga_jax.train.checkpoint import ConfigMismatchError, UnreadableCheckpointError
+from moga_jax.errors import UserError
 
 # Metrics that must stay finite; `skipped` marks a step whose update was dropped for them.
 GUARDED = ("loss", "grad_norm")
 
-# Errors a user causes with flags, configs and files, reported as one line. A bug raising one of
-# these during training shows its traceback with MOGA_TRACEBACK=1.
-USER_ERRORS = (
-  ValueError,
-  FileNotFoundError,
-  NotADirectoryError,
-  ConfigMismatchError,
-  UnreadableCheckpointError,
-)
+# Errors a user causes with flags, configs and files, reported as one line (the checkpoint's
+# ConfigMismatchError and UnreadableCheckpointError are UserErrors too). Anything else, a bare
+# ValueError from jax or orbax included, is a bug and keeps its traceback.
+USER_ERRORS = (UserError,)
 EXIT_USER_ERROR, EXIT_NON_FINITE = 2, 3
 
 
@@ -63,6 +59,21 @@ class Preemption:
   def __exit__(self, *exc) -> None:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+
+def preempted(preemption: Preemption, at_fetch: bool) -> bool:
+  """Whether to save and stop now. One process stops as soon as it is signalled; several agree
+  at fetch points (a signal may reach them at different steps; all must save the same step)."""
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  if jax.process_count() == 1:
+    return preemption.requested
+  if not at_fetch:
+    return False
+  flags = multihost_utils.process_allgather(np.int32(preemption.requested))
+  return bool(np.asarray(flags).max())
 
 
 def check_finite(rows: list[dict], *, skipped_so_far: int, max_skipped: int) -> int:

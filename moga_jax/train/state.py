@@ -19,8 +19,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from moga_jax.diffusion.flow import flow_matching_loss
+from moga_jax.errors import MissingInputError
 from moga_jax.model.dit import VideoDiT
-from moga_jax.model.text_to_video import TextToVideo, dit_from_config, frame_shots
+from moga_jax.model.text_to_video import TextToVideo, frame_shots
 from moga_jax.parallel.sharding import ShardingRules, batch_spec, state_shardings
 from moga_jax.train.checkpoint import Checkpointer
 from moga_jax.train.config_checks import SCHEDULES
@@ -81,9 +82,9 @@ def optimizer_layout(cfg) -> dict:
 
 
 def load_trained(cfg, workdir, *, use_ema: bool = True):
-  """The model of the newest checkpoint in WORKDIR/checkpoints: a TextToVideo, or for configs
-  with a `video` section (Wan) the fine-tuned VideoDiT, routers included; with use_ema the EMA
-  of its weights when the run kept one. Raises FileNotFoundError without a checkpoint.
+  """The model of the newest checkpoint in WORKDIR/checkpoints: a TextToVideo, or for
+  config.pipeline "wan" the fine-tuned VideoDiT, routers included; with use_ema the EMA
+  of its weights when the run kept one. Raises MissingInputError without a checkpoint.
 
   The model is built as shapes only and filled from the checkpoint, which reads one copy of
   the weights: the EMA when used (the raw weights then stay on disk), else the weights; never
@@ -93,7 +94,7 @@ def load_trained(cfg, workdir, *, use_ema: bool = True):
   checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   try:
     if checkpoints.latest_step() is None:
-      raise FileNotFoundError(
+      raise MissingInputError(
         f"no checkpoint in {workdir / 'checkpoints'}: train first, e.g. "
         f"`python train.py --config configs/tiny.py --workdir {workdir}`"
       )
@@ -172,11 +173,11 @@ class TrainState(NamedTuple):
 
 
 def build_model(cfg, *, rules: ShardingRules | None = None) -> nnx.Module:
-  """The config's model: a Wan VideoDiT for configs with a `video` section (fine-tuned from
-  converted weights), else the tiny default's TextToVideo."""
-  if "video" in cfg:
-    return dit_from_config(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
-  return TextToVideo(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
+  """The model of config.pipeline (moga_jax.train.pipeline): the tiny TextToVideo, or a Wan
+  VideoDiT (fine-tuned from converted weights)."""
+  from moga_jax.train.pipeline import pipeline_for  # it imports this module
+
+  return pipeline_for(cfg).build_model(cfg, rules=rules)
 
 
 def build_model_and_optimizer(cfg, *, rules: ShardingRules | None = None):

@@ -24,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from moga_jax.errors import ConfigError, InputError, MissingInputError
 from moga_jax.model.dit import VideoDiT
 from moga_jax.model.text_to_video import dit_from_config
 from moga_jax.parallel.sharding import ShardingRules
@@ -67,7 +68,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
       if (folder / "params").exists()
       else "not a converted component"
     )
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"{folder} is {what}: run `python -m moga_jax.wan.convert --src "
       "<diffusers folder> --out <dir>` (again)"
     )
@@ -93,7 +94,7 @@ def restore_component(folder: str | Path, module: nnx.Module) -> dict[str, Any]:
     if saved[k][0] != want[k][0]
   ]
   if problems:
-    raise ValueError(
+    raise InputError(
       f"the parameters in {folder} do not fit this module:\n  "
       + "\n  ".join(problems[:40])
       + (f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else "")
@@ -120,7 +121,7 @@ def report_json(report: WeightReport) -> dict[str, Any]:
 def _component(weights: str | Path, name: str) -> Path:
   folder = Path(weights) / name
   if not folder.is_dir():
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"{weights} has no {name}/: convert it with "
       f"`python -m moga_jax.wan.convert --src <diffusers folder> --out "
       f"{weights}`"
@@ -141,7 +142,7 @@ def restore_dit(
     try:
       check_config(meta["model_config"], model_cfg.to_dict(), str(folder))
     except ValueError as differs:
-      raise ValueError(
+      raise ConfigError(
         f"{e}\n{differs}\nConvert again with this config (convert_wan "
         "--config ...) or load with the one it was converted with."
       ) from None

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from moga_jax.errors import MissingInputError
 from moga_jax.wan.converted_folder import TOKENIZER_FILES
 
 # owner/name as the Hub spells repo ids (letters, digits, '-', '_', '.'); a local path wins.
@@ -41,7 +42,7 @@ def hub_patterns(components: Sequence[str]) -> list[str]:
 
 def resolve_source(src: str | Path, components: Sequence[str]) -> Path:
   """A local folder as given; a Hub id as its snapshot folder in the Hugging Face cache
-  (downloaded unless cached or offline). FileNotFoundError, one line, when it cannot be had."""
+  (downloaded unless cached or offline). MissingInputError, one line, when it cannot be had."""
   if not is_hub_id(src):
     return Path(src)
   try:
@@ -53,13 +54,13 @@ def resolve_source(src: str | Path, components: Sequence[str]) -> Path:
     folder = snapshot_download(str(src), allow_patterns=hub_patterns(components))
   except LocalEntryNotFoundError:
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"--src {src}: no such local folder, and the Hugging Face cache ({constants.HF_HUB_CACHE}) "
       f"has no copy of it while {why}: download it where there is a network (`hf download "
       f"{src}`) into that cache (set HF_HOME to share one), or give a local folder"
     ) from None
   except RepositoryNotFoundError:
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"--src {src}: no such local folder, and no such model on the Hugging Face Hub (a "
       "private or gated one needs HF_TOKEN or `hf auth login`)"
     ) from None
