@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moga_jax.parallel.sharding import ShardingRules, axes_size, ulysses_size
+from moga_jax.parallel import axes
+from moga_jax.parallel.sharding import ShardingRules, axes_size, resolve_mesh_shape, ulysses_size
 from moga_jax.parallel.tpu_slices import CHIPS, tpu_devices
 from moga_jax.tools.flops import clip_shots, latent_and_token_grids, shot_frames
-from moga_jax.train.config_checks import resolve_mesh_shape
 from moga_jax.train.config_files import config_path
 
 SMEM_BYTES = 1 << 20  # per core on v5e, v5p and v6e
@@ -73,8 +73,8 @@ def attention_shapes(cfg, devices: int | None = None) -> AttentionShapes:
     if on
   )
   return AttentionShapes(
-    batch=max(1, cfg.train.batch_size // size("activation_batch")),
-    heads=m.num_heads // (ulysses_size(mesh, rules) * size("activation_heads")),
+    batch=max(1, cfg.train.batch_size // size(axes.ACTIVATION_BATCH)),
+    heads=m.num_heads // (ulysses_size(mesh, rules) * size(axes.ACTIVATION_HEADS)),
     head_dim=m.dim // m.num_heads,
     grid=tuple(grid),
     shot_frames=tuple(shot_frames(grid[0], clip_shots(cfg))),
