@@ -1,7 +1,7 @@
 """Mesh, logical sharding rules and multi-host settings shared by every config.
 
 Axes ('data', 'fsdp', 'context', 'share', 'tensor'); one size may be -1 (all devices left). The
-rules map the model's logical axis names (see `moga_jax.parallel.sharding.LOGICAL_AXES`) to
+rules map the model's logical axis names (see `moga_jax.parallel.axes`) to
 mesh axes: batches over data x fsdp, sequences over context x share between attention blocks,
 heads and FFN width over tensor, parameters and optimizer state over fsdp x context x share. Inside
 attention, heads are split over context too (Ulysses), so num_heads must be divisible by
@@ -11,17 +11,19 @@ sequences and split the attention's work by units (MoGA's groups, STGA's windows
 
 from ml_collections import ConfigDict
 
+from moga_jax.parallel import axes
+
 RULES = (
-  ("activation_batch", ("data", "fsdp")),
-  ("activation_length", ("context", "share")),
-  ("activation_heads", "tensor"),
-  ("activation_embed", None),
-  ("activation_mlp", "tensor"),
+  (axes.ACTIVATION_BATCH, (axes.DATA, axes.FSDP)),
+  (axes.ACTIVATION_LENGTH, (axes.CONTEXT, axes.SHARE)),
+  (axes.ACTIVATION_HEADS, axes.TENSOR),
+  (axes.ACTIVATION_EMBED, None),
+  (axes.ACTIVATION_MLP, axes.TENSOR),
   # Parameters are split over the sequence axis too (ZeRO-3 style): context devices hold
   # different tokens but the same weights, so gathering weights there costs no extra memory.
-  ("embed", ("fsdp", "context", "share")),
-  ("heads", "tensor"),
-  ("mlp", "tensor"),
+  (axes.EMBED, (axes.FSDP, axes.CONTEXT, axes.SHARE)),
+  (axes.HEADS, axes.TENSOR),
+  (axes.MLP, axes.TENSOR),
 )
 
 
@@ -39,7 +41,13 @@ def sharding(
   "" for none."""
   c = ConfigDict()
   c.mesh = ConfigDict(
-    {"data": data, "fsdp": fsdp, "context": context, "share": share, "tensor": tensor}
+    {
+      axes.DATA: data,
+      axes.FSDP: fsdp,
+      axes.CONTEXT: context,
+      axes.SHARE: share,
+      axes.TENSOR: tensor,
+    }
   )
   c.rules = RULES
   c.tpu_slice = tpu_slice

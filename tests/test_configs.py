@@ -16,6 +16,7 @@ from ml_collections import ConfigDict, config_flags
 from moga_jax.tools.flops import latent_and_token_grids
 from moga_jax.train.config_checks import validate_config
 from moga_jax.train.config_files import load_config_module
+from moga_jax.train.run_config import TrainConfig
 from moga_jax.train.state import make_optimizer, make_schedule
 
 wan1_3b_moga = load_config_module("wan1_3b_moga")
@@ -109,19 +110,18 @@ def test_every_wan_config_reaches_train_py_and_fails_with_a_named_error(
   assert "Traceback" not in result.err
 
 
-def _train(**overrides) -> ConfigDict:
-  cfg = ConfigDict(
-    {
-      "steps": 100,
-      "learning_rate": 1e-3,
-      "warmup_steps": 10,
-      "weight_decay": 0.0,
-      "grad_clip": 1.0,
-      "schedule": "constant",
-    }
+def _train(**overrides) -> TrainConfig:
+  """A typed train section: tiny's, with these fields."""
+  fields = load_config_module("tiny").get_config().train.to_dict()
+  fields.update(
+    steps=100,
+    learning_rate=1e-3,
+    warmup_steps=10,
+    weight_decay=0.0,
+    grad_clip=1.0,
+    schedule="constant",
   )
-  cfg.update(overrides)
-  return cfg
+  return TrainConfig.of({**fields, **overrides})
 
 
 def test_constant_schedule_is_linear_warmup_then_flat():
@@ -134,8 +134,9 @@ def test_constant_schedule_is_linear_warmup_then_flat():
 
 
 def test_cosine_schedule_is_the_default():
-  cfg = _train()
-  del cfg["schedule"]  # configs written before the field keep their cosine schedule
+  fields = _train().as_dict()
+  del fields["schedule"]  # configs that do not set it (tiny) get the cosine schedule
+  cfg = TrainConfig.of(fields)
   want = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100, end_value=5e-5)
   for step in (0, 5, 10, 50, 100, 200):
     assert float(make_schedule(cfg)(step)) == pytest.approx(float(want(step)))
@@ -198,7 +199,7 @@ def test_make_optimizer_clips_the_global_norm_and_decays_weights_decoupled():
     np.testing.assert_allclose(np.asarray(model.bias[...]), params[1], rtol=1e-5)
 
 
-def _linear_with_gradients(cfg: ConfigDict, gradients: list[float]):
+def _linear_with_gradients(cfg: TrainConfig, gradients: list[float]):
   """A 1x1 linear layer (weight 1) updated once per given gradient; returns its weights after
   each update and the optimizer."""
   model = nnx.Linear(
@@ -217,7 +218,7 @@ def test_gradient_accumulation_is_one_update_from_the_mean_gradient():
   the two gradients' mean. Kills summing instead of averaging and updating every step."""
   grads = [0.3, 0.9, -0.4, 0.2]
   base = _train(learning_rate=0.1, warmup_steps=0, weight_decay=0.0, grad_clip=100.0)
-  accumulated, _, _ = _linear_with_gradients(_train(**base, grad_accum_steps=2), grads)
+  accumulated, _, _ = _linear_with_gradients(base.replace(grad_accum_steps=2), grads)
   plain, _, _ = _linear_with_gradients(base, [0.6, -0.1])  # the pairs' means
   np.testing.assert_allclose(accumulated, [1.0, plain[0], plain[0], plain[1]], rtol=1e-6)
 
@@ -264,9 +265,9 @@ def _replace(section: ConfigDict, field: str, value) -> None:
       r"config.model.attention.stga_windows \(31, 2\) cuts each latent "
       r"frame of 30x52 tokens into more windows",
     ),
-    ("stga_temporal_group", 0, r"config.model.attention.stga_temporal_group must be None"),
-    ("stga_temporal_group", 2.5, r"config.model.attention.stga_temporal_group must be None"),
-    ("stga_context_frames", -1, r"config.model.attention.stga_context_frames must be an int >= 0"),
+    ("stga_temporal_group", 0, r"config.model.attention.stga_temporal_group must be >= 1, got 0"),
+    ("stga_temporal_group", 2.5, r"config.model.attention.stga_temporal_group must be an int"),
+    ("stga_context_frames", -1, r"config.model.attention.stga_context_frames must be >= 0"),
     ("stga_context_frames", None, r"config.model.attention.stga_context_frames must be an int"),
     ("frame_attention", 1, r"config.model.attention.frame_attention must be True or False"),
     ("per_head_router", "no", r"config.model.attention.per_head_router must be True or False"),

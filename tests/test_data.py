@@ -200,6 +200,8 @@ def _data_config(source, **overrides):
     caption_len=48,
     synthetic_videos=2,
     subject_scale=0.3,
+    fit="crop",
+    allow_placeholder_captions=False,
   )
   return ConfigDict({**fields, **overrides})
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from moga_jax.diffusion.flow import euler_sample, flow_matching_loss, sample_times, shift_time
+from moga_jax.train.run_config import DiffusionConfig, RunConfig
 from moga_jax.train.state import latent_loss_fn
 
 
@@ -69,9 +69,7 @@ def test_caption_dropout_drops_at_its_rate():
   """Catches dropout that keeps at the rate instead of dropping at it (>= vs <): with rate 0.3
   about 30% of the samples get the null caption."""
   batch, rate = 4000, 0.3
-  cfg = ml_collections.ConfigDict(
-    {"diffusion": {"caption_dropout": rate, "shift": 1.0, "balance_weight": 0.1}}
-  )
+  diffusion = DiffusionConfig(caption_dropout=rate, shift=1.0, balance_weight=0.1)
   seen = {}
 
   def dit(x_t, t, context, mask, frame_shot):
@@ -85,7 +83,7 @@ def test_caption_dropout_drops_at_its_rate():
     "frame_shot": jnp.zeros((batch, 1), jnp.int32),
     "null_context": jnp.full((batch, 2, 3), -1.0),
   }
-  latent_loss_fn(dit, inputs, jax.random.key(4), cfg)
+  latent_loss_fn(dit, inputs, jax.random.key(4), diffusion)
   dropped = np.asarray(seen["context"][:, 0, 0, 0] == -1.0)
   assert abs(dropped.mean() - rate) < 0.03  # 4000 draws: ~4 standard deviations
 
@@ -146,9 +144,10 @@ def test_wan_pipeline_guides_toward_the_prompt():
     def __call__(self, x, t, context, mask, frame_shot):
       return context[:, 0, 0, 0].reshape(-1, 1, 1, 1, 1) * jnp.ones_like(x), jnp.float32(0)
 
-  geometry = pipeline.video_geometry(cfg, shots=1)
+  run = RunConfig.from_config_dict(cfg)
+  geometry = pipeline.video_geometry(run.video, shots=1)
   embeddings = np.stack([np.ones((4, 8), np.float32), -np.ones((4, 8), np.float32)])
-  latents = pipeline.sample_latents(StubDiT(), cfg, embeddings, geometry, seed=2)
+  latents = pipeline.sample_latents(StubDiT(), run, embeddings, geometry, seed=2)
   noise = jax.random.normal(jax.random.key(2), (1, *geometry.latent, cfg.model.in_channels))
   np.testing.assert_allclose(latents - noise, -(-1.0 + 5.0 * 2.0), rtol=1e-6)
 

@@ -129,20 +129,18 @@ def test_remat_settings_are_named_and_checked():
 
 
 def test_adam_first_moment_in_bfloat16_is_an_option():
-  from ml_collections import ConfigDict
-
+  from moga_jax.train.config_files import load_config_module
+  from moga_jax.train.run_config import TrainConfig
   from moga_jax.train.state import make_optimizer
 
-  train = ConfigDict(
-    dict(
-      learning_rate=1e-3,
-      warmup_steps=0,
-      steps=10,
-      schedule="constant",
-      grad_clip=1.0,
-      weight_decay=0.0,
-      adam_mu_dtype="bfloat16",
-    )
+  train = TrainConfig.of(load_config_module("tiny").get_config().train).replace(
+    learning_rate=1e-3,
+    warmup_steps=0,
+    steps=10,
+    schedule="constant",
+    grad_clip=1.0,
+    weight_decay=0.0,
+    adam_mu_dtype="bfloat16",
   )
   model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
   leaves = jax.tree_util.tree_flatten_with_path(nnx.state(make_optimizer(model, train)))[0]

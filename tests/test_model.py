@@ -263,7 +263,7 @@ def test_dit_rejects_bad_shapes(key):
     _dit()(x[:, :, :, :5], t, context, mask, frame_shot)
   with pytest.raises(ValueError, match=r"frame_shot must have shape \[batch, frames\]"):
     _dit()(x, t, context, mask, frame_shot[:, :3])
-  with pytest.raises(ValueError, match=r"num_heads \(5\) must divide the model width"):
+  with pytest.raises(ValueError, match=r"num_heads \(5\) must divide dim \(32\), the model width"):
     _dit(num_heads=5)
 
 
@@ -278,7 +278,7 @@ def _tiny_config():
 @pytest.mark.parametrize(
   ("field", "value", "match"),
   [
-    ("model.num_heads", 3, r"config.model.num_heads \(3\) must divide config.model.dim"),
+    ("model.num_heads", 3, r"config.model.num_heads \(3\) must divide dim \(32\)"),
     (
       "model.patch",
       (1, 3, 3),

@@ -8,7 +8,8 @@ from ml_collections import ConfigDict
 from moga_jax.errors import ConfigError, InputError, MissingInputError, UserError
 from moga_jax.train import checkpoint, run_guard
 from moga_jax.train.config_files import load_config_module
-from moga_jax.train.pipeline import TinyPipeline, WanPipeline, pipeline_for, pipeline_name
+from moga_jax.train.pipeline import TinyPipeline, WanPipeline, pipeline_for
+from moga_jax.train.run_config import pipeline_name
 
 
 def test_the_configs_name_their_pipeline():
@@ -24,7 +25,7 @@ def test_a_config_without_the_field_is_tiny_unless_it_has_a_video_section():
 
 
 def test_an_unknown_pipeline_names_the_valid_ones():
-  with pytest.raises(ConfigError, match="must be one of tiny, wan, got 'sdxl'"):
+  with pytest.raises(ConfigError, match=r"must be one of \('tiny', 'wan'\), got 'sdxl'"):
     pipeline_for(ConfigDict({"pipeline": "sdxl"}))
 
 

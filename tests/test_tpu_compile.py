@@ -12,6 +12,7 @@ import pytest
 
 from moga_jax.tools import tpu_compile
 from moga_jax.train.config_files import load_config_module
+from moga_jax.train.run_config import as_run_config
 
 reproduce = load_config_module("reproduce")
 tiny = load_config_module("tiny")
@@ -83,7 +84,7 @@ def test_an_unknown_chip_is_refused():
   cfg = tiny.get_config()
   shapes = tpu_compile.attention_shapes(cfg)
   with pytest.raises(ValueError, match="chip must be one of"):
-    tpu_compile.compile_branch(cfg, shapes, "group", "v9z")
+    tpu_compile.compile_branch(as_run_config(cfg).attention, shapes, "group", "v9z")
 
 
 def test_a_slice_size_google_does_not_sell_is_refused():

@@ -12,10 +12,12 @@ from moga_jax.data.index import PLACEHOLDER_CAPTION, read_index
 from moga_jax.data.pipeline import find_dataset_dir
 from moga_jax.data.synthetic import make_synthetic_videos
 from moga_jax.errors import ConfigError, InputError, MissingInputError
+from moga_jax.train.run_config import DataConfig, as_section
 
 
-def prepare_data(cfg, workdir: Path) -> Path:
-  """Returns the prepared dataset folder for `cfg` (config.data), building what is missing.
+def prepare_data(data: DataConfig, workdir: Path) -> Path:
+  """Returns the prepared dataset folder for the run's data section, building what is missing
+  (`data` may still be a ConfigDict data section: it is typed and checked here).
 
   source_dir "" means synthetic clips in WORKDIR/../data/synthetic, made on first use. The
   prepared array_record dataset lives in a folder named after the source folder and the clip
@@ -24,31 +26,32 @@ def prepare_data(cfg, workdir: Path) -> Path:
   frames_per_shot, at `fps`, brought to height x width by `fit`. An index with placeholder
   captions (shots nobody captioned) is refused unless `allow_placeholder_captions`.
   """
-  source = Path(cfg.source_dir) if cfg.source_dir else Path(workdir).parent / "data" / "synthetic"
-  frames = cfg.get("num_frames") or cfg.shots * cfg.frames_per_shot
+  data = as_section(data, DataConfig)
+  source = Path(data.source_dir) if data.source_dir else Path(workdir).parent / "data" / "synthetic"
+  frames = data.frames
   if not (source / "captions.jsonl").exists():
-    if cfg.source_dir:
+    if data.source_dir:
       raise MissingInputError(f"config.data.source_dir {source} has no captions.jsonl")
-    logging.warning("making %d synthetic clips in %s", cfg.synthetic_videos, source)
+    logging.warning("making %d synthetic clips in %s", data.synthetic_videos, source)
     make_synthetic_videos(
       source,
-      cfg.synthetic_videos,
-      shots=cfg.shots,
-      frames_per_shot=cfg.frames_per_shot,
-      height=cfg.height,
-      width=cfg.width,
-      fps=cfg.fps,
+      data.synthetic_videos,
+      shots=data.shots,
+      frames_per_shot=data.frames_per_shot,
+      height=data.height,
+      width=data.width,
+      fps=data.fps,
       seed=0,
-      subject_scale=cfg.subject_scale,
+      subject_scale=data.subject_scale,
     )
-  _check_captions(source, cfg)
-  fit = cfg.get("fit", "crop")
+  _check_captions(source, data)
+  fit = data.fit
   # Named after the source folder too: two sources side by side never share a dataset.
   shape = (
-    f"{source.name}_{frames}f_{cfg.fps:g}fps_{cfg.height}x{cfg.width}_{fit}"
-    f"_s{cfg.max_shots}_c{cfg.caption_len}"
+    f"{source.name}_{frames}f_{data.fps:g}fps_{data.height}x{data.width}_{fit}"
+    f"_s{data.max_shots}_c{data.caption_len}"
   ).replace(".", "p")
-  dataset_dir = Path(cfg.dataset_dir) if cfg.dataset_dir else source.parent / "prepared" / shape
+  dataset_dir = Path(data.dataset_dir) if data.dataset_dir else source.parent / "prepared" / shape
   try:
     found = find_dataset_dir(dataset_dir)
   except ValueError:
@@ -66,21 +69,21 @@ def prepare_data(cfg, workdir: Path) -> Path:
     source,
     dataset_dir,
     num_frames=frames,
-    height=cfg.height,
-    width=cfg.width,
-    max_shots=cfg.max_shots,
-    caption_len=cfg.caption_len,
-    fps=cfg.fps,
+    height=data.height,
+    width=data.width,
+    max_shots=data.max_shots,
+    caption_len=data.caption_len,
+    fps=data.fps,
     fit=fit,
   )
   logging.warning("prepared dataset in %s: %s", dataset_dir, summary)
   return find_dataset_dir(dataset_dir)
 
 
-def _check_captions(source: Path, cfg) -> None:
+def _check_captions(source: Path, data: DataConfig) -> None:
   entries = read_index(source)
   missing = sum(s.caption == PLACEHOLDER_CAPTION for e in entries for s in e.shots)
-  if missing and not cfg.get("allow_placeholder_captions", False):
+  if missing and not data.allow_placeholder_captions:
     raise InputError(
       f"{source / 'captions.jsonl'} has {missing} shots captioned {PLACEHOLDER_CAPTION!r} "
       "(written by moga_jax.data.shots without --captions); caption them, or pass "

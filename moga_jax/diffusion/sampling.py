@@ -21,22 +21,25 @@ from moga_jax.model.text_to_video import TextToVideo
 
 def generate(model: TextToVideo, cfg, prompts: list[str], *, seed: int) -> np.ndarray:
   """uint8 video [shots * frames_per_shot, H, W, 3], shot i captioned by prompts[i], with the
-  config's sampler settings (config.sample) and a progress bar."""
-  d = cfg.data
+  run's sampler settings (its sample section) and a progress bar. cfg: the run (a
+  moga_jax.train.run_config.RunConfig, or a ConfigDict typed here)."""
+  from moga_jax.train.run_config import as_run_config  # diffusion/ stays below train/
+
+  run = as_run_config(cfg)
+  d, s = run.data, run.sample
   if not 1 <= len(prompts) <= d.max_shots:
     raise InputError(
       f"give between 1 and config.data.max_shots = {d.max_shots} prompts, got {len(prompts)}"
     )
-  s = cfg.sample
   with tqdm(total=s.steps, desc="sample", unit="step") as bar:
     videos = sample_videos(
       model,
-      cfg,
+      run,
       [prompts],
       seed=seed,
       steps=s.steps,
       guidance=s.guidance,
-      solver=s.get("solver", "euler"),
+      solver=s.solver,
       progress=lambda _: bar.update(1),
     )
   return videos[0]
@@ -54,15 +57,19 @@ def sample_videos(
   progress=None,
 ) -> np.ndarray:
   """uint8 videos [sets, shots * frames_per_shot, H, W, 3]: every set of prompts (each the
-  same number of shots) sampled at once, from the noise key(seed) draws for the whole batch."""
-  d = cfg.data
+  same number of shots) sampled at once, from the noise key(seed) draws for the whole batch.
+  cfg: the run, as for `generate`."""
+  from moga_jax.train.run_config import as_run_config
+
+  run = as_run_config(cfg)
+  d = run.data
   shots, per_shot = len(prompt_sets[0]), d.frames_per_shot
   captions = jnp.asarray(
     np.stack([encode_captions(p, rows=shots, length=d.caption_len) for p in prompt_sets])
   )
   frame_shot = jnp.repeat(jnp.arange(shots, dtype=jnp.int32), per_shot)[None]
   frame_shot = jnp.broadcast_to(frame_shot, (len(prompt_sets), shots * per_shot))
-  f = cfg.model.latent_factor
+  f = run.model_section.latent_factor
   noise = jax.random.normal(
     jax.random.key(seed),
     (len(prompt_sets), shots * per_shot, d.height // f, d.width // f, 3 * f * f),
@@ -83,7 +90,7 @@ def sample_videos(
     noise,
     solver=solver,
     steps=steps,
-    shift=cfg.diffusion.shift,
+    shift=run.diffusion.shift,
     guidance=guidance,
     progress=progress,
   )

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from moga_jax.model.config import AttentionConfig
+from moga_jax.model.config import AttentionConfig, head_dim_of
 from moga_jax.model.remat import tag_qkv
 from moga_jax.model.rope import apply_rope, rope_angles_traced
 from moga_jax.model.routing import GroupRouter, routed_group_attention
+from moga_jax.parallel.axes import ACTIVATION_BATCH, ACTIVATION_HEADS, ACTIVATION_LENGTH
 from moga_jax.parallel.sequence_parallel import ulysses
 from moga_jax.parallel.sharding import ShardingRules, constrain
 from pallas_kernels import frame_attention, shot_window_attention, window_attention
@@ -79,11 +80,7 @@ class MoGAAttention(nnx.Module):
     check_positive_int("dim", dim)
     check_positive_int("num_heads", num_heads)
     if head_dim is None:
-      if dim % num_heads:
-        raise ValueError(
-          f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is not given"
-        )
-      head_dim = dim // num_heads
+      head_dim = head_dim_of(dim, num_heads)  # when head_dim is not given
     check_positive_int("head_dim", head_dim)
     c = AttentionConfig.of(config)
     c = c.replace(**settings) if settings else c
@@ -156,9 +153,9 @@ class MoGAAttention(nnx.Module):
     heads = lambda t: constrain(
       t.reshape(batch, seq, self.num_heads, self.head_dim),
       self.rules,
-      "activation_batch",
-      "activation_length",
-      "activation_heads",
+      ACTIVATION_BATCH,
+      ACTIVATION_LENGTH,
+      ACTIVATION_HEADS,
       None,
     )
     angles = rope_angles_traced(grid_shape, self.head_dim, self.rope_theta)

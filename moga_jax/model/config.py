@@ -17,6 +17,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from moga_jax.model.remat import normalise_remat
+from moga_jax.model.rope import axis_dims
 from moga_jax.model.routing import BALANCE_LOSSES
 from pallas_kernels import KernelOptions
 from pallas_kernels.validation import check_int
@@ -27,6 +28,30 @@ DENSE_IMPLEMENTATIONS = (None, "xla", "cudnn")  # jax.nn.dot_product_attention's
 
 def _tuple(value):
   return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def head_dim_of(dim: int, num_heads: int) -> int:
+  """dim // num_heads; raises ValueError unless num_heads divides dim (the one home of this
+  check: DiTConfig, VideoDiT, MoGAAttention and ShotCrossAttention use it)."""
+  if dim % num_heads:
+    raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}), the model width")
+  return dim // num_heads
+
+
+def check_blocks(
+  dim: int, num_heads: int, num_layers: int, dense_layers, scan_layers: bool, attention
+) -> None:
+  """The DiT's block layout: heads divide the width, dense_layers index blocks, and scanned
+  blocks are identical (no dense blocks among MoGA ones). DiTConfig and VideoDiT check here."""
+  head_dim_of(dim, num_heads)
+  dense_layers = tuple(dense_layers)
+  if any(not 0 <= i < num_layers for i in dense_layers):
+    raise ValueError(f"dense_layers {dense_layers} must index blocks 0..{num_layers - 1}")
+  if scan_layers and dense_layers and attention is not None:
+    raise ValueError(
+      f"scan_layers needs identical blocks, but dense_layers {dense_layers} differ from the "
+      "MoGA blocks; clear dense_layers to scan"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +125,11 @@ class AttentionConfig:
     if self.num_groups is not None:
       check_int("num_groups", self.num_groups)
     check_int("top_k", self.top_k)
+    if self.num_groups is not None and self.top_k > self.num_groups:
+      raise ValueError(f"top_k must be in [1, num_groups={self.num_groups}], got {self.top_k}")
+    for flag in ("per_head_router", "frame_attention", "qk_norm"):
+      if not isinstance(getattr(self, flag), bool):
+        raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
     if self.head_chunk is not None:
       check_int("head_chunk", self.head_chunk)
     if self.dense_implementation not in DENSE_IMPLEMENTATIONS:
@@ -187,6 +217,10 @@ class DiTConfig:
       check_int("ffn_token_chunk", self.ffn_token_chunk)
     if self.attention is not None:
       object.__setattr__(self, "attention", AttentionConfig.of(self.attention))
+    check_blocks(
+      self.dim, self.num_heads, self.num_layers, self.dense_layers, self.scan_layers, self.attention
+    )
+    axis_dims(self.dim // self.num_heads)  # 3D RoPE's head_dim
 
   @classmethod
   def from_model_section(cls, m: Mapping) -> DiTConfig:

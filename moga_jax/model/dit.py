@@ -21,9 +21,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moga_jax.model.attention import MoGAAttention
-from moga_jax.model.config import DENSE, AttentionConfig, DiTConfig
+from moga_jax.model.config import DENSE, AttentionConfig, DiTConfig, check_blocks
 from moga_jax.model.layers import FeedForward, ShotCrossAttention, sinusoidal_embedding
 from moga_jax.model.remat import checkpoint_policy, normalise_remat, tag_block_input
+from moga_jax.parallel.axes import ACTIVATION_BATCH, ACTIVATION_EMBED, ACTIVATION_LENGTH
 from moga_jax.parallel.sharding import ShardingRules, constrain
 from pallas_kernels.validation import check_int
 
@@ -156,13 +157,7 @@ class VideoDiT(nnx.Module):
     rules: ShardingRules | None = None,
     rngs: nnx.Rngs,
   ):
-    if dim % num_heads:
-      raise ValueError(f"num_heads ({num_heads}) must divide the model width dim ({dim})")
-    if scan_layers and dense_layers and attention is not None:
-      raise ValueError(
-        "scan_layers needs identical blocks, but dense_layers "
-        f"{tuple(dense_layers)} differ from the MoGA blocks"
-      )
+    check_blocks(dim, num_heads, num_layers, dense_layers, scan_layers, attention)
     attention = None if attention is None else AttentionConfig.of(attention)
     if ffn_token_chunk is not None:
       check_int("ffn_token_chunk", ffn_token_chunk)
@@ -240,7 +235,7 @@ class VideoDiT(nnx.Module):
     (pt, ph, pw), (gt, gh, gw) = self.patch, grid
     patches = latents.reshape(b, gt, pt, gh, ph, gw, pw, c)
     patches = jnp.transpose(patches, (0, 1, 3, 5, 2, 4, 6, 7)).reshape(b, gt * gh * gw, -1)
-    patches = constrain(patches, self.rules, "activation_batch", "activation_length", None)
+    patches = constrain(patches, self.rules, ACTIVATION_BATCH, ACTIVATION_LENGTH, None)
     conv = self.patch_embedding
     kernel = conv.kernel[...].reshape(-1, conv.out_features)  # [(pt, ph, pw, C), dim]
     compute = self.dtype or jnp.float32
@@ -274,7 +269,7 @@ class VideoDiT(nnx.Module):
       )
     grid = (f // pt, h // ph, w // pw)
     hidden = lambda x: constrain(
-      x, self.rules, "activation_batch", "activation_length", "activation_embed"
+      x, self.rules, ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_EMBED
     )
     x = hidden(self._embed_patches(latents, grid))
     token_shot = jnp.repeat(frame_shot[:, ::pt], grid[1] * grid[2], axis=1)  # [B, N]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from moga_jax.model.config import head_dim_of
 from moga_jax.parallel.sequence_parallel import local_tokens, map_token_chunks
 from moga_jax.parallel.sharding import ShardingRules
 from pallas_kernels.metadata import cdiv
@@ -82,8 +83,7 @@ class ShotCrossAttention(nnx.Module):
     rules: ShardingRules | None = None,
     rngs: nnx.Rngs,
   ):
-    if dim % num_heads:
-      raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim})")
+    head_dim_of(dim, num_heads)
     self.num_heads, self.query_chunk, self.rules = num_heads, query_chunk, rules
     linear = lambda: nnx.Linear(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q, self.k, self.v, self.o = linear(), linear(), linear(), linear()

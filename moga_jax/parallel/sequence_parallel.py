@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from moga_jax.parallel.axes import ACTIVATION_BATCH, ACTIVATION_HEADS, ACTIVATION_LENGTH
 from moga_jax.parallel.sharding import SHARE_AXIS, ShardingRules, constrain, spec_entry
 from pallas_kernels.metadata import WorkShare, cdiv
 
@@ -52,9 +53,9 @@ def ulysses(
   mesh = jax.sharding.get_abstract_mesh()
   if rules is None or mesh.empty or mesh.size == 1:
     return fn(*per_head, *per_token, *per_sample)
-  batch = rules.mesh_axes("activation_batch")
-  seq = tuple(a for a in rules.mesh_axes("activation_length") if mesh.shape[a] > 1)
-  heads = rules.mesh_axes("activation_heads")
+  batch = rules.mesh_axes(ACTIVATION_BATCH)
+  seq = tuple(a for a in rules.mesh_axes(ACTIVATION_LENGTH) if mesh.shape[a] > 1)
+  heads = rules.mesh_axes(ACTIVATION_HEADS)
   ulysses_axes = tuple(a for a in seq if a != SHARE_AXIS)
   shared = SHARE_AXIS in seq
   name = lambda axes: axes[0] if len(axes) == 1 else axes
@@ -113,9 +114,9 @@ def local_tokens(
   mesh = jax.sharding.get_abstract_mesh()
   if rules is None or mesh.empty or mesh.size == 1:
     return fn(q, token_ids, *replicated)
-  batch = spec_entry(rules.mesh_axes("activation_batch"))
-  seq = spec_entry(rules.mesh_axes("activation_length"))
-  heads = spec_entry(rules.mesh_axes("activation_heads"))
+  batch = spec_entry(rules.mesh_axes(ACTIVATION_BATCH))
+  seq = spec_entry(rules.mesh_axes(ACTIVATION_LENGTH))
+  heads = spec_entry(rules.mesh_axes(ACTIVATION_HEADS))
   rest = tuple(P(batch, None, None, heads) if a.ndim == 5 else P(batch) for a in replicated)
   return jax.shard_map(
     fn,
@@ -131,7 +132,7 @@ def sequence_shards(rules: ShardingRules | None) -> int:
   mesh = jax.sharding.get_abstract_mesh()
   if rules is None or mesh.empty:
     return 1
-  return math.prod(mesh.shape[a] for a in rules.mesh_axes("activation_length"))
+  return math.prod(mesh.shape[a] for a in rules.mesh_axes(ACTIVATION_LENGTH))
 
 
 def map_token_chunks(
@@ -153,7 +154,7 @@ def map_token_chunks(
     return fn(x)
   size = cdiv(local, count)
   pad = count * size - local
-  seq = ("activation_batch", "activation_length")
+  seq = (ACTIVATION_BATCH, ACTIVATION_LENGTH)
   y = constrain(x.reshape(batch, shards, local, -1), rules, *seq, None, None)
   y = jnp.pad(y, ((0, 0), (0, 0), (0, pad), (0, 0)))
   y = jnp.moveaxis(y.reshape(batch, shards, count, size, -1), 2, 0)

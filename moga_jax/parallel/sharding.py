@@ -26,24 +26,20 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "context", "share", "tensor")
+from moga_jax.parallel.axes import (
+  ACTIVATION_BATCH,
+  ACTIVATION_LENGTH,
+  EMBED,
+  HEADS,
+  LOGICAL_AXES,
+  MESH_AXES,
+  MLP,
+  SHARE,
+)
+
 # The sequence axis that splits attention's work by units (groups, windows, frames) instead of
 # by heads; every other sequence axis trades the sequence for heads (Ulysses).
-SHARE_AXIS = "share"
-
-# Logical names the model uses. Activations: a [batch, length, embed] hidden state, attention
-# [batch, length, heads, head_dim], FFN [batch, length, mlp]. Parameters: embed (model width),
-# heads (attention inner width), mlp (FFN width).
-LOGICAL_AXES = (
-  "activation_batch",
-  "activation_length",
-  "activation_heads",
-  "activation_embed",
-  "activation_mlp",
-  "embed",
-  "heads",
-  "mlp",
-)
+SHARE_AXIS = SHARE
 
 MeshAxes = str | tuple[str, ...] | None
 
@@ -116,7 +112,7 @@ def axes_size(mesh_shape: Mapping[str, int], axes: Sequence[str]) -> int:
 
 def ulysses_size(mesh_shape: Mapping[str, int], rules: ShardingRules) -> int:
   """How many ways attention splits the heads over the sequence axes (all but 'share')."""
-  axes = [a for a in rules.mesh_axes("activation_length") if a != SHARE_AXIS]
+  axes = [a for a in rules.mesh_axes(ACTIVATION_LENGTH) if a != SHARE_AXIS]
   return math.prod(mesh_shape.get(a, 1) for a in axes)
 
 
@@ -171,14 +167,14 @@ def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence | None = None) ->
 # the usual split: q/k/v and FFN-in by output columns, o and FFN-out by input rows, so a block
 # needs one reduction per matmul pair. Anything unmatched is FSDP-sharded on its largest dim.
 _PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-  (r"(self_attn|cross_attn)\.(q|k|v)\.kernel$", ("embed", "heads")),
-  (r"(self_attn|cross_attn)\.(q|k|v)\.bias$", ("heads",)),
-  (r"(self_attn|cross_attn)\.o\.kernel$", ("heads", "embed")),
-  (r"(self_attn|cross_attn)\.norm_(q|k)\.scale$", ("heads",)),
-  (r"self_attn\.router\.proj\.kernel$", ("embed", None)),
-  (r"ffn\.fc1\.kernel$", ("embed", "mlp")),
-  (r"ffn\.fc1\.bias$", ("mlp",)),
-  (r"ffn\.fc2\.kernel$", ("mlp", "embed")),
+  (r"(self_attn|cross_attn)\.(q|k|v)\.kernel$", (EMBED, HEADS)),
+  (r"(self_attn|cross_attn)\.(q|k|v)\.bias$", (HEADS,)),
+  (r"(self_attn|cross_attn)\.o\.kernel$", (HEADS, EMBED)),
+  (r"(self_attn|cross_attn)\.norm_(q|k)\.scale$", (HEADS,)),
+  (r"self_attn\.router\.proj\.kernel$", (EMBED, None)),
+  (r"ffn\.fc1\.kernel$", (EMBED, MLP)),
+  (r"ffn\.fc1\.bias$", (MLP,)),
+  (r"ffn\.fc2\.kernel$", (MLP, EMBED)),
   (r"modulation$", (None, None, None)),  # 6 x dim per block: replicated, added to [B, 6, dim]
 )
 
@@ -205,12 +201,12 @@ def param_spec(
     return P()
   logical = param_logical_axes(path, len(shape))
   if not logical:  # FSDP on the largest dim the fsdp axes divide
-    fsdp = rules.mesh_axes("embed")
+    fsdp = rules.mesh_axes(EMBED)
     size = math.prod(mesh_shape.get(a, 1) for a in fsdp)
     logical = [None] * len(shape)
     for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
       if shape[dim] % size == 0:
-        logical[dim] = "embed"
+        logical[dim] = EMBED
         break
   entries, used = [], set()
   for dim, name in zip(shape, logical, strict=True):
@@ -248,7 +244,7 @@ def state_shardings(state, mesh: jax.sharding.Mesh, rules: ShardingRules):
 
 def batch_spec(rules: ShardingRules) -> P:
   """Batches are split along their leading axis over the activation_batch axes."""
-  return rules.spec("activation_batch")
+  return rules.spec(ACTIVATION_BATCH)
 
 
 def process_batch_slice(

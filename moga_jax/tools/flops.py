@@ -30,15 +30,14 @@ import math
 
 import numpy as np
 
-from moga_jax.train import config_checks
+from moga_jax.train.run_config import RunConfig, as_run_config
 
 
-def latent_and_token_grids(cfg) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-  """(latent frames, height, width) and the token grid after the patch embedding."""
-  latent, patch = config_checks.latent_grid(cfg), tuple(cfg.model.patch)
-  if any(n % p for n, p in zip(latent, patch, strict=True)):
-    raise ValueError(f"latent grid {latent} is not divisible by the patch {patch}")
-  return latent, tuple(n // p for n, p in zip(latent, patch, strict=True))
+def latent_and_token_grids(cfg: RunConfig) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+  """(latent frames, height, width) and the token grid after the patch embedding (the
+  RunConfig checked that the patch divides the latent grid)."""
+  run = as_run_config(cfg)
+  return run.latent_grid, run.token_grid
 
 
 # Table 5 of the paper (arXiv 2510.18692, App. A): whole-model forward PFLOPs of Wan2.1-1.3B
@@ -61,9 +60,9 @@ def _split(n: int, parts: int) -> list[int]:
   return [q + 1] * r + [q] * (parts - r)
 
 
-def clip_shots(cfg) -> int:
-  """Shots per training clip of a config: video.shots (Wan-scale configs) or data.shots."""
-  return int(cfg.video.shots if "video" in cfg else cfg.data.shots)
+def clip_shots(cfg: RunConfig) -> int:
+  """Shots per training clip of a config: video.shots (the Wan pipeline) or data.shots."""
+  return as_run_config(cfg).shots
 
 
 def shot_frames(frames: int, shots: int) -> list[int]:
@@ -100,53 +99,56 @@ def stga_key_sum(
   return pairs * area2
 
 
-def attention_pairs(cfg, grid: tuple[int, int, int], shots: int | None = None) -> dict[str, float]:
+def attention_pairs(
+  cfg: RunConfig, grid: tuple[int, int, int], shots: int | None = None
+) -> dict[str, float]:
   """(query, key) pairs of one sample through one block with the configured attention, by
   branch; {} when no branch is configured (a dense block). `shots` defaults to the config's."""
-  a, n = cfg.model.attention, math.prod(grid)
+  run = as_run_config(cfg)
+  a, n = run.attention, math.prod(grid)
   pairs = {}
   if a.num_groups is not None:
-    k = a.get("top_k", 1)
+    k = a.top_k
     pairs["moga_groups"] = k * n * (k * n / a.num_groups)
-  if a.get("stga_windows") is not None:
+  if a.stga_windows is not None:
     groups = temporal_groups(
-      shot_frames(grid[0], clip_shots(cfg) if shots is None else shots),
-      a.get("stga_temporal_group"),
+      shot_frames(grid[0], run.shots if shots is None else shots), a.stga_temporal_group
     )
-    pairs["stga"] = float(
-      stga_key_sum(grid, groups, tuple(a.stga_windows), a.get("stga_context_frames", 1))
-    )
-  if a.get("frame_attention", False):
+    pairs["stga"] = float(stga_key_sum(grid, groups, a.stga_windows, a.stga_context_frames))
+  if a.frame_attention:
     pairs["frame"] = float(n * grid[1] * grid[2])
-  if a.get("window") is not None:
+  if a.window is not None:
     keys = math.prod(min(w * t, g) for w, t, g in zip(a.window, a.window_tile, grid, strict=True))
     pairs["window"] = float(n * keys)
   return pairs
 
 
-def model_flops(cfg, grid: tuple[int, int, int] | None = None, shots: int | None = None) -> dict:
+def model_flops(
+  cfg: RunConfig, grid: tuple[int, int, int] | None = None, shots: int | None = None
+) -> dict:
   """Whole-model forward FLOPs of one sample (one denoising step), dense and with the
   configured attention block; see the module docstring for what is counted."""
-  m, a = cfg.model, cfg.model.attention
+  run = as_run_config(cfg)
+  m, a = run.model, run.attention
   if grid is None:
-    grid = latent_and_token_grids(cfg)[1]
-  shots = clip_shots(cfg) if shots is None else shots
+    grid = run.token_grid
+  shots = run.shots if shots is None else shots
   n, d, layers = math.prod(grid), m.dim, m.num_layers
   inner = d  # num_heads * head_dim
-  channels = m.in_channels if "in_channels" in m else 3 * m.latent_factor**2
-  caption = cfg.video.caption_len if "video" in cfg else cfg.data.caption_len
+  channels = m.in_channels
+  caption = run.caption_len
   text = shots * caption  # caption tokens of one sample (each shot its own caption)
   patch = math.prod(m.patch)
-  pairs = attention_pairs(cfg, grid, shots)
+  pairs = attention_pairs(run, grid, shots)
   sparse_layers = layers - len(m.dense_layers) if pairs else 0
   router_out = 0
   if a.num_groups is not None and sparse_layers:
-    router_out = a.num_groups * (m.num_heads if a.get("per_head_router", False) else 1)
+    router_out = a.num_groups * (m.num_heads if a.per_head_router else 1)
   linear = {  # 2 FLOPs per multiply-add
     "patch_embedding": 2.0 * n * patch * channels * d,
     "head": 2.0 * n * d * patch * channels,
     "text_embedding": 2.0 * text * (m.text_dim * d + d * d),
-    "time_embedding": 2.0 * (m.get("freq_dim", 256) * d + d * d + 6 * d * d),
+    "time_embedding": 2.0 * (m.freq_dim * d + d * d + 6 * d * d),
     "self_attention_qkvo": layers * 2.0 * n * 4 * d * inner,
     "cross_attention_q_o": layers * 2.0 * n * 2 * d * d,
     "cross_attention_kv": layers * 2.0 * text * 2 * d * d,

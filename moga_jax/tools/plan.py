@@ -32,7 +32,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from moga_jax.model.remat import normalise_remat
+from moga_jax.parallel import axes
 from moga_jax.parallel.sharding import ShardingRules, make_mesh, ulysses_size
 from moga_jax.tools.flops import (
   format_table5,
@@ -42,8 +42,8 @@ from moga_jax.tools.flops import (
   table5,
   temporal_groups,
 )
-from moga_jax.train.config_checks import validate_sharding
 from moga_jax.train.config_files import config_path
+from moga_jax.train.run_config import RunConfig, as_run_config
 from moga_jax.train.state import abstract_train_state, latent_loss_fn, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -101,8 +101,8 @@ GiB = 2**30
 FIT_FRACTION = 0.9
 
 
-def _abstract_batch(cfg, latent, batch_sharding) -> dict:
-  b, v, m = cfg.train.batch_size, cfg.video, cfg.model
+def _abstract_batch(run: RunConfig, latent, batch_sharding) -> dict:
+  b, v, m = run.train.batch_size, run.video, run.model
   shapes = {
     "latents": ((b, *latent, m.in_channels), jnp.float32),
     "context": ((b, v.shots, v.caption_len, m.text_dim), jnp.float32),
@@ -140,7 +140,7 @@ WORKING_SET = {
 
 
 def working_set_units(
-  cfg,
+  run: RunConfig,
   mesh_shape: dict[str, int],
   rules: ShardingRules,
   tokens: int,
@@ -148,16 +148,16 @@ def working_set_units(
   param_bytes: int,
 ) -> dict[str, int]:
   """The bytes of one unit of each WORKING_SET term on a chip."""
-  m = cfg.model
+  m = run.model
   size = lambda logical: math.prod(mesh_shape[a] for a in rules.mesh_axes(logical))
-  batch_local = max(1, cfg.train.batch_size // size("activation_batch"))
-  seq_local = tokens // size("activation_length")
-  chunk = min(seq_local, m.get("ffn_token_chunk") or seq_local)
-  compute = 2 if m.get("dtype", "float32") == "bfloat16" else 4
-  heads_local = m.num_heads // (ulysses_size(mesh_shape, rules) * size("activation_heads"))
+  batch_local = max(1, run.train.batch_size // size(axes.ACTIVATION_BATCH))
+  seq_local = tokens // size(axes.ACTIVATION_LENGTH)
+  chunk = min(seq_local, m.ffn_token_chunk or seq_local)
+  compute = m.dtype.itemsize
+  heads_local = m.num_heads // (ulysses_size(mesh_shape, rules) * size(axes.ACTIVATION_HEADS))
   return {
     "hidden": batch_local * seq_local * m.dim * 4,
-    "ffn": batch_local * chunk * m.ffn_dim // size("activation_mlp") * 4,
+    "ffn": batch_local * chunk * m.ffn_dim // size(axes.ACTIVATION_MLP) * 4,
     "attention": batch_local * tokens * heads_local * (m.dim // m.num_heads) * compute,
     "layer_weights": n_params // m.num_layers * 4,
     "weights_per_chip": param_bytes,
@@ -165,7 +165,7 @@ def working_set_units(
 
 
 def activation_estimate(
-  cfg,
+  run: RunConfig,
   mesh_shape: dict[str, int],
   rules: ShardingRules,
   tokens: int,
@@ -174,12 +174,12 @@ def activation_estimate(
 ) -> dict:
   """Per-chip activation bytes of a training step: the saved block inputs (on the device, or
   on the host under "offload_block_input") and one block's backward working set."""
-  m = cfg.model
-  units = working_set_units(cfg, mesh_shape, rules, tokens, n_params, param_bytes)
+  m = run.model
+  units = working_set_units(run, mesh_shape, rules, tokens, n_params, param_bytes)
   block = int(sum(WORKING_SET[k] * units[k] for k in WORKING_SET))
   hidden, attention = units["hidden"], units["attention"]
-  qkv = 3 * hidden // 4 * (2 if m.get("dtype", "float32") == "bfloat16" else 4)
-  remat = normalise_remat(m.remat)
+  qkv = 3 * hidden // 4 * m.dtype.itemsize
+  remat = m.remat
   saved = {
     "none": block,  # every block's working set stays for the backward pass
     "full": hidden,
@@ -195,11 +195,11 @@ def activation_estimate(
   }
 
 
-def flops_summary(cfg, grid: tuple[int, int, int]) -> dict:
+def flops_summary(run: RunConfig, grid: tuple[int, int, int]) -> dict:
   """The FLOPs part of the plan (no model is built): whole-model PFLOPs dense and with the
   configured block, attention density, the shot layout used and the full breakdown."""
-  flops = model_flops(cfg, grid)
-  a = cfg.model.attention
+  flops = model_flops(run, grid)
+  a = run.attention
   shots = shot_frames(grid[0], flops["shots"])
   return {
     "pflops_dense": flops["dense"] / 1e15,
@@ -207,16 +207,14 @@ def flops_summary(cfg, grid: tuple[int, int, int]) -> dict:
     "attention_density": flops["attention_density"],
     "shot_frames": shots,
     "stga_temporal_groups": (
-      temporal_groups(shots, a.get("stga_temporal_group"))
-      if a.get("stga_windows") is not None
-      else None
+      temporal_groups(shots, a.stga_temporal_group) if a.stga_windows is not None else None
     ),
     "flops_per_sample_forward": flops,
   }
 
 
 def make_plan(
-  cfg,
+  cfg: RunConfig,
   mesh_shape: dict[str, int],
   *,
   aot: bool = False,
@@ -227,18 +225,19 @@ def make_plan(
   devices to plan on (default: this process's first ones), e.g. compile-only TPU devices.
   hbm_bytes: the chip's memory; with aot the plan then says whether the step `fits` (its
   per-chip peak within FIT_FRACTION of it)."""
+  run = as_run_config(cfg)
   devices = math.prod(mesh_shape.values())
   mesh = make_mesh(mesh_shape, devices=device_list or jax.devices()[:devices])
-  rules = ShardingRules.from_config(cfg.sharding.rules)
-  latent, grid = latent_and_token_grids(cfg)
+  rules = run.sharding.rules
+  latent, grid = latent_and_token_grids(run)
   tokens = math.prod(grid)
-  ts = abstract_train_state(cfg, mesh, rules)
+  ts = abstract_train_state(run, mesh, rules)
   params = nnx.state(nnx.merge(ts.graphdef, ts.state)[0], nnx.Param)
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
   param_bytes = _device_bytes(params)
   state_bytes = _device_bytes(ts.state)
 
-  activations = activation_estimate(cfg, dict(mesh.shape), rules, tokens, n_params, param_bytes)
+  activations = activation_estimate(run, dict(mesh.shape), rules, tokens, n_params, param_bytes)
   plan = {
     "latent_grid": latent,
     "token_grid": grid,
@@ -256,9 +255,9 @@ def make_plan(
       "peak_estimate": state_bytes + param_bytes + activations["activations_device"],
     },
   }
-  plan.update(flops_summary(cfg, grid))
+  plan.update(flops_summary(run, grid))
   if aot:
-    plan["aot"] = compile_train_step(cfg, ts, latent)
+    plan["aot"] = compile_train_step(run, ts, latent)
     if hbm_bytes is not None:
       plan["aot"]["hbm_bytes"] = hbm_bytes
       peak = plan["aot"].get("peak_bytes")
@@ -266,13 +265,13 @@ def make_plan(
   return plan
 
 
-def compile_train_step(cfg, ts, latent) -> dict:
+def compile_train_step(run: RunConfig, ts, latent) -> dict:
   """Lowers and compiles the real training step (forward, backward, optimizer update) for the
   state's mesh and returns XLA's memory analysis per device: `peak_bytes` = arguments +
   outputs + temporaries - aliased (donated) bytes on the device, host-memory bytes apart; a
   compile-time out-of-memory is an answer too (`error`, with the temporaries XLA asked for)."""
-  step = make_train_step(cfg, ts, loss=latent_loss_fn)
-  batch = _abstract_batch(cfg, latent, ts.batch_sharding)
+  step = make_train_step(run, ts, loss=latent_loss_fn)
+  batch = _abstract_batch(run, latent, ts.batch_sharding)
   mesh = ts.batch_sharding.mesh
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=jax.NamedSharding(mesh, jax.P()))
   start = time.perf_counter()
@@ -413,17 +412,18 @@ def main(argv):
     t = table5(_SHOT_SECONDS.value or None)
     _emit(t, format_table5(t))
     return
-  cfg = _CONFIG.value
-  mesh = dict(cfg.sharding.mesh)
+  run = RunConfig.from_config_dict(_CONFIG.value)
+  mesh = dict(run.sharding.mesh)
   if _MESH.value:
     mesh = {a: 1 for a in mesh} | parse_mesh(_MESH.value)
+    run = run.replace(sharding=run.sharding.with_mesh(mesh))
   fixed = math.prod(n for n in mesh.values() if n != -1)
   devices = _DEVICES.value or fixed
   device_list, chip = None, None
   if _AOT_TPU.value:  # without --aot: the estimate for the slice's mesh, no compile
     from moga_jax.parallel.tpu_slices import HBM_BYTES, tpu_devices
 
-    chip, devices = tpu_slice_size(_AOT_TPU.value, _CHIPS.value, cfg, mesh)
+    chip, devices = tpu_slice_size(_AOT_TPU.value, _CHIPS.value, run, mesh)
     device_list = tpu_devices(chip, devices)
   else:
     if _CHIPS.value:
@@ -432,19 +432,20 @@ def main(argv):
     jax.config.update("jax_num_cpu_devices", devices)
     if jax.device_count() < devices:
       raise ValueError(f"the mesh needs {devices} devices; this process has {jax.device_count()}")
-  cfg.sharding.mesh = mesh
-  shape = validate_sharding(cfg, devices)
+  shape = run.validate_sharding(devices)
   plan = make_plan(
-    cfg, shape, aot=_AOT.value, device_list=device_list, hbm_bytes=HBM_BYTES[chip] if chip else None
+    run, shape, aot=_AOT.value, device_list=device_list, hbm_bytes=HBM_BYTES[chip] if chip else None
   )
   if chip and _AOT.value:
-    plan.update(fit_summary(plan, chip), settings=fit_settings(cfg))
+    plan.update(fit_summary(plan, chip), settings=fit_settings(run))
   _emit(plan, format_plan(plan))
   if chip and _AOT.value and not plan["fits"]:
     sys.exit(1)
 
 
-def tpu_slice_size(text: str, chips: int | None, cfg, mesh: dict[str, int]) -> tuple[str, int]:
+def tpu_slice_size(
+  text: str, chips: int | None, run: RunConfig, mesh: dict[str, int]
+) -> tuple[str, int]:
   """(chip, chips) for --aot_tpu TEXT [--chips N]: a slice name gives its count, a bare
   generation takes --chips, else the config's own slice (config.sharding.tpu_slice) when it is
   of that generation, else the mesh's size."""
@@ -453,8 +454,8 @@ def tpu_slice_size(text: str, chips: int | None, cfg, mesh: dict[str, int]) -> t
   chip, count = parse_slice(text)
   if chips is not None:
     count = chips
-  if count is None and cfg.sharding.get("tpu_slice"):
-    own, own_count = parse_slice(cfg.sharding.tpu_slice)
+  if count is None and run.sharding.tpu_slice:
+    own, own_count = parse_slice(run.sharding.tpu_slice)
     count = own_count if own == chip else None
   if count is None:
     if -1 in mesh.values():
@@ -463,12 +464,13 @@ def tpu_slice_size(text: str, chips: int | None, cfg, mesh: dict[str, int]) -> t
   return chip, count
 
 
-def fit_settings(cfg) -> dict:
+def fit_settings(cfg: RunConfig) -> dict:
   """The config fields a training step's memory depends on, JSON-plain (benchmarks/tpu_fit.py
   records them beside each compile, and a test holds the committed results to the configs)."""
-  m, a = cfg.model, cfg.model.attention
+  run = as_run_config(cfg)
+  m, a, v = run.model_section, run.model_section.attention, run.video
   settings = {
-    "video": [cfg.video.frames, cfg.video.height, cfg.video.width, cfg.video.shots],
+    "video": [v.frames, v.height, v.width, v.shots],
     "model": {
       k: m.get(k)
       for k in (
@@ -486,7 +488,7 @@ def fit_settings(cfg) -> dict:
     "attention": {
       k: a.get(k) for k in ("num_groups", "stga_windows", "frame_attention", "head_chunk")
     },
-    "train": [cfg.train.batch_size, cfg.train.get("grad_accum_steps", 1)],
+    "train": [run.train.batch_size, run.train.grad_accum_steps],
   }
   return json.loads(json.dumps(settings))
 

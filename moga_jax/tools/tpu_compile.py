@@ -27,11 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moga_jax.parallel.sharding import ShardingRules, axes_size, ulysses_size
+from moga_jax.model.config import AttentionConfig
+from moga_jax.parallel import axes
+from moga_jax.parallel.sharding import axes_size, ulysses_size
 from moga_jax.parallel.tpu_slices import CHIPS, tpu_devices
-from moga_jax.tools.flops import clip_shots, latent_and_token_grids, shot_frames
-from moga_jax.train.config_checks import resolve_mesh_shape
+from moga_jax.tools.flops import shot_frames
 from moga_jax.train.config_files import config_path
+from moga_jax.train.run_config import RunConfig, as_run_config
 
 SMEM_BYTES = 1 << 20  # per core on v5e, v5p and v6e
 BRANCHES = ("group", "stga", "frame", "window")
@@ -53,40 +55,40 @@ class AttentionShapes:
     return math.prod(self.grid)
 
 
-def attention_shapes(cfg, devices: int | None = None) -> AttentionShapes:
-  """Per-device attention shapes of `cfg` on its mesh (a -1 axis takes `devices`, default 8)."""
-  mesh = dict(cfg.sharding.mesh)
+def attention_shapes(cfg: RunConfig, devices: int | None = None) -> AttentionShapes:
+  """Per-device attention shapes of a run on its mesh (a -1 axis takes `devices`, default 8).
+  cfg: a RunConfig (or a ConfigDict, typed here)."""
+  run = as_run_config(cfg)
+  mesh = run.sharding.mesh_shape
   if -1 in mesh.values():
-    mesh = resolve_mesh_shape(mesh, devices or 8)
-  rules = ShardingRules.from_config(cfg.sharding.rules)
+    mesh = run.sharding.resolve(devices or 8)
+  rules = run.sharding.rules
   size = lambda logical: axes_size(mesh, rules.mesh_axes(logical))
-  m, a = cfg.model, cfg.model.attention
-  _, grid = latent_and_token_grids(cfg)
+  m, a, grid = run.model, run.attention, run.token_grid
   branches = tuple(
     name
     for name, on in (
       ("group", a.num_groups is not None),
       ("stga", a.stga_windows is not None),
-      ("frame", bool(a.frame_attention)),
-      ("window", a.get("window") is not None),
+      ("frame", a.frame_attention),
+      ("window", a.window is not None),
     )
     if on
   )
   return AttentionShapes(
-    batch=max(1, cfg.train.batch_size // size("activation_batch")),
-    heads=m.num_heads // (ulysses_size(mesh, rules) * size("activation_heads")),
+    batch=max(1, run.train.batch_size // size(axes.ACTIVATION_BATCH)),
+    heads=m.num_heads // (ulysses_size(mesh, rules) * size(axes.ACTIVATION_HEADS)),
     head_dim=m.dim // m.num_heads,
     grid=tuple(grid),
-    shot_frames=tuple(shot_frames(grid[0], clip_shots(cfg))),
+    shot_frames=tuple(shot_frames(grid[0], run.shots)),
     branches=branches,
   )
 
 
-def _branch_fn(cfg, shapes: AttentionShapes, branch: str):
+def _branch_fn(a: AttentionConfig, shapes: AttentionShapes, branch: str):
   """f(q, k, v, group_ids, shot_ids) -> attention output, for one branch, on the TPU kernel."""
   import pallas_kernels as pk
 
-  a = cfg.model.attention
   kw = dict(implementation="pallas_tpu", interpret=False, backend="tpu")
   if branch == "group":
     return lambda q, k, v, ids, shots: pk.group_attention(
@@ -99,8 +101,8 @@ def _branch_fn(cfg, shapes: AttentionShapes, branch: str):
       v,
       shots,
       grid_shape=shapes.grid,
-      spatial_groups=tuple(a.stga_windows),
-      temporal_group=a.get("stga_temporal_group"),
+      spatial_groups=a.stga_windows,
+      temporal_group=a.stga_temporal_group,
       context_frames=a.stga_context_frames,
       **kw,
     )
@@ -108,13 +110,13 @@ def _branch_fn(cfg, shapes: AttentionShapes, branch: str):
     return lambda q, k, v, ids, shots: pk.frame_attention(q, k, v, grid_shape=shapes.grid, **kw)
   if branch == "window":
     return lambda q, k, v, ids, shots: pk.window_attention(
-      q, k, v, grid_shape=shapes.grid, tile=tuple(a.window_tile), window=tuple(a.window), **kw
+      q, k, v, grid_shape=shapes.grid, tile=a.window_tile, window=a.window, **kw
     )
   raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
 
 
 def compile_branch(
-  cfg, shapes: AttentionShapes, branch: str, chip: str, dtype=jnp.bfloat16
+  attention: AttentionConfig, shapes: AttentionShapes, branch: str, chip: str, dtype=jnp.bfloat16
 ) -> dict:
   """Compiles forward + backward of one branch for one chip; a dict row (error on failure)."""
   from pallas_kernels.block_sparse.tpu import prefetch_bytes_in_hlo
@@ -126,7 +128,7 @@ def compile_branch(
   q = jax.ShapeDtypeStruct((b, n, shapes.heads, shapes.head_dim), dtype, sharding=placed)
   ids = jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=placed)
   shots = jax.ShapeDtypeStruct((b, shapes.grid[0]), jnp.int32, sharding=placed)
-  attend = _branch_fn(cfg, shapes, branch)
+  attend = _branch_fn(attention, shapes, branch)
 
   def loss(q, k, v, ids, shots):
     return attend(q, k, v, ids, shots).astype(jnp.float32).sum()
@@ -159,11 +161,16 @@ def compile_branch(
 
 
 def compile_config(
-  cfg, chips: Sequence[str], devices: int | None = None, branches: Sequence[str] | None = None
+  cfg: RunConfig,
+  chips: Sequence[str],
+  devices: int | None = None,
+  branches: Sequence[str] | None = None,
 ) -> list[dict]:
-  shapes = attention_shapes(cfg, devices)
+  """cfg: a RunConfig (or a ConfigDict, typed here)."""
+  run = as_run_config(cfg)
+  shapes = attention_shapes(run, devices)
   return [
-    compile_branch(cfg, shapes, branch, chip)
+    compile_branch(run.attention, shapes, branch, chip)
     for chip in chips
     for branch in (branches or shapes.branches)
   ]

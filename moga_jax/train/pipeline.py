@@ -19,8 +19,6 @@ import numpy as np
 
 from moga_jax.errors import ConfigError, InputError
 
-PIPELINES = ("tiny", "wan")
-
 
 class Samples(NamedTuple):
   """A sampled video: uint8 [F, H, W, 3], the shot of each frame (int [F]) and its frame rate."""
@@ -30,24 +28,11 @@ class Samples(NamedTuple):
   fps: float
 
 
-def pipeline_name(cfg) -> str:
-  """config.pipeline, checked. A config without the field (one built by hand) is "tiny",
-  unless it has a Wan `video` section: that one must say which it is."""
-  name = cfg.get("pipeline")
-  if name is None:
-    if "video" in cfg:
-      raise ConfigError(
-        "the config has a `video` section but no `pipeline` field: set config.pipeline = 'wan' "
-        "(a Wan DiT, as configs/wan1_3b_moga.py) or 'tiny'"
-      )
-    return "tiny"
-  if name not in PIPELINES:
-    raise ConfigError(f"config.pipeline must be one of {', '.join(PIPELINES)}, got {name!r}")
-  return name
-
-
 def pipeline_for(cfg) -> TinyPipeline | WanPipeline:
-  """The pipeline object of config.pipeline (see `pipeline_name`)."""
+  """The pipeline object of config.pipeline (`run_config.pipeline_name`: "tiny" when a config
+  built by hand has no such field and no `video` section)."""
+  from moga_jax.train.run_config import pipeline_name
+
   return {"tiny": TinyPipeline, "wan": WanPipeline}[pipeline_name(cfg)]()
 
 
@@ -66,11 +51,14 @@ class TinyPipeline:
     return cfg
 
   def build_model(self, cfg, *, rules=None):
+    """The run's TextToVideo (cfg: a RunConfig, or a ConfigDict typed here)."""
     from flax import nnx
 
     from moga_jax.model.text_to_video import TextToVideo
+    from moga_jax.train.run_config import as_run_config
 
-    return TextToVideo(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
+    run = as_run_config(cfg)
+    return TextToVideo(run.model_section, rules=rules, rngs=nnx.Rngs(run.seed))
 
   def prepare_data(self, cfg, workdir: Path | None, init: str | None) -> Path:
     """The prepared dataset (made on first use: synthetic clips beside WORKDIR without a
@@ -135,11 +123,14 @@ class WanPipeline:
     return with_converted_widths(cfg, converted)
 
   def build_model(self, cfg, *, rules=None):
+    """The run's VideoDiT (cfg: a RunConfig, or a ConfigDict typed here)."""
     from flax import nnx
 
-    from moga_jax.model.text_to_video import dit_from_config
+    from moga_jax.model.dit import VideoDiT
+    from moga_jax.train.run_config import as_run_config
 
-    return dit_from_config(cfg.model, rules=rules, rngs=nnx.Rngs(cfg.seed))
+    run = as_run_config(cfg)
+    return VideoDiT.from_config(run.model, rules=rules, rngs=nnx.Rngs(run.seed))
 
   def prepare_data(self, cfg, workdir: Path | None, init: str | None) -> Path:
     """Latents and caption states of the training clips, encoded once with `init`'s VAE and

@@ -115,7 +115,7 @@ def convert_transformer(folder: Path, out: Path, cfg) -> str:
 def convert_vae(folder: Path, out: Path, cfg) -> str:
   vae, report = load_wan_vae(folder)
   stride = (vae.config.temporal_factor, vae.config.spatial_factor, vae.config.spatial_factor)
-  if "video" in cfg and tuple(cfg.video.vae_stride) != stride:
+  if cfg.get("pipeline") == "wan" and tuple(cfg.video.vae_stride) != stride:
     raise ValueError(
       f"{folder}: the VAE compresses (t, h, w) by {stride}, the config's "
       f"video.vae_stride says {tuple(cfg.video.vae_stride)}"

@@ -22,6 +22,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from moga_jax.errors import ConfigError
 from moga_jax.train.checkpoint import Checkpointer
 from moga_jax.train.config_files import config_path
 from moga_jax.train.run_guard import cli_main
@@ -44,9 +45,10 @@ _EMA = flags.DEFINE_boolean("ema", True, "Export the EMA of the weights when the
 def export_run(
   cfg, workdir: str | Path, weights: str | Path, out: str | Path, *, use_ema: bool = True
 ) -> Path:
-  if "video" not in cfg:
-    raise ValueError(
-      "export writes a Wan DiT: give a config with a `video` section (e.g. configs/wan1_3b_moga.py)"
+  if cfg.get("pipeline") != "wan":
+    raise ConfigError(
+      f"config.pipeline is {cfg.get('pipeline')!r}: export writes a Wan DiT, so it needs a "
+      "config with pipeline 'wan' (e.g. configs/wan1_3b_moga.py)"
     )
   cfg = with_converted_widths(cfg, weights)
   dit = load_trained(cfg, workdir, use_ema=use_ema)

@@ -34,7 +34,7 @@ from moga_jax.data.captions import decode_captions
 from moga_jax.data.pipeline import NULL_CONTEXT, find_dataset_dir
 from moga_jax.data.prepare import prepare_data
 from moga_jax.model.text_to_video import frame_shots
-from moga_jax.train import config_checks
+from moga_jax.train.run_config import RunConfig, as_run_config
 from moga_jax.wan.converted_folder import load_converted_tokenizer, load_text_encoder, load_vae
 from moga_jax.wan.tokenizer import encode_prompts
 from moga_jax.wan.umt5 import prompt_embeddings
@@ -67,8 +67,15 @@ class WanLatents(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "VAE latents, umT5 states, frame shots."}
   code_path = None  # nothing is downloaded (see MultiShotVideos)
 
-  def __init__(self, *, config: WanLatentConfig, data_dir: str | os.PathLike, cfg=None, **kwargs):
-    self._cfg = cfg  # the run config, needed only to generate
+  def __init__(
+    self,
+    *,
+    config: WanLatentConfig,
+    data_dir: str | os.PathLike,
+    run: RunConfig | None = None,
+    **kwargs,
+  ):
+    self._run = run  # the run config, needed only to generate
     super().__init__(config=config, data_dir=os.fspath(data_dir), **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -95,10 +102,10 @@ class WanLatents(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
-    c, cfg = self.builder_config, self._cfg
+    c, run = self.builder_config, self._run
     source = tfds.builder_from_directory(c.video_dir).as_data_source(split="train")
     tokenizer = load_converted_tokenizer(c.weights)
-    encoder = load_text_encoder(c.weights, param_dtype=jnp.dtype(cfg.sample.text_encoder_dtype))
+    encoder = load_text_encoder(c.weights, param_dtype=jnp.dtype(run.sample.text_encoder_dtype))
     vae = load_vae(c.weights)
     embed = nnx.jit(prompt_embeddings)
     encode = nnx.jit(lambda vae, video: vae.encode_normalized(video))
@@ -108,7 +115,7 @@ class WanLatents(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return np.asarray(embed(encoder, jnp.asarray(ids), jnp.asarray(mask)), np.float32)
 
     self._null_context = states([""])[0].astype(np.float16)
-    stride = cfg.video.vae_stride[0]
+    stride = run.video.vae_stride[0]
     for i in tqdm(range(len(source)), desc="encode clips", unit="clip"):
       record = source[i]
       video = jnp.asarray(video_io.pixels_to_unit(record["video"]))[None]
@@ -150,28 +157,30 @@ class WanLatents(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
 
-def latent_config(cfg, video_dir: str | Path, weights: str | Path) -> WanLatentConfig:
-  frames, h, w = config_checks.latent_grid(cfg)
+def latent_config(run: RunConfig, video_dir: str | Path, weights: str | Path) -> WanLatentConfig:
+  frames, h, w = run.latent_grid
   return WanLatentConfig(
     video_dir=str(Path(find_dataset_dir(video_dir)).resolve()),
     weights=str(Path(weights).resolve()),
-    latent=(frames, h, w, cfg.model.in_channels),
-    shots=cfg.video.shots,
-    caption_len=cfg.video.caption_len,
-    text_dim=cfg.model.text_dim,
+    latent=(frames, h, w, run.model.in_channels),
+    shots=run.video.shots,
+    caption_len=run.video.caption_len,
+    text_dim=run.model.text_dim,
   )
 
 
-def prepare_latents(cfg, workdir: str | Path, weights: str | Path) -> Path:
+def prepare_latents(cfg: RunConfig, workdir: str | Path, weights: str | Path) -> Path:
   """The latent dataset of `cfg`, built (videos first, then their encodings) if missing.
 
   It lives next to the prepared videos, under a folder named after the converted weights; a
-  dataset found there that was encoded from other videos or weights is refused.
+  dataset found there that was encoded from other videos or weights is refused. cfg: a
+  RunConfig (or a ConfigDict, typed here).
   """
-  video_dir = prepare_data(cfg.data, Path(workdir))
-  config = latent_config(cfg, video_dir, weights)
+  run = as_run_config(cfg)
+  video_dir = prepare_data(run.data, Path(workdir))
+  config = latent_config(run, video_dir, weights)
   root = Path(video_dir).parents[2] / "latents" / Path(weights).resolve().name
-  builder = WanLatents(config=config, data_dir=root, cfg=cfg)
+  builder = WanLatents(config=config, data_dir=root, run=run)
   dataset_dir = Path(builder.data_dir)
   if (dataset_dir / SUMMARY).is_file():
     summary = json.loads((dataset_dir / SUMMARY).read_text())

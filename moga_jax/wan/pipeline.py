@@ -21,7 +21,7 @@ from flax import nnx
 from moga_jax.data import video_io
 from moga_jax.diffusion.flow import sample_flow
 from moga_jax.model.dit import VideoDiT
-from moga_jax.train import config_checks
+from moga_jax.train.run_config import RunConfig, SampleConfig, VideoConfig, as_run_config
 from moga_jax.wan.converted_folder import (
   load_converted_tokenizer,
   load_dit,
@@ -50,11 +50,11 @@ class VideoGeometry:
     return self.frame_shot[(np.arange(self.frames) + s - 1) // s]
 
 
-def video_geometry(cfg, shots: int) -> VideoGeometry:
-  """The config's video size (checked against the VAE strides and the patch) with its latent
-  frames split into `shots` consecutive, near-equal shots."""
-  v = cfg.video
-  latent = config_checks.latent_grid(cfg)
+def video_geometry(video: VideoConfig, shots: int) -> VideoGeometry:
+  """The run's video size (checked against the VAE strides) with its latent frames split into
+  `shots` consecutive, near-equal shots."""
+  v = video
+  latent = video.latent_grid
   if not 1 <= shots <= latent[0]:
     raise ValueError(
       f"{shots} prompts for {latent[0]} latent frames: give between 1 and "
@@ -64,15 +64,14 @@ def video_geometry(cfg, shots: int) -> VideoGeometry:
   return VideoGeometry(v.frames, v.height, v.width, latent, v.vae_stride[0], frame_shot)
 
 
-def encode_text(weights: str | Path, cfg, prompts: Sequence[str]) -> np.ndarray:
-  """umT5 embeddings of prompts + [negative prompt], float32 [len(prompts) + 1, L, text_dim],
-  zero past each prompt's end, as Wan's pipeline hands them on."""
+def encode_text(
+  weights: str | Path, sample: SampleConfig, prompts: Sequence[str], *, caption_len: int
+) -> np.ndarray:
+  """umT5 embeddings of prompts + [the negative prompt], float32 [len(prompts) + 1,
+  caption_len, text_dim], zero past each prompt's end, as Wan's pipeline hands them on."""
   tokenizer = load_converted_tokenizer(weights)
-  dtype = jnp.dtype(cfg.sample.text_encoder_dtype)
-  encoder = load_text_encoder(weights, param_dtype=dtype)
-  ids, mask = encode_prompts(
-    tokenizer, [*prompts, cfg.sample.negative_prompt], max_len=cfg.video.caption_len
-  )
+  encoder = load_text_encoder(weights, param_dtype=jnp.dtype(sample.text_encoder_dtype))
+  ids, mask = encode_prompts(tokenizer, [*prompts, sample.negative_prompt], max_len=caption_len)
   embed = nnx.jit(prompt_embeddings)(encoder, jnp.asarray(ids), jnp.asarray(mask))
   return np.asarray(embed.astype(jnp.float32))
 
@@ -94,7 +93,7 @@ def cfg_velocity(dit, x, t, context, mask, frame_shot, guidance: float) -> jax.A
 
 def sample_latents(
   dit: VideoDiT,
-  cfg,
+  run: RunConfig,
   embeddings: np.ndarray,
   geometry: VideoGeometry,
   *,
@@ -102,11 +101,12 @@ def sample_latents(
   progress: Callable[[int], None] | None = None,
 ) -> jax.Array:
   """Normalised latents [1, F', H', W', C] from noise, with guidance against the last row of
-  `embeddings` (the negative prompt)."""
+  `embeddings` (the negative prompt); the run's sample and diffusion sections drive it."""
+  sample = run.sample
   shots = embeddings.shape[0] - 1
   prompt = jnp.asarray(embeddings[:shots])
   negative = jnp.broadcast_to(jnp.asarray(embeddings[shots:]), prompt.shape)
-  guidance = cfg.sample.guidance
+  guidance = sample.guidance
   # Wan attends to all caption_len positions (the padding is zeros), so the mask is all True.
   context = jnp.stack([prompt, negative]) if guidance != 1.0 else prompt[None]
   mask = jnp.ones(context.shape[:3], bool)
@@ -119,13 +119,13 @@ def sample_latents(
   def guided_velocity(dit, x, t, context, mask, frame_shot):
     return cfg_velocity(dit, x, t, context, mask, frame_shot, guidance)
 
-  noise = jax.random.normal(jax.random.key(seed), (1, *geometry.latent, cfg.model.in_channels))
+  noise = jax.random.normal(jax.random.key(seed), (1, *geometry.latent, run.model.in_channels))
   return sample_flow(
     lambda x, t, _: guided_velocity(dit, x, t, context, mask, frame_shot),
     noise,
-    solver=cfg.sample.get("solver", "unipc"),
-    steps=cfg.sample.steps,
-    shift=cfg.diffusion.shift,
+    solver=sample.solver,
+    steps=sample.steps,
+    shift=run.diffusion.shift,
     guidance=1.0,
     progress=progress,
   )
@@ -140,7 +140,7 @@ def decode_latents(weights: str | Path, latents: jax.Array) -> np.ndarray:
 
 def generate(
   weights: str | Path,
-  cfg,
+  cfg: RunConfig,
   prompts: Sequence[str],
   *,
   seed: int,
@@ -148,12 +148,13 @@ def generate(
   dit: VideoDiT | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """-> (uint8 video [T, H, W, 3], shot index of every frame [T]). umT5 and the VAE come from
-  `weights`, the DiT too unless given (a fine-tuned one: `sample.py --workdir --weights`)."""
+  `weights`, the DiT too unless given (a fine-tuned one: `sample.py --workdir --weights`).
+  cfg: a RunConfig (or a ConfigDict, typed and checked here)."""
+  run = as_run_config(cfg)
   prompts = list(prompts)
-  config_checks.validate_config(cfg)
-  geometry = video_geometry(cfg, len(prompts))
-  embeddings = encode_text(weights, cfg, prompts)
+  geometry = video_geometry(run.video, len(prompts))
+  embeddings = encode_text(weights, run.sample, prompts, caption_len=run.video.caption_len)
   if dit is None:
-    dit = load_dit(weights, cfg.model, seed=cfg.seed)
-  latents = sample_latents(dit, cfg, embeddings, geometry, seed=seed, progress=progress)
+    dit = load_dit(weights, run.model_section, seed=run.seed)
+  latents = sample_latents(dit, run, embeddings, geometry, seed=seed, progress=progress)
   return decode_latents(weights, latents), geometry.pixel_shot
