@@ -44,10 +44,10 @@ from ml_collections import config_flags
 from moga_jax.cli.logs import quiet_libraries
 from moga_jax.model.config import DENSE
 from moga_jax.model.text_to_video import dit_from_config
-from moga_jax.parallel.sharding import ShardingRules, make_mesh
+from moga_jax.parallel.sharding import make_mesh
 from moga_jax.tools.flops import latent_and_token_grids, model_flops
-from moga_jax.train import config_checks
 from moga_jax.train.config_files import load_config_module
+from moga_jax.train.run_config import RunConfig
 from moga_jax.train.state import (
   abstract_train_state,
   init_train_state,
@@ -97,7 +97,7 @@ def clip_inputs(cfg, batch: int, seed: int, *, abstract: bool = False) -> dict:
   True, as Wan hands them on) and the video's frames split into consecutive, near-equal shots
   (as moga_jax.wan.pipeline splits them). Drawn by numpy: jax.random would compile a program
   per shape, seconds each on a CPU. abstract: shapes and dtypes only."""
-  latent = config_checks.latent_grid(cfg)
+  latent = RunConfig.from_config_dict(cfg).latent_grid
   m, v = cfg.model, cfg.video
   rng = np.random.default_rng(seed)
   frame_shot = np.arange(latent[0]) * v.shots // latent[0]
@@ -175,10 +175,12 @@ def sample_program(cfg, *, abstract: bool = False):
 def train_program(cfg, *, abstract: bool = False):
   """(jitted step, its arguments, mesh): one optimizer step of the project's training loop
   on a one-device mesh. abstract: the state and batch as shapes only (nothing allocated)."""
-  mesh = make_mesh(config_checks.validate_sharding(cfg, 1), devices=jax.devices()[:1])
-  rules = ShardingRules.from_config(cfg.sharding.rules)
-  train_state = (abstract_train_state if abstract else init_train_state)(cfg, mesh, rules)
-  step = make_train_step(cfg, train_state, loss=latent_loss_fn)
+  run = RunConfig.from_config_dict(cfg)
+  mesh = make_mesh(run.validate_sharding(1), devices=jax.devices()[:1])
+  train_state = (abstract_train_state if abstract else init_train_state)(
+    run, mesh, run.sharding.rules
+  )
+  step = make_train_step(run, train_state, loss=latent_loss_fn)
   batch = clip_inputs(cfg, cfg.train.batch_size, cfg.seed + 1, abstract=abstract)
   replicated = jax.NamedSharding(mesh, jax.P())
   if abstract:

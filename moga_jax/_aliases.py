@@ -36,7 +36,6 @@ OLD_TO_NEW = {
   "moga_jax.checkpoint": "moga_jax.train.checkpoint",
   "moga_jax.ema": "moga_jax.train.ema",
   "moga_jax.run_guard": "moga_jax.train.run_guard",
-  "moga_jax.config_checks": "moga_jax.train.config_checks",
   "moga_jax.config_files": "moga_jax.train.config_files",
   "moga_jax.plots": "moga_jax.train.plots",
   "moga_jax.plan": "moga_jax.tools.plan",

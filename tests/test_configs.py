@@ -14,9 +14,8 @@ from flax import nnx
 from ml_collections import ConfigDict, config_flags
 
 from moga_jax.tools.flops import latent_and_token_grids
-from moga_jax.train.config_checks import validate_config
 from moga_jax.train.config_files import load_config_module
-from moga_jax.train.run_config import TrainConfig
+from moga_jax.train.run_config import RunConfig, TrainConfig
 from moga_jax.train.state import make_optimizer, make_schedule
 
 wan1_3b_moga = load_config_module("wan1_3b_moga")
@@ -45,7 +44,7 @@ def test_wan1_3b_stages_follow_the_paper():
     assert (c.train.schedule, c.train.learning_rate) == ("constant", 1e-5)
     assert (c.video.height, c.video.width, c.video.fps) == (480, 832, 16)
     assert c.video.shots > 1 and c.data.shots == c.video.shots  # multi-shot clips
-    validate_config(c)
+    RunConfig.from_config_dict(c)
   with pytest.raises(ValueError, match="stage must be one of"):
     wan1_3b_moga.get_config("stage3")
 
@@ -68,7 +67,7 @@ def test_580k_config_is_the_papers_minute_long_block():
   )
   assert a.window is None and a.window_tile is None and a.balance_loss == "paper"
   assert c.diffusion.balance_weight == 0.1
-  validate_config(c)
+  RunConfig.from_config_dict(c)
 
 
 ONE_DEVICE_MESH = (
@@ -289,7 +288,7 @@ def test_bad_attention_fields_name_the_field(field, value, match):
   cfg = wan1_3b_moga.get_config()
   _replace(cfg.model.attention, field, value)
   with pytest.raises(ValueError, match=match):
-    validate_config(cfg)
+    RunConfig.from_config_dict(cfg)
 
 
 @pytest.mark.parametrize(
@@ -309,18 +308,18 @@ def test_bad_training_fields_name_the_field(section, field, value, match):
   cfg = wan1_3b_moga.get_config()
   cfg[section][field] = value
   with pytest.raises(ValueError, match=match):
-    validate_config(cfg)
+    RunConfig.from_config_dict(cfg)
 
 
 def test_good_attention_variants_pass():
   cfg = wan1_3b_moga.get_config()
   a = cfg.model.attention
   a.stga_windows, a.stga_temporal_group, a.stga_context_frames = None, None, 0
-  validate_config(cfg)
+  RunConfig.from_config_dict(cfg)
   _replace(a, "stga_windows", [3, 4])  # ml_collections may hand tuples back as lists
   _replace(a, "stga_temporal_group", 8)
   a.combine, a.balance_loss, a.frame_attention = "sum", "switch", False
-  validate_config(cfg)
+  RunConfig.from_config_dict(cfg)
   for name in (
     "stga_windows",
     "stga_temporal_group",
@@ -330,7 +329,7 @@ def test_good_attention_variants_pass():
     "balance_loss",
   ):
     del a[name]  # configs without the new fields (block defaults) still validate
-  validate_config(cfg)
+  RunConfig.from_config_dict(cfg)
 
 
 @pytest.mark.parametrize("section", ["model", "diffusion", "train", "sharding", "sample", "data"])
@@ -338,7 +337,7 @@ def test_a_missing_section_is_named(section):
   c = load_config_module("tiny").get_config()
   del c[section]
   with pytest.raises(ValueError, match=rf"config is missing section\(s\) \['{section}"):
-    validate_config(c)
+    RunConfig.from_config_dict(c)
 
 
 def test_the_model_configs_share_one_base():

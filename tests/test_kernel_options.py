@@ -16,8 +16,8 @@ from jax import export
 from moga_jax.model.attention import MoGAAttention
 from moga_jax.model.text_to_video import TextToVideo
 from moga_jax.train.checkpoint import check_config
-from moga_jax.train.config_checks import validate_config
 from moga_jax.train.config_files import load_config_module
+from moga_jax.train.run_config import RunConfig
 from pallas_kernels import KernelOptions, group_attention, shot_window_attention
 from pallas_kernels.block_sparse.gpu import LaunchParams, launch_params
 
@@ -140,7 +140,7 @@ def test_the_module_and_the_config_carry_the_options(key):
   assert attn.kernel_options == KernelOptions(xla_chunk_tokens=64)
   cfg = load_config_module("tiny").get_config()
   cfg.model.attention.kernel_options.num_stages = 3
-  validate_config(cfg)
+  RunConfig.from_config_dict(cfg)
   model = nnx.eval_shape(lambda: TextToVideo(cfg.model, rngs=nnx.Rngs(0)))
   found = {  # the DiT's MoGA blocks (the text encoder's attention is dense: no kernels)
     m.kernel_options

@@ -17,8 +17,8 @@ from moga_jax.model.layers import shot_attention
 from moga_jax.model.rope import apply_rope, rope_angles
 from moga_jax.model.text_to_video import frame_shots
 from moga_jax.parallel.sharding import ShardingRules, make_mesh
-from moga_jax.train.config_checks import validate_config
 from moga_jax.train.config_files import load_config_module
+from moga_jax.train.run_config import RunConfig
 from moga_jax.train.state import init_train_state, make_train_step
 
 tiny = load_config_module("tiny")
@@ -296,13 +296,13 @@ def test_bad_config_values(field, value, match):
   section, name = field.split(".")
   cfg[section][name] = value
   with pytest.raises(ValueError, match=match):
-    validate_config(cfg)
+    RunConfig.from_config_dict(cfg)
 
 
 @pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch():
   cfg = _tiny_config()
-  validate_config(cfg)
+  RunConfig.from_config_dict(cfg)
   mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
   train_state = init_train_state(cfg, mesh, ShardingRules.from_config(cfg.sharding.rules))
   step, state = make_train_step(cfg, train_state), train_state.state

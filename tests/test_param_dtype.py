@@ -12,7 +12,7 @@ from flax import nnx
 from configs import tiny
 from moga_jax.model.text_to_video import TextToVideo
 from moga_jax.train.checkpoint import Checkpointer
-from moga_jax.train.config_checks import validate_config
+from moga_jax.train.run_config import RunConfig
 from moga_jax.train.state import load_trained, make_optimizer, optimizer_layout
 
 
@@ -76,4 +76,4 @@ def test_a_float32_checkpoint_loads_into_bfloat16_parameters(tmp_path):
 
 def test_validate_config_names_a_bad_param_dtype():
   with pytest.raises(ValueError, match=r"config\.model\.param_dtype .*'float16'"):
-    validate_config(_config("float16"))
+    RunConfig.from_config_dict(_config("float16"))

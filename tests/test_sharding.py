@@ -22,8 +22,8 @@ from moga_jax.parallel.sharding import (
   param_spec,
   resolve_mesh_shape,
 )
-from moga_jax.train.config_checks import validate_sharding
 from moga_jax.train.config_files import load_config_module
+from moga_jax.train.run_config import RunConfig
 
 tiny = load_config_module("tiny")
 
@@ -191,10 +191,10 @@ def test_sharding_validator_rejects_what_the_mesh_cannot_split(mesh, field, valu
   if field:
     cfg[field[0]][field[1]] = value
   if match is None:
-    assert validate_sharding(cfg, 8)["context"] == 4
+    assert RunConfig.from_config_dict(cfg).validate_sharding(8)["context"] == 4
   else:
     with pytest.raises(ValueError, match=match):
-      validate_sharding(cfg, 8)
+      RunConfig.from_config_dict(cfg).validate_sharding(8)
 
 
 def _free_port() -> int:

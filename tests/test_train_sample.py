@@ -162,7 +162,7 @@ def test_sample_with_a_mismatched_config_names_the_fields(trained):
 
 def test_bad_config_fails_before_training(tmp_path):
   done = _train_command("--workdir", str(tmp_path / "bad"), "--config.model.num_heads=3")
-  _one_line_error(done, "config.model.num_heads (3) must divide config.model.dim (32)")
+  _one_line_error(done, "config.model.num_heads (3) must divide dim (32), the model width")
   assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
   bf16 = _train_command("--workdir", str(tmp_path / "bf16"), "--config.model.param_dtype=bfloat16")
   _one_line_error(bf16, "config.model.param_dtype='bfloat16' is for sampling: train in float32")

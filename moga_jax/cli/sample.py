@@ -34,10 +34,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from moga_jax.data import video_io
-from moga_jax.train.config_checks import validate_config
 from moga_jax.train.config_files import config_path
 from moga_jax.train.loop import config_errors
 from moga_jax.train.pipeline import pipeline_for
+from moga_jax.train.run_config import RunConfig
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -103,7 +103,7 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
   pipeline = pipeline_for(cfg)
   cfg = pipeline.configure(cfg, f.weights)  # Wan: the DiT's widths are the converted ones
   with config_errors():
-    validate_config(cfg)
+    RunConfig.from_config_dict(cfg)
   prompts = list(f.prompt)
   samples = pipeline.sample(
     cfg,

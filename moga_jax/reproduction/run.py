@@ -51,9 +51,9 @@ from moga_jax.reproduction.consistency_data import (
 from moga_jax.reproduction.eval import group_mask_iou, score_videos
 from moga_jax.tools.flops import model_flops
 from moga_jax.train import loop
-from moga_jax.train.config_checks import validate_config
 from moga_jax.train.config_files import config_path, load_config_module
 from moga_jax.train.pipeline import TinyPipeline
+from moga_jax.train.run_config import RunConfig
 from moga_jax.train.run_guard import cli_main
 from moga_jax.train.state import loss_fn
 
@@ -81,7 +81,7 @@ def run_config(c, run: dict):
     a.balance_loss = run["balance"]
   cfg.seed = run["seed"]
   cfg.train.steps = c.train_steps
-  validate_config(cfg)
+  RunConfig.from_config_dict(cfg)
   return cfg
 
 

@@ -32,6 +32,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from moga_jax.errors import InputError
 from moga_jax.parallel import axes
 from moga_jax.parallel.sharding import ShardingRules, make_mesh, ulysses_size
 from moga_jax.tools.flops import (
@@ -399,7 +400,7 @@ def parse_mesh(text: str) -> dict[str, int]:
     pairs = [item.split("=") for item in text.split(",") if item]
     return {k.strip(): int(v) for k, v in pairs}
   except ValueError:
-    raise ValueError(f"--mesh must look like fsdp=8,context=8, got {text!r}") from None
+    raise InputError(f"--mesh must look like fsdp=8,context=8, got {text!r}") from None
 
 
 def main(argv):
@@ -431,7 +432,7 @@ def main(argv):
     # Fake CPU devices for the mesh; must happen before jax starts its backend.
     jax.config.update("jax_num_cpu_devices", devices)
     if jax.device_count() < devices:
-      raise ValueError(f"the mesh needs {devices} devices; this process has {jax.device_count()}")
+      raise InputError(f"the mesh needs {devices} devices; this process has {jax.device_count()}")
   shape = run.validate_sharding(devices)
   plan = make_plan(
     run, shape, aot=_AOT.value, device_list=device_list, hbm_bytes=HBM_BYTES[chip] if chip else None

@@ -35,11 +35,11 @@ from tqdm import tqdm
 
 from moga_jax.data.pipeline import make_loader
 from moga_jax.errors import ConfigError, UserError
-from moga_jax.parallel.sharding import ShardingRules, make_mesh, process_batch_slice
+from moga_jax.parallel.sharding import make_mesh, process_batch_slice
 from moga_jax.train import plots
 from moga_jax.train.checkpoint import Checkpointer
-from moga_jax.train.config_checks import validate_config, validate_sharding
 from moga_jax.train.metrics_log import MetricsLog
+from moga_jax.train.run_config import RunConfig
 from moga_jax.train.run_guard import Preemption, check_finite, preempted
 from moga_jax.train.state import init_train_state, make_train_step, optimizer_layout
 
@@ -88,9 +88,9 @@ class TrainResult:
     return nnx.merge(self.graphdef, self.state)[0]
 
 
-def maybe_initialize_distributed(cfg) -> None:
+def maybe_initialize_distributed(run: RunConfig) -> None:
   """jax.distributed.initialize() when the config or the environment asks for it."""
-  d = cfg.distributed
+  d = run.distributed
   if not (d.initialize or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
   jax.distributed.initialize(
@@ -109,8 +109,8 @@ def maybe_initialize_distributed(cfg) -> None:
 
 @contextlib.contextmanager
 def config_errors() -> Iterator[None]:
-  """A ValueError from the config checks (validate_config, validate_sharding) is a ConfigError:
-  those checks exist to name a config value that cannot work."""
+  """A ValueError from the config checks (RunConfig.from_config_dict, validate_sharding) is a
+  ConfigError: those checks exist to name a config value that cannot work."""
   try:
     yield
   except ValueError as e:
@@ -119,21 +119,19 @@ def config_errors() -> Iterator[None]:
     raise ConfigError(str(e)) from e
 
 
-def checked_config(cfg, pipeline, init: str | None, device_count: int):
-  """(config, mesh shape): the pipeline's config for `init`, validated for training on
-  `device_count` devices."""
+def checked_config(cfg, pipeline, init: str | None):
+  """(config, run): the pipeline's config for `init` (a ConfigDict: what the run records) and
+  the same typed and validated for training."""
   cfg = pipeline.configure(cfg, init)
   with config_errors():
-    validate_config(cfg)
-  if cfg.model.get("param_dtype", "float32") != "float32":
+    run = RunConfig.from_config_dict(cfg)
+  if run.model.param_dtype != "float32":
     raise ConfigError(
-      f"config.model.param_dtype={cfg.model.param_dtype!r} is for sampling: train in float32 "
+      f"config.model.param_dtype={run.model.param_dtype!r} is for sampling: train in float32 "
       "(bfloat16 weights lose Adam's small updates below their resolution); a float32 "
       "checkpoint then samples with --config.model.param_dtype=bfloat16"
     )
-  with config_errors():
-    mesh_shape = validate_sharding(cfg, device_count)
-  return cfg, mesh_shape
+  return cfg, run
 
 
 def train(
@@ -149,35 +147,37 @@ def train(
   """Trains `cfg` (config.train.steps steps) with `pipeline` (moga_jax.train.pipeline) on
   `devices` (default: all), starting from `init` (converted weights, Wan) unless WORKDIR has a
   checkpoint; see the module docstring. Returns where it stopped."""
-  maybe_initialize_distributed(cfg)
+  cfg, run = checked_config(cfg, pipeline, init)
+  maybe_initialize_distributed(run)  # before anything asks JAX for its devices
   devices = jax.devices() if devices is None else list(devices)
-  cfg, mesh_shape = checked_config(cfg, pipeline, init, len(devices))
+  with config_errors():
+    mesh_shape = run.validate_sharding(len(devices))
   mesh = make_mesh(mesh_shape, devices=devices)
-  rules = ShardingRules.from_config(cfg.sharding.rules)
+  rules = run.sharding.rules
   persistent = workdir is not None
   workdir = Path(workdir) if persistent else None
   primary = jax.process_index() == 0
   if persistent:
     workdir.mkdir(parents=True, exist_ok=True)
-  prepare = lambda: pipeline.prepare_data(cfg, workdir, init)
+  prepare = lambda: pipeline.prepare_data(run, workdir, init)
   if primary:  # one process makes the data; the others wait, then find it ready
     prepare()
   multihost_utils.sync_global_devices("data prepared")
   dataset_dir = prepare()
 
-  train_state = init_train_state(cfg, mesh, rules)
+  train_state = init_train_state(run, mesh, rules)
   state = train_state.state
-  shard_index, shard_count = process_batch_slice(mesh, rules, cfg.train.batch_size)
+  shard_index, shard_count = process_batch_slice(mesh, rules, run.train.batch_size)
   loader = make_loader(
     dataset_dir,
-    batch_size=cfg.train.batch_size // shard_count,
-    seed=cfg.seed,
+    batch_size=run.train.batch_size // shard_count,
+    seed=run.seed,
     shard_index=shard_index,
     shard_count=shard_count,
   )
-  model_config, optimizer_config = cfg.model.to_dict(), optimizer_layout(cfg.train)
+  model_config, optimizer_config = run.model_dict(), optimizer_layout(run.train)
   checkpoints = (
-    Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints) if persistent else None
+    Checkpointer(workdir / "checkpoints", keep=run.train.keep_checkpoints) if persistent else None
   )
   step, resumed = 0, None
   if checkpoints is not None:
@@ -201,13 +201,13 @@ def train(
   if persistent and primary:
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 
-  train_step = make_train_step(cfg, train_state, loss=pipeline.loss)
+  train_step = make_train_step(run, train_state, loss=pipeline.loss)
   to_global = lambda batch: jax.tree.map(
     lambda x: jax.make_array_from_process_local_data(train_state.batch_sharding, x), batch
   )
-  root_key = jax.random.key(cfg.seed)
+  root_key = jax.random.key(run.seed)
   log = MetricsLog(workdir, step) if persistent and primary else None
-  t = cfg.train
+  t = run.train
   bar = tqdm(
     total=t.steps,
     initial=step,
@@ -217,7 +217,7 @@ def train(
     disable=not primary,
     leave=persistent,
   )
-  log_every, max_skipped = t.get("log_every", 1), t.get("skip_nonfinite_steps", 0)
+  log_every, max_skipped = t.log_every, t.skip_nonfinite_steps
   pending: list[tuple[int, dict]] = []
   last_row: dict = {}
   saved_at, skipped, healthy, stopped = step, 0, True, False

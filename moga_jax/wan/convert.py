@@ -34,6 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
+from moga_jax.errors import InputError, MissingInputError
 from moga_jax.model.text_to_video import dit_from_config
 from moga_jax.wan.converted_folder import TOKENIZER_FILES, WIDTHS, report_json, save_component
 from moga_jax.wan.dit_weights import dit_kwargs_from_diffusers, load_wan_dit
@@ -50,14 +51,14 @@ def component_folders(src: str | Path) -> dict[str, Path]:
   """{component: folder} found in a diffusers pipeline folder or a bare transformer folder."""
   src = Path(src)
   if not src.is_dir():
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"--src {src} is not a folder (give a diffusers Wan folder or a Hub id, owner/name)"
     )
   if (src / "config.json").is_file() and not (src / "transformer").is_dir():
     return {"transformer": src}
   found = {name: src / name for name in COMPONENTS if (src / name).is_dir()}
   if not found:
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"--src {src} has none of {', '.join(COMPONENTS)} and no "
       "config.json: is it a diffusers Wan 2.1 folder?"
     )
@@ -72,7 +73,7 @@ def with_source_widths(
   width that differs from the config is logged."""
   theirs = dit_kwargs_from_diffusers(source)
   if theirs["out_channels"] != theirs["in_channels"]:
-    raise ValueError(
+    raise InputError(
       f"{where}: out_channels {theirs['out_channels']} != in_channels "
       f"{theirs['in_channels']}: not a text-to-video transformer"
     )
@@ -116,12 +117,12 @@ def convert_vae(folder: Path, out: Path, cfg) -> str:
   vae, report = load_wan_vae(folder)
   stride = (vae.config.temporal_factor, vae.config.spatial_factor, vae.config.spatial_factor)
   if cfg.get("pipeline") == "wan" and tuple(cfg.video.vae_stride) != stride:
-    raise ValueError(
+    raise InputError(
       f"{folder}: the VAE compresses (t, h, w) by {stride}, the config's "
       f"video.vae_stride says {tuple(cfg.video.vae_stride)}"
     )
   if vae.config.z_dim != cfg.model.in_channels:
-    raise ValueError(
+    raise InputError(
       f"{folder}: the VAE has {vae.config.z_dim} latent channels, the config's "
       f"model.in_channels is {cfg.model.in_channels}"
     )
@@ -138,7 +139,7 @@ def convert_text_encoder(folder: Path, out: Path, cfg) -> str:
   dtype = _float_dtype(read_safetensors(folder))
   encoder, report = load_umt5(folder, param_dtype=dtype, dtype=dtype)
   if encoder.config.d_model != cfg.model.text_dim:
-    raise ValueError(
+    raise InputError(
       f"{folder}: the text encoder's width is {encoder.config.d_model}, the "
       f"config's model.text_dim is {cfg.model.text_dim}"
     )
@@ -179,12 +180,12 @@ def convert(src: str | Path, out: str | Path, cfg, components=COMPONENTS) -> lis
   """Converts the requested components present in src; returns one report per component."""
   unknown = sorted(set(components) - set(COMPONENTS))
   if unknown:
-    raise ValueError(f"--components: unknown {unknown}; choose from {', '.join(COMPONENTS)}")
+    raise InputError(f"--components: unknown {unknown}; choose from {', '.join(COMPONENTS)}")
   src = resolve_source(src, components)  # a Hub id: its snapshot in the HF cache
   found = component_folders(src)
   todo = [name for name in COMPONENTS if name in components and name in found]
   if not todo:
-    raise FileNotFoundError(f"none of {', '.join(components)} in {src}")
+    raise MissingInputError(f"none of {', '.join(components)} in {src}")
   out = Path(out)
   if "transformer" in found:  # the other components are checked against these widths
     config = json.loads((found["transformer"] / "config.json").read_text())

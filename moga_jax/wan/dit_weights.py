@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from moga_jax.errors import InputError
 from moga_jax.model.dit import VideoDiT
 from moga_jax.wan.weights import (
   Transform,
@@ -146,29 +147,29 @@ def dit_kwargs_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
   """
   name = config.get("_class_name", "WanTransformer3DModel")
   if name != "WanTransformer3DModel":
-    raise ValueError(f"expected a WanTransformer3DModel config, got _class_name {name!r}")
+    raise InputError(f"expected a WanTransformer3DModel config, got _class_name {name!r}")
   c = {**_DEFAULTS, **known_config_keys(config, _DEFAULTS, where="WanTransformer3DModel config")}
   for key, what in _UNSUPPORTED.items():
     if c[key] is not None:
-      raise ValueError(
+      raise InputError(
         f"{key}={c[key]!r}: {what} is not supported; VideoDiT is text-to-video "
         "only (Wan 2.1 T2V), so load a T2V checkpoint"
       )
   if c["qk_norm"] != "rms_norm_across_heads":
-    raise ValueError(
+    raise InputError(
       f"qk_norm={c['qk_norm']!r} is not supported: VideoDiT RMS-normalises q "
       "and k across all heads ('rms_norm_across_heads') as Wan 2.1 does"
     )
   if not c["cross_attn_norm"]:
-    raise ValueError(
+    raise InputError(
       "cross_attn_norm=False is not supported: VideoDiT always applies the "
       "affine layer norm before cross-attention (norm3), as Wan 2.1 does"
     )
   if c["eps"] != _EPS:
-    raise ValueError(f"eps={c['eps']!r} is not supported: VideoDiT's norms use {_EPS}")
+    raise InputError(f"eps={c['eps']!r} is not supported: VideoDiT's norms use {_EPS}")
   patch = tuple(int(p) for p in c["patch_size"])
   if len(patch) != 3:
-    raise ValueError(f"patch_size must be (t, h, w), got {c['patch_size']!r}")
+    raise InputError(f"patch_size must be (t, h, w), got {c['patch_size']!r}")
   heads, head_dim = int(c["num_attention_heads"]), int(c["attention_head_dim"])
   # rope_max_seq_len only bounds diffusers' precomputed RoPE table; ours is computed per grid.
   return dict(

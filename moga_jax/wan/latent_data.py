@@ -33,6 +33,7 @@ from moga_jax.data import video_io
 from moga_jax.data.captions import decode_captions
 from moga_jax.data.pipeline import NULL_CONTEXT, find_dataset_dir
 from moga_jax.data.prepare import prepare_data
+from moga_jax.errors import InputError
 from moga_jax.model.text_to_video import frame_shots
 from moga_jax.train.run_config import RunConfig, as_run_config
 from moga_jax.wan.converted_folder import load_converted_tokenizer, load_text_encoder, load_vae
@@ -185,7 +186,7 @@ def prepare_latents(cfg: RunConfig, workdir: str | Path, weights: str | Path) ->
   if (dataset_dir / SUMMARY).is_file():
     summary = json.loads((dataset_dir / SUMMARY).read_text())
     if (summary["video_dir"], summary["weights"]) != (config.video_dir, config.weights):
-      raise ValueError(
+      raise InputError(
         f"{dataset_dir} holds latents of {summary['video_dir']} through "
         f"{summary['weights']}, not of {config.video_dir} through "
         f"{config.weights}; remove it to rebuild"

@@ -20,6 +20,7 @@ from flax import nnx
 
 from moga_jax.data import video_io
 from moga_jax.diffusion.flow import sample_flow
+from moga_jax.errors import InputError
 from moga_jax.model.dit import VideoDiT
 from moga_jax.train.run_config import RunConfig, SampleConfig, VideoConfig, as_run_config
 from moga_jax.wan.converted_folder import (
@@ -56,7 +57,7 @@ def video_geometry(video: VideoConfig, shots: int) -> VideoGeometry:
   v = video
   latent = video.latent_grid
   if not 1 <= shots <= latent[0]:
-    raise ValueError(
+    raise InputError(
       f"{shots} prompts for {latent[0]} latent frames: give between 1 and "
       f"{latent[0]} prompts (or raise config.video.frames)"
     )

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, processors
 
+from moga_jax.errors import InputError, MissingInputError
+
 _T5_CLASSES = ("T5Tokenizer", "T5TokenizerFast")
 
 
@@ -41,7 +43,7 @@ def load_tokenizer(path: str | os.PathLike) -> PromptTokenizer:
   file = path if path.is_file() else folder / "tokenizer.json"
   if not file.is_file():
     hint = " (it holds spiece.model only)" if (folder / "spiece.model").is_file() else ""
-    raise FileNotFoundError(
+    raise MissingInputError(
       f"no tokenizer.json in {folder}{hint}. moga-jax reads the `tokenizers` serialization, "
       "not SentencePiece models. Write it once with transformers: "
       f"AutoTokenizer.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r})"
@@ -52,21 +54,21 @@ def load_tokenizer(path: str | os.PathLike) -> PromptTokenizer:
     settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
   for side in ("padding_side", "truncation_side"):
     if settings.get(side, "right") != "right":
-      raise ValueError(
+      raise InputError(
         f"{folder}: {side}={settings[side]!r}; Wan's pipeline trims embeddings "
         "assuming right padding and truncation, the only kind supported here"
       )
   pad = _token_text(settings.get("pad_token")) or "<pad>"
   pad_id = backend.token_to_id(pad)
   if pad_id is None:
-    raise ValueError(f"{file}: the pad token {pad!r} is not in the vocabulary")
+    raise InputError(f"{file}: the pad token {pad!r} is not in the vocabulary")
   eos = _token_text(settings.get("eos_token")) or "</s>"
   t5_class = settings.get("tokenizer_class", "T5Tokenizer") in _T5_CLASSES
   if backend.post_processor is None and t5_class:
     # transformers' T5 tokenizers always append EOS; a bare tokenizer.json may not say so.
     eos_id = backend.token_to_id(eos)
     if eos_id is None:
-      raise ValueError(f"{file}: the EOS token {eos!r} is not in the vocabulary")
+      raise InputError(f"{file}: the EOS token {eos!r} is not in the vocabulary")
     backend.post_processor = processors.TemplateProcessing(
       single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, eos_id)]
     )

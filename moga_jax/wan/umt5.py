@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from moga_jax.errors import InputError
 from moga_jax.wan.weights import known_config_keys, read_config_json
 
 _SUPPORTED_FFN = "gated-gelu"
@@ -82,12 +83,12 @@ class UMT5Config:
 
   def __post_init__(self):
     if self.feed_forward_proj != _SUPPORTED_FFN:
-      raise ValueError(
+      raise InputError(
         f"feed_forward_proj={self.feed_forward_proj!r} is not supported: this "
         f"umT5 port implements {_SUPPORTED_FFN!r} only (what umT5 checkpoints use)"
       )
     if self.relative_attention_num_buckets < 4:
-      raise ValueError(
+      raise InputError(
         "relative_attention_num_buckets must be at least 4 (half per direction, "
         "half of those exact)"
       )
@@ -99,15 +100,15 @@ class UMT5Config:
     when known (_TRANSFORMERS_ONLY), else named in a warning (`known_config_keys`)."""
     path, raw = read_config_json(path)
     if raw.get("model_type", "umt5") != "umt5":
-      raise ValueError(
+      raise InputError(
         f"{path}: model_type is {raw['model_type']!r}, expected 'umt5' (plain T5 "
         "shares one position bias across layers and is not supported here)"
       )
     if raw.get("is_decoder", False):
-      raise ValueError(f"{path}: is_decoder is true; only the umT5 encoder is supported")
+      raise InputError(f"{path}: is_decoder is true; only the umT5 encoder is supported")
     for key, value in _IMPLIED_BY_GATED_GELU.items():
       if raw.get(key, value) != value:
-        raise ValueError(
+        raise InputError(
           f"{path}: {key}={raw[key]!r}, but this umT5 port computes {_SUPPORTED_FFN!r}, "
           f"which means {key}={value!r}"
         )

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from moga_jax.errors import InputError
 from moga_jax.wan.umt5 import UMT5Config, UMT5Encoder
 from moga_jax.wan.weights import (
   Transform,
@@ -70,7 +71,7 @@ def _one_embedding(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return tensors
   a, b = (tensors[n] for n in present)
   if a.shape != b.shape:
-    raise ValueError(
+    raise InputError(
       f"tied embeddings disagree in shape: {present[0]} {a.shape}, {present[1]} {b.shape}"
     )
   return {k: v for k, v in tensors.items() if k != present[1]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from moga_jax.errors import InputError
 from moga_jax.wan.weights import known_config_keys, read_config_json
 
 # Wan 2.1's published per-channel latent statistics (diffusers' defaults).
@@ -93,44 +94,44 @@ class WanVAEConfig:
     if self.out_channels != 3:
       wan22.append(f"out_channels={self.out_channels}")
     if wan22:
-      raise ValueError(
+      raise InputError(
         f"unsupported VAE config ({', '.join(wan22)}): this is the Wan 2.2 VAE "
         "(residual blocks, patchified input) or a non-RGB variant; only the Wan "
         "2.1 VAE (is_residual=False, patch_size=None, 3 channels in and out) is "
         "implemented"
       )
     if self.dropout != 0:
-      raise ValueError(
+      raise InputError(
         f"dropout={self.dropout}: only dropout=0 is supported (this port is "
         "inference-only and has no dropout layers)"
       )
     if self.attn_scales:
-      raise ValueError(
+      raise InputError(
         f"attn_scales={list(self.attn_scales)}: attention inside the encoder's "
         "down blocks is not supported (diffusers' AutoencoderKLWan cannot run it "
         "either); Wan 2.1 uses attn_scales=[]"
       )
     if len(self.dim_mult) < 1 or min(self.dim_mult) < 1 or self.base_dim < 1:
-      raise ValueError(
+      raise InputError(
         f"base_dim={self.base_dim}, dim_mult={list(self.dim_mult)}: need positive widths"
       )
     if len(self.temperal_downsample) != len(self.dim_mult) - 1:
-      raise ValueError(
+      raise InputError(
         f"temperal_downsample has {len(self.temperal_downsample)} entries; "
         f"dim_mult={list(self.dim_mult)} needs one per downsampling stage "
         f"({len(self.dim_mult) - 1})"
       )
     if ENCODE_CHUNK % self.temporal_factor:
-      raise ValueError(
+      raise InputError(
         f"{sum(self.temperal_downsample)} temporal downsamplings compress "
         f"{self.temporal_factor}x, which does not divide the encoder's "
         f"{ENCODE_CHUNK}-frame chunks"
       )
     for name in ("latents_mean", "latents_std"):
       if len(getattr(self, name)) != self.z_dim:
-        raise ValueError(f"{name} has {len(getattr(self, name))} entries, z_dim={self.z_dim}")
+        raise InputError(f"{name} has {len(getattr(self, name))} entries, z_dim={self.z_dim}")
     if min(self.latents_std) <= 0:
-      raise ValueError("latents_std must be positive")
+      raise InputError("latents_std must be positive")
 
   @property
   def decoder_dim(self) -> int:
@@ -152,9 +153,9 @@ class WanVAEConfig:
     path, raw = read_config_json(path)
     class_name = raw.get("_class_name", _CLASS_NAME)
     if class_name != _CLASS_NAME:
-      raise ValueError(f"{path}: _class_name is {class_name!r}, expected {_CLASS_NAME!r}")
+      raise InputError(f"{path}: _class_name is {class_name!r}, expected {_CLASS_NAME!r}")
     fields = known_config_keys(raw, (f.name for f in dataclasses.fields(cls)), where=path)
     try:
       return cls(**fields)
     except ValueError as e:
-      raise ValueError(f"{path}: {e}") from e
+      raise InputError(f"{path}: {e}") from e

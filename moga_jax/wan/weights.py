@@ -23,6 +23,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from moga_jax.errors import InputError, MissingInputError
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 _DTYPES = {
@@ -62,7 +64,7 @@ def refuse_pickle(path: str | os.PathLike) -> None:
   """Pickle-based checkpoints can run arbitrary code when loaded: we never open them."""
   path = Path(path)
   if path.suffix.lower() in PICKLE_SUFFIXES:
-    raise ValueError(
+    raise InputError(
       f"{path} is a pickle-based checkpoint ({path.suffix}); loading one can execute arbitrary "
       "code, so moga-jax reads safetensors only. Convert it to .safetensors first (for "
       "example with diffusers' save_pretrained(..., safe_serialization=True))."
@@ -73,18 +75,18 @@ def safetensor_files(src: str | os.PathLike) -> list[Path]:
   """The .safetensors files of a file or folder (shards sorted by name); refuses pickles."""
   src = Path(src)
   if not src.exists():
-    raise FileNotFoundError(f"no such file or folder: {src}")
+    raise MissingInputError(f"no such file or folder: {src}")
   if src.is_file():
     refuse_pickle(src)
     if src.suffix != ".safetensors":
-      raise ValueError(f"{src} is not a .safetensors file")
+      raise InputError(f"{src} is not a .safetensors file")
     return [src]
   files = sorted(src.glob("*.safetensors"))
   if not files:
     pickles = sorted(p.name for p in src.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
       refuse_pickle(src / pickles[0])
-    raise FileNotFoundError(f"no .safetensors files in {src}")
+    raise MissingInputError(f"no .safetensors files in {src}")
   return files
 
 
@@ -93,7 +95,7 @@ def config_beside(src: str | os.PathLike) -> Path:
   src = Path(src)
   folder = src if src.is_dir() else src.parent
   if not (folder / "config.json").is_file():
-    raise FileNotFoundError(f"no config.json in {folder}: pass config= explicitly")
+    raise MissingInputError(f"no config.json in {folder}: pass config= explicitly")
   return folder / "config.json"
 
 
@@ -127,7 +129,7 @@ def known_config_keys(
   known, ignore = set(known), set(ignore)
   extra = sorted(k for k in raw if not k.startswith("_") and k not in known | ignore)
   if extra and unknown == "raise":
-    raise ValueError(
+    raise InputError(
       f"{where}: unsupported config keys {extra}; refusing rather than guessing what they "
       f"change (this port reads {sorted(known)})"
     )
@@ -148,9 +150,9 @@ def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
       if name == "__metadata__":
         continue
       if info["dtype"] not in _DTYPES:
-        raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        raise InputError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
       if name in tensors:
-        raise ValueError(f"tensor {name!r} appears in more than one shard of {src}")
+        raise InputError(f"tensor {name!r} appears in more than one shard of {src}")
       start, end = info["data_offsets"]
       dtype = np.dtype(_DTYPES[info["dtype"]])
       tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
@@ -218,7 +220,7 @@ class WeightReport:
 
   def raise_if_incomplete(self, what: str) -> None:
     if not self.ok:
-      raise ValueError(self.describe(what))
+      raise InputError(self.describe(what))
 
 
 def _path_name(path: Iterable) -> str:

@@ -21,8 +21,8 @@ from flax import nnx
 
 from moga_jax.model.text_to_video import TextToVideo
 from moga_jax.parallel.sharding import ShardingRules, make_mesh, state_shardings
-from moga_jax.train.config_checks import validate_config, validate_sharding
 from moga_jax.train.config_files import load_config_module
+from moga_jax.train.run_config import RunConfig
 from moga_jax.train.state import init_train_state, loss_fn, make_train_step
 
 assert jax.device_count() == 8, jax.devices()
@@ -43,8 +43,8 @@ if mesh_shape.get("share", 1) > 1:  # work shares need every block sparse
   cfg.model.remat = "offload_block_input"
   cfg.model.ffn_token_chunk = 100
   cfg.model.attention.head_chunk = 1
-validate_config(cfg)
-mesh = make_mesh(validate_sharding(cfg, 8))
+RunConfig.from_config_dict(cfg)
+mesh = make_mesh(RunConfig.from_config_dict(cfg).validate_sharding(8))
 single = make_mesh({"data": 1}, devices=jax.devices()[:1])
 rules = ShardingRules.from_config(cfg.sharding.rules)
 
