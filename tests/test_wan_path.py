@@ -114,6 +114,7 @@ def test_converted_dit_equals_direct_load(source, weights):
     converted.load_dit(out, one_group.model)
 
 
+@pytest.mark.slow
 def test_sampling_is_deterministic_and_uses_the_prompts(weights):
   out, _ = weights
   cfg = tiny_config(**{"sample.steps": 2})
@@ -125,6 +126,7 @@ def test_sampling_is_deterministic_and_uses_the_prompts(weights):
   np.testing.assert_array_equal(shots, [0, 0, 0, 0, 0, 1, 1, 1, 1])
 
 
+@pytest.mark.slow
 def test_conversion_takes_the_widths_from_the_checkpoint(source, tmp_path):
   """The un-shrunk 1.3B config converts the tiny transformer: widths from its config.json, MoGA
   settings from the config; loading builds from the recorded widths."""
