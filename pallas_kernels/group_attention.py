@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
+from pallas_kernels.block_sparse.dispatch import resolve
+from pallas_kernels.block_sparse.layout_ops import AttentionPattern, attend_pattern
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import group_attention_reference
-from pallas_kernels.metadata import WorkShare, cdiv, group_layout
+from pallas_kernels.common import cdiv
+from pallas_kernels.metadata import WorkShare, group_layout
 
 
 def group_attention(
@@ -80,60 +81,34 @@ def group_attention(
   )
   scale = validation.check_scale(scale, head_dim)
   share = validation.check_share(share)
-  name, options, tile = choose_implementation_and_tile(
-    implementation, interpret, tile, x=q, backend=backend, options=options
+  resolved = resolve(
+    implementation, x=q, tile=tile, interpret=interpret, backend=backend, options=options
   )
-  if share is not None:  # q, k, v and the output of other shares' tokens are 0 here
-    owned = share.owns_group(group_ids, num_groups)
-    owned = (owned if owned.ndim == 3 else owned[..., None])[..., None]
-    q, k, v = (jnp.where(owned, x, 0) for x in (q, k, v))
-  if name == "reference":
-    out = _reference(q, k, v, group_ids, scale=scale)
-  else:
-    out = _attend_grouped(
-      q,
-      k,
-      v,
-      group_ids,
-      None if share is None else share.index,
-      num_groups=num_groups,
-      share_count=None if share is None else share.count,
-      scale=scale,
-      tile=tile,
-      implementation=name,
-      options=options,
-    )
-  return out if share is None else jnp.where(owned, out, 0)
-
-
-_reference = jax.jit(group_attention_reference, static_argnames=("scale",))
-
-
-@functools.partial(
-  jax.jit,
-  static_argnames=("num_groups", "share_count", "scale", "tile", "implementation", "options"),
-)
-def _attend_grouped(
-  q,
-  k,
-  v,
-  group_ids,
-  share_index,
-  *,
-  num_groups: int,
-  share_count: int | None,
-  scale: float,
-  tile: int,
-  implementation: str,
-  options,
-):
-  """Sort by group, run the block-sparse kernel over the group tiles, unsort."""
-  rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
-  share = None if share_count is None else WorkShare(share_index, share_count)
-  layout = group_layout(rows, num_groups=num_groups, tile=tile, share=share)
-  if options.visits_per_row is None:  # the TPU cost estimate's guess: uniform routing
-    tiles_per_group = cdiv(cdiv(rows.shape[1], num_groups), tile)
-    options = dataclasses.replace(options, visits_per_row=num_groups * tiles_per_group**2)
-  return attend_in_layout(
-    q, k, v, layout, scale=scale, implementation=implementation, options=options, pattern="group"
+  return attend_pattern(
+    Groups(num_groups), q, k, v, group_ids, scale=scale, resolved=resolved, share=share
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class Groups(AttentionPattern):
+  """Tokens sorted by group id, each group padded to whole tiles: a tile visits its group's run.
+  A share owns whole groups (group g is share g * count // num_groups's), keys included."""
+
+  num_groups: int
+  name = "group"
+  share_owns_keys = True
+
+  def layout(self, group_ids, *, tile, share):
+    rows = jnp.moveaxis(group_ids, -1, 1).reshape(-1, group_ids.shape[1])  # [B * Hr, N]
+    return group_layout(rows, num_groups=self.num_groups, tile=tile, share=share)
+
+  def reference(self, q, k, v, group_ids, *, scale):
+    return group_attention_reference(q, k, v, group_ids, scale=scale)
+
+  def owned(self, share, group_ids, *, seq, tile):
+    return share.owns_group(group_ids, self.num_groups)[..., None]  # [B, N, H or 1, 1]
+
+  def visits_per_row(self, *, seq, tile):
+    """Uniform routing: G groups of N / G tokens, each visiting its own tiles squared."""
+    tiles_per_group = cdiv(cdiv(seq, self.num_groups), tile)
+    return self.num_groups * tiles_per_group**2

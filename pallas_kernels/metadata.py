@@ -22,9 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
+from pallas_kernels.common import cdiv  # re-exported: moga_jax imports it from here
 
 
 def cdiv_array(a: jax.Array, b: int) -> jax.Array:

@@ -3,7 +3,7 @@ static branches (the paper's Sec. 3.2), on the one block-sparse contract."""
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
+from pallas_kernels.block_sparse.dispatch import resolve
+from pallas_kernels.block_sparse.layout_ops import AttentionPattern, attend_pattern
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import shot_window_attention_reference
 from pallas_kernels.metadata import WorkShare, shot_window_layout, shot_window_order
@@ -91,36 +92,11 @@ def shot_window_attention(
   )
   scale = validation.check_scale(scale, head_dim)
   share = validation.check_share(share)
-  name, options, tile = choose_implementation_and_tile(
-    implementation, interpret, tile, x=q, backend=backend, options=options
+  resolved = resolve(
+    implementation, x=q, tile=tile, interpret=interpret, backend=backend, options=options
   )
-  static = dict(
-    grid_shape=grid_shape,
-    spatial_groups=spatial_groups,
-    temporal_group=temporal_group,
-    context_frames=context_frames,
-    scale=scale,
-  )
-  if share is not None:  # other shares' queries (and their output) are 0 here
-    slot = jnp.asarray(shot_window_order(grid_shape, spatial_groups, tile).slot[0])
-    owned = share.owns_slot(slot, seq)[None, :, None, None]
-    q = jnp.where(owned, q, 0)
-  if name == "reference":
-    out = _reference(q, k, v, shot_ids, **static)
-  else:
-    out = _shot_windows(
-      q,
-      k,
-      v,
-      shot_ids,
-      None if share is None else share.index,
-      share_count=None if share is None else share.count,
-      tile=tile,
-      implementation=name,
-      options=options,
-      **static,
-    )
-  return out if share is None else jnp.where(owned, out, 0)
+  pattern = ShotWindows(grid_shape, spatial_groups, temporal_group, context_frames)
+  return attend_pattern(pattern, q, k, v, shot_ids, scale=scale, resolved=resolved, share=share)
 
 
 def frame_attention(
@@ -165,47 +141,30 @@ def frame_attention(
   )
 
 
-_STATIC = ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "scale")
-_reference = jax.jit(shot_window_attention_reference, static_argnames=_STATIC)
+@dataclasses.dataclass(frozen=True)
+class ShotWindows(AttentionPattern):
+  """Tokens in (spatial window, t, h, w) order: every query's keys are one contiguous run of
+  slots, computed on device from the shot ids. A share owns a contiguous run of query slots."""
 
+  grid_shape: tuple[int, int, int]
+  spatial_groups: tuple[int, int]
+  temporal_group: int | None
+  context_frames: int
 
-@functools.partial(
-  jax.jit, static_argnames=(*_STATIC, "share_count", "tile", "implementation", "options")
-)
-def _shot_windows(
-  q,
-  k,
-  v,
-  shot_ids,
-  share_index,
-  *,
-  share_count,
-  grid_shape,
-  spatial_groups,
-  temporal_group,
-  context_frames,
-  scale,
-  tile,
-  implementation,
-  options,
-):
-  layout = shot_window_layout(
-    shot_ids,
-    grid_shape=grid_shape,
-    spatial_groups=spatial_groups,
-    temporal_group=temporal_group,
-    context_frames=context_frames,
-    tile=tile,
-    share=None if share_count is None else WorkShare(share_index, share_count),
-  )
-  per_frame = (spatial_groups, temporal_group, context_frames) == ((1, 1), 1, 0)
-  return attend_in_layout(
-    q,
-    k,
-    v,
-    layout,
-    scale=scale,
-    implementation=implementation,
-    options=options,
-    pattern="frame" if per_frame else "stga",
-  )
+  @property
+  def name(self) -> str:
+    per_frame = (self.spatial_groups, self.temporal_group, self.context_frames) == ((1, 1), 1, 0)
+    return "frame" if per_frame else "stga"
+
+  def _static(self) -> dict:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  def layout(self, shot_ids, *, tile, share):
+    return shot_window_layout(shot_ids, tile=tile, share=share, **self._static())
+
+  def reference(self, q, k, v, shot_ids, *, scale):
+    return shot_window_attention_reference(q, k, v, shot_ids, scale=scale, **self._static())
+
+  def owned(self, share, shot_ids, *, seq, tile):
+    slot = jnp.asarray(shot_window_order(self.grid_shape, self.spatial_groups, tile).slot[0])
+    return share.owns_slot(slot, seq)[None, :, None, None]

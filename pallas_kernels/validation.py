@@ -1,4 +1,8 @@
-"""Argument checks shared by the public ops: clear errors, raised before anything is traced."""
+"""Argument checks shared by the public ops: clear errors, raised before anything is traced.
+
+The checks that are not about attention (`check_int`, `check_positive_int`, `check_int_triple`)
+live in `pallas_kernels.common` (no JAX); they are re-exported here under their old names.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
+
+from pallas_kernels.common import check_int as check_int
+from pallas_kernels.common import check_int_triple as check_int_triple
+from pallas_kernels.common import check_positive_int as check_positive_int
 
 
 def check_qkv(q, k, v) -> tuple[int, int, int, int]:
@@ -39,20 +47,6 @@ def check_qkv(q, k, v) -> tuple[int, int, int, int]:
   if head_dim == 0:
     raise ValueError(f"q must have head_dim >= 1, got shape {tuple(q.shape)}")
   return batch, seq, heads, head_dim
-
-
-def check_int(name: str, value, *, minimum: int = 1, maximum: int | None = None) -> int:
-  """An int (numpy ints too, not bool) in [minimum, maximum]: TypeError / ValueError if not."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-  if value < minimum or (maximum is not None and value > maximum):
-    upper = "" if maximum is None else f" and <= {maximum}"
-    raise ValueError(f"{name} must be >= {minimum}{upper}, got {value}")
-  return int(value)
-
-
-def check_positive_int(name: str, value) -> int:
-  return check_int(name, value, minimum=1)
 
 
 def check_scale(scale, head_dim: int) -> float:
@@ -102,19 +96,6 @@ def check_group_ids(
       high=high,
     )
   return jnp.clip(group_ids.astype(jnp.int32), 0, num_groups - 1)
-
-
-def check_int_triple(name: str, value) -> tuple[int, int, int]:
-  """A (t, h, w) triple of positive ints."""
-  if (
-    not isinstance(value, (tuple, list))
-    or len(value) != 3
-    or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value)
-  ):
-    raise TypeError(f"{name} must be a (t, h, w) tuple of 3 ints, got {value!r}")
-  if min(value) < 1:
-    raise ValueError(f"{name} must hold positive sizes, got {tuple(value)}")
-  return tuple(int(x) for x in value)
 
 
 def check_interpret(interpret, implementation: str):

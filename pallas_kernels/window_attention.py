@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 from collections.abc import Mapping
 
 import jax
 
 from pallas_kernels import validation
-from pallas_kernels.block_sparse.ops import attend_in_layout, choose_implementation_and_tile
+from pallas_kernels.block_sparse.dispatch import resolve
+from pallas_kernels.block_sparse.layout_ops import AttentionPattern, attend_pattern
 from pallas_kernels.block_sparse.options import KernelOptions
 from pallas_kernels.block_sparse.reference import window_attention_reference
 from pallas_kernels.metadata import window_layout
@@ -57,40 +58,27 @@ def window_attention(
       f"seq = {seq} (q shape {tuple(q.shape)}); need T * H * W == seq"
     )
   scale = validation.check_scale(scale, head_dim)
-  name, options, _ = choose_implementation_and_tile(
-    implementation, interpret, math.prod(tile), x=q, backend=backend, options=options
+  resolved = resolve(
+    implementation, x=q, tile=math.prod(tile), interpret=interpret, backend=backend, options=options
   )
-  if name == "reference":
-    return _reference(q, k, v, grid_shape=grid_shape, tile=tile, window=window, scale=scale)
-  return _windowed(
-    q,
-    k,
-    v,
-    grid_shape=grid_shape,
-    tile=tile,
-    window=window,
-    scale=scale,
-    implementation=name,
-    options=options,
-  )
+  return attend_pattern(Windows(grid_shape, tile, window), q, k, v, scale=scale, resolved=resolved)
 
 
-_reference = jax.jit(
-  window_attention_reference, static_argnames=("grid_shape", "tile", "window", "scale")
-)
+@dataclasses.dataclass(frozen=True)
+class Windows(AttentionPattern):
+  """A (T, H, W) grid cut into 3D tiles, each visiting the tiles within `window` of it: a
+  static, host-built layout (no data operands, no shares)."""
 
+  grid_shape: tuple[int, int, int]
+  tile: tuple[int, int, int]
+  window: tuple[int, int, int]
+  name = "window"
 
-@functools.partial(
-  jax.jit, static_argnames=("grid_shape", "tile", "window", "scale", "implementation", "options")
-)
-def _windowed(q, k, v, *, grid_shape, tile, window, scale, implementation, options):
-  return attend_in_layout(
-    q,
-    k,
-    v,
-    window_layout(grid_shape, tile, window),
-    scale=scale,
-    implementation=implementation,
-    options=options,
-    pattern="window",
-  )
+  def layout(self, *, tile, share):
+    del tile, share  # tokens per tile: the product of self.tile
+    return window_layout(self.grid_shape, self.tile, self.window)
+
+  def reference(self, q, k, v, *, scale):
+    return window_attention_reference(
+      q, k, v, grid_shape=self.grid_shape, tile=self.tile, window=self.window, scale=scale
+    )

@@ -1,5 +1,6 @@
-"""Test helpers: fresh random inputs (never zeros), dtype- and backend-keyed tolerances, and
-the compiled kernels' shape refusals (tests import these; conftest.py holds fixtures and hooks)."""
+"""Test helpers: fresh random inputs (never zeros), dtype- and backend-keyed tolerances, the
+kernel-vs-reference check, and the compiled kernels' shape refusals (tests import these;
+conftest.py holds fixtures and hooks)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def tolerance(dtype) -> float:
   return TOLERANCE[dtype]
 
 
-# The compiled kernels' shape rules (block_sparse.ops.check_hardware_tiling): interpret mode has
-# none, so a test shape chosen for CPU may be one a real chip cannot take.
+# The compiled kernels' shape rules (block_sparse.dispatch.check_hardware_tiling): interpret mode
+# has none, so a test shape chosen for CPU may be one a real chip cannot take.
 _HARDWARE_REFUSAL = re.compile(r"^pallas_(gpu|tpu)( \(Triton\))? (needs|addresses) ")
 
 
@@ -51,3 +52,27 @@ def assert_close(actual, expected, dtype=jnp.float32, what="output", floor: floa
   scale = max(float(np.abs(expected).max()), floor)
   err = float(np.abs(actual - expected).max()) / scale
   assert err < tolerance(dtype), f"{what}: relative error {err:.3g}"
+
+
+def check_against_reference(
+  attend, key, shape, implementation: str, *, dtype=jnp.float32, grads: bool = True, floor=1e-6
+):
+  """attend(q, k, v, implementation) -> out, checked for `implementation` against "reference":
+  the output, and (grads) the gradients of q, k and v through a random cotangent, so that every
+  output element matters. Inputs are fresh normal samples of `shape` in `dtype` (never zeros or
+  constants: those would hide a wrong grouping); every result must be finite (the Pallas
+  interpreter NaN-fills what a kernel never writes, so a missed tile cannot pass as zeros).
+  Tolerance by dtype (`tolerance`); floor as in `assert_close`."""
+  k_inputs, k_cotangent = jax.random.split(key)
+  q, k, v = random_qkv(k_inputs, shape, dtype)
+  run = lambda impl: jax.vjp(lambda q, k, v: attend(q, k, v, impl), q, k, v)
+  out, backward = run(implementation)
+  want, want_backward = run("reference")
+  assert out.dtype == q.dtype and out.shape == q.shape, (out.dtype, out.shape)
+  assert_close(out, want, dtype, "out", floor)
+  if not grads:
+    return
+  cotangent = jax.random.normal(k_cotangent, out.shape, jnp.float32).astype(out.dtype)
+  for name, got, expected in zip("qkv", backward(cotangent), want_backward(cotangent), strict=True):
+    assert got.dtype == q.dtype, (name, got.dtype)
+    assert_close(got, expected, dtype, f"d{name}", floor)

@@ -28,7 +28,7 @@ needs_triton = pytest.mark.skipif(
 )
 def test_every_kernel_compiles_for_h100(dtype, head_dim, ranges):
   """At the tile the ops pick by default (float32 at head_dim 128: 64 tokens)."""
-  from pallas_kernels.block_sparse.ops import default_tile
+  from pallas_kernels.block_sparse.dispatch import default_tile
 
   tile = default_tile(
     8192, implementation="pallas_gpu", interpret=False, head_dim=head_dim, dtype=dtype

@@ -1,4 +1,5 @@
-"""The sorted, tile-padded group layout and the gathers that move activations through it."""
+"""The sorted, tile-padded group layout (its invariants, on hypothesis-drawn group sizes), the
+gathers that move activations through it, and the kernels' walk over the block mask."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from pallas_kernels.metadata import (
   BlockMask,
@@ -18,11 +21,16 @@ from pallas_kernels.metadata import (
   window_layout,
 )
 
+# One compiled program per drawn shape, not one per primitive (eager): hypothesis draws many.
+_group_layout = jax.jit(
+  lambda ids, num_groups, tile: group_layout(ids, num_groups=num_groups, tile=tile),
+  static_argnums=(1, 2),
+)
 
-def _check_layout(ids: np.ndarray, num_groups: int, tile: int):
-  layout = jax.tree.map(
-    np.asarray, group_layout(jnp.asarray(ids), num_groups=num_groups, tile=tile)
-  )
+
+def check_group_layout(ids: np.ndarray, num_groups: int, tile: int):
+  """Every invariant of the sorted group layout of ids [rows, N], row by row."""
+  layout = jax.tree.map(np.asarray, _group_layout(jnp.asarray(ids), num_groups, tile))
   rows, n = ids.shape
   capacity = sorted_capacity(n, num_groups, tile)
   assert layout.src.shape == (rows, capacity) and layout.slot.shape == (rows, n)
@@ -50,31 +58,60 @@ def _check_layout(ids: np.ndarray, num_groups: int, tile: int):
       assert len(groups) == 1, f"tile {t} mixes groups {groups}"
       g = groups.pop()
       members = np.flatnonzero(ids[r] == g)
+      # A tile visits exactly its group's tiles: a run that holds the group and nothing else.
       assert count == -(-members.size // tile) and start * tile <= t * tile
       assert t < start + count
       run = src[start * tile : (start + count) * tile]
-      np.testing.assert_array_equal(np.sort(run[run < n]), members)  # the run is the group
+      np.testing.assert_array_equal(np.sort(run[run < n]), members)
 
 
-@pytest.mark.parametrize(
-  ("rows", "n", "num_groups", "tile"),
-  [(3, 50, 4, 8), (1, 37, 1, 16), (2, 10, 30, 4), (2, 64, 8, 64), (1, 1, 3, 8)],
-)
-def test_layout_invariants_random(rows, n, num_groups, tile):
-  rng = np.random.default_rng(rows * 1000 + n)
-  _check_layout(rng.integers(0, num_groups, (rows, n)).astype(np.int32), num_groups, tile)
+# Few examples (each new shape compiles), no deadline, the same examples on every run.
+_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
-def test_layout_invariants_skewed_and_empty_groups():
-  ids = np.array([[4] * 40 + [1] * 3 + [6] + [4] * 5], np.int32)  # groups 0,2,3,5,7 empty
-  _check_layout(np.random.default_rng(0).permuted(ids, axis=1), 8, 8)
+@st.composite
+def group_sizes(draw, max_groups: int = 6, max_tokens: int = 80):
+  """(sizes, tile): group sizes summing to >= 1 token, zeros allowed; the tile a power of two.
+  Drawn to include the awkward cases: empty groups, one group holding everything, singletons,
+  sizes just past a tile."""
+  groups = draw(st.integers(1, max_groups))
+  tile = draw(st.sampled_from([4, 8, 16]))
+  shape = draw(st.sampled_from(["any", "one giant", "singletons", "tile edges"]))
+  if shape == "one giant":
+    sizes = [0] * groups
+    sizes[draw(st.integers(0, groups - 1))] = draw(st.integers(1, max_tokens))
+  elif shape == "singletons":
+    sizes = [draw(st.integers(0, 1)) for _ in range(groups)]
+  elif shape == "tile edges":
+    sizes = [
+      max(0, tile * draw(st.integers(0, 3)) + draw(st.sampled_from([-1, 0, 1])))
+      for _ in range(groups)
+    ]
+  else:
+    sizes = [draw(st.integers(0, max_tokens // groups)) for _ in range(groups)]
+  if sum(sizes) == 0:
+    sizes[0] = 1
+  return sizes, tile
+
+
+@settings(max_examples=20, **_SETTINGS)
+@given(group_sizes(), st.integers(0, 2**16))
+@example(([0, 3, 0, 0, 45, 0, 1, 0], 8), 0)  # skewed, and most groups empty
+@example(([0, 1, 0], 8), 0)  # one token
+def test_group_layout_invariants(drawn, seed):
+  """Row 0: a random order of the drawn sizes; row 1: uniform ids (rows are independent)."""
+  sizes, tile = drawn
+  rng = np.random.default_rng(seed)
+  first = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+  second = rng.integers(0, len(sizes), first.size)
+  check_group_layout(np.stack([first, second]).astype(np.int32), len(sizes), tile)
 
 
 def test_capacity_is_enough_in_the_worst_case():
   # Every group one token past a tile boundary wastes tile - 1 slots each.
   tile, num_groups = 8, 5
   ids = np.repeat(np.arange(num_groups), tile + 1)[None].astype(np.int32)
-  _check_layout(ids, num_groups, tile)
+  check_group_layout(ids, num_groups, tile)
   assert sorted_capacity(ids.shape[1], num_groups, tile) >= num_groups * 2 * tile
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, random_qkv
+from helpers import assert_close, check_against_reference, random_qkv
 
 from pallas_kernels import frame_attention, shot_window_attention
 from pallas_kernels.block_sparse.reference import shot_window_visible
@@ -27,15 +27,6 @@ def random_shots(key, batch: int, frames: int, layout: str) -> jax.Array:
   )
 
 
-def _loss(impl, shots, **kw):
-  def f(q, k, v):
-    out = shot_window_attention(q, k, v, shots, implementation=impl, **kw)
-    w = jax.random.normal(jax.random.key(5), out.shape, jnp.float32)
-    return jnp.sum(out.astype(jnp.float32) * w)
-
-  return f
-
-
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize(
   ("grid_shape", "spatial_groups", "temporal_group", "context_frames", "layout", "dtype"),
@@ -51,24 +42,16 @@ def _loss(impl, shots, **kw):
 def test_matches_reference(
   key, impl, grid_shape, spatial_groups, temporal_group, context_frames, layout, dtype
 ):
-  k_shots, k_qkv = jax.random.split(key)
-  seq = int(np.prod(grid_shape))
-  q, k, v = random_qkv(k_qkv, (2, seq, 2, 8), dtype)
-  shots = random_shots(k_shots, 2, grid_shape[0], layout)
+  shots = random_shots(jax.random.fold_in(key, 1), 2, grid_shape[0], layout)
   kw = dict(
     grid_shape=grid_shape,
     spatial_groups=spatial_groups,
     temporal_group=temporal_group,
     context_frames=context_frames,
+    tile=16,
   )
-  out = shot_window_attention(q, k, v, shots, implementation=impl, tile=16, **kw)
-  ref = shot_window_attention(q, k, v, shots, implementation="reference", **kw)
-  assert out.dtype == dtype
-  assert_close(out, ref, dtype)
-  got = jax.grad(_loss(impl, shots, tile=16, **kw), argnums=(0, 1, 2))(q, k, v)
-  want = jax.grad(_loss("reference", shots, **kw), argnums=(0, 1, 2))(q, k, v)
-  for name, g, w in zip("qkv", got, want, strict=True):
-    assert_close(g, w, dtype, f"d{name}")
+  attend = lambda q, k, v, impl: shot_window_attention(q, k, v, shots, implementation=impl, **kw)
+  check_against_reference(attend, key, (2, int(np.prod(grid_shape)), 2, 16), impl, dtype=dtype)
 
 
 def test_reference_on_a_worked_example():
@@ -151,15 +134,15 @@ def test_range_mask_visits_every_pair_both_ways(seed):
 
 
 def test_shot_changes_do_not_recompile(key):
-  from pallas_kernels.shot_window_attention import _shot_windows
+  from pallas_kernels.block_sparse.layout_ops import _attend_pattern
 
-  q, k, v = random_qkv(key, (2, 4 * 2 * 2, 1, 8))
+  q, k, v = random_qkv(key, (2, 4 * 2 * 2, 1, 16))
   kw = dict(grid_shape=(4, 2, 2), implementation="xla")
   shot_window_attention(q, k, v, jnp.array([[0, 0, 1, 1], [0, 1, 1, 2]]), **kw)
-  before = _shot_windows._cache_size()
+  before = _attend_pattern._cache_size()
   for shots in ([[0, 0, 0, 0], [0, 1, 2, 3]], [[0, 1, 1, 1], [0, 0, 0, 5]]):
     shot_window_attention(q, k, v, jnp.array(shots), **kw)
-  assert _shot_windows._cache_size() == before
+  assert _attend_pattern._cache_size() == before
 
 
 def test_cost_follows_the_windows_not_n_squared():
@@ -183,9 +166,9 @@ def test_cost_follows_the_windows_not_n_squared():
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_frame_attention_is_attention_within_each_frame(key, impl):
   grid = (3, 4, 5)
-  q, k, v = random_qkv(key, (2, 60, 2, 8))
+  q, k, v = random_qkv(key, (2, 60, 2, 16))
   out = frame_attention(q, k, v, grid_shape=grid, implementation=impl, tile=16)
-  per_frame = lambda x: x.reshape(2, 3, 20, 2, 8)
+  per_frame = lambda x: x.reshape(2, 3, 20, 2, 16)
   dense = jax.vmap(lambda a, b, c: jax.nn.dot_product_attention(a, b, c), in_axes=1, out_axes=1)(
     per_frame(q), per_frame(k), per_frame(v)
   )
@@ -193,7 +176,7 @@ def test_frame_attention_is_attention_within_each_frame(key, impl):
 
 
 def test_one_shot_one_window_is_full_attention(key):
-  q, k, v = random_qkv(key, (1, 4 * 3 * 3, 2, 8))
+  q, k, v = random_qkv(key, (1, 4 * 3 * 3, 2, 16))
   out = shot_window_attention(
     q,
     k,
@@ -238,7 +221,7 @@ def test_one_shot_one_window_is_full_attention(key):
   ],
 )
 def test_bad_input(kwargs, error, match):
-  q = jax.random.normal(jax.random.key(3), (1, 24, 2, 8))
+  q = jax.random.normal(jax.random.key(3), (1, 24, 2, 16))
   kw = dict(shot_ids=jnp.array([[0, 0, 1]]), grid_shape=(3, 2, 4)) | kwargs
   with pytest.raises(error, match=match):
     shot_window_attention(q, q, q, kw.pop("shot_ids"), **kw)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,7 +131,7 @@ def test_shared_ids_accepted_as_batch_seq():
   ],
 )
 def test_compiled_kernels_check_their_tiling(impl, tile, head_dim, match):
-  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+  from pallas_kernels.block_sparse.dispatch import check_hardware_tiling
 
   with pytest.raises(ValueError, match=match):
     check_hardware_tiling(impl, tile=tile, head_dim=head_dim)
@@ -144,7 +142,7 @@ def test_hardware_refusals_are_recognised_for_skipping():
   """conftest skips (on a GPU/TPU machine) exactly the kernels' own shape refusals."""
   from helpers import is_hardware_refusal
 
-  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+  from pallas_kernels.block_sparse.dispatch import check_hardware_tiling
 
   for impl, kw in (
     ("pallas_gpu", {"tile": 24, "head_dim": 64}),
@@ -166,7 +164,7 @@ def test_gpu_tiles_must_fit_shared_memory():
   RESOURCE_EXHAUSTED; a block may have 227 KiB): refused by name, with the tile that fits."""
   from helpers import is_hardware_refusal
 
-  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+  from pallas_kernels.block_sparse.dispatch import check_hardware_tiling
 
   with pytest.raises(
     ValueError,
@@ -197,7 +195,7 @@ def test_gpu_tiles_must_fit_shared_memory():
   ],
 )
 def test_default_tile(seq, impl, interpret, head_dim, dtype, tile):
-  from pallas_kernels.block_sparse.ops import check_hardware_tiling, default_tile
+  from pallas_kernels.block_sparse.dispatch import check_hardware_tiling, default_tile
 
   got = default_tile(seq, implementation=impl, interpret=interpret, head_dim=head_dim, dtype=dtype)
   assert got == tile
@@ -208,26 +206,22 @@ def test_default_tile(seq, impl, interpret, head_dim, dtype, tile):
 @pytest.mark.parametrize(("dtype", "tile"), [(jnp.float32, 64), (jnp.bfloat16, 128)])
 def test_ops_default_tile_fits_the_gpu_kernel(monkeypatch, dtype, tile):
   """group_attention and shot_window_attention compiled for a GPU pick the tile that fits."""
-  # The package's names are the functions; the modules are reached by their full names.
-  group_module = importlib.import_module("pallas_kernels.group_attention")
-  shot_module = importlib.import_module("pallas_kernels.shot_window_attention")
+  from pallas_kernels import shot_window_attention
+  from pallas_kernels.block_sparse import layout_ops
 
   seen = []
   record = lambda *args, **kw: seen.append(kw["tile"])
-  monkeypatch.setattr(group_module, "_attend_grouped", record)
-  monkeypatch.setattr(shot_module, "_shot_windows", record)
+  monkeypatch.setattr(layout_ops, "_attend_pattern", record)
   q = jax.random.normal(jax.random.key(0), (1, 4 * 16 * 16, 2, 128), dtype)
   on_gpu = dict(implementation="pallas_gpu", interpret=False, backend="gpu")
-  group_module.group_attention(q, q, q, jnp.zeros(q.shape[:2], jnp.int32), num_groups=2, **on_gpu)
-  shot_module.shot_window_attention(
-    q, q, q, jnp.zeros((1, 4), jnp.int32), grid_shape=(4, 16, 16), **on_gpu
-  )
+  group_attention(q, q, q, jnp.zeros(q.shape[:2], jnp.int32), num_groups=2, **on_gpu)
+  shot_window_attention(q, q, q, jnp.zeros((1, 4), jnp.int32), grid_shape=(4, 16, 16), **on_gpu)
   assert seen == [tile, tile]
 
 
 def test_gpu_kernels_refuse_tensors_past_32_bit_offsets():
   """40 heads of 563,160 tokens at head_dim 128 on one GPU: 2.9e9 values per tensor."""
-  from pallas_kernels.block_sparse.ops import check_hardware_tiling
+  from pallas_kernels.block_sparse.dispatch import check_hardware_tiling
 
   with pytest.raises(ValueError, match=r"32-bit offsets, but they hold 2,883,379,200 values"):
     check_hardware_tiling("pallas_gpu", tile=128, head_dim=128, elements=40 * 563_160 * 128)

@@ -30,7 +30,7 @@ from moga_jax.data.captions import encode_captions
 from moga_jax.data.index import Shot, VideoEntry, read_index
 from moga_jax.data.video_io import FIT_MODES, VideoReadError, probe_video, read_video
 from moga_jax.errors import ConfigError, InputError
-from pallas_kernels.validation import check_int
+from pallas_kernels.common import check_int
 
 __all__ = [
   "SUMMARY_FILENAME",

@@ -17,7 +17,7 @@ from absl import flags
 
 from moga_jax.data import video_io
 from moga_jax.errors import InputError
-from pallas_kernels.validation import check_int
+from pallas_kernels.common import check_int
 
 __all__ = ["BATCH_KEYS", "LATENT_KEYS", "find_dataset_dir", "make_loader"]
 

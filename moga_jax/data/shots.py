@@ -38,7 +38,7 @@ from moga_jax.data.index import INDEX_FILENAME, PLACEHOLDER_CAPTION
 from moga_jax.data.video_io import VideoReadError, probe_video
 from moga_jax.errors import InputError
 from moga_jax.train.config_files import config_path
-from pallas_kernels.validation import check_positive_int
+from pallas_kernels.common import check_positive_int
 
 __all__ = [
   "VIDEO_SUFFIXES",

@@ -21,8 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from moga_jax.errors import UserError
-from pallas_kernels.metadata import cdiv
-from pallas_kernels.validation import check_positive_int
+from pallas_kernels.common import cdiv, check_positive_int
 
 __all__ = [
   "FIT_MODES",

@@ -18,7 +18,7 @@ from moga_jax.parallel.axes import ACTIVATION_BATCH, ACTIVATION_HEADS, ACTIVATIO
 from moga_jax.parallel.sequence_parallel import ulysses
 from moga_jax.parallel.sharding import ShardingRules, constrain
 from pallas_kernels import frame_attention, shot_window_attention, window_attention
-from pallas_kernels.validation import check_int_triple, check_positive_int
+from pallas_kernels.common import check_int_triple, check_positive_int
 
 
 class MoGAAttention(nnx.Module):

@@ -20,7 +20,7 @@ from moga_jax.model.remat import normalise_remat
 from moga_jax.model.rope import axis_dims
 from moga_jax.model.routing import BALANCE_LOSSES
 from pallas_kernels import KernelOptions
-from pallas_kernels.validation import check_int
+from pallas_kernels.common import check_int
 
 COMBINES = ("mean", "sum")
 DENSE_IMPLEMENTATIONS = (None, "xla", "cudnn")  # jax.nn.dot_product_attention's `implementation`

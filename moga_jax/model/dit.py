@@ -26,7 +26,7 @@ from moga_jax.model.layers import FeedForward, ShotCrossAttention, sinusoidal_em
 from moga_jax.model.remat import checkpoint_policy, normalise_remat, tag_block_input
 from moga_jax.parallel.axes import ACTIVATION_BATCH, ACTIVATION_EMBED, ACTIVATION_LENGTH
 from moga_jax.parallel.sharding import ShardingRules, constrain
-from pallas_kernels.validation import check_int
+from pallas_kernels.common import check_int
 
 _EPS = 1e-6
 

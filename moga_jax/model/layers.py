@@ -12,8 +12,7 @@ from flax import nnx
 from moga_jax.model.config import head_dim_of
 from moga_jax.parallel.sequence_parallel import local_tokens, map_token_chunks
 from moga_jax.parallel.sharding import ShardingRules
-from pallas_kernels.metadata import cdiv
-from pallas_kernels.validation import check_int
+from pallas_kernels.common import cdiv, check_int
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:

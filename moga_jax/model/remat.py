@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 from jax.ad_checkpoint import checkpoint_name
 
-from pallas_kernels.block_sparse.ops import ATTENTION_OUT_NAME
+from pallas_kernels.block_sparse.layout_ops import ATTENTION_OUT_NAME
 
 # checkpoint_name tags the model puts on the tensors the policies name.
 BLOCK_INPUT_NAME = "dit_block_input"

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pallas_kernels import group_attention
-from pallas_kernels.validation import check_positive_int
+from pallas_kernels.common import check_positive_int
 
 BALANCE_LOSSES = ("paper", "switch")
 

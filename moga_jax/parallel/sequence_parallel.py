@@ -31,7 +31,8 @@ from jax.sharding import PartitionSpec as P
 
 from moga_jax.parallel.axes import ACTIVATION_BATCH, ACTIVATION_HEADS, ACTIVATION_LENGTH
 from moga_jax.parallel.sharding import SHARE_AXIS, ShardingRules, constrain, spec_entry
-from pallas_kernels.metadata import WorkShare, cdiv
+from pallas_kernels.common import cdiv
+from pallas_kernels.metadata import WorkShare
 
 
 def ulysses(

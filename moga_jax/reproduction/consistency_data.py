@@ -40,7 +40,7 @@ from moga_jax.data.synthetic import (
 )
 from moga_jax.data.video_io import write_mp4
 from moga_jax.errors import InputError
-from pallas_kernels.validation import check_int
+from pallas_kernels.common import check_int
 
 __all__ = [
   "CAPTION_LEN",

@@ -242,8 +242,8 @@ def kernel_reports(
   `gpu.LaunchParams` for every kernel, or a mapping kernel name ("forward", "dq", "dkdv") ->
   LaunchParams. The Triton IR does not depend on them, so one lowering serves every setting.
   """
+  from pallas_kernels.block_sparse.dispatch import check_hardware_tiling
   from pallas_kernels.block_sparse.gpu import LaunchParams
-  from pallas_kernels.block_sparse.ops import check_hardware_tiling
 
   check_hardware_tiling(
     "pallas_gpu", tile=tile, head_dim=head_dim, itemsize=jnp.dtype(dtype).itemsize

@@ -1,28 +1,25 @@
-"""Which implementation runs: one registry, one resolver.
+"""Which implementation runs, with which options and tile: one registry, one `resolve`.
 
-`implementation=None` picks the best implementation that can run on the current backend and
+`implementation=None` picks the best implementation that can run on the target platform and
 falls back to "xla", which runs everywhere; for short sequences (at most `SHORT_SEQUENCE`
 tokens) it picks the dense masked computation, exact and cheaper there than any tiled loop. A
 name asks for exactly that implementation and fails fast, before tracing, with the reason it
-cannot run.
+cannot run. Nothing here imports a kernel backend: `layout_ops.block_sparse_attention` loads
+the TPU or GPU module when it runs that kernel.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.ad_checkpoint import checkpoint_name
 
-from pallas_kernels.block_sparse.gpu import block_sparse_attention_gpu
 from pallas_kernels.block_sparse.options import KernelOptions
-from pallas_kernels.block_sparse.tpu import block_sparse_attention_tpu
-from pallas_kernels.block_sparse.xla import block_sparse_attention_xla
-from pallas_kernels.metadata import TileLayout, cdiv, pack_tiles, repeat_rows, unpack_tiles
-from pallas_kernels.validation import check_interpret, check_positive_int
+from pallas_kernels.common import cdiv, check_positive_int
+from pallas_kernels.validation import check_interpret
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +94,9 @@ def resolve_implementation(
   backend: str | None = None,
   seq: int | None = None,
 ) -> str:
-  """Returns the name of the implementation to run, or raises ValueError saying why not.
-
-  seq: the sequence length, when known; None with seq <= SHORT_SEQUENCE gives "reference".
-  """
+  """The name of the implementation to run on `backend` (None: `jax.default_backend()`), or
+  ValueError saying why the named one cannot. seq: the sequence length, when known; None with
+  seq <= SHORT_SEQUENCE gives "reference". (The name only; `resolve` is what the ops call.)"""
   backend = backend or jax.default_backend()
   if implementation is None and seq is not None and seq <= SHORT_SEQUENCE:
     return "reference"
@@ -142,7 +138,7 @@ def _platform_of(x) -> str | None:
   return None
 
 
-def target_backend(x=None, *, backend: str | None = None) -> str:
+def _target_platform(x, backend: str | None) -> str:
   """The platform an op compiles for: `backend` when given, else the platform x's devices say
   (see _platform_of), else `jax.default_backend()`. Lets a CPU host lower the real TPU or GPU
   kernels for chips it does not have (ahead-of-time compilation for pods)."""
@@ -150,7 +146,7 @@ def target_backend(x=None, *, backend: str | None = None) -> str:
     if backend not in PLATFORMS:
       raise ValueError(f"backend must be None or one of {PLATFORMS}, got {backend!r}")
     return backend
-  platform = _platform_of(x) if x is not None else None
+  platform = _platform_of(x)
   if platform in PLATFORMS:
     return platform
   if platform == "cuda" or platform == "rocm":
@@ -158,25 +154,12 @@ def target_backend(x=None, *, backend: str | None = None) -> str:
   return jax.default_backend()
 
 
-def choose_implementation(
-  implementation: str | None, interpret, *, x, seq: int, backend: str | None = None
-):
-  """(name, interpret) of the implementation an op runs on x (see resolve_implementation and
-  target_backend); interpret None becomes a bool for the target (interpret only on CPU)."""
-  backend = target_backend(x, backend=backend)
-  name = resolve_implementation(implementation, interpret=interpret, backend=backend, seq=seq)
-  interpret = check_interpret(interpret, name)
-  if interpret is None:
-    interpret = interpret_mode(None, backend)
-  return name, interpret
-
-
 DEFAULT_TILE = 128
 
 # The compiled GPU kernels keep a query tile and two pipeline stages of key and value tiles in
 # shared memory, so what they ask for grows with tile x head_dim x bytes per value. At 128 x 128
 # in bfloat16 (32 KiB a tile) the three kernels ask for 145-192 KiB of the 227 KiB an H100/H200
-# block may have; the same tile in float32 asks for 320-384 KiB (moga_jax.tools.gpu_compile for
+# block may have; the same tile in float32 asks for 320-384 KiB (moga_jax.gpu_compile for
 # sm_90a; an H200 refused it with RESOURCE_EXHAUSTED), and 64 x 128 in float32 for 160-192 KiB.
 GPU_TILE_BYTES = 128 * 128 * 2
 
@@ -197,35 +180,49 @@ def default_tile(seq: int, *, implementation: str, interpret: bool, head_dim: in
   return min(DEFAULT_TILE, cdiv(seq, 8) * 8)
 
 
-def choose_implementation_and_tile(
+class Resolved(NamedTuple):
+  """What an op runs: the implementation's name, its options (interpret resolved: a bool, or
+  for "pallas_tpu" a `pltpu.InterpretParams`) and tokens per tile."""
+
+  implementation: str
+  options: KernelOptions
+  tile: int
+
+
+def resolve(
   implementation: str | None,
-  interpret,
-  tile: int | None,
   *,
   x,
+  tile: int | None = None,
+  interpret=None,
   backend: str | None = None,
   options: KernelOptions | Mapping | None = None,
-):
-  """(name, options, tile) for an op on x [batch, seq, heads, head_dim]: the implementation
-  (choose_implementation), the `KernelOptions` with interpret resolved (the op's interpret= is
-  a shorthand for options.interpret), and the caller's tile (checked) or the default tile."""
+) -> Resolved:
+  """What an op on x [batch, seq, heads, head_dim] runs, checked before anything is traced.
+
+  implementation: None (the best available on the target platform: `backend`, else the one x's
+    devices say, else `jax.default_backend()`) or a name, which must be able to run there.
+  interpret: a shorthand for options.interpret (None: interpret mode exactly on CPU); it may
+    not contradict it.
+  tile: tokens per tile (checked), or None for `default_tile` of that implementation at x's
+    length, head_dim and dtype.
+  """
   _, seq, _, head_dim = x.shape
   options = KernelOptions.of(options)
   if tile is not None:
     tile = check_positive_int("tile", tile)
-  name, resolved = choose_implementation(
-    implementation,
-    interpret if interpret is not None else options.interpret,
-    x=x,
-    seq=seq,
-    backend=backend,
-  )
+  target = _target_platform(x, backend)
+  given = interpret if interpret is not None else options.interpret
+  name = resolve_implementation(implementation, interpret=given, backend=target, seq=seq)
+  resolved = check_interpret(given, name)
+  if resolved is None:
+    resolved = interpret_mode(None, target)
   options = options.with_interpret(resolved, given=interpret)
   if tile is None:
     tile = default_tile(
       seq, implementation=name, interpret=resolved, head_dim=head_dim, dtype=x.dtype
     )
-  return name, options, tile
+  return Resolved(name, options, tile)
 
 
 def check_hardware_tiling(
@@ -259,98 +256,3 @@ def check_hardware_tiling(
         f"{itemsize}; use tile={_gpu_tile_limit(head_dim, itemsize)} (tile=None picks it) or "
         "bfloat16 inputs"
       )
-
-
-def block_sparse_attention(
-  q,
-  k,
-  v,
-  mask,
-  *,
-  scale: float,
-  implementation: str,
-  interpret: bool | None = None,
-  pattern: str = "block_sparse",
-  options: KernelOptions | None = None,
-):
-  """Runs a resolved block-sparse kernel: q, k, v [rows, num_tiles * tile, D], mask a BlockMask
-  whose rows divide `rows` (see `repeat_rows`: mask row i serves rows // mask_rows consecutive
-  activation rows). The TPU kernels read shared rows in place (SMEM is 1 MiB); the others get
-  one row each. pattern names the kernels moga_<pattern>_fwd / _dq / _dkdv (the pallas_calls,
-  or the xla sweeps' scopes), so a profile says which attention pattern a kernel serves.
-  options: a `KernelOptions` (interpret= is a shorthand for options.interpret)."""
-  options = KernelOptions.of(options)
-  interpret = interpret_mode(interpret if interpret is not None else options.interpret)
-  options = options.with_interpret(interpret, given=None)
-  if implementation != "pallas_tpu":
-    mask = repeat_rows(mask, q.shape[0])
-  if implementation == "xla":
-    return block_sparse_attention_xla(q, k, v, mask, scale=scale, options=options, pattern=pattern)
-  if not interpret:
-    check_hardware_tiling(
-      implementation,
-      tile=q.shape[1] // mask.num_tiles,
-      head_dim=q.shape[2],
-      elements=q.size,
-      itemsize=q.dtype.itemsize,
-    )
-  if implementation == "pallas_tpu":
-    options = _with_visit_count(options, mask)
-    return block_sparse_attention_tpu(q, k, v, mask, scale, options, pattern)
-  if implementation == "pallas_gpu":
-    return block_sparse_attention_gpu(q, k, v, mask, scale, options, pattern)
-  raise ValueError(f"no block-sparse kernel named {implementation!r}")
-
-
-def _with_visit_count(options: KernelOptions, mask) -> KernelOptions:
-  """options with visits_per_row counted from the mask when it is known here (host-built
-  windows; inside the kernels' custom_vjp every mask is traced), for the TPU cost estimate."""
-  try:
-    count = np.asarray(mask.count)
-  except jax.errors.TracerArrayConversionError:
-    return options  # data (routed groups, shots): the caller's estimate, if any
-  return dataclasses.replace(options, visits_per_row=float(count.sum()) / count.shape[0])
-
-
-# What a remat policy can keep instead of recomputing the attention kernel in the backward pass,
-# e.g. jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT_NAME).
-ATTENTION_OUT_NAME = "moga_attention_out"
-
-
-def attend_in_layout(
-  q,
-  k,
-  v,
-  layout: TileLayout,
-  *,
-  scale: float,
-  implementation: str,
-  interpret=None,
-  pattern: str = "block_sparse",
-  options: KernelOptions | None = None,
-):
-  """[B, N, H, D] -> the layout's tiles -> block-sparse kernel -> back to [B, N, H, D], each
-  stage in a named scope (moga_<pattern>/pack, /attend, /unpack) for profiles."""
-  batch, _, heads, head_dim = q.shape
-  mask = layout.mask  # 1, batch or batch * heads rows: kernels share rows, never copy them
-
-  def to_tiles(x):
-    return pack_tiles(jnp.swapaxes(x, 1, 2), layout).reshape(batch * heads, -1, head_dim)
-
-  with jax.named_scope(f"moga_{pattern}"):
-    with jax.named_scope("pack"):
-      tiles = to_tiles(q), to_tiles(k), to_tiles(v)
-    with jax.named_scope("attend"):
-      out = block_sparse_attention(
-        *tiles,
-        mask,
-        scale=scale,
-        implementation=implementation,
-        interpret=interpret,
-        pattern=pattern,
-        options=options,
-      )
-      out = checkpoint_name(out, ATTENTION_OUT_NAME)
-    with jax.named_scope("unpack"):
-      out = unpack_tiles(out.reshape(batch, heads, layout.capacity, head_dim), layout)
-      return jnp.swapaxes(out, 1, 2)
