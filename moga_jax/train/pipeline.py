@@ -36,7 +36,17 @@ def pipeline_for(cfg) -> TinyPipeline | WanPipeline:
   return {"tiny": TinyPipeline, "wan": WanPipeline}[pipeline_name(cfg)]()
 
 
-class TinyPipeline:
+class _Pipeline:
+  """What both pipelines share: a run trained here loads the same way (moga_jax.train.state)."""
+
+  def load_trained(self, cfg, workdir, *, use_ema: bool = True):
+    """The model of the newest checkpoint in WORKDIR (its EMA when the run kept one)."""
+    from moga_jax.train.state import load_trained
+
+    return load_trained(cfg, workdir, use_ema=use_ema)
+
+
+class TinyPipeline(_Pipeline):
   """The stand-in text-to-video model: pixels in, its own text encoder and latent projection."""
 
   name = "tiny"
@@ -79,11 +89,6 @@ class TinyPipeline:
   def init_weights(self, model, cfg, init: str | None) -> None:
     """Nothing: the tiny model trains from scratch."""
 
-  def load_trained(self, cfg, workdir, *, use_ema: bool = True):
-    from moga_jax.train.state import load_trained
-
-    return load_trained(cfg, workdir, use_ema=use_ema)
-
   def sample(
     self,
     cfg,
@@ -109,7 +114,7 @@ class TinyPipeline:
     return Samples(video, frame_shot, cfg.data.fps)
 
 
-class WanPipeline:
+class WanPipeline(_Pipeline):
   """A Wan 2.1 DiT (MoGA in place of its self-attention) with the converted umT5 and VAE."""
 
   name = "wan"
@@ -157,11 +162,6 @@ class WanPipeline:
     from moga_jax.wan.converted_folder import restore_dit
 
     restore_dit(init, model, cfg.model)
-
-  def load_trained(self, cfg, workdir, *, use_ema: bool = True):
-    from moga_jax.train.state import load_trained
-
-    return load_trained(cfg, workdir, use_ema=use_ema)
 
   def sample(
     self,
