@@ -1,11 +1,11 @@
 """The installed commands (`[project.scripts]` in pyproject.toml) and what they share.
 
-  moga-train         train.py                  needs the `train` extra
-  moga-sample        sample.py                 `train`; Wan configs also `wan`
-  moga-plan          python -m moga_jax.tools.plan   `train`
-  moga-convert-wan   python -m moga_jax.wan.convert       `train`, `wan`
-  moga-export        python -m moga_jax.wan.export            `train`, `wan`
-  moga-shots         python -m moga_jax.data.shots        `shots`
+  moga-train         train.py                          needs the `train` extra
+  moga-sample        sample.py                         `train`; Wan configs also `wan`
+  moga-plan          python -m moga_jax.tools.plan     `train`
+  moga-convert-wan   python -m moga_jax.wan.convert    `train`, `wan`
+  moga-export        python -m moga_jax.wan.export     `train`, `wan`
+  moga-shots         python -m moga_jax.data.shots     `shots`
 
 `pip install moga-jax` installs the module layer only (jax and flax: `MoGAAttention`, `VideoDiT`,
 the routing, the kernels); the commands need extras. A command whose extra is not installed
