@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -125,9 +126,10 @@ def checked_config(cfg, pipeline, init: str | None):
   cfg = pipeline.configure(cfg, init)
   with config_errors():
     run = RunConfig.from_config_dict(cfg)
-  if run.model.param_dtype != "float32":
+  param_dtype = jnp.dtype(run.model.param_dtype).name
+  if param_dtype != "float32":
     raise ConfigError(
-      f"config.model.param_dtype={run.model.param_dtype!r} is for sampling: train in float32 "
+      f"config.model.param_dtype={param_dtype!r} is for sampling: train in float32 "
       "(bfloat16 weights lose Adam's small updates below their resolution); a float32 "
       "checkpoint then samples with --config.model.param_dtype=bfloat16"
     )
